@@ -1,0 +1,11 @@
+//go:build tools
+
+// Package controlplane pins the Kubernetes control-plane commands the local
+// test bed builds (see ../build.sh). Nothing here is compiled into Millrace.
+package controlplane
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+)

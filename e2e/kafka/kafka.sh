@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# Apache Kafka (KRaft) for the local stack, from Maven Central jars.
+#
+#   kafka.sh fetch            download the broker classpath into the cache
+#   kafka.sh up single        one combined broker+controller on 127.0.0.1:9092
+#   kafka.sh up cluster       three nodes on 127.0.0.1:19092,19093,19094
+#   kafka.sh down [single|cluster|all]
+#   kafka.sh status
+#   kafka.sh bootstrap single|cluster   print the bootstrap servers
+#
+# Logs: .stack/logs/kafka-<layout>-<node>.log. Data: .stack/kafka/<layout>/.
+source "$(dirname "$0")/../lib/common.sh"
+
+KAFKA_LIB="$MILLRACE_CACHE/kafka-$KAFKA_VERSION/lib"
+KAFKA_HOME="$STACK_DIR/kafka"
+
+fetch() {
+  [[ -f "$KAFKA_LIB/.complete" ]] && return 0
+  need mvn "Install Maven 3.8+ (Debian: apt-get install maven)."
+  need java "Install a Java 17+ runtime (Debian: apt-get install openjdk-17-jre-headless)."
+  log "fetching Apache Kafka $KAFKA_VERSION jars from Maven Central"
+  rm -rf "$KAFKA_LIB" && mkdir -p "$KAFKA_LIB"
+  mvn -B -q -Dstyle.color=never -f "$E2E_DIR/kafka/pom.xml" -Dkafka.version="$KAFKA_VERSION" \
+    org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies \
+    -DincludeScope=runtime -DoutputDirectory="$KAFKA_LIB"
+  touch "$KAFKA_LIB/.complete"
+}
+
+# node_count LAYOUT / broker_port LAYOUT N / controller_port LAYOUT N
+node_count() { [[ "$1" == single ]] && echo 1 || echo 3; }
+broker_port() { [[ "$1" == single ]] && echo 9092 || echo $((19091 + $2)); }
+controller_port() { [[ "$1" == single ]] && echo 9093 || echo $((19191 + $2)); }
+
+bootstrap() {
+  local layout="$1" n out=()
+  for n in $(seq 1 "$(node_count "$layout")"); do out+=("127.0.0.1:$(broker_port "$layout" "$n")"); done
+  (IFS=,; echo "${out[*]}")
+}
+
+java_opts() {
+  echo "-Xms256m -Xmx${KAFKA_HEAP:-768m} -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile=$E2E_DIR/kafka/log4j2.properties"
+}
+
+render_config() {
+  local layout="$1" n="$2" voters="$3" dir="$KAFKA_HOME/$1/node-$2"
+  local rf=1 min_isr=1
+  [[ "$layout" == cluster ]] && rf=3 min_isr=2
+  mkdir -p "$dir/data"
+  sed -e "s#@NODE_ID@#$n#" -e "s#@VOTERS@#$voters#" \
+      -e "s#@BROKER_PORT@#$(broker_port "$layout" "$n")#" \
+      -e "s#@CONTROLLER_PORT@#$(controller_port "$layout" "$n")#" \
+      -e "s#@DATA_DIR@#$dir/data#" -e "s#@RF@#$rf#" -e "s#@MIN_ISR@#$min_isr#" \
+      "$E2E_DIR/kafka/server.properties.tmpl" > "$dir/server.properties"
+}
+
+ready() { kcat -b "$1" -L -m 3 -J 2>/dev/null | grep -q '"brokers":\[{'; }
+
+up() {
+  local layout="${1:-single}" n count voters="" cluster_id
+  [[ "$layout" == single || "$layout" == cluster ]] || die "layout must be 'single' or 'cluster', not '$layout'"
+  need kcat "It answers the readiness check (Debian: apt-get install kcat)."
+  fetch
+  count="$(node_count "$layout")"
+  local all_up=1
+  for n in $(seq 1 "$count"); do pid_alive "kafka-$layout-$n" || all_up=0; done
+  if (( all_up )) && ready "$(bootstrap "$layout")"; then
+    log "kafka ($layout) already running at $(bootstrap "$layout")"; return 0
+  fi
+  # A partial or dead stack from a killed run: stop what is left and start
+  # clean. The data is test data, so wiping it is safe and avoids a cluster-id
+  # mismatch between old log dirs and a new format.
+  down "$layout"
+  for n in $(seq 1 "$count"); do
+    require_port_free "kafka node $n broker listener" "$(broker_port "$layout" "$n")"
+    require_port_free "kafka node $n controller listener" "$(controller_port "$layout" "$n")"
+    voters+="${voters:+,}$n@127.0.0.1:$(controller_port "$layout" "$n")"
+  done
+  rm -rf "${KAFKA_HOME:?}/$layout"
+  cluster_id="$(java -cp "$KAFKA_LIB/*" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n1)"
+  for n in $(seq 1 "$count"); do
+    render_config "$layout" "$n" "$voters"
+    # shellcheck disable=SC2046
+    java $(java_opts) -cp "$KAFKA_LIB/*" kafka.tools.StorageTool format -t "$cluster_id" \
+      -c "$KAFKA_HOME/$layout/node-$n/server.properties" >>"$LOG_DIR/kafka-$layout-$n.log" 2>&1 \
+      || die "formatting kafka node $n failed; see $LOG_DIR/kafka-$layout-$n.log"
+  done
+  for n in $(seq 1 "$count"); do
+    : > "$LOG_DIR/kafka-$layout-$n.log"
+    # shellcheck disable=SC2046
+    start_bg "kafka-$layout-$n" java $(java_opts) -cp "$KAFKA_LIB/*" kafka.Kafka "$KAFKA_HOME/$layout/node-$n/server.properties"
+  done
+  wait_for "kafka ($layout)" 90 "$LOG_DIR/kafka-$layout-1.log" ready "$(bootstrap "$layout")" \
+    || die "kafka ($layout) did not become ready; logs in $LOG_DIR"
+  log "kafka ($layout) ready at $(bootstrap "$layout")"
+}
+
+down() {
+  local layouts=("${1:-all}") l n
+  [[ "${1:-all}" == all ]] && layouts=(single cluster)
+  for l in "${layouts[@]}"; do
+    stop_bg 30 "kafka-$l-1" "kafka-$l-2" "kafka-$l-3"
+    # Brokers whose pid files were lost (a deleted .stack, say) still hold the
+    # ports; find them by their config path.
+    pkill -KILL -f "kafka.Kafka $KAFKA_HOME/$l/" 2>/dev/null || true
+  done
+}
+
+status() {
+  local l n
+  for l in single cluster; do
+    for n in $(seq 1 "$(node_count "$l")"); do
+      pid_alive "kafka-$l-$n" && echo "kafka-$l-$n running (pid $(cat "$PID_DIR/kafka-$l-$n.pid"))"
+    done
+  done
+  return 0
+}
+
+mkdir -p "$LOG_DIR" "$PID_DIR"
+case "${1:-}" in
+  fetch) fetch ;;
+  up) up "${2:-single}" ;;
+  down) down "${2:-all}" ;;
+  status) status ;;
+  bootstrap) bootstrap "${2:-single}" ;;
+  *) die "usage: $0 fetch | up [single|cluster] | down [single|cluster|all] | status | bootstrap [single|cluster]" ;;
+esac

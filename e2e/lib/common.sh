@@ -1,0 +1,104 @@
+# Shared settings and helpers for the local stack scripts. Source, don't run.
+# shellcheck shell=bash
+
+set -euo pipefail
+
+E2E_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+REPO_ROOT="$(cd "$E2E_DIR/.." && pwd)"
+
+# Downloads and builds that outlive a checkout (jars, Go binaries).
+MILLRACE_CACHE="${MILLRACE_CACHE:-$HOME/.cache/millrace}"
+# Runtime state of the running stack: data dirs, logs, pids, certs, kubeconfig.
+STACK_DIR="${MILLRACE_STACK_DIR:-$REPO_ROOT/.stack}"
+LOG_DIR="$STACK_DIR/logs"
+PID_DIR="$STACK_DIR/pids"
+
+KAFKA_VERSION="4.1.1"
+KUBERNETES_VERSION="v1.33.13"
+ETCD_VERSION="v3.5.21"
+HELM_VERSION="v3.20.2"
+
+K8S_BIN="$MILLRACE_CACHE/bin/kubernetes-$KUBERNETES_VERSION"
+ETCD_BIN="$MILLRACE_CACHE/bin/etcd-$ETCD_VERSION"
+HELM_BIN="$MILLRACE_CACHE/bin/helm-$HELM_VERSION"
+
+log() { printf '[%s] %s\n' "$(basename "$0")" "$*" >&2; }
+die() { printf '[%s] error: %s\n' "$(basename "$0")" "$*" >&2; exit 1; }
+
+need() {
+  local tool="$1" hint="$2"
+  command -v "$tool" >/dev/null 2>&1 || die "'$tool' is not installed. $hint"
+}
+
+# port_free PORT: true when nothing listens on 127.0.0.1:PORT.
+port_free() {
+  ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# require_port_free NAME PORT: fail with the listener's identity when taken.
+require_port_free() {
+  local name="$1" port="$2"
+  if ! port_free "$port"; then
+    local who
+    who="$(ss -ltnpH "sport = :$port" 2>/dev/null | sed -E 's/.*users:\(\("([^"]+)",pid=([0-9]+).*/\1 (pid \2)/' | head -n1)"
+    die "$name needs 127.0.0.1:$port but it is in use${who:+ by $who}. Stop that process, or run 'make stack-down' if it is a stack left from an earlier run."
+  fi
+}
+
+# pid_alive NAME: true when the pid file of NAME names a live process.
+pid_alive() {
+  local f="$PID_DIR/$1.pid"
+  [[ -f "$f" ]] && kill -0 "$(cat "$f")" 2>/dev/null
+}
+
+# start_bg NAME CMD...: start CMD detached in its own session, log to
+# $LOG_DIR/NAME.log, remember its pid. setsid makes the pid a process-group
+# leader so stop_bg can signal everything it spawned.
+start_bg() {
+  local name="$1"; shift
+  mkdir -p "$LOG_DIR" "$PID_DIR"
+  setsid "$@" >>"$LOG_DIR/$name.log" 2>&1 < /dev/null &
+  echo $! > "$PID_DIR/$name.pid"
+}
+
+# stop_bg GRACE_SECONDS NAME...: SIGTERM every named process group at once,
+# SIGKILL what is left after the grace period. Signalling all first matters for
+# quorum members (a Kafka controller waits for its peers while they live).
+stop_bg() {
+  local grace="$1"; shift
+  local name pid pids=()
+  for name in "$@"; do
+    [[ -f "$PID_DIR/$name.pid" ]] || continue
+    pid="$(cat "$PID_DIR/$name.pid")"
+    if kill -0 "$pid" 2>/dev/null; then
+      kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+      pids+=("$pid")
+    fi
+    rm -f "$PID_DIR/$name.pid"
+  done
+  local deadline=$((SECONDS + grace)) alive
+  while :; do
+    alive=()
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive+=("$pid"); done
+    (( ${#alive[@]} == 0 )) && return 0
+    (( SECONDS >= deadline )) && break
+    sleep 0.2
+  done
+  log "pids ${alive[*]} did not stop within ${grace}s; killing them"
+  for pid in "${alive[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true; done
+}
+
+# wait_for DESCRIPTION TIMEOUT_SECONDS LOGFILE CMD...: poll CMD until it
+# succeeds; on timeout print the log tail so the reason is visible.
+wait_for() {
+  local what="$1" timeout="$2" logfile="$3"; shift 3
+  local deadline=$((SECONDS + timeout))
+  until "$@" >/dev/null 2>&1; do
+    if (( SECONDS >= deadline )); then
+      log "$what was not ready after ${timeout}s; last lines of $logfile:"
+      tail -n 30 "$logfile" >&2 || true
+      return 1
+    fi
+    sleep 0.5
+  done
+}

@@ -1,0 +1,135 @@
+//! Starting a container as a local process, and stopping it.
+//!
+//! Each container runs in its own session (so its whole process group can be
+//! signalled), its own mount namespace (so volume bind mounts are private to
+//! it) and its own UTS namespace (so `hostname` is the pod name, as in a
+//! real pod). Network is shared: the pod binds its own loopback address.
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use anyhow::Context;
+use nix::mount::{mount, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::{sethostname, Pid};
+use tokio::process::{Child, Command};
+
+use crate::volumes::Mount;
+
+/// Environment variable every pod process carries, so processes left by a
+/// runner that died can be found and killed (see [`kill_orphans`]).
+pub const POD_MARKER_ENV: &str = "MILLRACE_PODRUNNER_POD_UID";
+
+pub struct Spec<'a> {
+    pub argv: &'a [String],
+    pub env: &'a BTreeMap<String, String>,
+    pub working_dir: Option<&'a str>,
+    pub hostname: &'a str,
+    pub mounts: &'a [Mount],
+    pub log_file: &'a Path,
+    pub pod_uid: &'a str,
+}
+
+pub fn spawn(spec: &Spec<'_>) -> anyhow::Result<Child> {
+    let log = OpenOptions::new().create(true).append(true).open(spec.log_file)?;
+    for m in spec.mounts {
+        prepare_mount_point(m)?;
+    }
+    // Everything the child needs after fork is allocated here, before it.
+    let binds: Vec<(CString, CString, bool)> = spec
+        .mounts
+        .iter()
+        .map(|m| Ok((path_cstring(&m.source)?, path_cstring(&m.target)?, m.read_only)))
+        .collect::<anyhow::Result<_>>()?;
+    let hostname = spec.hostname.to_string();
+
+    let mut command = Command::new(&spec.argv[0]);
+    command
+        .args(&spec.argv[1..])
+        .env_clear()
+        .envs(spec.env)
+        .env(POD_MARKER_ENV, spec.pod_uid)
+        .current_dir(spec.working_dir.unwrap_or("/"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(false);
+    // SAFETY: only async-signal-safe system calls run between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            nix::unistd::setsid()?;
+            unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS)?;
+            // Private propagation: the binds below must not leak to the host.
+            mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)?;
+            for (source, target, read_only) in &binds {
+                mount(Some(source.as_c_str()), target.as_c_str(), None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)?;
+                if *read_only {
+                    let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+                    mount(None::<&str>, target.as_c_str(), None::<&str>, flags, None::<&str>)?;
+                }
+            }
+            sethostname(&hostname)?;
+            Ok(())
+        });
+    }
+    command.spawn().with_context(|| format!("starting '{}'", spec.argv[0]))
+}
+
+/// A bind mount needs an existing target of the same kind as its source.
+fn prepare_mount_point(m: &Mount) -> anyhow::Result<()> {
+    if m.source.is_dir() {
+        std::fs::create_dir_all(&m.target)
+    } else {
+        if let Some(parent) = m.target.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        if !m.target.exists() {
+            std::fs::write(&m.target, b"")?;
+        }
+        Ok(())
+    }
+    .with_context(|| format!("creating mount point {}", m.target.display()))
+}
+
+fn path_cstring(p: &Path) -> anyhow::Result<CString> {
+    Ok(CString::new(p.as_os_str().as_encoded_bytes())?)
+}
+
+/// Signals the container's whole process group; a vanished group is fine.
+pub fn signal_group(pid: u32, signal: Signal) {
+    let _ = killpg(Pid::from_raw(pid as i32), signal);
+}
+
+/// Kills processes that carry [`POD_MARKER_ENV`] but whose pod this runner
+/// does not run: leftovers of a runner that was killed. Returns their pids.
+pub fn kill_orphans(keep: &dyn Fn(&str) -> bool) -> Vec<u32> {
+    let mut killed = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return killed };
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Some(uid) = pod_uid_of(&entry.path()) else { continue };
+        if !keep(&uid) {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            killed.push(pid);
+        }
+    }
+    killed
+}
+
+fn pod_uid_of(proc_dir: &Path) -> Option<String> {
+    let environ = std::fs::read(proc_dir.join("environ")).ok()?;
+    let prefix = format!("{POD_MARKER_ENV}=");
+    environ
+        .split(|b| *b == 0)
+        .find_map(|var| var.strip_prefix(prefix.as_bytes()))
+        .map(|uid| String::from_utf8_lossy(uid).into_owned())
+}
+
+/// Where a container's stdout and stderr go.
+pub fn log_path(pod_dir: &Path, container: &str) -> PathBuf {
+    pod_dir.join(format!("{container}.log"))
+}

@@ -12,6 +12,9 @@ pub const VERSION: &str = "v1alpha1";
 mod tests {
     #[test]
     fn api_version_is_group_slash_version() {
-        assert_eq!(format!("{}/{}", super::GROUP, super::VERSION), "millrace.dev/v1alpha1");
+        assert_eq!(
+            format!("{}/{}", super::GROUP, super::VERSION),
+            "millrace.dev/v1alpha1"
+        );
     }
 }

@@ -7,11 +7,13 @@
 #   kafka.sh down [single|cluster|all]
 #   kafka.sh status
 #   kafka.sh bootstrap single|cluster   print the bootstrap servers
+#   kafka.sh topics ARGS...   kafka-topics against the single node
 #
 # Logs: .stack/logs/kafka-<layout>-<node>.log. Data: .stack/kafka/<layout>/.
 source "$(dirname "$0")/../lib/common.sh"
 
-KAFKA_LIB="$MILLRACE_CACHE/kafka-$KAFKA_VERSION/lib"
+# The pom's content is part of the cache key, so adding a jar refetches.
+KAFKA_LIB="$MILLRACE_CACHE/kafka-$KAFKA_VERSION-$(cksum < "$E2E_DIR/kafka/pom.xml" | cut -d' ' -f1)/lib"
 KAFKA_HOME="$STACK_DIR/kafka"
 
 fetch() {
@@ -20,9 +22,12 @@ fetch() {
   need java "Install a Java 17+ runtime (Debian: apt-get install openjdk-17-jre-headless)."
   log "fetching Apache Kafka $KAFKA_VERSION jars from Maven Central"
   rm -rf "$KAFKA_LIB" && mkdir -p "$KAFKA_LIB"
-  mvn -B -q -Dstyle.color=never -f "$E2E_DIR/kafka/pom.xml" -Dkafka.version="$KAFKA_VERSION" \
+  if ! mvn -B -Dstyle.color=never -f "$E2E_DIR/kafka/pom.xml" -Dkafka.version="$KAFKA_VERSION" \
     org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies \
-    -DincludeScope=runtime -DoutputDirectory="$KAFKA_LIB"
+    -DincludeScope=runtime -DoutputDirectory="$KAFKA_LIB" > "$LOG_DIR/kafka-fetch.log" 2>&1; then
+    tail -n 20 "$LOG_DIR/kafka-fetch.log" >&2
+    die "fetching the Kafka jars failed (full log: $LOG_DIR/kafka-fetch.log); Maven Central must be reachable"
+  fi
   touch "$KAFKA_LIB/.complete"
 }
 
@@ -54,7 +59,9 @@ render_config() {
       "$E2E_DIR/kafka/server.properties.tmpl" > "$dir/server.properties"
 }
 
-ready() { kcat -b "$1" -L -m 3 -J 2>/dev/null | grep -q '"brokers":\[{'; }
+# ready BOOTSTRAP COUNT: a metadata request answers and lists COUNT brokers
+# (a cluster node answers before its peers have registered).
+ready() { [[ "$(kcat -b "$1" -L -m 3 2>/dev/null | grep -c '^  broker ')" == "$2" ]]; }
 
 up() {
   local layout="${1:-single}" n count voters="" cluster_id
@@ -64,7 +71,7 @@ up() {
   count="$(node_count "$layout")"
   local all_up=1
   for n in $(seq 1 "$count"); do pid_alive "kafka-$layout-$n" || all_up=0; done
-  if (( all_up )) && ready "$(bootstrap "$layout")"; then
+  if (( all_up )) && ready "$(bootstrap "$layout")" "$count"; then
     log "kafka ($layout) already running at $(bootstrap "$layout")"; return 0
   fi
   # A partial or dead stack from a killed run: stop what is left and start
@@ -90,7 +97,7 @@ up() {
     # shellcheck disable=SC2046
     start_bg "kafka-$layout-$n" java $(java_opts) -cp "$KAFKA_LIB/*" kafka.Kafka "$KAFKA_HOME/$layout/node-$n/server.properties"
   done
-  wait_for "kafka ($layout)" 90 "$LOG_DIR/kafka-$layout-1.log" ready "$(bootstrap "$layout")" \
+  wait_for "kafka ($layout)" 90 "$LOG_DIR/kafka-$layout-1.log" ready "$(bootstrap "$layout")" "$count" \
     || die "kafka ($layout) did not become ready; logs in $LOG_DIR"
   log "kafka ($layout) ready at $(bootstrap "$layout")"
 }
@@ -123,5 +130,9 @@ case "${1:-}" in
   down) down "${2:-all}" ;;
   status) status ;;
   bootstrap) bootstrap "${2:-single}" ;;
-  *) die "usage: $0 fetch | up [single|cluster] | down [single|cluster|all] | status | bootstrap [single|cluster]" ;;
+  topics)
+    fetch; shift
+    exec java -Dlog4j2.configurationFile="$E2E_DIR/kafka/log4j2-tools.properties" -cp "$KAFKA_LIB/*" \
+      org.apache.kafka.tools.TopicCommand --bootstrap-server "$(bootstrap single)" "$@" ;;
+  *) die "usage: $0 fetch | up [single|cluster] | down [single|cluster|all] | status | bootstrap [single|cluster] | topics ARGS" ;;
 esac

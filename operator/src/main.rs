@@ -5,9 +5,14 @@
 
 fn main() {
     match std::env::args().nth(1).as_deref() {
-        Some("--version") | Some("version") => println!("millrace-operator {}", env!("CARGO_PKG_VERSION")),
+        Some("--version") | Some("version") => {
+            println!("millrace-operator {}", env!("CARGO_PKG_VERSION"))
+        }
         _ => {
-            eprintln!("millrace-operator {}: the reconcile loop is not built yet (issue #3)", env!("CARGO_PKG_VERSION"));
+            eprintln!(
+                "millrace-operator {}: the reconcile loop is not built yet (issue #3)",
+                env!("CARGO_PKG_VERSION")
+            );
             std::process::exit(2);
         }
     }

@@ -4,9 +4,14 @@
 
 fn main() {
     match std::env::args().nth(1).as_deref() {
-        Some("--version") | Some("version") => println!("millrace-runtime {}", env!("CARGO_PKG_VERSION")),
+        Some("--version") | Some("version") => {
+            println!("millrace-runtime {}", env!("CARGO_PKG_VERSION"))
+        }
         _ => {
-            eprintln!("millrace-runtime {}: the processing engine is not built yet (issue #4)", env!("CARGO_PKG_VERSION"));
+            eprintln!(
+                "millrace-runtime {}: the processing engine is not built yet (issue #4)",
+                env!("CARGO_PKG_VERSION")
+            );
             std::process::exit(2);
         }
     }

@@ -48,7 +48,10 @@ impl ContainerState {
             name: container.name.clone(),
             image: container.image.clone().unwrap_or_default(),
             restart_count: 0,
-            state: RunState::Waiting { reason: "ContainerCreating".into(), message: String::new() },
+            state: RunState::Waiting {
+                reason: "ContainerCreating".into(),
+                message: String::new(),
+            },
             last_termination: None,
             ready: false,
             started: false,
@@ -99,7 +102,10 @@ pub type StopSignal = watch::Receiver<Option<Duration>>;
 
 /// What the supervisor needs from the pod around it.
 pub trait PodHost: Send + Sync {
-    fn launch_plan(&self, container: &Container) -> impl std::future::Future<Output = anyhow::Result<LaunchPlan>> + Send;
+    fn launch_plan(
+        &self,
+        container: &Container,
+    ) -> impl std::future::Future<Output = anyhow::Result<LaunchPlan>> + Send;
     fn spawn(&self, container: &Container, plan: &LaunchPlan) -> anyhow::Result<Child>;
     fn update(&self, kind: Kind, name: &str, change: &dyn Fn(&mut ContainerState));
     fn pod_ip(&self) -> &str;
@@ -107,7 +113,13 @@ pub trait PodHost: Send + Sync {
 
 /// Runs `container` until it finishes for good (per the restart rules) or the
 /// pod stops. Returns the last exit code, `None` when stopped first.
-pub async fn supervise<H: PodHost>(host: &H, kind: Kind, container: &Container, restart_policy: &str, mut stop: StopSignal) -> Option<i32> {
+pub async fn supervise<H: PodHost>(
+    host: &H,
+    kind: Kind,
+    container: &Container,
+    restart_policy: &str,
+    mut stop: StopSignal,
+) -> Option<i32> {
     let name = container.name.as_str();
     let mut failures = 0u32;
     loop {
@@ -118,7 +130,12 @@ pub async fn supervise<H: PodHost>(host: &H, kind: Kind, container: &Container, 
             Ok(plan) => plan,
             Err(e) => {
                 let message = format!("{e:#}");
-                host.update(kind, name, &|s| s.state = RunState::Waiting { reason: "CreateContainerConfigError".into(), message: message.clone() });
+                host.update(kind, name, &|s| {
+                    s.state = RunState::Waiting {
+                        reason: "CreateContainerConfigError".into(),
+                        message: message.clone(),
+                    }
+                });
                 if wait_or_stop(&mut stop, Duration::from_secs(2)).await {
                     return None;
                 }
@@ -138,13 +155,24 @@ pub async fn supervise<H: PodHost>(host: &H, kind: Kind, container: &Container, 
                     Exit::Exited(code, signal) => Termination {
                         exit_code: code,
                         signal,
-                        reason: if code == 0 { "Completed".into() } else { "Error".into() },
+                        reason: if code == 0 {
+                            "Completed".into()
+                        } else {
+                            "Error".into()
+                        },
                         message: String::new(),
                         started_at,
                         finished_at: Timestamp::now(),
                     },
                     Exit::Stopped(code, signal) => {
-                        let t = Termination { exit_code: code, signal, reason: "Completed".into(), message: String::new(), started_at, finished_at: Timestamp::now() };
+                        let t = Termination {
+                            exit_code: code,
+                            signal,
+                            reason: "Completed".into(),
+                            message: String::new(),
+                            started_at,
+                            finished_at: Timestamp::now(),
+                        };
                         host.update(kind, name, &|s| {
                             s.ready = false;
                             s.state = RunState::Terminated(t.clone());
@@ -181,7 +209,10 @@ pub async fn supervise<H: PodHost>(host: &H, kind: Kind, container: &Container, 
             s.last_termination = Some(termination.clone());
             s.state = RunState::Waiting {
                 reason: "CrashLoopBackOff".into(),
-                message: format!("back-off {}s restarting failed container={name}", delay.as_secs()),
+                message: format!(
+                    "back-off {}s restarting failed container={name}",
+                    delay.as_secs()
+                ),
             };
         });
         if wait_or_stop(&mut stop, delay).await {
@@ -210,12 +241,23 @@ impl<'a> ProbeRun<'a> {
     fn new(probe: Option<&'a Probe>, start: Instant) -> Option<Self> {
         let probe = probe?;
         let timing = probe::timing(probe);
-        Some(Self { probe, timing, next: start + timing.initial_delay, successes: 0, failures: 0 })
+        Some(Self {
+            probe,
+            timing,
+            next: start + timing.initial_delay,
+            successes: 0,
+            failures: 0,
+        })
     }
 
     /// Runs the probe when due; `Some(true)` when the success threshold is
     /// reached, `Some(false)` when the failure threshold is.
-    async fn tick(&mut self, container: &Container, pod_ip: &str, env: &BTreeMap<String, String>) -> Option<bool> {
+    async fn tick(
+        &mut self,
+        container: &Container,
+        pod_ip: &str,
+        env: &BTreeMap<String, String>,
+    ) -> Option<bool> {
         if Instant::now() < self.next {
             return None;
         }
@@ -232,14 +274,33 @@ impl<'a> ProbeRun<'a> {
     }
 }
 
-async fn run_until_exit<H: PodHost>(host: &H, kind: Kind, container: &Container, mut child: Child, plan: &LaunchPlan, stop: &mut StopSignal) -> Exit {
+async fn run_until_exit<H: PodHost>(
+    host: &H,
+    kind: Kind,
+    container: &Container,
+    mut child: Child,
+    plan: &LaunchPlan,
+    stop: &mut StopSignal,
+) -> Exit {
     let pid = child.id().unwrap_or(0);
     let start = Instant::now();
     let name = container.name.as_str();
     let main = kind == Kind::Main;
-    let mut startup = if main { ProbeRun::new(container.startup_probe.as_ref(), start) } else { None };
-    let mut readiness = if main { ProbeRun::new(container.readiness_probe.as_ref(), start) } else { None };
-    let mut liveness = if main { ProbeRun::new(container.liveness_probe.as_ref(), start) } else { None };
+    let mut startup = if main {
+        ProbeRun::new(container.startup_probe.as_ref(), start)
+    } else {
+        None
+    };
+    let mut readiness = if main {
+        ProbeRun::new(container.readiness_probe.as_ref(), start)
+    } else {
+        None
+    };
+    let mut liveness = if main {
+        ProbeRun::new(container.liveness_probe.as_ref(), start)
+    } else {
+        None
+    };
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         tokio::select! {
@@ -342,7 +403,13 @@ mod tests {
     #[test]
     fn kill_nine_reports_137() {
         use std::os::unix::process::ExitStatusExt;
-        assert_eq!(exit_code(Ok(std::process::ExitStatus::from_raw(9))), (137, Some(9)));
-        assert_eq!(exit_code(Ok(std::process::ExitStatus::from_raw(3 << 8))), (3, None));
+        assert_eq!(
+            exit_code(Ok(std::process::ExitStatus::from_raw(9))),
+            (137, Some(9))
+        );
+        assert_eq!(
+            exit_code(Ok(std::process::ExitStatus::from_raw(3 << 8))),
+            (3, None)
+        );
     }
 }

@@ -39,8 +39,15 @@ impl Sources {
 pub fn referenced_objects(pod: &Pod) -> (BTreeSet<String>, BTreeSet<String>) {
     let mut config_maps = BTreeSet::new();
     let mut secrets = BTreeSet::new();
-    let Some(spec) = &pod.spec else { return (config_maps, secrets) };
-    for c in spec.init_containers.iter().flatten().chain(&spec.containers) {
+    let Some(spec) = &pod.spec else {
+        return (config_maps, secrets);
+    };
+    for c in spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+    {
         for e in c.env.iter().flatten() {
             if let Some(src) = &e.value_from {
                 if let Some(r) = &src.config_map_key_ref {
@@ -83,10 +90,14 @@ pub fn referenced_objects(pod: &Pod) -> (BTreeSet<String>, BTreeSet<String>) {
 pub fn field_value(pod: &Pod, pod_ip: &str, host_ip: &str, path: &str) -> anyhow::Result<String> {
     let meta = &pod.metadata;
     let spec = pod.spec.as_ref();
-    let label_or_annotation = |prefix: &str, map: Option<&BTreeMap<String, String>>| -> Option<String> {
-        let key = path.strip_prefix(prefix)?.strip_prefix("['")?.strip_suffix("']")?;
-        Some(map.and_then(|m| m.get(key)).cloned().unwrap_or_default())
-    };
+    let label_or_annotation =
+        |prefix: &str, map: Option<&BTreeMap<String, String>>| -> Option<String> {
+            let key = path
+                .strip_prefix(prefix)?
+                .strip_prefix("['")?
+                .strip_suffix("']")?;
+            Some(map.and_then(|m| m.get(key)).cloned().unwrap_or_default())
+        };
     if let Some(v) = label_or_annotation("metadata.labels", meta.labels.as_ref()) {
         return Ok(v);
     }
@@ -98,7 +109,9 @@ pub fn field_value(pod: &Pod, pod_ip: &str, host_ip: &str, path: &str) -> anyhow
         "metadata.namespace" => meta.namespace.clone().unwrap_or_default(),
         "metadata.uid" => meta.uid.clone().unwrap_or_default(),
         "spec.nodeName" => spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
-        "spec.serviceAccountName" => spec.and_then(|s| s.service_account_name.clone()).unwrap_or_default(),
+        "spec.serviceAccountName" => spec
+            .and_then(|s| s.service_account_name.clone())
+            .unwrap_or_default(),
         "status.podIP" | "status.podIPs" => pod_ip.to_string(),
         "status.hostIP" | "status.hostIPs" => host_ip.to_string(),
         other => bail!("downward API field '{other}' is not supported by the pod runner"),
@@ -165,7 +178,10 @@ pub fn container_env(
             match sources.secrets.get(&r.name) {
                 Some(s) => {
                     for (k, v) in s.data.iter().flatten() {
-                        vars.insert(format!("{prefix}{k}"), String::from_utf8_lossy(&v.0).into_owned());
+                        vars.insert(
+                            format!("{prefix}{k}"),
+                            String::from_utf8_lossy(&v.0).into_owned(),
+                        );
                     }
                 }
                 None if r.optional == Some(true) => {}
@@ -182,19 +198,29 @@ pub fn container_env(
                 } else if let Some(r) = &src.config_map_key_ref {
                     let v = sources.config_map_value(&r.name, &r.key);
                     if v.is_none() && r.optional != Some(true) {
-                        return Err(anyhow!("env {}: key '{}' of ConfigMap '{}' not found", e.name, r.key, r.name));
+                        return Err(anyhow!(
+                            "env {}: key '{}' of ConfigMap '{}' not found",
+                            e.name,
+                            r.key,
+                            r.name
+                        ));
                     }
                     v
                 } else if let Some(r) = &src.secret_key_ref {
                     let v = sources.secret_value(&r.name, &r.key);
                     if v.is_none() && r.optional != Some(true) {
-                        return Err(anyhow!("env {}: key '{}' of Secret '{}' not found", e.name, r.key, r.name));
+                        return Err(anyhow!(
+                            "env {}: key '{}' of Secret '{}' not found",
+                            e.name,
+                            r.key,
+                            r.name
+                        ));
                     }
                     v
-                } else if let Some(r) = &src.resource_field_ref {
-                    Some(resource_value(container, &r.resource))
                 } else {
-                    None
+                    src.resource_field_ref
+                        .as_ref()
+                        .map(|r| resource_value(container, &r.resource))
                 }
             }
             (None, None) => Some(String::new()),
@@ -211,7 +237,11 @@ pub fn container_env(
 fn resource_value(container: &Container, resource: &str) -> String {
     let (kind, name) = resource.split_once('.').unwrap_or(("limits", resource));
     let res = container.resources.as_ref();
-    let map = if kind == "requests" { res.and_then(|r| r.requests.as_ref()) } else { res.and_then(|r| r.limits.as_ref()) };
+    let map = if kind == "requests" {
+        res.and_then(|r| r.requests.as_ref())
+    } else {
+        res.and_then(|r| r.limits.as_ref())
+    };
     match map.and_then(|m| m.get(name)) {
         Some(q) => q.0.clone(),
         None if name == "cpu" => crate::node::CPU_CAPACITY.to_string(),
@@ -244,15 +274,28 @@ mod tests {
 
     fn sources() -> Sources {
         let mut s = Sources::default();
-        s.config_maps.insert("cfg".into(), serde_json::from_value(json!({"data": {"a": "1"}})).unwrap());
-        s.secrets.insert("creds".into(), serde_json::from_value(json!({"data": {"password": "aHVudGVyMg=="}})).unwrap());
+        s.config_maps.insert(
+            "cfg".into(),
+            serde_json::from_value(json!({"data": {"a": "1"}})).unwrap(),
+        );
+        s.secrets.insert(
+            "creds".into(),
+            serde_json::from_value(json!({"data": {"password": "aHVudGVyMg=="}})).unwrap(),
+        );
         s
     }
 
     #[test]
     fn resolves_downward_api_refs_and_expansion() {
         let p = pod();
-        let env = container_env(&p, &p.spec.as_ref().unwrap().containers[0], &sources(), "127.1.0.2", "127.0.0.1").unwrap();
+        let env = container_env(
+            &p,
+            &p.spec.as_ref().unwrap().containers[0],
+            &sources(),
+            "127.1.0.2",
+            "127.0.0.1",
+        )
+        .unwrap();
         assert_eq!(env["POD"], "app-0");
         assert_eq!(env["APP"], "x");
         assert_eq!(env["CFG_a"], "1");
@@ -265,8 +308,13 @@ mod tests {
         let p = pod();
         let mut s = sources();
         s.secrets.clear();
-        let err = container_env(&p, &p.spec.as_ref().unwrap().containers[0], &s, "", "").unwrap_err().to_string();
-        assert!(err.contains("env PW") && err.contains("Secret 'creds'"), "{err}");
+        let err = container_env(&p, &p.spec.as_ref().unwrap().containers[0], &s, "", "")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("env PW") && err.contains("Secret 'creds'"),
+            "{err}"
+        );
     }
 
     #[test]

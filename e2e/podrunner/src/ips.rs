@@ -23,7 +23,9 @@ impl Allocator {
                 return Some(ip.to_string());
             }
         }
-        let free = (0..=255u8).flat_map(|c| (2..255u8).map(move |d| Ipv4Addr::new(127, 1, c, d))).find(|ip| !self.used.contains(ip))?;
+        let free = (0..=255u8)
+            .flat_map(|c| (2..255u8).map(move |d| Ipv4Addr::new(127, 1, c, d)))
+            .find(|ip| !self.used.contains(ip))?;
         self.used.insert(free);
         Some(free.to_string())
     }
@@ -44,8 +46,16 @@ mod tests {
         let mut a = Allocator::default();
         assert_eq!(a.allocate(None).as_deref(), Some("127.1.0.2"));
         assert_eq!(a.allocate(Some("127.1.7.9")).as_deref(), Some("127.1.7.9"));
-        assert_eq!(a.allocate(Some("127.1.7.9")).as_deref(), Some("127.1.0.3"), "a taken previous address is not shared");
-        assert_eq!(a.allocate(Some("10.0.0.1")).as_deref(), Some("127.1.0.4"), "foreign addresses are ignored");
+        assert_eq!(
+            a.allocate(Some("127.1.7.9")).as_deref(),
+            Some("127.1.0.3"),
+            "a taken previous address is not shared"
+        );
+        assert_eq!(
+            a.allocate(Some("10.0.0.1")).as_deref(),
+            Some("127.1.0.4"),
+            "foreign addresses are ignored"
+        );
         a.release("127.1.0.2");
         assert_eq!(a.allocate(None).as_deref(), Some("127.1.0.2"));
     }

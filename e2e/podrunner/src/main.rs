@@ -30,7 +30,10 @@ use kube::{Api, Client};
 use tokio::sync::watch;
 
 #[derive(Parser, Debug)]
-#[command(version, about = "Runs the pods of one Kubernetes node as local processes")]
+#[command(
+    version,
+    about = "Runs the pods of one Kubernetes node as local processes"
+)]
 struct Args {
     /// Name of the Node to register and run pods for.
     #[arg(long, default_value = "millrace-node")]
@@ -65,7 +68,11 @@ type Workers = Arc<Mutex<HashMap<String, watch::Sender<Option<Pod>>>>>;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into())).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
     let args = Args::parse();
     let images = Arc::new(images::ImageTable::load(&args.images)?);
     let client = Client::try_default().await?;
@@ -84,8 +91,15 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!(?orphans, "killed processes left by an earlier pod runner");
     }
 
-    let node_task = tokio::spawn(node::run(client.clone(), args.node_name.clone(), settings.host_ip.clone()));
-    let provisioner_task = tokio::spawn(provisioner::run(client.clone(), settings.state_dir.join("volumes")));
+    let node_task = tokio::spawn(node::run(
+        client.clone(),
+        args.node_name.clone(),
+        settings.host_ip.clone(),
+    ));
+    let provisioner_task = tokio::spawn(provisioner::run(
+        client.clone(),
+        settings.state_dir.join("volumes"),
+    ));
     let pods_task = tokio::spawn(run_pods(client, settings, images, args.node_name));
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -103,7 +117,12 @@ async fn main() -> anyhow::Result<()> {
     outcome
 }
 
-async fn run_pods(client: Client, settings: Arc<Settings>, images: Arc<images::ImageTable>, node_name: String) -> anyhow::Result<()> {
+async fn run_pods(
+    client: Client,
+    settings: Arc<Settings>,
+    images: Arc<images::ImageTable>,
+    node_name: String,
+) -> anyhow::Result<()> {
     let pods = Api::<Pod>::all(client.clone());
     let config = watcher::Config::default().fields(&format!("spec.nodeName={node_name}"));
     let workers: Workers = Arc::default();
@@ -127,7 +146,11 @@ async fn run_pods(client: Client, settings: Arc<Settings>, images: Arc<images::I
             }
             Ok(Event::Apply(pod)) => dispatch(&client, &settings, &images, &workers, &ips, pod),
             Ok(Event::Delete(pod)) => {
-                if let Some(tx) = workers.lock().unwrap().get(pod.metadata.uid.as_deref().unwrap_or_default()) {
+                if let Some(tx) = workers
+                    .lock()
+                    .unwrap()
+                    .get(pod.metadata.uid.as_deref().unwrap_or_default())
+                {
                     let _ = tx.send(None);
                 }
             }
@@ -152,7 +175,11 @@ fn dispatch(
         let _ = tx.send(Some(pod));
         return;
     }
-    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
+    let phase = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("Pending");
     let finished = matches!(phase, "Succeeded" | "Failed");
     if finished && pod.metadata.deletion_timestamp.is_none() {
         return;
@@ -164,7 +191,13 @@ fn dispatch(
     };
     let (tx, rx) = watch::channel(Some(pod.clone()));
     map.insert(uid.clone(), tx);
-    let worker = Arc::new(pod::PodWorker::new(client.clone(), settings.clone(), images.clone(), pod, pod_ip.clone()));
+    let worker = Arc::new(pod::PodWorker::new(
+        client.clone(),
+        settings.clone(),
+        images.clone(),
+        pod,
+        pod_ip.clone(),
+    ));
     let (workers, ips) = (workers.clone(), ips.clone());
     tokio::spawn(async move {
         worker.run(rx).await;

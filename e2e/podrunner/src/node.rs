@@ -43,20 +43,51 @@ fn node_status(host_ip: &str, name: &str, kubelet_version: &str) -> NodeStatus {
         capacity: Some(resources.clone()),
         allocatable: Some(resources),
         addresses: Some(vec![
-            NodeAddress { type_: "InternalIP".into(), address: host_ip.into() },
-            NodeAddress { type_: "Hostname".into(), address: name.into() },
+            NodeAddress {
+                type_: "InternalIP".into(),
+                address: host_ip.into(),
+            },
+            NodeAddress {
+                type_: "Hostname".into(),
+                address: name.into(),
+            },
         ]),
         conditions: Some(vec![
-            condition("Ready", "True", "KubeletReady", "millrace pod runner is posting ready status"),
-            condition("MemoryPressure", "False", "KubeletHasSufficientMemory", "no memory pressure"),
-            condition("DiskPressure", "False", "KubeletHasNoDiskPressure", "no disk pressure"),
-            condition("PIDPressure", "False", "KubeletHasSufficientPID", "no PID pressure"),
+            condition(
+                "Ready",
+                "True",
+                "KubeletReady",
+                "millrace pod runner is posting ready status",
+            ),
+            condition(
+                "MemoryPressure",
+                "False",
+                "KubeletHasSufficientMemory",
+                "no memory pressure",
+            ),
+            condition(
+                "DiskPressure",
+                "False",
+                "KubeletHasNoDiskPressure",
+                "no disk pressure",
+            ),
+            condition(
+                "PIDPressure",
+                "False",
+                "KubeletHasSufficientPID",
+                "no PID pressure",
+            ),
         ]),
         node_info: Some(NodeSystemInfo {
-            architecture: std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"),
+            architecture: std::env::consts::ARCH
+                .replace("x86_64", "amd64")
+                .replace("aarch64", "arm64"),
             boot_id: String::new(),
             container_runtime_version: "millrace-podrunner://0.1.0".into(),
-            kernel_version: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().into(),
+            kernel_version: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+                .into(),
             kube_proxy_version: String::new(),
             kubelet_version: kubelet_version.into(),
             machine_id: String::new(),
@@ -73,7 +104,11 @@ fn node_status(host_ip: &str, name: &str, kubelet_version: &str) -> NodeStatus {
 /// forever.
 pub async fn run(client: Client, name: String, host_ip: String) -> anyhow::Result<()> {
     let nodes = Api::<Node>::all(client.clone());
-    let version = client.apiserver_version().await.map(|v| v.git_version).unwrap_or_else(|_| "v0.0.0".into());
+    let version = client
+        .apiserver_version()
+        .await
+        .map(|v| v.git_version)
+        .unwrap_or_else(|_| "v0.0.0".into());
     if nodes.get_opt(&name).await?.is_none() {
         let labels: BTreeMap<String, String> = [
             ("kubernetes.io/hostname", name.as_str()),
@@ -85,7 +120,11 @@ pub async fn run(client: Client, name: String, host_ip: String) -> anyhow::Resul
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         let node = Node {
-            metadata: ObjectMeta { name: Some(name.clone()), labels: Some(labels), ..Default::default() },
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                labels: Some(labels),
+                ..Default::default()
+            },
             status: Some(node_status(&host_ip, &name, &version)),
             ..Default::default()
         };
@@ -97,7 +136,10 @@ pub async fn run(client: Client, name: String, host_ip: String) -> anyhow::Resul
     loop {
         tick.tick().await;
         let status = serde_json::json!({ "status": node_status(&host_ip, &name, &version) });
-        if let Err(e) = nodes.patch_status(&name, &PatchParams::default(), &Patch::Strategic(&status)).await {
+        if let Err(e) = nodes
+            .patch_status(&name, &PatchParams::default(), &Patch::Strategic(&status))
+            .await
+        {
             tracing::warn!("node status update failed: {e}");
         }
         if let Err(e) = renew_lease(&nodes, &leases, &name).await {
@@ -127,6 +169,12 @@ async fn renew_lease(nodes: &Api<Node>, leases: &Api<Lease>, name: &str) -> anyh
             ..Default::default()
         }),
     };
-    leases.patch(name, &PatchParams::apply("millrace-podrunner").force(), &Patch::Apply(&lease)).await?;
+    leases
+        .patch(
+            name,
+            &PatchParams::apply("millrace-podrunner").force(),
+            &Patch::Apply(&lease),
+        )
+        .await?;
     Ok(())
 }

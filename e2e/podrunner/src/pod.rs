@@ -45,12 +45,25 @@ pub struct PodWorker {
 }
 
 impl PodWorker {
-    pub fn new(client: Client, settings: Arc<Settings>, images: Arc<ImageTable>, pod: Pod, pod_ip: String) -> Self {
-        let namespace = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    pub fn new(
+        client: Client,
+        settings: Arc<Settings>,
+        images: Arc<ImageTable>,
+        pod: Pod,
+        pod_ip: String,
+    ) -> Self {
+        let namespace = pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
         let name = pod.metadata.name.clone().unwrap_or_default();
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let spec = pod.spec.clone().unwrap_or_default();
-        let pod_dir = settings.state_dir.join("pods").join(format!("{namespace}_{name}_{uid}"));
+        let pod_dir = settings
+            .state_dir
+            .join("pods")
+            .join(format!("{namespace}_{name}_{uid}"));
         let log_dir = settings.log_dir.join(&namespace).join(&name);
         Self {
             client,
@@ -63,7 +76,13 @@ impl PodWorker {
             pod_dir,
             log_dir,
             start_time: Timestamp::now(),
-            init: Mutex::new(spec.init_containers.iter().flatten().map(ContainerState::new).collect()),
+            init: Mutex::new(
+                spec.init_containers
+                    .iter()
+                    .flatten()
+                    .map(ContainerState::new)
+                    .collect(),
+            ),
             main: Mutex::new(spec.containers.iter().map(ContainerState::new).collect()),
             volume_dirs: tokio::sync::Mutex::new(BTreeMap::new()),
             pod: Mutex::new(pod),
@@ -75,7 +94,10 @@ impl PodWorker {
     }
 
     fn restart_policy(&self) -> String {
-        self.pod().spec.and_then(|s| s.restart_policy).unwrap_or_else(|| "Always".into())
+        self.pod()
+            .spec
+            .and_then(|s| s.restart_policy)
+            .unwrap_or_else(|| "Always".into())
     }
 
     /// Runs the pod until it is deleted. `updates` carries the newest Pod, or
@@ -127,7 +149,10 @@ impl PodWorker {
                 _ => return,
             }
         }
-        let runs = spec.containers.iter().map(|c| container::supervise(self.as_ref(), Kind::Main, c, &policy, stop.clone()));
+        let runs = spec
+            .containers
+            .iter()
+            .map(|c| container::supervise(self.as_ref(), Kind::Main, c, &policy, stop.clone()));
         join_all(runs).await;
     }
 
@@ -170,7 +195,13 @@ impl PodWorker {
     fn current_status(&self) -> k8s_openapi::api::core::v1::PodStatus {
         let init = self.init.lock().unwrap().clone();
         let main = self.main.lock().unwrap().clone();
-        let observed = Observed { init: &init, main: &main, pod_ip: &self.pod_ip, host_ip: &self.settings.host_ip, start_time: self.start_time };
+        let observed = Observed {
+            init: &init,
+            main: &main,
+            pod_ip: &self.pod_ip,
+            host_ip: &self.settings.host_ip,
+            start_time: self.start_time,
+        };
         status::pod_status(&self.pod(), &observed)
     }
 
@@ -178,10 +209,18 @@ impl PodWorker {
         self.patch_status(&self.current_status()).await
     }
 
-    async fn patch_status(&self, status: &k8s_openapi::api::core::v1::PodStatus) -> anyhow::Result<()> {
+    async fn patch_status(
+        &self,
+        status: &k8s_openapi::api::core::v1::PodStatus,
+    ) -> anyhow::Result<()> {
         let api = Api::<Pod>::namespaced(self.client.clone(), &self.namespace);
         let patch = serde_json::json!({ "metadata": { "uid": self.uid }, "status": status });
-        api.patch_status(&self.name, &PatchParams::default(), &Patch::Strategic(&patch)).await?;
+        api.patch_status(
+            &self.name,
+            &PatchParams::default(),
+            &Patch::Strategic(&patch),
+        )
+        .await?;
         Ok(())
     }
 
@@ -192,7 +231,10 @@ impl PodWorker {
         let api = Api::<Pod>::namespaced(self.client.clone(), &self.namespace);
         let params = DeleteParams {
             grace_period_seconds: Some(0),
-            preconditions: Some(Preconditions { uid: Some(self.uid.clone()), resource_version: None }),
+            preconditions: Some(Preconditions {
+                uid: Some(self.uid.clone()),
+                resource_version: None,
+            }),
             ..Default::default()
         };
         if let Err(e) = api.delete(&self.name, &params).await {
@@ -205,13 +247,21 @@ impl PodWorker {
         let mut sources = Sources::default();
         let cm_api = Api::<ConfigMap>::namespaced(self.client.clone(), &self.namespace);
         for name in config_maps {
-            if let Some(cm) = cm_api.get_opt(&name).await.with_context(|| format!("reading ConfigMap '{name}'"))? {
+            if let Some(cm) = cm_api
+                .get_opt(&name)
+                .await
+                .with_context(|| format!("reading ConfigMap '{name}'"))?
+            {
                 sources.config_maps.insert(name, cm);
             }
         }
         let secret_api = Api::<Secret>::namespaced(self.client.clone(), &self.namespace);
         for name in secrets {
-            if let Some(s) = secret_api.get_opt(&name).await.with_context(|| format!("reading Secret '{name}'"))? {
+            if let Some(s) = secret_api
+                .get_opt(&name)
+                .await
+                .with_context(|| format!("reading Secret '{name}'"))?
+            {
                 sources.secrets.insert(name, s);
             }
         }
@@ -220,15 +270,35 @@ impl PodWorker {
 
     /// Writes (or refreshes) the pod's volumes; at most once a minute unless
     /// a volume is still missing.
-    async fn volume_dirs(&self, pod: &Pod, sources: &Sources) -> anyhow::Result<BTreeMap<String, PathBuf>> {
+    async fn volume_dirs(
+        &self,
+        pod: &Pod,
+        sources: &Sources,
+    ) -> anyhow::Result<BTreeMap<String, PathBuf>> {
         let mut cached = self.volume_dirs.lock().await;
-        let expected = pod.spec.as_ref().and_then(|s| s.volumes.as_ref()).map_or(0, Vec::len);
-        let fresh = self.pod_dir.join(".volumes-written").metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+        let expected = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.volumes.as_ref())
+            .map_or(0, Vec::len);
+        let fresh = self
+            .pod_dir
+            .join(".volumes-written")
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok());
         if cached.len() == expected && fresh.is_some_and(|age| age < VOLUME_REFRESH) {
             return Ok(cached.clone());
         }
         std::fs::create_dir_all(&self.pod_dir)?;
-        let ctx = PodContext { pod, sources, pod_dir: &self.pod_dir, pod_ip: &self.pod_ip, host_ip: &self.settings.host_ip };
+        let ctx = PodContext {
+            pod,
+            sources,
+            pod_dir: &self.pod_dir,
+            pod_ip: &self.pod_ip,
+            host_ip: &self.settings.host_ip,
+        };
         *cached = volumes::prepare(&self.client, &ctx).await?;
         std::fs::write(self.pod_dir.join(".volumes-written"), b"")?;
         Ok(cached.clone())
@@ -239,9 +309,18 @@ impl PodWorker {
         env.insert("PATH".into(), self.settings.path.clone());
         env.insert("HOME".into(), "/root".into());
         env.insert("HOSTNAME".into(), self.name.clone());
-        env.insert("KUBERNETES_SERVICE_HOST".into(), self.settings.apiserver_host.clone());
-        env.insert("KUBERNETES_SERVICE_PORT".into(), self.settings.apiserver_port.to_string());
-        env.insert("KUBERNETES_SERVICE_PORT_HTTPS".into(), self.settings.apiserver_port.to_string());
+        env.insert(
+            "KUBERNETES_SERVICE_HOST".into(),
+            self.settings.apiserver_host.clone(),
+        );
+        env.insert(
+            "KUBERNETES_SERVICE_PORT".into(),
+            self.settings.apiserver_port.to_string(),
+        );
+        env.insert(
+            "KUBERNETES_SERVICE_PORT_HTTPS".into(),
+            self.settings.apiserver_port.to_string(),
+        );
         env
     }
 }
@@ -251,10 +330,30 @@ impl PodHost for PodWorker {
         let pod = self.pod();
         let sources = self.fetch_sources(&pod).await?;
         let mut env = self.base_env();
-        env.extend(env::container_env(&pod, container, &sources, &self.pod_ip, &self.settings.host_ip)?);
-        let command: Vec<String> = container.command.iter().flatten().map(|s| env::expand(s, &env)).collect();
-        let args: Vec<String> = container.args.iter().flatten().map(|s| env::expand(s, &env)).collect();
-        let argv = self.images.argv(container.image.as_deref().unwrap_or_default(), &command, &args)?;
+        env.extend(env::container_env(
+            &pod,
+            container,
+            &sources,
+            &self.pod_ip,
+            &self.settings.host_ip,
+        )?);
+        let command: Vec<String> = container
+            .command
+            .iter()
+            .flatten()
+            .map(|s| env::expand(s, &env))
+            .collect();
+        let args: Vec<String> = container
+            .args
+            .iter()
+            .flatten()
+            .map(|s| env::expand(s, &env))
+            .collect();
+        let argv = self.images.argv(
+            container.image.as_deref().unwrap_or_default(),
+            &command,
+            &args,
+        )?;
         let dirs = self.volume_dirs(&pod, &sources).await?;
         let mounts = volumes::container_mounts(container, &dirs)?;
         Ok(LaunchPlan { argv, env, mounts })
@@ -262,9 +361,17 @@ impl PodHost for PodWorker {
 
     fn spawn(&self, container: &Container, plan: &LaunchPlan) -> anyhow::Result<Child> {
         let log_file = process::log_path(&self.log_dir, &container.name);
-        let banner = format!("--- millrace-podrunner: starting {:?} at {} ---\n", plan.argv, Timestamp::now());
+        let banner = format!(
+            "--- millrace-podrunner: starting {:?} at {} ---\n",
+            plan.argv,
+            Timestamp::now()
+        );
         use std::io::Write;
-        std::fs::OpenOptions::new().create(true).append(true).open(&log_file)?.write_all(banner.as_bytes())?;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_file)?
+            .write_all(banner.as_bytes())?;
         let child = process::spawn(&process::Spec {
             argv: &plan.argv,
             env: &plan.env,
@@ -279,7 +386,11 @@ impl PodHost for PodWorker {
     }
 
     fn update(&self, kind: Kind, name: &str, change: &dyn Fn(&mut ContainerState)) {
-        let states = if kind == Kind::Init { &self.init } else { &self.main };
+        let states = if kind == Kind::Init {
+            &self.init
+        } else {
+            &self.main
+        };
         if let Some(state) = states.lock().unwrap().iter_mut().find(|s| s.name == name) {
             change(state);
         }
@@ -295,7 +406,11 @@ fn grace_period(pod: &Pod) -> Duration {
     let secs = pod
         .metadata
         .deletion_grace_period_seconds
-        .or_else(|| pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds))
+        .or_else(|| {
+            pod.spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds)
+        })
         .unwrap_or(30);
     Duration::from_secs(secs.max(0) as u64)
 }

@@ -35,7 +35,10 @@ pub struct Spec<'a> {
 }
 
 pub fn spawn(spec: &Spec<'_>) -> anyhow::Result<Child> {
-    let log = OpenOptions::new().create(true).append(true).open(spec.log_file)?;
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(spec.log_file)?;
     for m in spec.mounts {
         prepare_mount_point(m)?;
     }
@@ -43,7 +46,13 @@ pub fn spawn(spec: &Spec<'_>) -> anyhow::Result<Child> {
     let binds: Vec<(CString, CString, bool)> = spec
         .mounts
         .iter()
-        .map(|m| Ok((path_cstring(&m.source)?, path_cstring(&m.target)?, m.read_only)))
+        .map(|m| {
+            Ok((
+                path_cstring(&m.source)?,
+                path_cstring(&m.target)?,
+                m.read_only,
+            ))
+        })
         .collect::<anyhow::Result<_>>()?;
     let hostname = spec.hostname.to_string();
 
@@ -64,19 +73,39 @@ pub fn spawn(spec: &Spec<'_>) -> anyhow::Result<Child> {
             nix::unistd::setsid()?;
             unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS)?;
             // Private propagation: the binds below must not leak to the host.
-            mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)?;
+            mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                None::<&str>,
+            )?;
             for (source, target, read_only) in &binds {
-                mount(Some(source.as_c_str()), target.as_c_str(), None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)?;
+                mount(
+                    Some(source.as_c_str()),
+                    target.as_c_str(),
+                    None::<&str>,
+                    MsFlags::MS_BIND | MsFlags::MS_REC,
+                    None::<&str>,
+                )?;
                 if *read_only {
                     let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
-                    mount(None::<&str>, target.as_c_str(), None::<&str>, flags, None::<&str>)?;
+                    mount(
+                        None::<&str>,
+                        target.as_c_str(),
+                        None::<&str>,
+                        flags,
+                        None::<&str>,
+                    )?;
                 }
             }
             sethostname(&hostname)?;
             Ok(())
         });
     }
-    command.spawn().with_context(|| format!("starting '{}'", spec.argv[0]))
+    command
+        .spawn()
+        .with_context(|| format!("starting '{}'", spec.argv[0]))
 }
 
 /// A bind mount needs an existing target of the same kind as its source.
@@ -108,10 +137,20 @@ pub fn signal_group(pid: u32, signal: Signal) {
 /// does not run: leftovers of a runner that was killed. Returns their pids.
 pub fn kill_orphans(keep: &dyn Fn(&str) -> bool) -> Vec<u32> {
     let mut killed = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else { return killed };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return killed;
+    };
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        let Some(uid) = pod_uid_of(&entry.path()) else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Some(uid) = pod_uid_of(&entry.path()) else {
+            continue;
+        };
         if !keep(&uid) {
             let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
             killed.push(pid);

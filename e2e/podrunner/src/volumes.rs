@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context};
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{
-    Container, DownwardAPIVolumeFile, KeyToPath, PersistentVolume, PersistentVolumeClaim, Pod, ServiceAccount, Volume,
+    Container, DownwardAPIVolumeFile, KeyToPath, PersistentVolume, PersistentVolumeClaim, Pod,
+    ServiceAccount, Volume,
 };
 use kube::api::PostParams;
 use kube::{Api, Client};
@@ -39,17 +40,30 @@ pub struct PodContext<'a> {
 
 /// Writes or locates every volume of the pod; returns name → host directory.
 /// Called again periodically so ConfigMap changes and token renewals land.
-pub async fn prepare(client: &Client, ctx: &PodContext<'_>) -> anyhow::Result<BTreeMap<String, PathBuf>> {
+pub async fn prepare(
+    client: &Client,
+    ctx: &PodContext<'_>,
+) -> anyhow::Result<BTreeMap<String, PathBuf>> {
     let mut dirs = BTreeMap::new();
-    let spec = ctx.pod.spec.as_ref().ok_or_else(|| anyhow!("pod has no spec"))?;
+    let spec = ctx
+        .pod
+        .spec
+        .as_ref()
+        .ok_or_else(|| anyhow!("pod has no spec"))?;
     for volume in spec.volumes.iter().flatten() {
-        let dir = prepare_one(client, ctx, volume).await.with_context(|| format!("volume '{}'", volume.name))?;
+        let dir = prepare_one(client, ctx, volume)
+            .await
+            .with_context(|| format!("volume '{}'", volume.name))?;
         dirs.insert(volume.name.clone(), dir);
     }
     Ok(dirs)
 }
 
-async fn prepare_one(client: &Client, ctx: &PodContext<'_>, volume: &Volume) -> anyhow::Result<PathBuf> {
+async fn prepare_one(
+    client: &Client,
+    ctx: &PodContext<'_>,
+    volume: &Volume,
+) -> anyhow::Result<PathBuf> {
     let namespace = ctx.pod.metadata.namespace.as_deref().unwrap_or("default");
     if let Some(claim) = &volume.persistent_volume_claim {
         return claim_dir(client, namespace, &claim.claim_name).await;
@@ -68,22 +82,52 @@ async fn prepare_one(client: &Client, ctx: &PodContext<'_>, volume: &Volume) -> 
     }
     let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     if let Some(cm) = &volume.config_map {
-        add_config_map(&mut files, ctx.sources, &cm.name, cm.items.as_deref(), cm.optional)?;
+        add_config_map(
+            &mut files,
+            ctx.sources,
+            &cm.name,
+            cm.items.as_deref(),
+            cm.optional,
+        )?;
     } else if let Some(secret) = &volume.secret {
         let name = secret.secret_name.clone().unwrap_or_default();
-        add_secret(&mut files, ctx.sources, &name, secret.items.as_deref(), secret.optional)?;
+        add_secret(
+            &mut files,
+            ctx.sources,
+            &name,
+            secret.items.as_deref(),
+            secret.optional,
+        )?;
     } else if let Some(downward) = &volume.downward_api {
         add_downward(&mut files, ctx, downward.items.as_deref())?;
     } else if let Some(projected) = &volume.projected {
         for source in projected.sources.iter().flatten() {
             if let Some(cm) = &source.config_map {
-                add_config_map(&mut files, ctx.sources, &cm.name, cm.items.as_deref(), cm.optional)?;
+                add_config_map(
+                    &mut files,
+                    ctx.sources,
+                    &cm.name,
+                    cm.items.as_deref(),
+                    cm.optional,
+                )?;
             } else if let Some(secret) = &source.secret {
-                add_secret(&mut files, ctx.sources, &secret.name, secret.items.as_deref(), secret.optional)?;
+                add_secret(
+                    &mut files,
+                    ctx.sources,
+                    &secret.name,
+                    secret.items.as_deref(),
+                    secret.optional,
+                )?;
             } else if let Some(downward) = &source.downward_api {
                 add_downward(&mut files, ctx, downward.items.as_deref())?;
             } else if let Some(sat) = &source.service_account_token {
-                let token = request_token(client, ctx.pod, sat.audience.clone(), sat.expiration_seconds).await?;
+                let token = request_token(
+                    client,
+                    ctx.pod,
+                    sat.audience.clone(),
+                    sat.expiration_seconds,
+                )
+                .await?;
                 files.insert(sat.path.clone(), token.into_bytes());
             } else {
                 bail!("a projected source other than configMap, secret, downwardAPI or serviceAccountToken");
@@ -107,7 +151,9 @@ async fn claim_dir(client: &Client, namespace: &str, claim: &str) -> anyhow::Res
         .and_then(|s| s.volume_name)
         .filter(|v| !v.is_empty())
         .ok_or_else(|| anyhow!("PersistentVolumeClaim '{claim}' is not bound yet"))?;
-    let pv = Api::<PersistentVolume>::all(client.clone()).get(&volume_name).await?;
+    let pv = Api::<PersistentVolume>::all(client.clone())
+        .get(&volume_name)
+        .await?;
     let spec = pv.spec.unwrap_or_default();
     let path = spec
         .host_path
@@ -118,9 +164,18 @@ async fn claim_dir(client: &Client, namespace: &str, claim: &str) -> anyhow::Res
     Ok(PathBuf::from(path))
 }
 
-async fn request_token(client: &Client, pod: &Pod, audience: Option<String>, expiration: Option<i64>) -> anyhow::Result<String> {
+async fn request_token(
+    client: &Client,
+    pod: &Pod,
+    audience: Option<String>,
+    expiration: Option<i64>,
+) -> anyhow::Result<String> {
     let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
-    let account = pod.spec.as_ref().and_then(|s| s.service_account_name.clone()).unwrap_or_else(|| "default".into());
+    let account = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.clone())
+        .unwrap_or_else(|| "default".into());
     let request = TokenRequest {
         spec: TokenRequestSpec {
             audiences: audience.into_iter().collect(),
@@ -138,14 +193,23 @@ async fn request_token(client: &Client, pod: &Pod, audience: Option<String>, exp
         .create_subresource("token", &account, &PostParams::default(), &request)
         .await
         .with_context(|| format!("requesting a token for ServiceAccount '{account}'"))?;
-    issued.status.map(|s| s.token).ok_or_else(|| anyhow!("TokenRequest answered without a token"))
+    issued
+        .status
+        .map(|s| s.token)
+        .ok_or_else(|| anyhow!("TokenRequest answered without a token"))
 }
 
-fn select_items(all: BTreeMap<String, Vec<u8>>, items: Option<&[KeyToPath]>, what: &str) -> anyhow::Result<BTreeMap<String, Vec<u8>>> {
+fn select_items(
+    all: BTreeMap<String, Vec<u8>>,
+    items: Option<&[KeyToPath]>,
+    what: &str,
+) -> anyhow::Result<BTreeMap<String, Vec<u8>>> {
     let Some(items) = items else { return Ok(all) };
     let mut out = BTreeMap::new();
     for item in items {
-        let value = all.get(&item.key).ok_or_else(|| anyhow!("{what} has no key '{}'", item.key))?;
+        let value = all
+            .get(&item.key)
+            .ok_or_else(|| anyhow!("{what} has no key '{}'", item.key))?;
         out.insert(item.path.clone(), value.clone());
     }
     Ok(out)
@@ -159,7 +223,11 @@ fn add_config_map(
     optional: Option<bool>,
 ) -> anyhow::Result<()> {
     let Some(cm) = sources.config_maps.get(name) else {
-        return if optional == Some(true) { Ok(()) } else { Err(anyhow!("ConfigMap '{name}' not found")) };
+        return if optional == Some(true) {
+            Ok(())
+        } else {
+            Err(anyhow!("ConfigMap '{name}' not found"))
+        };
     };
     let mut all: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     for (k, v) in cm.data.iter().flatten() {
@@ -180,19 +248,44 @@ fn add_secret(
     optional: Option<bool>,
 ) -> anyhow::Result<()> {
     let Some(secret) = sources.secrets.get(name) else {
-        return if optional == Some(true) { Ok(()) } else { Err(anyhow!("Secret '{name}' not found")) };
+        return if optional == Some(true) {
+            Ok(())
+        } else {
+            Err(anyhow!("Secret '{name}' not found"))
+        };
     };
-    let all = secret.data.iter().flatten().map(|(k, v)| (k.clone(), v.0.clone())).collect();
+    let all = secret
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.0.clone()))
+        .collect();
     files.extend(select_items(all, items, &format!("Secret '{name}'"))?);
     Ok(())
 }
 
-fn add_downward(files: &mut BTreeMap<String, Vec<u8>>, ctx: &PodContext<'_>, items: Option<&[DownwardAPIVolumeFile]>) -> anyhow::Result<()> {
+fn add_downward(
+    files: &mut BTreeMap<String, Vec<u8>>,
+    ctx: &PodContext<'_>,
+    items: Option<&[DownwardAPIVolumeFile]>,
+) -> anyhow::Result<()> {
     for item in items.into_iter().flatten() {
-        let field = item.field_ref.as_ref().ok_or_else(|| anyhow!("downwardAPI item '{}' needs a fieldRef", item.path))?;
-        let value = if field.field_path == "metadata.labels" || field.field_path == "metadata.annotations" {
-            let map = if field.field_path == "metadata.labels" { &ctx.pod.metadata.labels } else { &ctx.pod.metadata.annotations };
-            map.iter().flatten().map(|(k, v)| format!("{k}={v:?}\n")).collect()
+        let field = item
+            .field_ref
+            .as_ref()
+            .ok_or_else(|| anyhow!("downwardAPI item '{}' needs a fieldRef", item.path))?;
+        let value = if field.field_path == "metadata.labels"
+            || field.field_path == "metadata.annotations"
+        {
+            let map = if field.field_path == "metadata.labels" {
+                &ctx.pod.metadata.labels
+            } else {
+                &ctx.pod.metadata.annotations
+            };
+            map.iter()
+                .flatten()
+                .map(|(k, v)| format!("{k}={v:?}\n"))
+                .collect()
         } else {
             field_value(ctx.pod, ctx.pod_ip, ctx.host_ip, &field.field_path)?
         };
@@ -204,7 +297,10 @@ fn add_downward(files: &mut BTreeMap<String, Vec<u8>>, ctx: &PodContext<'_>, ite
 /// Writes each file by rename; paths may not escape `dir`.
 fn write_files(dir: &Path, files: &BTreeMap<String, Vec<u8>>) -> anyhow::Result<()> {
     for (relative, bytes) in files {
-        if relative.split('/').any(|part| part == ".." || part.is_empty()) {
+        if relative
+            .split('/')
+            .any(|part| part == ".." || part.is_empty())
+        {
             bail!("file path '{relative}' must be relative and stay inside the volume");
         }
         let path = dir.join(relative);
@@ -223,18 +319,28 @@ fn write_files(dir: &Path, files: &BTreeMap<String, Vec<u8>>) -> anyhow::Result<
 
 /// The bind mounts of one container, in the order they must be made (a
 /// shorter target first, so a nested mount is not hidden by its parent).
-pub fn container_mounts(container: &Container, volume_dirs: &BTreeMap<String, PathBuf>) -> anyhow::Result<Vec<Mount>> {
+pub fn container_mounts(
+    container: &Container,
+    volume_dirs: &BTreeMap<String, PathBuf>,
+) -> anyhow::Result<Vec<Mount>> {
     let mut mounts = Vec::new();
     for m in container.volume_mounts.iter().flatten() {
         let dir = volume_dirs
             .get(&m.name)
             .ok_or_else(|| anyhow!("volumeMount '{}' names no volume of the pod", m.name))?;
         let source = match m.sub_path.as_deref().filter(|s| !s.is_empty()) {
-            Some(sub) if sub.split('/').any(|p| p == "..") => bail!("volumeMount '{}': subPath '{sub}' escapes the volume", m.name),
+            Some(sub) if sub.split('/').any(|p| p == "..") => bail!(
+                "volumeMount '{}': subPath '{sub}' escapes the volume",
+                m.name
+            ),
             Some(sub) => dir.join(sub),
             None => dir.clone(),
         };
-        mounts.push(Mount { source, target: PathBuf::from(&m.mount_path), read_only: m.read_only == Some(true) });
+        mounts.push(Mount {
+            source,
+            target: PathBuf::from(&m.mount_path),
+            read_only: m.read_only == Some(true),
+        });
     }
     mounts.sort_by_key(|m| m.target.components().count());
     Ok(mounts)
@@ -256,35 +362,70 @@ mod tests {
             ]
         }))
         .unwrap();
-        let dirs: BTreeMap<String, PathBuf> =
-            [("token", "/s/token"), ("data", "/s/data"), ("cfg", "/s/cfg")].into_iter().map(|(k, v)| (k.to_string(), v.into())).collect();
+        let dirs: BTreeMap<String, PathBuf> = [
+            ("token", "/s/token"),
+            ("data", "/s/data"),
+            ("cfg", "/s/cfg"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.into()))
+        .collect();
         let mounts = container_mounts(&container, &dirs).unwrap();
         assert_eq!(mounts[0].target, PathBuf::from("/var"));
-        assert!(mounts.iter().any(|m| m.source == Path::new("/s/cfg/app.yaml") && m.target == Path::new("/etc/app.yaml")));
+        assert!(mounts
+            .iter()
+            .any(|m| m.source == Path::new("/s/cfg/app.yaml")
+                && m.target == Path::new("/etc/app.yaml")));
         assert!(mounts.last().unwrap().read_only);
     }
 
     #[test]
     fn unknown_volume_and_escaping_sub_path_are_named() {
-        let c: Container = serde_json::from_value(json!({"name": "c", "volumeMounts": [{"name": "x", "mountPath": "/x"}]})).unwrap();
-        assert!(container_mounts(&c, &BTreeMap::new()).unwrap_err().to_string().contains("'x'"));
+        let c: Container = serde_json::from_value(
+            json!({"name": "c", "volumeMounts": [{"name": "x", "mountPath": "/x"}]}),
+        )
+        .unwrap();
+        assert!(container_mounts(&c, &BTreeMap::new())
+            .unwrap_err()
+            .to_string()
+            .contains("'x'"));
         let c: Container =
             serde_json::from_value(json!({"name": "c", "volumeMounts": [{"name": "x", "mountPath": "/x", "subPath": "../etc"}]})).unwrap();
-        let dirs = [("x".to_string(), PathBuf::from("/s"))].into_iter().collect();
-        assert!(container_mounts(&c, &dirs).unwrap_err().to_string().contains("escapes"));
+        let dirs = [("x".to_string(), PathBuf::from("/s"))]
+            .into_iter()
+            .collect();
+        assert!(container_mounts(&c, &dirs)
+            .unwrap_err()
+            .to_string()
+            .contains("escapes"));
     }
 
     #[test]
     fn files_are_written_under_the_volume_and_items_select_keys() {
         let dir = std::env::temp_dir().join(format!("podrunner-vol-{}", std::process::id()));
-        let all: BTreeMap<String, Vec<u8>> = [("a".to_string(), b"1".to_vec()), ("b".to_string(), b"2".to_vec())].into();
-        let items = [KeyToPath { key: "b".into(), path: "sub/b.txt".into(), mode: None }];
+        let all: BTreeMap<String, Vec<u8>> = [
+            ("a".to_string(), b"1".to_vec()),
+            ("b".to_string(), b"2".to_vec()),
+        ]
+        .into();
+        let items = [KeyToPath {
+            key: "b".into(),
+            path: "sub/b.txt".into(),
+            mode: None,
+        }];
         let files = select_items(all.clone(), Some(&items), "ConfigMap 'x'").unwrap();
         write_files(&dir, &files).unwrap();
         assert_eq!(std::fs::read(dir.join("sub/b.txt")).unwrap(), b"2");
         assert!(write_files(&dir, &[("../evil".to_string(), vec![])].into()).is_err());
-        let missing = [KeyToPath { key: "zz".into(), path: "z".into(), mode: None }];
-        assert!(select_items(all, Some(&missing), "ConfigMap 'x'").unwrap_err().to_string().contains("'zz'"));
+        let missing = [KeyToPath {
+            key: "zz".into(),
+            path: "z".into(),
+            mode: None,
+        }];
+        assert!(select_items(all, Some(&missing), "ConfigMap 'x'")
+            .unwrap_err()
+            .to_string()
+            .contains("'zz'"));
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

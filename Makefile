@@ -1,0 +1,35 @@
+# Millrace: the two commands a fresh machine needs are `make demo` and
+# `make test`; everything else here is for working on the stack by hand.
+SHELL := /bin/bash
+
+.PHONY: demo test stack-up stack-down stack-status lint unit build
+
+## demo: start the local stack and show it working (see README)
+demo:
+	@bash e2e/demo.sh
+
+## test: lint, start the stack, run every test against it, check the stack scripts
+test:
+	@bash e2e/test.sh
+
+## stack-up: Kafka + Kubernetes control plane + pod runner; prints the exports
+stack-up:
+	@bash e2e/stack.sh up
+
+## stack-down: stop the whole stack; leaves no process behind
+stack-down:
+	@bash e2e/stack.sh down
+
+stack-status:
+	@bash e2e/stack.sh status
+
+lint:
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+## unit: tests that need no running stack
+unit:
+	cargo test --workspace --bins --lib
+
+build:
+	cargo build --workspace

@@ -1,0 +1,262 @@
+//! Settles on the real broker what Millrace's exactly-once design rests on
+//! (DESIGN.md D2, D5): transactions under read_committed, offsets sent to a
+//! transaction by a consumer that never joins its group, and the last stable
+//! offset as the end of a partition for lag.
+
+use std::time::Duration;
+
+use millrace_tests::{kafka_bootstrap, unique};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn create_topic(name: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", kafka_bootstrap())
+        .create()
+        .expect("admin client");
+    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let results = rt
+        .block_on(admin.create_topics([&topic], &AdminOptions::new()))
+        .expect("create_topics");
+    for r in results {
+        r.unwrap_or_else(|(t, e)| {
+            panic!("creating topic {t}: {e} (is the broker up? `make stack-up`)")
+        });
+    }
+}
+
+fn transactional_producer(id: &str) -> BaseProducer {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", kafka_bootstrap())
+        .set("transactional.id", id)
+        .set("transaction.timeout.ms", "60000")
+        .create()
+        .expect("producer");
+    producer
+        .init_transactions(TIMEOUT)
+        .expect("init_transactions");
+    producer
+}
+
+fn consumer(group: &str, isolation: &str) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", kafka_bootstrap())
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", isolation)
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer")
+}
+
+fn assign_from(consumer: &BaseConsumer, topic: &str, offset: Offset) {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, offset).unwrap();
+    consumer.assign(&tpl).expect("assign");
+}
+
+/// Values of records read from partition 0 until `expected` arrive or the
+/// partition stays quiet for two seconds after reaching its end.
+fn read_values(consumer: &BaseConsumer, expected: usize) -> Vec<String> {
+    let mut values = Vec::new();
+    let mut quiet = 0;
+    while values.len() < expected || quiet < 8 {
+        match consumer.poll(Duration::from_millis(250)) {
+            Some(Ok(m)) => {
+                quiet = 0;
+                values.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
+            }
+            Some(Err(e)) => panic!("consume: {e}"),
+            None => quiet += 1,
+        }
+        if quiet > 80 {
+            break;
+        }
+    }
+    values
+}
+
+fn send(producer: &BaseProducer, topic: &str, values: &[&str]) {
+    for v in values {
+        producer
+            .send(
+                BaseRecord::<str, str>::to(topic)
+                    .key(*v)
+                    .payload(*v)
+                    .partition(0),
+            )
+            .expect("send");
+    }
+}
+
+#[test]
+fn read_committed_sees_committed_transactions_only() {
+    let topic = unique("eos-visibility");
+    create_topic(&topic, 1);
+    let producer = transactional_producer(&unique("txn"));
+    for (values, commit) in [
+        (&["c1", "c2", "c3"][..], true),
+        (&["a1", "a2"][..], false),
+        (&["c4"][..], true),
+    ] {
+        producer.begin_transaction().unwrap();
+        send(&producer, &topic, values);
+        if commit {
+            producer.commit_transaction(TIMEOUT).unwrap();
+        } else {
+            producer.flush(TIMEOUT).unwrap();
+            producer.abort_transaction(TIMEOUT).unwrap();
+        }
+    }
+    let committed = consumer(&unique("g"), "read_committed");
+    assign_from(&committed, &topic, Offset::Beginning);
+    assert_eq!(read_values(&committed, 4), ["c1", "c2", "c3", "c4"]);
+
+    let uncommitted = consumer(&unique("g"), "read_uncommitted");
+    assign_from(&uncommitted, &topic, Offset::Beginning);
+    assert_eq!(
+        read_values(&uncommitted, 6),
+        ["c1", "c2", "c3", "a1", "a2", "c4"],
+        "aborted data is in the log"
+    );
+}
+
+#[test]
+fn offsets_sent_by_an_assign_only_consumer_commit_and_abort_with_the_transaction() {
+    let input = unique("eos-input");
+    let output = unique("eos-output");
+    create_topic(&input, 1);
+    create_topic(&output, 1);
+    let seed = transactional_producer(&unique("seed"));
+    seed.begin_transaction().unwrap();
+    send(
+        &seed,
+        &input,
+        &["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"],
+    );
+    seed.commit_transaction(TIMEOUT).unwrap();
+
+    let group = unique("app");
+    let source = consumer(&group, "read_committed");
+    assign_from(&source, &input, Offset::Beginning);
+    let metadata = source
+        .group_metadata()
+        .expect("group metadata exists for a group.id consumer that only assigns");
+    let first_five = read_values(&source, 5);
+    assert!(first_five.len() >= 5);
+
+    let committed_offset = |group: &str| -> Offset {
+        let fresh = consumer(group, "read_committed");
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&input, 0);
+        let offsets = fresh
+            .committed_offsets(tpl, TIMEOUT)
+            .expect("committed_offsets");
+        offsets.find_partition(&input, 0).unwrap().offset()
+    };
+
+    let producer = transactional_producer(&unique("worker"));
+    let offsets_at = |n: i64| {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&input, 0, Offset::Offset(n))
+            .unwrap();
+        tpl
+    };
+    producer.begin_transaction().unwrap();
+    send(&producer, &output, &["out-0-4"]);
+    producer
+        .send_offsets_to_transaction(&offsets_at(5), &metadata, TIMEOUT)
+        .expect("send_offsets_to_transaction");
+    producer.commit_transaction(TIMEOUT).unwrap();
+    assert_eq!(
+        committed_offset(&group),
+        Offset::Offset(5),
+        "offsets are visible after commit"
+    );
+
+    producer.begin_transaction().unwrap();
+    send(&producer, &output, &["out-5-7"]);
+    producer
+        .send_offsets_to_transaction(&offsets_at(8), &metadata, TIMEOUT)
+        .unwrap();
+    producer.flush(TIMEOUT).unwrap();
+    producer.abort_transaction(TIMEOUT).unwrap();
+    assert_eq!(
+        committed_offset(&group),
+        Offset::Offset(5),
+        "offsets of an aborted transaction are not visible"
+    );
+
+    let out = consumer(&unique("g"), "read_committed");
+    assign_from(&out, &output, Offset::Beginning);
+    assert_eq!(read_values(&out, 1), ["out-0-4"]);
+}
+
+#[test]
+fn last_stable_offset_stops_at_an_open_transaction_and_markers_are_not_lag() {
+    let topic = unique("eos-lso");
+    create_topic(&topic, 1);
+    let producer = transactional_producer(&unique("txn"));
+    producer.begin_transaction().unwrap();
+    send(&producer, &topic, &["c1", "c2", "c3"]);
+    producer.commit_transaction(TIMEOUT).unwrap();
+    // Offsets 0..=2 are records, 3 is the commit marker.
+
+    let committed = consumer(&unique("g"), "read_committed");
+    let uncommitted = consumer(&unique("g"), "read_uncommitted");
+    let high = |c: &BaseConsumer| {
+        c.fetch_watermarks(&topic, 0, TIMEOUT)
+            .expect("fetch_watermarks")
+            .1
+    };
+    assert_eq!(
+        high(&uncommitted),
+        4,
+        "high watermark counts the commit marker"
+    );
+    assert_eq!(
+        high(&committed),
+        4,
+        "no open transaction: last stable offset = high watermark"
+    );
+
+    producer.begin_transaction().unwrap();
+    send(&producer, &topic, &["o1", "o2"]);
+    producer.flush(TIMEOUT).unwrap();
+    assert_eq!(
+        high(&uncommitted),
+        6,
+        "open records raise the high watermark"
+    );
+    assert_eq!(high(&committed), 4, "under read_committed the end is the last stable offset: the open transaction's first offset");
+
+    producer.commit_transaction(TIMEOUT).unwrap();
+    assert_eq!(high(&committed), 7);
+    assert_eq!(high(&uncommitted), 7);
+
+    // A consumer that processed every record (c1..c3, o1, o2) has position 7
+    // after reading past the markers: its lag against the LSO is zero, where
+    // a count of records after the last record read would say 1 (KEDA #5675).
+    let reader = consumer(&unique("g"), "read_committed");
+    assign_from(&reader, &topic, Offset::Beginning);
+    assert_eq!(read_values(&reader, 5), ["c1", "c2", "c3", "o1", "o2"]);
+    let position = reader
+        .position()
+        .unwrap()
+        .find_partition(&topic, 0)
+        .unwrap()
+        .offset();
+    assert_eq!(
+        position,
+        Offset::Offset(7),
+        "the consumer's position moves past the final marker"
+    );
+    assert_eq!(high(&committed) - 7, 0);
+}

@@ -15,7 +15,11 @@ NODE_NAME=millrace-node
 print_env() {
   echo "export KUBECONFIG=$STACK_DIR/kubeconfig"
   echo "export KAFKA_BOOTSTRAP=$(bash "$E2E_DIR/kafka/kafka.sh" bootstrap single)"
-  echo "export PATH=$HELM_BIN:\$PATH"
+  if [[ -x "$K8S_BIN/kubectl" ]] && [[ "$(command -v kubectl)" == "$K8S_BIN/kubectl" ]]; then
+    echo "export PATH=$HELM_BIN:$K8S_BIN:\$PATH"
+  else
+    echo "export PATH=$HELM_BIN:\$PATH"
+  fi
 }
 
 node_ready() {
@@ -67,6 +71,7 @@ status() {
 }
 
 mkdir -p "$LOG_DIR" "$PID_DIR"
+ensure_kubectl
 case "${1:-}" in
   up) up ;;
   down) down ;;

@@ -51,21 +51,10 @@ all_running() {
   apiserver_ready
 }
 
-# check_kubectl_skew: kubectl supports one minor version of skew either way.
-check_kubectl_skew() {
-  local client server
-  client="$(kubectl version --client -o json | sed -n 's/.*"minor": *"\([0-9]*\).*/\1/p' | head -n1)"
-  server="$(echo "$KUBERNETES_VERSION" | cut -d. -f2)"
-  if [[ -z "$client" ]] || (( client < server - 1 || client > server + 1 )); then
-    die "kubectl 1.${client:-?} is outside the supported skew of the 1.$server API server; install kubectl 1.$((server - 1))-1.$((server + 1))."
-  fi
-}
-
 up() {
-  need kubectl "Install kubectl 1.$(( $(echo "$KUBERNETES_VERSION" | cut -d. -f2) - 1 )) or newer."
   need curl "Install curl (Debian: apt-get install curl)."
-  check_kubectl_skew
   bash "$E2E_DIR/k8s/build.sh"
+  ensure_kubectl
   if all_running; then log "control plane already running"; return 0; fi
   # Something is half up (a killed run): stop it all and start over. etcd's
   # data is test data and a stale member dir can refuse to start, so wipe it.

@@ -22,6 +22,29 @@ K8S_BIN="$MILLRACE_CACHE/bin/kubernetes-$KUBERNETES_VERSION"
 ETCD_BIN="$MILLRACE_CACHE/bin/etcd-$ETCD_VERSION"
 HELM_BIN="$MILLRACE_CACHE/bin/helm-$HELM_VERSION"
 
+# ensure_kubectl: a kubectl within one minor version of the server on PATH.
+# The machine's kubectl is used when it fits; otherwise one is built from the
+# same Kubernetes module as the server and put first on PATH.
+ensure_kubectl() {
+  local server client
+  server="$(echo "$KUBERNETES_VERSION" | cut -d. -f2)"
+  if command -v kubectl >/dev/null 2>&1; then
+    client="$(kubectl version --client -o json 2>/dev/null | sed -n 's/.*"minor": *"\([0-9]*\).*/\1/p' | head -n1)"
+    if [[ -n "$client" ]] && (( client >= server - 1 && client <= server + 1 )); then
+      return 0
+    fi
+    log "kubectl 1.${client:-?} is outside the supported skew of the 1.$server API server; using kubectl $KUBERNETES_VERSION"
+  fi
+  if [[ ! -x "$K8S_BIN/kubectl" ]]; then
+    need go "Install Go 1.24 or newer, or kubectl 1.$((server - 1))-1.$((server + 1))."
+    log "building kubectl $KUBERNETES_VERSION"
+    (cd "$E2E_DIR/k8s/controlplane" && go build -trimpath -ldflags "-s -w \
+      -X k8s.io/client-go/pkg/version.gitVersion=$KUBERNETES_VERSION \
+      -X k8s.io/component-base/version.gitVersion=$KUBERNETES_VERSION" -o "$K8S_BIN/kubectl" k8s.io/kubernetes/cmd/kubectl)
+  fi
+  export PATH="$K8S_BIN:$PATH"
+}
+
 log() { printf '[%s] %s\n' "$(basename "$0")" "$*" >&2; }
 die() { printf '[%s] error: %s\n' "$(basename "$0")" "$*" >&2; exit 1; }
 

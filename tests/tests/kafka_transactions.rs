@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use millrace_tests::{kafka_bootstrap, unique};
+use millrace_tests::{kafka_bootstrap, unique, wait_until};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -216,15 +216,18 @@ fn last_stable_offset_stops_at_an_open_transaction_and_markers_are_not_lag() {
             .expect("fetch_watermarks")
             .1
     };
-    assert_eq!(
-        high(&uncommitted),
+    // commit_transaction returns once the coordinator has decided; it writes
+    // the markers (which move the LSO) just after. Wait for them.
+    let settles_at = |c: &BaseConsumer, expected: i64, what: &str| {
+        wait_until(what, Duration::from_secs(15), || {
+            (high(c) == expected).then_some(())
+        });
+    };
+    settles_at(&uncommitted, 4, "high watermark to count the commit marker");
+    settles_at(
+        &committed,
         4,
-        "high watermark counts the commit marker"
-    );
-    assert_eq!(
-        high(&committed),
-        4,
-        "no open transaction: last stable offset = high watermark"
+        "no open transaction: last stable offset = high watermark",
     );
 
     producer.begin_transaction().unwrap();
@@ -236,9 +239,16 @@ fn last_stable_offset_stops_at_an_open_transaction_and_markers_are_not_lag() {
         "open records raise the high watermark"
     );
     assert_eq!(high(&committed), 4, "under read_committed the end is the last stable offset: the open transaction's first offset");
+    // It stays there while the transaction is open.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(high(&committed), 4);
 
     producer.commit_transaction(TIMEOUT).unwrap();
-    assert_eq!(high(&committed), 7);
+    settles_at(
+        &committed,
+        7,
+        "the last stable offset to pass the committed transaction's marker",
+    );
     assert_eq!(high(&uncommitted), 7);
 
     // A consumer that processed every record (c1..c3, o1, o2) has position 7

@@ -3,7 +3,7 @@
 //! container) with the pod's environment, volumes bind-mounted in a private
 //! mount namespace, and its own loopback address as the pod IP.
 //!
-//! See e2e/README.md for what is and is not modelled.
+//! See docs/testbed.md for what is and is not modelled.
 
 mod container;
 mod env;

@@ -1,0 +1,208 @@
+//! Zero-code pipelines: a source, CEL steps, an error policy.
+//!
+//! Expressions are CEL over `key`, `value` (parsed per the source's format),
+//! `headers`, `topic`, `partition`, `offset` and `timestamp`. The operator
+//! compiles and checks them before any worker starts.
+
+use std::collections::BTreeMap;
+
+use kube::KubeSchema;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A pipeline: read the source topics, run the steps in order, write to the
+/// topics the route step chooses.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PipelineSpec {
+    /// The topics records come from.
+    pub source: SourceSpec,
+    /// Steps applied to each record in order. Records reach topics only
+    /// through a `route` step, which must come last.
+    #[schemars(length(min = 1, max = 64))]
+    pub steps: Vec<Step>,
+    /// What happens to a record that cannot be parsed or whose expression
+    /// fails. Default: `Stop`, so nothing is skipped silently.
+    #[serde(default)]
+    pub on_error: OnError,
+}
+
+/// Source topics and how their keys and values are read.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceSpec {
+    /// Topics to consume. All must exist and have the same partition count:
+    /// partition N of every topic is one task.
+    #[schemars(length(min = 1, max = 16))]
+    pub topics: Vec<TopicName>,
+    /// How record keys are read: `String` (default), `Json` or `Bytes`.
+    #[serde(default = "Format::string")]
+    pub key_format: Format,
+    /// How record values are read: `Json` (default), `String` or `Bytes`.
+    #[serde(default = "Format::json")]
+    pub value_format: Format,
+}
+
+/// A Kafka topic name.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(transparent)]
+pub struct TopicName(pub String);
+
+impl JsonSchema for TopicName {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "TopicName".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "A Kafka topic name: 1-249 letters, digits, '.', '_' or '-'.",
+            "minLength": 1,
+            "maxLength": 249,
+            "pattern": "^[a-zA-Z0-9._-]+$"
+        })
+    }
+}
+
+impl std::fmt::Display for TopicName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Encoding of a record key or value.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Format {
+    /// Parsed as JSON: fields are reachable as `value.field`.
+    #[default]
+    Json,
+    /// UTF-8 text, as a CEL string.
+    String,
+    /// Raw bytes, as CEL bytes.
+    Bytes,
+}
+
+impl Format {
+    fn string() -> Self {
+        Self::String
+    }
+    fn json() -> Self {
+        Self::Json
+    }
+}
+
+/// One step. Set exactly one of `filter`, `map` or `route`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("[has(self.filter), has(self.map), has(self.route)].filter(x, x).size() == 1").message("a step sets exactly one of filter, map or route"))]
+pub struct Step {
+    /// Name used in errors, metrics and dead-letter headers. Default
+    /// `step-<index>` (from 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub name: Option<String>,
+    /// Keep the record when this CEL expression is true, e.g.
+    /// `value.status == 'paid'`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub filter: Option<String>,
+    /// Replace the record's value (and optionally key and headers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub map: Option<MapStep>,
+    /// Send the record to topics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<RouteStep>,
+}
+
+/// New key, value and headers computed from the record.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.value) || has(self.key) || has(self.headers)").message("a map step sets at least one of value, key or headers"))]
+pub struct MapStep {
+    /// CEL expression for the new value, e.g.
+    /// `{'id': value.id, 'total': value.amount * 2}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub value: Option<String>,
+    /// CEL expression for the new key (a string or bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub key: Option<String>,
+    /// Headers to set: name → CEL expression giving a string.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxProperties" = 32))]
+    pub headers: Option<BTreeMap<String, String>>,
+}
+
+/// Route records to topics by ordered rules.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("size(self.rules) > 0 || has(self.default)").message("a route needs at least one rule or a default topic"))]
+pub struct RouteStep {
+    /// `FirstMatch` (default): the first rule whose `when` is true wins.
+    /// `AllMatches`: the record goes to every matching rule's topic.
+    #[serde(default)]
+    pub mode: RouteMode,
+    /// Rules in order.
+    #[serde(default)]
+    #[schemars(length(max = 64))]
+    pub rules: Vec<RouteRule>,
+    /// Topic for records no rule matched. Without it such records are
+    /// dropped (and counted in the `unrouted` metric).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<TopicName>,
+}
+
+/// How many rules a record may match.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum RouteMode {
+    #[default]
+    FirstMatch,
+    AllMatches,
+}
+
+/// `when` → `to` (or a computed topic).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.to) != has(self.topicExpression)").message("a route rule sets exactly one of to or topicExpression"))]
+pub struct RouteRule {
+    /// CEL condition, e.g. `value.amount > 1000`. Always true when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub when: Option<String>,
+    /// Destination topic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<TopicName>,
+    /// CEL expression computing the destination topic, e.g.
+    /// `'orders-' + value.region`. The topic must exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub topic_expression: Option<String>,
+}
+
+/// Error policy for records that fail to parse or evaluate.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.policy != 'DeadLetter' || has(self.deadLetterTopic)").message("onError.policy DeadLetter needs onError.deadLetterTopic"))]
+pub struct OnError {
+    /// `Stop` (default): the app stops at the record, naming it, and commits
+    /// nothing past it. `DeadLetter`: the record goes to `deadLetterTopic`
+    /// with the error in its headers, in the same transaction.
+    #[serde(default)]
+    pub policy: ErrorPolicy,
+    /// Topic for failed records when `policy` is `DeadLetter`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_topic: Option<TopicName>,
+}
+
+/// What to do with a record that fails.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ErrorPolicy {
+    #[default]
+    Stop,
+    DeadLetter,
+}

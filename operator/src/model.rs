@@ -1,0 +1,368 @@
+//! Validate: a StreamApp → the typed model the builders use. Pure.
+//!
+//! The API server already enforced the schema and its CEL rules; this adds
+//! what needs code: the pipeline compiler, the Kafka property deny-list,
+//! durations, reserved names. Every problem is returned, each naming the
+//! field, so one `kubectl describe` shows them all.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use millrace_crds::{
+    AutoscalingSpec, DeletionPolicy, KafkaSpec, PipelineSpec, ProcessingGuarantee, StreamApp,
+    TopicName, WorkerTemplate, OWNED_KAFKA_PROPERTIES,
+};
+
+/// Operator-wide settings that shape every app.
+#[derive(Debug, Clone)]
+pub struct Defaults {
+    /// Image of pipeline workers: the `millrace-runtime` of this operator's version.
+    pub runtime_image: String,
+    pub image_pull_policy: String,
+    pub admin_port: u16,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Self {
+            runtime_image: format!(
+                "ghcr.io/millrace-dev/millrace-runtime:{}",
+                env!("CARGO_PKG_VERSION")
+            ),
+            image_pull_policy: "IfNotPresent".into(),
+            admin_port: 8080,
+        }
+    }
+}
+
+/// A field and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    pub field: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Invalid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> Invalid {
+    Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// What the workers run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Workload {
+    Pipeline {
+        spec: PipelineSpec,
+        outputs: Vec<TopicName>,
+    },
+    Custom {
+        command: Option<Vec<String>>,
+        args: Option<Vec<String>>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateModel {
+    pub size: Quantity,
+    pub storage_class_name: Option<String>,
+    pub standby_replicas: i32,
+}
+
+/// A validated StreamApp.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppModel {
+    pub name: String,
+    pub namespace: String,
+    pub uid: String,
+    pub application_id: String,
+    pub guarantee: ProcessingGuarantee,
+    pub commit_interval: Duration,
+    pub transaction_timeout: Duration,
+    pub kafka: KafkaSpec,
+    pub workload: Workload,
+    pub image: String,
+    pub image_pull_policy: String,
+    pub admin_port: u16,
+    /// Workers wanted, before the task cap the reconciler applies.
+    pub replicas: i32,
+    pub autoscaling: Option<AutoscalingSpec>,
+    pub state: Option<StateModel>,
+    pub template: WorkerTemplate,
+    pub deletion_policy: DeletionPolicy,
+}
+
+impl AppModel {
+    pub fn source_topics(&self) -> Vec<TopicName> {
+        match &self.workload {
+            Workload::Pipeline { spec, .. } => spec.source.topics.clone(),
+            Workload::Custom { .. } => Vec::new(),
+        }
+    }
+
+    pub fn output_topics(&self) -> Vec<TopicName> {
+        match &self.workload {
+            Workload::Pipeline { outputs, .. } => outputs.clone(),
+            Workload::Custom { .. } => Vec::new(),
+        }
+    }
+}
+
+/// Parses `100ms`, `5s`, `1m30s`, `2h`.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let (unit, len) = if rest.starts_with("ms") {
+            (Duration::from_millis(n), 2)
+        } else if rest.starts_with('s') {
+            (Duration::from_secs(n), 1)
+        } else if rest.starts_with('m') {
+            (Duration::from_secs(n * 60), 1)
+        } else if rest.starts_with('h') {
+            (Duration::from_secs(n * 3600), 1)
+        } else {
+            return None;
+        };
+        total += unit;
+        rest = &rest[len..];
+    }
+    Some(total)
+}
+
+/// The application id: the spec's, or `<namespace>.<name>`.
+pub fn application_id(app: &StreamApp) -> String {
+    app.spec.application_id.clone().unwrap_or_else(|| {
+        format!(
+            "{}.{}",
+            app.metadata.namespace.as_deref().unwrap_or("default"),
+            app.metadata.name.as_deref().unwrap_or_default()
+        )
+    })
+}
+
+pub fn validate(app: &StreamApp, defaults: &Defaults) -> Result<AppModel, Vec<Invalid>> {
+    let spec = &app.spec;
+    let mut problems = Vec::new();
+
+    let bootstrap = spec.kafka.bootstrap_servers.trim();
+    if bootstrap.is_empty() {
+        problems.push(invalid("spec.kafka.bootstrapServers", "is required"));
+    }
+    for server in bootstrap
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        let port_ok = server.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !port_ok {
+            problems.push(invalid(
+                "spec.kafka.bootstrapServers",
+                format!("'{server}' is not host:port"),
+            ));
+        }
+    }
+    for key in spec.kafka.properties.keys() {
+        if OWNED_KAFKA_PROPERTIES.contains(&key.as_str()) {
+            problems.push(invalid(
+                &format!("spec.kafka.properties['{key}']"),
+                "is set by Millrace and cannot be overridden",
+            ));
+        }
+    }
+
+    let guarantee = spec.processing_guarantee;
+    let default_commit = if guarantee == ProcessingGuarantee::ExactlyOnce {
+        "100ms"
+    } else {
+        "5s"
+    };
+    let commit_interval = duration_field(
+        &mut problems,
+        "spec.commitInterval",
+        spec.commit_interval.as_deref().unwrap_or(default_commit),
+    );
+    let transaction_timeout = duration_field(
+        &mut problems,
+        "spec.transactionTimeout",
+        spec.transaction_timeout.as_deref().unwrap_or("60s"),
+    );
+    if let (Some(c), Some(t)) = (commit_interval, transaction_timeout) {
+        if c >= t {
+            problems.push(invalid(
+                "spec.commitInterval",
+                format!("must be shorter than spec.transactionTimeout ({c:?} >= {t:?})"),
+            ));
+        }
+        if c.is_zero() {
+            problems.push(invalid("spec.commitInterval", "must be positive"));
+        }
+    }
+
+    let workload = match (&spec.pipeline, &spec.image) {
+        (Some(pipeline), None) => match millrace_runtime::pipeline::compile(pipeline) {
+            Ok(compiled) => Some(Workload::Pipeline {
+                spec: pipeline.clone(),
+                outputs: compiled.static_output_topics(),
+            }),
+            Err(errors) => {
+                problems.extend(errors.0.into_iter().map(|e| {
+                    let message = e.to_string();
+                    let message = message
+                        .strip_prefix(&format!("{}: ", e.field))
+                        .unwrap_or(&message)
+                        .to_string();
+                    Invalid {
+                        field: e.field,
+                        message,
+                    }
+                }));
+                None
+            }
+        },
+        (None, Some(_)) => Some(Workload::Custom {
+            command: spec.command.clone(),
+            args: spec.args.clone(),
+        }),
+        _ => {
+            problems.push(invalid(
+                "spec",
+                "set exactly one of spec.pipeline (zero-code) or spec.image (custom runtime)",
+            ));
+            None
+        }
+    };
+    if spec.pipeline.is_some() && (spec.command.is_some() || spec.args.is_some()) {
+        problems.push(invalid(
+            "spec.command",
+            "spec.command and spec.args apply only with spec.image",
+        ));
+    }
+
+    let replicas = spec.replicas.unwrap_or(1);
+    if replicas < 0 {
+        problems.push(invalid("spec.replicas", "must not be negative"));
+    }
+    if let Some(a) = &spec.autoscaling {
+        if a.min_replicas < 0 {
+            problems.push(invalid(
+                "spec.autoscaling.minReplicas",
+                "must not be negative",
+            ));
+        }
+        if a.min_replicas > a.max_replicas {
+            problems.push(invalid(
+                "spec.autoscaling.minReplicas",
+                "must not exceed spec.autoscaling.maxReplicas",
+            ));
+        }
+    }
+
+    let template = spec.template.clone().unwrap_or_default();
+    for (i, env) in template.env.iter().enumerate() {
+        if env.name.starts_with("MILLRACE_") {
+            problems.push(invalid(
+                &format!("spec.template.env[{i}].name"),
+                format!("'{}' is reserved (MILLRACE_ prefix)", env.name),
+            ));
+        }
+    }
+
+    let has_state = spec.state.is_some();
+    let state = spec
+        .state
+        .as_ref()
+        .filter(|_| has_state)
+        .map(|s| StateModel {
+            size: s.size.clone().unwrap_or_else(|| Quantity("1Gi".into())),
+            storage_class_name: s.storage_class_name.clone(),
+            standby_replicas: s.standby_replicas,
+        });
+
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(AppModel {
+        name: app.metadata.name.clone().unwrap_or_default(),
+        namespace: app
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        uid: app.metadata.uid.clone().unwrap_or_default(),
+        application_id: application_id(app),
+        guarantee,
+        commit_interval: commit_interval.unwrap_or_default(),
+        transaction_timeout: transaction_timeout.unwrap_or_default(),
+        kafka: spec.kafka.clone(),
+        workload: workload.expect("no problems means a workload"),
+        image: spec
+            .image
+            .clone()
+            .unwrap_or_else(|| defaults.runtime_image.clone()),
+        image_pull_policy: defaults.image_pull_policy.clone(),
+        admin_port: defaults.admin_port,
+        replicas,
+        autoscaling: spec.autoscaling.clone(),
+        state,
+        template,
+        deletion_policy: spec.deletion_policy,
+    })
+}
+
+fn duration_field(problems: &mut Vec<Invalid>, field: &str, text: &str) -> Option<Duration> {
+    let parsed = parse_duration(text);
+    if parsed.is_none() {
+        problems.push(invalid(
+            field,
+            format!("'{text}' is not a duration such as 100ms, 5s or 1m"),
+        ));
+    }
+    parsed
+}
+
+/// Labels on every object of an app, and the subset that selects its pods.
+pub fn labels(model: &AppModel) -> BTreeMap<String, String> {
+    let mut labels = selector_labels(&model.name);
+    labels.insert("app.kubernetes.io/instance".into(), model.name.clone());
+    labels.insert(
+        "app.kubernetes.io/managed-by".into(),
+        "millrace-operator".into(),
+    );
+    labels.insert("app.kubernetes.io/part-of".into(), "millrace".into());
+    labels
+}
+
+pub fn selector_labels(name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_string(),
+            "millrace-worker".to_string(),
+        ),
+        ("millrace.dev/app".to_string(), name.to_string()),
+    ])
+}
+
+/// The `/scale` selector string.
+pub fn selector_string(name: &str) -> String {
+    selector_labels(name)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}

@@ -1,0 +1,58 @@
+//! The worker configuration the operator renders into a ConfigMap and the
+//! runtime reads at start (`MILLRACE_CONFIG`, default
+//! `/etc/millrace/config.json`). One type for both sides, so a field the
+//! operator writes is a field the runtime reads.
+
+use std::collections::BTreeMap;
+
+use millrace_crds::{PipelineSpec, ProcessingGuarantee};
+use serde::{Deserialize, Serialize};
+
+pub const CONFIG_FILE: &str = "config.json";
+pub const CONFIG_DIR: &str = "/etc/millrace";
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerConfig {
+    pub application_id: String,
+    pub processing_guarantee: ProcessingGuarantee,
+    pub commit_interval_ms: u64,
+    pub transaction_timeout_ms: u64,
+    pub kafka: KafkaClientConfig,
+    /// The pipeline to run; `None` for custom images, which bring their own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<PipelineSpec>,
+    /// Port of the worker's admin HTTP endpoint (health, metrics, tasks).
+    pub admin_port: u16,
+    /// Directory of the worker's local state volume, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_dir: Option<String>,
+}
+
+/// Client settings; secrets are never here, only where to find them.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaClientConfig {
+    pub bootstrap_servers: String,
+    /// librdkafka properties passed through (already checked against the
+    /// properties Millrace owns).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub properties: BTreeMap<String, String>,
+    /// `PLAINTEXT`, `SSL`, `SASL_PLAINTEXT` or `SASL_SSL`.
+    pub security_protocol: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sasl_mechanism: Option<String>,
+    /// Environment variables holding the SASL username and password
+    /// (filled from the Secret by the pod spec).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sasl_username_env: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sasl_password_env: Option<String>,
+    /// Files mounted from Secrets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssl_ca_location: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssl_certificate_location: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssl_key_location: Option<String>,
+}

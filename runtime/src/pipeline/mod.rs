@@ -1,0 +1,376 @@
+//! The pipeline compiler: a StreamApp's `pipeline` → checked CEL programs.
+//!
+//! One compiler serves the operator (which refuses to start workers for a
+//! pipeline that does not compile, and reports why on the StreamApp) and the
+//! runtime (which executes what it returns), so the two can never disagree.
+
+mod check;
+
+use cel::Program;
+use millrace_crds::{ErrorPolicy, Format, PipelineSpec, RouteMode, Step, TopicName};
+
+pub use check::{CelType, SUPPORTED_FUNCTIONS};
+
+/// One problem, located: which step, which field, where in the expression.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompileError {
+    /// `spec.pipeline.steps[2].filter` and the like.
+    pub field: String,
+    /// The step's name (`step-2` when it has none); empty outside steps.
+    pub step: String,
+    /// 1-based line and column in the expression, when known.
+    pub position: Option<(usize, usize)>,
+    pub message: String,
+}
+
+impl std::fmt::Display for CompileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.field)?;
+        if !self.step.is_empty() {
+            write!(f, " (step '{}')", self.step)?;
+        }
+        if let Some((line, col)) = self.position {
+            write!(f, " at {line}:{col}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// All problems of a pipeline; compilation reports every one, not the first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompileErrors(pub Vec<CompileError>);
+
+impl std::fmt::Display for CompileErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let lines: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        f.write_str(&lines.join("; "))
+    }
+}
+
+impl std::error::Error for CompileErrors {}
+
+/// A compiled expression with its source, for error messages.
+pub struct Expr {
+    pub source: String,
+    pub program: Program,
+}
+
+impl std::fmt::Debug for Expr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Expr({:?})", self.source)
+    }
+}
+
+#[derive(Debug)]
+pub enum CompiledStep {
+    Filter {
+        name: String,
+        condition: Expr,
+    },
+    Map {
+        name: String,
+        key: Option<Expr>,
+        value: Option<Expr>,
+        headers: Vec<(String, Expr)>,
+    },
+    Route {
+        name: String,
+        mode: RouteMode,
+        rules: Vec<CompiledRule>,
+        default: Option<TopicName>,
+    },
+}
+
+#[derive(Debug)]
+pub enum Destination {
+    Topic(TopicName),
+    Computed(Expr),
+}
+
+#[derive(Debug)]
+pub struct CompiledRule {
+    pub when: Option<Expr>,
+    pub to: Destination,
+}
+
+/// A pipeline ready to run.
+#[derive(Debug)]
+pub struct CompiledPipeline {
+    pub source_topics: Vec<TopicName>,
+    pub key_format: Format,
+    pub value_format: Format,
+    pub steps: Vec<CompiledStep>,
+    pub error_policy: ErrorPolicy,
+    pub dead_letter_topic: Option<TopicName>,
+}
+
+impl CompiledPipeline {
+    /// Every topic the pipeline names as an output (routes, default,
+    /// dead-letter); computed topics are known only per record.
+    pub fn static_output_topics(&self) -> Vec<TopicName> {
+        let mut topics: Vec<TopicName> = self.dead_letter_topic.iter().cloned().collect();
+        for step in &self.steps {
+            if let CompiledStep::Route { rules, default, .. } = step {
+                topics.extend(rules.iter().filter_map(|r| match &r.to {
+                    Destination::Topic(t) => Some(t.clone()),
+                    Destination::Computed(_) => None,
+                }));
+                topics.extend(default.iter().cloned());
+            }
+        }
+        topics.sort();
+        topics.dedup();
+        topics
+    }
+}
+
+/// What an expression must produce where it is used.
+#[derive(Clone, Copy)]
+enum Want {
+    Bool,
+    String,
+    StringOrBytes,
+    Any,
+}
+
+struct Compiler<'a> {
+    spec: &'a PipelineSpec,
+    errors: Vec<CompileError>,
+}
+
+/// Compiles and checks a pipeline; every error found is returned.
+pub fn compile(spec: &PipelineSpec) -> Result<CompiledPipeline, CompileErrors> {
+    let mut c = Compiler {
+        spec,
+        errors: Vec::new(),
+    };
+    let steps: Vec<Option<CompiledStep>> = spec
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| c.step(i, s))
+        .collect();
+    c.check_shape();
+    if !c.errors.is_empty() {
+        return Err(CompileErrors(c.errors));
+    }
+    Ok(CompiledPipeline {
+        source_topics: spec.source.topics.clone(),
+        key_format: spec.source.key_format,
+        value_format: spec.source.value_format,
+        steps: steps.into_iter().flatten().collect(),
+        error_policy: spec.on_error.policy,
+        dead_letter_topic: spec.on_error.dead_letter_topic.clone(),
+    })
+}
+
+pub fn step_name(index: usize, step: &Step) -> String {
+    step.name.clone().unwrap_or_else(|| format!("step-{index}"))
+}
+
+impl Compiler<'_> {
+    fn error(&mut self, field: String, step: &str, message: impl Into<String>) {
+        self.errors.push(CompileError {
+            field,
+            step: step.into(),
+            position: None,
+            message: message.into(),
+        });
+    }
+
+    /// Rules the schema cannot express: the route comes last, names are
+    /// unique, the dead-letter topic is not a source.
+    fn check_shape(&mut self) {
+        let steps = &self.spec.steps;
+        let last_route = steps.iter().rposition(|s| s.route.is_some());
+        match last_route {
+            None => self.error("spec.pipeline.steps".into(), "", "the pipeline has no route step, so no record would reach a topic; end it with a route"),
+            Some(i) if i + 1 != steps.len() => {
+                let name = step_name(i + 1, &steps[i + 1]);
+                self.error(format!("spec.pipeline.steps[{}]", i + 1), &name, "steps after the last route never see a record; the route must be the last step")
+            }
+            _ => {}
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, s) in steps.iter().enumerate() {
+            let name = step_name(i, s);
+            if !seen.insert(name.clone()) {
+                self.error(
+                    format!("spec.pipeline.steps[{i}].name"),
+                    &name,
+                    format!("step name '{name}' is used twice"),
+                );
+            }
+        }
+        if let Some(dlq) = &self.spec.on_error.dead_letter_topic {
+            if self.spec.source.topics.contains(dlq) {
+                self.error(
+                    "spec.pipeline.onError.deadLetterTopic".into(),
+                    "",
+                    format!("'{dlq}' is also a source topic; failed records would be read again"),
+                );
+            }
+        }
+        if self.spec.on_error.policy == ErrorPolicy::DeadLetter
+            && self.spec.on_error.dead_letter_topic.is_none()
+        {
+            self.error(
+                "spec.pipeline.onError.deadLetterTopic".into(),
+                "",
+                "policy DeadLetter needs a deadLetterTopic",
+            );
+        }
+    }
+
+    fn step(&mut self, index: usize, step: &Step) -> Option<CompiledStep> {
+        let name = step_name(index, step);
+        let at = |field: &str| format!("spec.pipeline.steps[{index}].{field}");
+        let kinds = [
+            step.filter.is_some(),
+            step.map.is_some(),
+            step.route.is_some(),
+        ]
+        .iter()
+        .filter(|k| **k)
+        .count();
+        if kinds != 1 {
+            self.error(
+                format!("spec.pipeline.steps[{index}]"),
+                &name,
+                "a step sets exactly one of filter, map or route",
+            );
+            return None;
+        }
+        if let Some(filter) = &step.filter {
+            let condition = self.expr(&at("filter"), &name, filter, Want::Bool)?;
+            return Some(CompiledStep::Filter { name, condition });
+        }
+        if let Some(map) = &step.map {
+            if map.key.is_none()
+                && map.value.is_none()
+                && map.headers.as_ref().is_none_or(|h| h.is_empty())
+            {
+                self.error(
+                    at("map"),
+                    &name,
+                    "a map step sets at least one of value, key or headers",
+                );
+            }
+            let key = map
+                .key
+                .as_ref()
+                .and_then(|k| self.expr(&at("map.key"), &name, k, Want::StringOrBytes));
+            let value = map
+                .value
+                .as_ref()
+                .and_then(|v| self.expr(&at("map.value"), &name, v, Want::Any));
+            let mut headers = Vec::new();
+            for (header, source) in map.headers.iter().flatten() {
+                if let Some(e) = self.expr(
+                    &at(&format!("map.headers['{header}']")),
+                    &name,
+                    source,
+                    Want::StringOrBytes,
+                ) {
+                    headers.push((header.clone(), e));
+                }
+            }
+            return Some(CompiledStep::Map {
+                name,
+                key,
+                value,
+                headers,
+            });
+        }
+        let route = step.route.as_ref()?;
+        if route.rules.is_empty() && route.default.is_none() {
+            self.error(
+                at("route"),
+                &name,
+                "a route needs at least one rule or a default topic",
+            );
+        }
+        let mut rules = Vec::new();
+        for (r, rule) in route.rules.iter().enumerate() {
+            let when = rule.when.as_ref().and_then(|w| {
+                self.expr(&at(&format!("route.rules[{r}].when")), &name, w, Want::Bool)
+            });
+            let to = match (&rule.to, &rule.topic_expression) {
+                (Some(topic), None) => Destination::Topic(topic.clone()),
+                (None, Some(source)) => match self.expr(
+                    &at(&format!("route.rules[{r}].topicExpression")),
+                    &name,
+                    source,
+                    Want::String,
+                ) {
+                    Some(e) => Destination::Computed(e),
+                    None => continue,
+                },
+                _ => {
+                    self.error(
+                        at(&format!("route.rules[{r}]")),
+                        &name,
+                        "a route rule sets exactly one of to or topicExpression",
+                    );
+                    continue;
+                }
+            };
+            rules.push(CompiledRule { when, to });
+        }
+        Some(CompiledStep::Route {
+            name,
+            mode: route.mode,
+            rules,
+            default: route.default.clone(),
+        })
+    }
+
+    fn expr(&mut self, field: &str, step: &str, source: &str, want: Want) -> Option<Expr> {
+        let program = match check::parse(source) {
+            Ok(p) => p,
+            Err(e) => {
+                self.errors.push(CompileError {
+                    field: field.into(),
+                    step: step.into(),
+                    position: e.position,
+                    message: e.message,
+                });
+                return None;
+            }
+        };
+        let variables = check::Variables {
+            key: self.spec.source.key_format,
+            value: self.spec.source.value_format,
+        };
+        let result = check::check(&program, &variables);
+        let before = self.errors.len();
+        for problem in result.problems {
+            self.error(field.into(), step, problem);
+        }
+        let mismatch = match want {
+            Want::Bool => {
+                (!result.ty.can_be(CelType::Bool)).then_some("a condition must be true or false")
+            }
+            Want::String => (!result.ty.can_be(CelType::String))
+                .then_some("a topic expression must give a string"),
+            Want::StringOrBytes => (!result.ty.can_be(CelType::String)
+                && !result.ty.can_be(CelType::Bytes))
+            .then_some("this expression must give a string or bytes"),
+            Want::Any => None,
+        };
+        if let Some(m) = mismatch {
+            self.error(
+                field.into(),
+                step,
+                format!("{m}, but `{source}` gives {}", result.ty),
+            );
+        }
+        (self.errors.len() == before).then(|| Expr {
+            source: source.into(),
+            program,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

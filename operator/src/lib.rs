@@ -1,9 +1,17 @@
 //! The Millrace operator: reconciles StreamApps into workers.
 //!
 //! Reconcile is read → validate ([`model`], pure) → build ([`build`], pure)
-//! → apply (server-side apply, in [`build::APPLY_ORDER`]) → status
-//! ([`conditions`]). Kubernetes and Kafka I/O stay in [`reconcile`] and
-//! [`kafka`].
+//! → apply ([`apply`], server-side apply in [`build::APPLY_ORDER`]) →
+//! status ([`conditions`], pure). Kubernetes and Kafka I/O stay in
+//! [`reconcile`], [`apply`] and [`kafka`].
 
+pub mod apply;
 pub mod build;
+pub mod conditions;
+pub mod error;
+pub mod http;
+pub mod kafka;
+pub mod leader;
+pub mod metrics;
 pub mod model;
+pub mod reconcile;

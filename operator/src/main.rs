@@ -1,19 +1,156 @@
-//! `millrace-operator`: reconciles StreamApps into workers (issue #3).
+//! `millrace-operator`: reconciles StreamApps into workers.
 //!
-//! Until the reconcile loop lands this binary only reports its version, so
-//! nothing pretends to work that does not.
+//! `millrace-operator run` (the default) runs the controller;
+//! `millrace-operator crd` prints the CustomResourceDefinition.
 
-fn main() {
-    match std::env::args().nth(1).as_deref() {
-        Some("--version") | Some("version") => {
-            println!("millrace-operator {}", env!("CARGO_PKG_VERSION"))
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Controller;
+use kube::runtime::events::Reporter;
+use kube::runtime::watcher;
+use kube::{Api, Client, CustomResourceExt};
+use millrace_crds::StreamApp;
+use millrace_operator::leader::Elector;
+use millrace_operator::metrics::Metrics;
+use millrace_operator::model::Defaults;
+use millrace_operator::reconcile::{error_policy, reconcile, Context};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "The Millrace operator: runs Kafka stream applications on Kubernetes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controller (the default).
+    Run(RunArgs),
+    /// Print the StreamApp CustomResourceDefinition as YAML.
+    Crd,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "MILLRACE_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+    /// Elect a leader through a Lease, so several replicas are safe.
+    #[arg(long, env = "MILLRACE_LEADER_ELECTION")]
+    leader_election: bool,
+    /// Namespace of the leader Lease (the operator's own).
+    #[arg(long, env = "MILLRACE_NAMESPACE", default_value = "millrace-system")]
+    namespace: String,
+    /// This replica's identity in the Lease (its pod name).
+    #[arg(long, env = "MILLRACE_POD_NAME", default_value = "millrace-operator")]
+    identity: String,
+    /// Image of pipeline workers.
+    #[arg(long, env = "MILLRACE_RUNTIME_IMAGE")]
+    runtime_image: Option<String>,
+    /// Apply the embedded CRD at start, so `helm upgrade` carries CRD changes.
+    #[arg(long, env = "MILLRACE_MANAGE_CRD")]
+    manage_crd: bool,
+}
+
+#[derive(Parser)]
+struct DefaultRun {
+    #[command(flatten)]
+    args: RunArgs,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Crd) => {
+            print!("{}", millrace_crds::crd_yaml());
+            Ok(())
         }
-        _ => {
-            eprintln!(
-                "millrace-operator {}: the reconcile loop is not built yet (issue #3)",
-                env!("CARGO_PKG_VERSION")
-            );
-            std::process::exit(2);
-        }
+        Some(Command::Run(args)) => run(args).await,
+        // No subcommand: run, with settings from the environment.
+        None => run(DefaultRun::parse_from(["millrace-operator"]).args).await,
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,kube=warn".into()),
+        )
+        .init();
+    let client = Client::try_default().await?;
+    let metrics = Arc::new(Metrics::default());
+    let server = tokio::spawn(millrace_operator::http::serve(
+        args.metrics_addr,
+        metrics.clone(),
+    ));
+
+    let elector = args
+        .leader_election
+        .then(|| Elector::new(client.clone(), &args.namespace, args.identity.clone()));
+    if let Some(elector) = &elector {
+        elector.acquire().await?;
+        metrics.leader.set(1);
+    }
+    if args.manage_crd {
+        // Helm never upgrades files in a chart's crds/: the operator applies
+        // the CRD of its own version instead.
+        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+        crds.patch(
+            "streamapps.millrace.dev",
+            &PatchParams::apply("millrace-operator").force(),
+            &Patch::Apply(StreamApp::crd()),
+        )
+        .await?;
+        tracing::info!("applied the StreamApp CRD");
+    }
+
+    let mut defaults = Defaults::default();
+    if let Some(image) = args.runtime_image {
+        defaults.runtime_image = image;
+    }
+    let context = Arc::new(Context {
+        client: client.clone(),
+        defaults,
+        reporter: Reporter {
+            controller: "millrace-operator".into(),
+            instance: Some(args.identity.clone()),
+        },
+        metrics,
+    });
+    let apps: Api<StreamApp> = Api::all(client.clone());
+    let controller = Controller::new(apps, watcher::Config::default())
+        .owns(
+            Api::<StatefulSet>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .owns(
+            Api::<ConfigMap>::all(client.clone()),
+            watcher::Config::default().labels("app.kubernetes.io/managed-by=millrace-operator"),
+        )
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, context)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!("reconcile: {e}");
+            }
+        });
+    tracing::info!("controller started");
+    tokio::select! {
+        _ = controller => Ok(()),
+        r = async { match &elector { Some(e) => e.hold().await, None => std::future::pending().await } } => r,
+        r = server => r?,
     }
 }

@@ -8,4 +8,6 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	// Built only when the machine's kubectl is outside the supported skew.
+	_ "k8s.io/kubernetes/cmd/kubectl"
 )

@@ -1,0 +1,341 @@
+//! Talking to the app's Kafka cluster: client properties (pure, from the
+//! spec and its Secrets), topic metadata (I/O), and the task check (pure).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use millrace_crds::{KafkaSpec, SecretKeyRef, TopicName};
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::conditions::Degradation;
+
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Secrets named by the spec, by name.
+pub type Secrets = BTreeMap<String, Secret>;
+
+fn secret_value(
+    secrets: &Secrets,
+    name: &str,
+    key: &str,
+    field: &str,
+) -> Result<String, Degradation> {
+    let secret = secrets.get(name).ok_or_else(|| Degradation {
+        reason: "SecretMissing",
+        message: format!("{field}: Secret '{name}' not found"),
+    })?;
+    let bytes = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|b| b.0.clone());
+    bytes
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .ok_or_else(|| Degradation {
+            reason: "SecretMissing",
+            message: format!("{field}: Secret '{name}' has no key '{key}'"),
+        })
+}
+
+/// Names of the Secrets the operator must read to connect.
+pub fn secret_names(kafka: &KafkaSpec) -> Vec<String> {
+    let mut names = Vec::new();
+    if let Some(tls) = kafka.tls.as_ref().filter(|t| t.enabled) {
+        names.extend(
+            [&tls.ca, &tls.client_cert, &tls.client_key]
+                .into_iter()
+                .flatten()
+                .map(|r| r.name.clone()),
+        );
+    }
+    if let Some(sasl) = &kafka.sasl {
+        names.push(sasl.credentials.secret_name.clone());
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// librdkafka properties for the operator's own admin connection: PEM
+/// contents in memory, never written to disk.
+pub fn admin_properties(
+    kafka: &KafkaSpec,
+    secrets: &Secrets,
+) -> Result<BTreeMap<String, String>, Degradation> {
+    let mut props = kafka.properties.clone();
+    props.insert("bootstrap.servers".into(), kafka.bootstrap_servers.clone());
+    let tls = kafka.tls.as_ref().filter(|t| t.enabled);
+    let protocol = match (tls.is_some(), kafka.sasl.is_some()) {
+        (false, false) => "plaintext",
+        (true, false) => "ssl",
+        (false, true) => "sasl_plaintext",
+        (true, true) => "sasl_ssl",
+    };
+    props.insert("security.protocol".into(), protocol.into());
+    if let Some(tls) = tls {
+        let pem = |r: &Option<SecretKeyRef>, field: &str| {
+            r.as_ref()
+                .map(|r| secret_value(secrets, &r.name, &r.key, field))
+                .transpose()
+        };
+        if let Some(ca) = pem(&tls.ca, "spec.kafka.tls.ca")? {
+            props.insert("ssl.ca.pem".into(), ca);
+        }
+        if let Some(cert) = pem(&tls.client_cert, "spec.kafka.tls.clientCert")? {
+            props.insert("ssl.certificate.pem".into(), cert);
+        }
+        if let Some(key) = pem(&tls.client_key, "spec.kafka.tls.clientKey")? {
+            props.insert("ssl.key.pem".into(), key);
+        }
+    }
+    if let Some(sasl) = &kafka.sasl {
+        let c = &sasl.credentials;
+        props.insert("sasl.mechanism".into(), sasl.mechanism.as_str().into());
+        props.insert(
+            "sasl.username".into(),
+            secret_value(
+                secrets,
+                &c.secret_name,
+                &c.username_key,
+                "spec.kafka.sasl.credentials",
+            )?,
+        );
+        props.insert(
+            "sasl.password".into(),
+            secret_value(
+                secrets,
+                &c.secret_name,
+                &c.password_key,
+                "spec.kafka.sasl.credentials",
+            )?,
+        );
+    }
+    Ok(props)
+}
+
+fn client_config(props: &BTreeMap<String, String>) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    for (k, v) in props {
+        config.set(k, v);
+    }
+    config.set("socket.timeout.ms", "10000");
+    config
+}
+
+/// Partition count of each topic (`None`: the topic does not exist).
+/// Blocking; call from `spawn_blocking`.
+pub fn partition_counts(
+    props: &BTreeMap<String, String>,
+    topics: &[TopicName],
+) -> Result<BTreeMap<TopicName, Option<i32>>, String> {
+    let consumer: BaseConsumer = client_config(props)
+        .create()
+        .map_err(|e| format!("creating a Kafka client: {e}"))?;
+    let mut counts = BTreeMap::new();
+    for topic in topics {
+        let metadata = consumer
+            .fetch_metadata(Some(&topic.0), METADATA_TIMEOUT)
+            .map_err(|e| e.to_string())?;
+        let count = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic.0)
+            .and_then(|t| match t.error() {
+                None => Some(t.partitions().len() as i32),
+                Some(_) => None,
+            });
+        counts.insert(topic.clone(), count);
+    }
+    Ok(counts)
+}
+
+/// Tasks = the source topics' common partition count; every output topic
+/// must exist (Millrace creates nothing the user did not ask for).
+pub fn check_topics(
+    sources: &[TopicName],
+    outputs: &[TopicName],
+    counts: &BTreeMap<TopicName, Option<i32>>,
+) -> Result<Option<i32>, Degradation> {
+    let missing: Vec<String> = sources
+        .iter()
+        .chain(outputs)
+        .filter(|t| counts.get(*t).copied().flatten().is_none())
+        .map(|t| format!("'{t}'"))
+        .collect();
+    if !missing.is_empty() {
+        let role = |t: &str| {
+            if sources.iter().any(|s| format!("'{s}'") == t) {
+                "source"
+            } else {
+                "output"
+            }
+        };
+        let listed: Vec<String> = missing
+            .iter()
+            .map(|t| format!("{} topic {t}", role(t)))
+            .collect();
+        return Err(Degradation {
+            reason: "TopicMissing",
+            message: format!(
+                "{} does not exist; create it (Millrace creates no topics you did not ask for)",
+                listed.join(", ")
+            ),
+        });
+    }
+    let mut partitions: Vec<(String, i32)> = sources
+        .iter()
+        .map(|t| (t.0.clone(), counts[t].unwrap_or(0)))
+        .collect();
+    partitions.sort_by_key(|(_, n)| *n);
+    if let (Some(first), Some(last)) = (partitions.first(), partitions.last()) {
+        if first.1 != last.1 {
+            let listed: Vec<String> = partitions.iter().map(|(t, n)| format!("{t}={n}")).collect();
+            return Err(Degradation {
+                reason: "PartitionMismatch",
+                message: format!(
+                    "spec.pipeline.source.topics must have the same partition count (partition N of each is one task): {}",
+                    listed.join(", ")
+                ),
+            });
+        }
+    }
+    Ok(partitions.first().map(|(_, n)| *n))
+}
+
+/// Deletes the app's internal topics (`<appId>-…`) and its consumer group:
+/// what `deletionPolicy: Delete` promises. Blocking.
+pub async fn delete_app_data(
+    props: &BTreeMap<String, String>,
+    application_id: &str,
+) -> Result<Vec<String>, String> {
+    let admin: AdminClient<DefaultClientContext> =
+        client_config(props).create().map_err(|e| e.to_string())?;
+    let metadata = admin
+        .inner()
+        .fetch_metadata(None, METADATA_TIMEOUT)
+        .map_err(|e| e.to_string())?;
+    let prefix = format!("{application_id}-");
+    let internal: Vec<String> = metadata
+        .topics()
+        .iter()
+        .map(|t| t.name().to_string())
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT));
+    if !internal.is_empty() {
+        let names: Vec<&str> = internal.iter().map(String::as_str).collect();
+        for result in admin
+            .delete_topics(&names, &options)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            if let Err((topic, code)) = result {
+                if code != RDKafkaErrorCode::UnknownTopicOrPartition {
+                    return Err(format!("deleting topic {topic}: {code}"));
+                }
+            }
+        }
+    }
+    for result in admin
+        .delete_groups(&[application_id], &options)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        if let Err((group, code)) = result {
+            if code != RDKafkaErrorCode::GroupIdNotFound {
+                return Err(format!("deleting consumer group {group}: {code}"));
+            }
+        }
+    }
+    Ok(internal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::ByteString;
+
+    fn t(name: &str) -> TopicName {
+        TopicName(name.into())
+    }
+
+    #[test]
+    fn tasks_are_the_common_partition_count() {
+        let counts = BTreeMap::from([(t("a"), Some(8)), (t("b"), Some(8)), (t("out"), Some(1))]);
+        assert_eq!(
+            check_topics(&[t("a"), t("b")], &[t("out")], &counts),
+            Ok(Some(8))
+        );
+    }
+
+    #[test]
+    fn missing_topics_are_named_with_their_role() {
+        let counts = BTreeMap::from([(t("a"), None), (t("out"), None)]);
+        let d = check_topics(&[t("a")], &[t("out")], &counts).unwrap_err();
+        assert_eq!(d.reason, "TopicMissing");
+        assert!(
+            d.message.contains("source topic 'a'") && d.message.contains("output topic 'out'"),
+            "{}",
+            d.message
+        );
+    }
+
+    #[test]
+    fn different_partition_counts_are_refused() {
+        let counts = BTreeMap::from([(t("a"), Some(8)), (t("b"), Some(4))]);
+        let d = check_topics(&[t("a"), t("b")], &[], &counts).unwrap_err();
+        assert_eq!(d.reason, "PartitionMismatch");
+        assert!(
+            d.message.contains("b=4") && d.message.contains("a=8"),
+            "{}",
+            d.message
+        );
+    }
+
+    #[test]
+    fn admin_properties_read_credentials_from_secrets() {
+        let kafka: KafkaSpec = serde_json::from_value(serde_json::json!({
+            "bootstrapServers": "k:9093",
+            "tls": {"ca": {"name": "ca", "key": "ca.crt"}},
+            "sasl": {"mechanism": "SCRAM-SHA-256", "credentials": {"secretName": "user"}},
+            "properties": {"compression.type": "zstd"}
+        }))
+        .unwrap();
+        let secret = |pairs: &[(&str, &str)]| Secret {
+            data: Some(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+                    .collect(),
+            ),
+            ..Default::default()
+        };
+        let mut secrets = Secrets::new();
+        secrets.insert("ca".into(), secret(&[("ca.crt", "PEM")]));
+        assert!(admin_properties(&kafka, &secrets)
+            .unwrap_err()
+            .message
+            .contains("Secret 'user' not found"));
+        secrets.insert(
+            "user".into(),
+            secret(&[("username", "app"), ("password", "pw")]),
+        );
+        let props = admin_properties(&kafka, &secrets).unwrap();
+        assert_eq!(props["security.protocol"], "sasl_ssl");
+        assert_eq!(props["ssl.ca.pem"], "PEM");
+        assert_eq!(
+            (
+                props["sasl.username"].as_str(),
+                props["sasl.password"].as_str()
+            ),
+            ("app", "pw")
+        );
+        assert_eq!(props["compression.type"], "zstd");
+        assert_eq!(secret_names(&kafka), ["ca", "user"]);
+    }
+}

@@ -1,0 +1,96 @@
+//! Prometheus metrics of the operator.
+
+use std::sync::atomic::AtomicI64;
+use std::time::Instant;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::error::Error;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub kind: String,
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    reconciles: Counter,
+    failures: Family<ErrorLabels, Counter>,
+    duration: Histogram,
+    pub leader: Gauge<i64, AtomicI64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("millrace_operator");
+        let reconciles = Counter::default();
+        let failures = Family::<ErrorLabels, Counter>::default();
+        let duration = Histogram::new(exponential_buckets(0.005, 2.0, 12));
+        let leader = Gauge::<i64, AtomicI64>::default();
+        registry.register("reconciles", "Reconciles started", reconciles.clone());
+        registry.register(
+            "reconcile_errors",
+            "Reconciles that failed, by error kind",
+            failures.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Duration of reconciles",
+            duration.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader lease",
+            leader.clone(),
+        );
+        Self {
+            registry,
+            reconciles,
+            failures,
+            duration,
+            leader,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn reconcile_timer(&self) -> ReconcileTimer<'_> {
+        self.reconciles.inc();
+        ReconcileTimer {
+            started: Instant::now(),
+            histogram: &self.duration,
+        }
+    }
+
+    pub fn reconcile_failed(&self, error: &Error) {
+        self.failures
+            .get_or_create(&ErrorLabels {
+                kind: error.metric_label().into(),
+            })
+            .inc();
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("metrics encode");
+        out
+    }
+}
+
+/// Observes the reconcile's duration when dropped.
+pub struct ReconcileTimer<'a> {
+    started: Instant,
+    histogram: &'a Histogram,
+}
+
+impl Drop for ReconcileTimer<'_> {
+    fn drop(&mut self) {
+        self.histogram.observe(self.started.elapsed().as_secs_f64());
+    }
+}

@@ -11,6 +11,8 @@ cargo fmt --all --check || die "code is not formatted: run 'cargo fmt --all'"
 cargo clippy -q --workspace --all-targets -- -D warnings
 
 eval "$(bash "$E2E_DIR/stack.sh" up)"
+# Pods run the binaries in target/ (e2e/images.conf): build them from this tree.
+cargo build -q --workspace --bins
 log "cargo test --workspace (KAFKA_BOOTSTRAP=$KAFKA_BOOTSTRAP KUBECONFIG=$KUBECONFIG)"
 cargo test --workspace
 

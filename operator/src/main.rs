@@ -149,7 +149,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         });
     tracing::info!("controller started");
     tokio::select! {
-        _ = controller => Ok(()),
+        _ = controller => {
+            // Stopped by SIGTERM: hand leadership over before exiting.
+            if let Some(elector) = &elector {
+                elector.release().await;
+            }
+            Ok(())
+        }
         r = async { match &elector { Some(e) => e.hold().await, None => std::future::pending().await } } => r,
         r = server => r?,
     }

@@ -95,3 +95,104 @@ pub fn pod_processes(uid: &str) -> Vec<u32> {
     }
     pids
 }
+
+/// The repository root (charts, examples, fixtures are found from here).
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Runs helm (`$HELM`, else `helm` on PATH) against the local API server.
+pub fn helm(args: &[&str]) -> anyhow::Result<String> {
+    let helm = std::env::var("HELM").unwrap_or_else(|_| "helm".into());
+    let out = Command::new(&helm)
+        .env("KUBECONFIG", kubeconfig())
+        .current_dir(repo_root())
+        .args(args)
+        .output()
+        .with_context(|| format!("running {helm} (make stack-up builds it and prints its PATH)"))?;
+    if !out.status.success() {
+        bail!(
+            "helm {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Creates topics that do not exist yet; existing ones are left alone.
+pub fn ensure_topics(topics: &[(&str, i32)]) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::types::RDKafkaErrorCode;
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka_bootstrap())
+        .create()
+        .expect("admin client");
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|(name, n)| NewTopic::new(name, *n, TopicReplication::Fixed(1)))
+        .collect();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let results = rt
+        .block_on(admin.create_topics(&new, &AdminOptions::new()))
+        .expect("create_topics (is the broker up?)");
+    for r in results {
+        if let Err((topic, code)) = r {
+            assert_eq!(
+                code,
+                RDKafkaErrorCode::TopicAlreadyExists,
+                "creating {topic}"
+            );
+        }
+    }
+}
+
+/// The chart installed once per test binary as release `millrace` in
+/// `millrace-system`, with the operator running as the chart's pod.
+pub fn install_chart(extra: &[&str]) {
+    // Tests of one binary run in parallel threads; install once per setting.
+    static INSTALLED: std::sync::Mutex<Option<Vec<String>>> = std::sync::Mutex::new(None);
+    let mut installed = INSTALLED.lock().unwrap_or_else(|p| p.into_inner());
+    let wanted: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    if installed.as_ref() == Some(&wanted) {
+        return;
+    }
+    let mut args = vec![
+        "upgrade",
+        "--install",
+        "millrace",
+        "charts/millrace",
+        "-n",
+        OPERATOR_NAMESPACE,
+        "--create-namespace",
+        "--wait",
+        "--timeout",
+        "120s",
+    ];
+    args.extend_from_slice(extra);
+    helm(&args).expect("helm install of charts/millrace");
+    *installed = Some(wanted);
+}
+
+pub const OPERATOR_NAMESPACE: &str = "millrace-system";
+
+/// A namespace deleted (without waiting) when the test ends.
+pub struct TestNamespace(pub String);
+
+impl TestNamespace {
+    pub fn create(prefix: &str) -> Self {
+        let name = unique(prefix);
+        kubectl(&["create", "namespace", &name]).unwrap();
+        Self(name)
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        let _ = kubectl(&["delete", "namespace", &self.0, "--wait=false"]);
+    }
+}

@@ -1,0 +1,178 @@
+//! Two operator replicas: one leader through the Lease, the other writes
+//! nothing; the standby takes over when the leader dies; `helm uninstall`
+//! leaves no operator object behind.
+
+use std::time::Duration;
+
+use millrace_tests::{
+    ensure_topics, helm, install_chart, kubectl, repo_root, wait_until, TestNamespace,
+    OPERATOR_NAMESPACE,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(90);
+
+fn operator_pods() -> Vec<(String, String)> {
+    let out = kubectl(&[
+        "-n",
+        OPERATOR_NAMESPACE,
+        "get",
+        "pods",
+        "-l",
+        "app.kubernetes.io/name=millrace-operator",
+        "--field-selector",
+        "status.phase=Running",
+        "-o",
+        "jsonpath={range .items[?(@.metadata.deletionTimestamp)]}{end}{range .items[*]}{.metadata.name} {.status.podIP}{\"\\n\"}{end}",
+    ])
+    .unwrap_or_default();
+    out.lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(n, ip)| (n.to_string(), ip.to_string()))
+        .collect()
+}
+
+fn lease_holder() -> String {
+    kubectl(&[
+        "-n",
+        OPERATOR_NAMESPACE,
+        "get",
+        "lease",
+        "millrace-operator",
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ])
+    .unwrap_or_default()
+}
+
+/// A metric of one operator pod, read from its /metrics endpoint.
+fn metric(ip: &str, name: &str) -> Option<f64> {
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "--max-time",
+            "3",
+            &format!("http://{ip}:8080/metrics"),
+        ])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} "))?.trim().parse().ok())
+}
+
+#[test]
+fn two_replicas_elect_one_leader_that_alone_writes_and_uninstall_is_clean() {
+    install_chart(&["--set", "replicaCount=2"]);
+    let pods = wait_until("two running operator pods", TIMEOUT, || {
+        let pods = operator_pods();
+        (pods.len() == 2
+            && pods
+                .iter()
+                .all(|(_, ip)| metric(ip, "millrace_operator_leader").is_some()))
+        .then_some(pods)
+    });
+    let holder = wait_until("a lease holder", TIMEOUT, || {
+        let h = lease_holder();
+        pods.iter().any(|(n, _)| *n == h).then_some(h)
+    });
+    let leader_ip = &pods.iter().find(|(n, _)| *n == holder).unwrap().1;
+    let (_, follower_ip) = pods.iter().find(|(n, _)| *n != holder).unwrap().clone();
+    assert_eq!(metric(leader_ip, "millrace_operator_leader"), Some(1.0));
+    assert_eq!(metric(&follower_ip, "millrace_operator_leader"), Some(0.0));
+
+    ensure_topics(&[("input", 2), ("output", 2)]);
+    let ns = TestNamespace::create("leader");
+    let ns = ns.0.as_str();
+    kubectl(&[
+        "-n",
+        ns,
+        "apply",
+        "-f",
+        repo_root()
+            .join("examples/passthrough.yaml")
+            .to_str()
+            .unwrap(),
+    ])
+    .unwrap();
+    wait_until("the app reconciled", TIMEOUT, || {
+        (kubectl(&[
+            "-n",
+            ns,
+            "get",
+            "streamapp",
+            "passthrough",
+            "-o",
+            "jsonpath={.status.tasks}",
+        ])
+        .unwrap_or_default()
+            == "2")
+            .then_some(())
+    });
+    assert_eq!(
+        metric(&follower_ip, "millrace_operator_reconciles_total"),
+        Some(0.0),
+        "the standby reconciles nothing"
+    );
+    assert!(metric(leader_ip, "millrace_operator_reconciles_total").unwrap_or(0.0) >= 1.0);
+
+    // The leader dies; a standby (the old one, or the Deployment's
+    // replacement pod) takes the lease and carries on.
+    kubectl(&[
+        "-n",
+        OPERATOR_NAMESPACE,
+        "delete",
+        "pod",
+        &holder,
+        "--grace-period=0",
+        "--force",
+    ])
+    .unwrap();
+    let new_leader_ip = wait_until(
+        "another replica to take the lease",
+        Duration::from_secs(60),
+        || {
+            let h = lease_holder();
+            (h != holder)
+                .then(|| {
+                    operator_pods()
+                        .into_iter()
+                        .find(|(n, _)| *n == h)
+                        .map(|(_, ip)| ip)
+                })
+                .flatten()
+        },
+    );
+    wait_until("the new leader to reconcile", TIMEOUT, || {
+        (metric(&new_leader_ip, "millrace_operator_reconciles_total").unwrap_or(0.0) >= 1.0)
+            .then_some(())
+    });
+    assert_eq!(
+        metric(&new_leader_ip, "millrace_operator_leader"),
+        Some(1.0)
+    );
+
+    helm(&[
+        "uninstall",
+        "millrace",
+        "-n",
+        OPERATOR_NAMESPACE,
+        "--wait",
+        "--timeout",
+        "60s",
+    ])
+    .unwrap();
+    let left = kubectl(&[
+        "get",
+        "deployments,serviceaccounts,services,roles,rolebindings,clusterroles,clusterrolebindings",
+        "-A",
+        "-l",
+        "app.kubernetes.io/instance=millrace,app.kubernetes.io/name=millrace-operator",
+        "-o",
+        "name",
+    ])
+    .unwrap();
+    assert!(left.trim().is_empty(), "helm uninstall left: {left}");
+    wait_until("operator pods gone", TIMEOUT, || {
+        operator_pods().is_empty().then_some(())
+    });
+}

@@ -283,16 +283,11 @@ pub fn validate(app: &StreamApp, defaults: &Defaults) -> Result<AppModel, Vec<In
         }
     }
 
-    let has_state = spec.state.is_some();
-    let state = spec
-        .state
-        .as_ref()
-        .filter(|_| has_state)
-        .map(|s| StateModel {
-            size: s.size.clone().unwrap_or_else(|| Quantity("1Gi".into())),
-            storage_class_name: s.storage_class_name.clone(),
-            standby_replicas: s.standby_replicas,
-        });
+    let state = spec.state.as_ref().map(|s| StateModel {
+        size: s.size.clone().unwrap_or_else(|| Quantity("1Gi".into())),
+        storage_class_name: s.storage_class_name.clone(),
+        standby_replicas: s.standby_replicas,
+    });
 
     if !problems.is_empty() {
         return Err(problems);
@@ -365,4 +360,133 @@ pub fn selector_string(name: &str) -> String {
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app(spec: serde_json::Value) -> StreamApp {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "millrace.dev/v1alpha1", "kind": "StreamApp",
+            "metadata": {"name": "orders", "namespace": "shop", "uid": "u"},
+            "spec": spec
+        }))
+        .unwrap()
+    }
+
+    fn pipeline() -> serde_json::Value {
+        serde_json::json!({"source": {"topics": ["orders"]}, "steps": [{"route": {"default": "out"}}]})
+    }
+
+    fn problems(spec: serde_json::Value) -> Vec<String> {
+        validate(&app(spec), &Defaults::default())
+            .err()
+            .unwrap_or_default()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn defaults_fill_in() {
+        let m = validate(&app(serde_json::json!({"kafka": {"bootstrapServers": "k:9092"}, "pipeline": pipeline()})), &Defaults::default()).unwrap();
+        assert_eq!(m.application_id, "shop.orders");
+        assert_eq!(m.guarantee, ProcessingGuarantee::ExactlyOnce);
+        assert_eq!(
+            (m.commit_interval, m.transaction_timeout),
+            (Duration::from_millis(100), Duration::from_secs(60))
+        );
+        assert_eq!(m.replicas, 1);
+        assert_eq!(m.output_topics(), [TopicName("out".into())]);
+        assert!(m.state.is_none());
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("100ms"), Some(Duration::from_millis(100)));
+        assert_eq!(parse_duration("1m30s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("2h"), Some(Duration::from_secs(7200)));
+        for bad in ["", "5", "fast", "1.5s", "10x"] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn each_problem_names_its_field() {
+        let cases: Vec<(serde_json::Value, &str)> = vec![
+            (
+                serde_json::json!({"kafka": {"bootstrapServers": ""}, "pipeline": pipeline()}),
+                "spec.kafka.bootstrapServers: is required",
+            ),
+            (
+                serde_json::json!({"kafka": {"bootstrapServers": "k"}, "pipeline": pipeline()}),
+                "spec.kafka.bootstrapServers: 'k' is not host:port",
+            ),
+            (
+                serde_json::json!({"kafka": {"bootstrapServers": "k:1", "properties": {"isolation.level": "read_uncommitted"}}, "pipeline": pipeline()}),
+                "spec.kafka.properties['isolation.level']: is set by Millrace",
+            ),
+            (
+                serde_json::json!({"kafka": {"bootstrapServers": "k:1"}, "pipeline": pipeline(), "commitInterval": "1m", "transactionTimeout": "30s"}),
+                "spec.commitInterval: must be shorter",
+            ),
+            (
+                serde_json::json!({"kafka": {"bootstrapServers": "k:1"}, "pipeline": pipeline(), "commitInterval": "soon"}),
+                "spec.commitInterval: 'soon' is not a duration",
+            ),
+            (
+                serde_json::json!({"kafka": {"bootstrapServers": "k:1"}}),
+                "spec: set exactly one of spec.pipeline",
+            ),
+            (
+                serde_json::json!({"kafka": {"bootstrapServers": "k:1"}, "pipeline": pipeline(), "args": ["x"]}),
+                "spec.command: spec.command and spec.args apply only with spec.image",
+            ),
+            (
+                serde_json::json!({"kafka": {"bootstrapServers": "k:1"}, "image": "x", "replicas": -2}),
+                "spec.replicas: must not be negative",
+            ),
+            (
+                serde_json::json!({"kafka": {"bootstrapServers": "k:1"}, "image": "x", "autoscaling": {"minReplicas": 3, "maxReplicas": 1}}),
+                "spec.autoscaling.minReplicas: must not exceed",
+            ),
+            (
+                serde_json::json!({"kafka": {"bootstrapServers": "k:1"}, "image": "x", "template": {"env": [{"name": "MILLRACE_CONFIG", "value": "x"}]}}),
+                "spec.template.env[0].name: 'MILLRACE_CONFIG' is reserved",
+            ),
+            (
+                serde_json::json!({"kafka": {"bootstrapServers": "k:1"}, "pipeline": {"source": {"topics": ["a"]}, "steps": [{"filter": "nope == 1"}, {"route": {"default": "b"}}]}}),
+                "spec.pipeline.steps[0].filter (step 'step-0'): unknown variable 'nope'",
+            ),
+        ];
+        for (spec, expected) in cases {
+            let found = problems(spec.clone());
+            assert!(
+                found
+                    .iter()
+                    .any(|p| p.starts_with(expected) || p.contains(expected)),
+                "{spec}: expected '{expected}' in {found:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn at_least_once_commits_every_five_seconds_and_state_defaults_to_1gi() {
+        let m = validate(
+            &app(serde_json::json!({"kafka": {"bootstrapServers": "k:9092"}, "pipeline": pipeline(), "processingGuarantee": "AtLeastOnce", "state": {}})),
+            &Defaults::default(),
+        )
+        .unwrap();
+        assert_eq!(m.commit_interval, Duration::from_secs(5));
+        assert_eq!(m.state.unwrap().size.0, "1Gi");
+    }
+
+    #[test]
+    fn selector_string_matches_the_pod_labels() {
+        assert_eq!(
+            selector_string("orders"),
+            "app.kubernetes.io/name=millrace-worker,millrace.dev/app=orders"
+        );
+    }
 }

@@ -215,6 +215,23 @@ fn select_items(
     Ok(out)
 }
 
+/// Adds the files of a ConfigMap or Secret (`data` is `None` when it does
+/// not exist, which only an optional source may).
+fn add_object_files(
+    files: &mut BTreeMap<String, Vec<u8>>,
+    what: &str,
+    data: Option<BTreeMap<String, Vec<u8>>>,
+    items: Option<&[KeyToPath]>,
+    optional: Option<bool>,
+) -> anyhow::Result<()> {
+    match data {
+        Some(all) => files.extend(select_items(all, items, what)?),
+        None if optional == Some(true) => {}
+        None => bail!("{what} not found"),
+    }
+    Ok(())
+}
+
 fn add_config_map(
     files: &mut BTreeMap<String, Vec<u8>>,
     sources: &Sources,
@@ -222,22 +239,14 @@ fn add_config_map(
     items: Option<&[KeyToPath]>,
     optional: Option<bool>,
 ) -> anyhow::Result<()> {
-    let Some(cm) = sources.config_maps.get(name) else {
-        return if optional == Some(true) {
-            Ok(())
-        } else {
-            Err(anyhow!("ConfigMap '{name}' not found"))
-        };
-    };
-    let mut all: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    for (k, v) in cm.data.iter().flatten() {
-        all.insert(k.clone(), v.clone().into_bytes());
-    }
-    for (k, v) in cm.binary_data.iter().flatten() {
-        all.insert(k.clone(), v.0.clone());
-    }
-    files.extend(select_items(all, items, &format!("ConfigMap '{name}'"))?);
-    Ok(())
+    let what = format!("ConfigMap '{name}'");
+    add_object_files(
+        files,
+        &what,
+        config_map_data(sources, name),
+        items,
+        optional,
+    )
 }
 
 fn add_secret(
@@ -247,21 +256,40 @@ fn add_secret(
     items: Option<&[KeyToPath]>,
     optional: Option<bool>,
 ) -> anyhow::Result<()> {
-    let Some(secret) = sources.secrets.get(name) else {
-        return if optional == Some(true) {
-            Ok(())
-        } else {
-            Err(anyhow!("Secret '{name}' not found"))
-        };
-    };
-    let all = secret
+    add_object_files(
+        files,
+        &format!("Secret '{name}'"),
+        secret_data(sources, name),
+        items,
+        optional,
+    )
+}
+
+fn config_map_data(sources: &Sources, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
+    let cm = sources.config_maps.get(name)?;
+    let text = cm
         .data
         .iter()
         .flatten()
-        .map(|(k, v)| (k.clone(), v.0.clone()))
-        .collect();
-    files.extend(select_items(all, items, &format!("Secret '{name}'"))?);
-    Ok(())
+        .map(|(k, v)| (k.clone(), v.clone().into_bytes()));
+    let binary = cm
+        .binary_data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.0.clone()));
+    Some(text.chain(binary).collect())
+}
+
+fn secret_data(sources: &Sources, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
+    let secret = sources.secrets.get(name)?;
+    Some(
+        secret
+            .data
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.0.clone()))
+            .collect(),
+    )
 }
 
 fn add_downward(

@@ -5,6 +5,8 @@
 //! runtime (which executes what it returns), so the two can never disagree.
 
 mod check;
+pub mod eval;
+pub mod value;
 
 use cel::Program;
 use millrace_crds::{ErrorPolicy, Format, PipelineSpec, RouteMode, Step, TopicName};
@@ -105,6 +107,34 @@ pub struct CompiledPipeline {
 }
 
 impl CompiledPipeline {
+    /// Every compiled expression, for finding the variables they use.
+    pub fn expressions(&self) -> Vec<&Expr> {
+        let mut out = Vec::new();
+        for step in &self.steps {
+            match step {
+                CompiledStep::Filter { condition, .. } => out.push(condition),
+                CompiledStep::Map {
+                    key,
+                    value,
+                    headers,
+                    ..
+                } => {
+                    out.extend(key.iter().chain(value.iter()));
+                    out.extend(headers.iter().map(|(_, e)| e));
+                }
+                CompiledStep::Route { rules, .. } => {
+                    for rule in rules {
+                        out.extend(rule.when.iter());
+                        if let Destination::Computed(e) = &rule.to {
+                            out.push(e);
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// Every topic the pipeline names as an output (routes, default,
     /// dead-letter); computed topics are known only per record.
     pub fn static_output_topics(&self) -> Vec<TopicName> {

@@ -1,0 +1,479 @@
+//! Running a compiled pipeline on one record.
+//!
+//! A record is decoded once; each expression sees `key`, `value`, `headers`,
+//! `topic`, `partition`, `offset` and `timestamp`, but only the variables
+//! some expression of the pipeline uses are bound. Keys and values that no
+//! `map` step changed are written out as the original bytes.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use cel::objects::{Key, Map};
+use cel::{Context, Env, Value};
+use millrace_crds::{Format, RouteMode, TopicName};
+
+use super::value::{decode, encode};
+use super::{CompiledPipeline, CompiledStep, Destination, Expr};
+
+/// A consumed record, borrowed from the consumer's buffer.
+pub struct InputRecord<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp: Option<i64>,
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+    pub headers: Vec<(&'a str, &'a [u8])>,
+}
+
+/// A record to produce.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputRecord {
+    pub topic: String,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// Why a record could not be processed, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordError {
+    /// The step's name, or `source` when the record did not decode.
+    pub step: String,
+    pub message: String,
+}
+
+/// What became of a record.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Processed {
+    pub outputs: Vec<OutputRecord>,
+    /// A filter dropped it.
+    pub filtered: bool,
+    /// No route rule matched and there is no default.
+    pub unrouted: bool,
+}
+
+/// Evaluates a pipeline; one per processing thread.
+pub struct Evaluator {
+    pipeline: Arc<CompiledPipeline>,
+    env: Arc<Env>,
+    uses: BTreeSet<String>,
+}
+
+/// The record's current key and value: original bytes until a map step
+/// replaces them.
+struct Current<'a> {
+    key: Value,
+    value: Value,
+    key_bytes: Option<std::borrow::Cow<'a, [u8]>>,
+    value_bytes: Option<std::borrow::Cow<'a, [u8]>>,
+    headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Evaluator {
+    pub fn new(pipeline: Arc<CompiledPipeline>) -> Self {
+        let mut uses = BTreeSet::new();
+        for e in pipeline.expressions() {
+            uses.extend(
+                e.program
+                    .references()
+                    .variables()
+                    .into_iter()
+                    .map(str::to_string),
+            );
+        }
+        Self {
+            pipeline,
+            env: Arc::new(Env::stdlib()),
+            uses,
+        }
+    }
+
+    pub fn pipeline(&self) -> &CompiledPipeline {
+        &self.pipeline
+    }
+
+    pub fn process(&self, record: &InputRecord<'_>) -> Result<Processed, RecordError> {
+        let p = &self.pipeline;
+        let source_error = |what: &str, m: String| RecordError {
+            step: "source".into(),
+            message: format!("{what} {m}"),
+        };
+        let mut current = Current {
+            key: decode(record.key, p.key_format).map_err(|m| source_error("key", m))?,
+            value: decode(record.value, p.value_format).map_err(|m| source_error("value", m))?,
+            key_bytes: record.key.map(std::borrow::Cow::Borrowed),
+            value_bytes: record.value.map(std::borrow::Cow::Borrowed),
+            headers: record
+                .headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_vec()))
+                .collect(),
+        };
+        let mut processed = Processed::default();
+        for step in &p.steps {
+            match step {
+                CompiledStep::Filter { name, condition } => {
+                    if !self.truth(name, condition, record, &current)? {
+                        processed.filtered = true;
+                        return Ok(processed);
+                    }
+                }
+                CompiledStep::Map {
+                    name,
+                    key,
+                    value,
+                    headers,
+                } => {
+                    let err = |m: String| RecordError {
+                        step: name.clone(),
+                        message: m,
+                    };
+                    let new_key = key
+                        .as_ref()
+                        .map(|e| self.eval(name, e, record, &current))
+                        .transpose()?;
+                    let new_value = value
+                        .as_ref()
+                        .map(|e| self.eval(name, e, record, &current))
+                        .transpose()?;
+                    for (header, e) in headers {
+                        let v = self.eval(name, e, record, &current)?;
+                        let bytes = encode(&v, Format::String)
+                            .map_err(|m| err(format!("header '{header}': {m}")))?
+                            .unwrap_or_default();
+                        current.headers.retain(|(k, _)| k != header);
+                        current.headers.push((header.clone(), bytes));
+                    }
+                    if let Some(k) = new_key {
+                        current.key_bytes = encode(&k, p.key_format)
+                            .map_err(|m| err(format!("key: {m}")))?
+                            .map(std::borrow::Cow::Owned);
+                        current.key = k;
+                    }
+                    if let Some(v) = new_value {
+                        current.value_bytes = encode(&v, p.value_format)
+                            .map_err(|m| err(format!("value: {m}")))?
+                            .map(std::borrow::Cow::Owned);
+                        current.value = v;
+                    }
+                }
+                CompiledStep::Route {
+                    name,
+                    mode,
+                    rules,
+                    default,
+                } => {
+                    let mut topics: Vec<String> = Vec::new();
+                    for rule in rules {
+                        let matched = match &rule.when {
+                            Some(when) => self.truth(name, when, record, &current)?,
+                            None => true,
+                        };
+                        if !matched {
+                            continue;
+                        }
+                        topics.push(match &rule.to {
+                            Destination::Topic(t) => t.0.clone(),
+                            Destination::Computed(e) => self.topic(name, e, record, &current)?,
+                        });
+                        if *mode == RouteMode::FirstMatch {
+                            break;
+                        }
+                    }
+                    if topics.is_empty() {
+                        match default {
+                            Some(TopicName(t)) => topics.push(t.clone()),
+                            None => processed.unrouted = true,
+                        }
+                    }
+                    topics.dedup();
+                    processed.outputs = topics
+                        .into_iter()
+                        .map(|topic| OutputRecord {
+                            topic,
+                            key: current.key_bytes.as_deref().map(<[u8]>::to_vec),
+                            value: current.value_bytes.as_deref().map(<[u8]>::to_vec),
+                            headers: current.headers.clone(),
+                        })
+                        .collect();
+                    return Ok(processed);
+                }
+            }
+        }
+        Ok(processed)
+    }
+
+    fn context(
+        &self,
+        record: &InputRecord<'_>,
+        current: &Current<'_>,
+    ) -> Context<'static, 'static> {
+        let mut ctx = Context::with_env(self.env.clone());
+        let uses = |v: &str| self.uses.contains(v);
+        if uses("key") {
+            ctx.add_variable_from_value("key", current.key.clone());
+        }
+        if uses("value") {
+            ctx.add_variable_from_value("value", current.value.clone());
+        }
+        if uses("topic") {
+            ctx.add_variable_from_value("topic", Value::String(Arc::new(record.topic.to_string())));
+        }
+        if uses("partition") {
+            ctx.add_variable_from_value("partition", Value::Int(record.partition.into()));
+        }
+        if uses("offset") {
+            ctx.add_variable_from_value("offset", Value::Int(record.offset));
+        }
+        if uses("timestamp") {
+            ctx.add_variable_from_value("timestamp", Value::Int(record.timestamp.unwrap_or(-1)));
+        }
+        if uses("headers") {
+            let map: HashMap<Key, Value> = current
+                .headers
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        Key::String(Arc::new(k.clone())),
+                        Value::String(Arc::new(String::from_utf8_lossy(v).into_owned())),
+                    )
+                })
+                .collect();
+            ctx.add_variable_from_value("headers", Value::Map(Map { map: Arc::new(map) }));
+        }
+        ctx
+    }
+
+    fn eval(
+        &self,
+        step: &str,
+        e: &Expr,
+        record: &InputRecord<'_>,
+        current: &Current<'_>,
+    ) -> Result<Value, RecordError> {
+        let ctx = self.context(record, current);
+        e.program.execute(&ctx).map_err(|err| RecordError {
+            step: step.into(),
+            message: format!("`{}`: {err:?}", e.source),
+        })
+    }
+
+    fn truth(
+        &self,
+        step: &str,
+        e: &Expr,
+        record: &InputRecord<'_>,
+        current: &Current<'_>,
+    ) -> Result<bool, RecordError> {
+        match self.eval(step, e, record, current)? {
+            Value::Bool(b) => Ok(b),
+            other => Err(RecordError {
+                step: step.into(),
+                message: format!("`{}` gave {other:?}, not true or false", e.source),
+            }),
+        }
+    }
+
+    fn topic(
+        &self,
+        step: &str,
+        e: &Expr,
+        record: &InputRecord<'_>,
+        current: &Current<'_>,
+    ) -> Result<String, RecordError> {
+        match self.eval(step, e, record, current)? {
+            Value::String(s) if !s.is_empty() => Ok(s.to_string()),
+            other => Err(RecordError {
+                step: step.into(),
+                message: format!("`{}` gave {other:?}, not a topic name", e.source),
+            }),
+        }
+    }
+}
+
+/// Headers a dead-lettered record carries, so it can be traced and replayed.
+pub fn dead_letter_headers(
+    error: &RecordError,
+    record: &InputRecord<'_>,
+) -> Vec<(String, Vec<u8>)> {
+    let mut headers: Vec<(String, Vec<u8>)> = record
+        .headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_vec()))
+        .collect();
+    headers.extend([
+        (
+            "millrace.error".to_string(),
+            error.message.clone().into_bytes(),
+        ),
+        (
+            "millrace.error.step".to_string(),
+            error.step.clone().into_bytes(),
+        ),
+        (
+            "millrace.source.topic".to_string(),
+            record.topic.as_bytes().to_vec(),
+        ),
+        (
+            "millrace.source.partition".to_string(),
+            record.partition.to_string().into_bytes(),
+        ),
+        (
+            "millrace.source.offset".to_string(),
+            record.offset.to_string().into_bytes(),
+        ),
+    ]);
+    headers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::compile;
+
+    fn evaluator(yaml: &str) -> Evaluator {
+        let spec = serde_saphyr::from_str(yaml).unwrap();
+        Evaluator::new(Arc::new(compile(&spec).unwrap()))
+    }
+
+    fn record(value: &'static str) -> InputRecord<'static> {
+        InputRecord {
+            topic: "orders",
+            partition: 3,
+            offset: 42,
+            timestamp: Some(1000),
+            key: Some(b"k1"),
+            value: Some(value.as_bytes()),
+            headers: vec![("trace", b"abc".as_slice())],
+        }
+    }
+
+    const ROUTER: &str = r#"
+source: {topics: [orders]}
+steps:
+- {name: paid, filter: "value.status == 'paid'"}
+- name: by-size
+  route:
+    rules:
+    - {when: "value.amount >= 1000", to: large}
+    - {when: "value.region == 'eu'", to: eu}
+    default: other
+"#;
+
+    fn topics(p: &Processed) -> Vec<&str> {
+        p.outputs.iter().map(|o| o.topic.as_str()).collect()
+    }
+
+    #[test]
+    fn first_match_routes_to_one_topic_and_keeps_bytes() {
+        let e = evaluator(ROUTER);
+        let input = r#"{"status":"paid","amount":5000,"region":"eu"}"#;
+        let p = e.process(&record(input)).unwrap();
+        assert_eq!(topics(&p), ["large"]);
+        assert_eq!(
+            p.outputs[0].value.as_deref(),
+            Some(input.as_bytes()),
+            "unchanged values are passed through byte for byte"
+        );
+        assert_eq!(p.outputs[0].key.as_deref(), Some(b"k1".as_slice()));
+        assert_eq!(
+            p.outputs[0].headers,
+            [("trace".to_string(), b"abc".to_vec())]
+        );
+        assert_eq!(
+            topics(
+                &e.process(&record(r#"{"status":"paid","amount":5,"region":"eu"}"#))
+                    .unwrap()
+            ),
+            ["eu"]
+        );
+        assert_eq!(
+            topics(
+                &e.process(&record(r#"{"status":"paid","amount":5,"region":"us"}"#))
+                    .unwrap()
+            ),
+            ["other"]
+        );
+    }
+
+    #[test]
+    fn filtered_records_produce_nothing() {
+        let p = evaluator(ROUTER)
+            .process(&record(r#"{"status":"open","amount":5}"#))
+            .unwrap();
+        assert!(p.filtered && p.outputs.is_empty());
+    }
+
+    #[test]
+    fn all_matches_fans_out_and_unrouted_is_reported() {
+        let e = evaluator(
+            "source: {topics: [o]}\nsteps:\n- route:\n    mode: AllMatches\n    rules:\n    - {when: 'value.a', to: a}\n    - {when: 'value.b', to: b}\n",
+        );
+        assert_eq!(
+            topics(&e.process(&record(r#"{"a":true,"b":true}"#)).unwrap()),
+            ["a", "b"]
+        );
+        let none = e.process(&record(r#"{"a":false,"b":false}"#)).unwrap();
+        assert!(none.unrouted && none.outputs.is_empty());
+    }
+
+    #[test]
+    fn map_rewrites_value_key_and_headers_and_later_steps_see_it() {
+        let e = evaluator(
+            "source: {topics: [o]}\nsteps:\n- map: {value: \"{'id': value.id, 'double': value.n * 2}\", key: 'string(value.id)', headers: {origin: 'topic'}}\n- route: {rules: [{when: 'value.double > 10', to: big}], default: small}\n",
+        );
+        let p = e.process(&record(r#"{"id":7,"n":6}"#)).unwrap();
+        assert_eq!(topics(&p), ["big"]);
+        let out: serde_json::Value =
+            serde_json::from_slice(p.outputs[0].value.as_ref().unwrap()).unwrap();
+        assert_eq!(out, serde_json::json!({"id": 7, "double": 12}));
+        assert_eq!(p.outputs[0].key.as_deref(), Some(b"7".as_slice()));
+        assert!(p.outputs[0]
+            .headers
+            .contains(&("origin".to_string(), b"orders".to_vec())));
+    }
+
+    #[test]
+    fn computed_topics_and_record_coordinates() {
+        let e = evaluator("source: {topics: [o]}\nsteps:\n- route: {rules: [{topicExpression: \"topic + '-' + string(partition) + '-' + string(offset)\"}]}\n");
+        assert_eq!(topics(&e.process(&record("{}")).unwrap()), ["orders-3-42"]);
+    }
+
+    #[test]
+    fn errors_name_the_step_and_dead_letter_headers_carry_coordinates() {
+        let e = evaluator(ROUTER);
+        let err = e.process(&record("not json")).unwrap_err();
+        assert_eq!(err.step, "source");
+        assert!(err.message.starts_with("value not JSON"), "{}", err.message);
+        let missing = e.process(&record(r#"{"amount": 1}"#)).unwrap_err();
+        assert_eq!(missing.step, "paid");
+        assert!(missing.message.contains("status"), "{}", missing.message);
+        let r = record("not json");
+        let headers = dead_letter_headers(&err, &r);
+        let get = |k: &str| {
+            headers
+                .iter()
+                .find(|(h, _)| h == k)
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        };
+        assert_eq!(get("millrace.error.step").as_deref(), Some("source"));
+        assert_eq!(get("millrace.source.topic").as_deref(), Some("orders"));
+        assert_eq!(get("millrace.source.partition").as_deref(), Some("3"));
+        assert_eq!(get("millrace.source.offset").as_deref(), Some("42"));
+        assert_eq!(
+            get("trace").as_deref(),
+            Some("abc"),
+            "the record's own headers are kept"
+        );
+    }
+
+    #[test]
+    fn a_non_boolean_condition_at_run_time_is_an_error() {
+        let e = evaluator(
+            "source: {topics: [o]}\nsteps:\n- filter: 'value.flag'\n- route: {default: x}\n",
+        );
+        let err = e.process(&record(r#"{"flag": "yes"}"#)).unwrap_err();
+        assert!(err.message.contains("not true or false"), "{}", err.message);
+    }
+}

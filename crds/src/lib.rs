@@ -25,6 +25,45 @@ pub const GROUP: &str = "millrace.dev";
 /// The only served version so far.
 pub const VERSION: &str = "v1alpha1";
 
+/// Parses `100ms`, `5s`, `1m30s`, `2h`.
+pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    let mut total = std::time::Duration::ZERO;
+    let mut rest = text;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let (unit, len) = if rest.starts_with("ms") {
+            (std::time::Duration::from_millis(n), 2)
+        } else if rest.starts_with('s') {
+            (std::time::Duration::from_secs(n), 1)
+        } else if rest.starts_with('m') {
+            (std::time::Duration::from_secs(n * 60), 1)
+        } else if rest.starts_with('h') {
+            (std::time::Duration::from_secs(n * 3600), 1)
+        } else {
+            return None;
+        };
+        total += unit;
+        rest = &rest[len..];
+    }
+    Some(total)
+}
+
+/// The application id: the spec's, or `<namespace>.<name>`.
+pub fn application_id(app: &StreamApp) -> String {
+    app.spec.application_id.clone().unwrap_or_else(|| {
+        let namespace = app.metadata.namespace.as_deref().unwrap_or("default");
+        format!(
+            "{namespace}.{}",
+            app.metadata.name.as_deref().unwrap_or_default()
+        )
+    })
+}
+
 /// The CustomResourceDefinition as YAML, exactly as checked in under
 /// `crds/` and `charts/millrace/crds/`.
 pub fn crd_yaml() -> String {

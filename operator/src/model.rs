@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use millrace_crds::{
-    AutoscalingSpec, DeletionPolicy, KafkaSpec, PipelineSpec, ProcessingGuarantee, StreamApp,
-    TopicName, WorkerTemplate, OWNED_KAFKA_PROPERTIES,
+    parse_duration, AutoscalingSpec, DeletionPolicy, KafkaSpec, PipelineSpec, ProcessingGuarantee,
+    StreamApp, TopicName, WorkerTemplate, OWNED_KAFKA_PROPERTIES,
 };
 
 /// Operator-wide settings that shape every app.
@@ -115,44 +115,7 @@ impl AppModel {
     }
 }
 
-/// Parses `100ms`, `5s`, `1m30s`, `2h`.
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    let mut total = Duration::ZERO;
-    let mut rest = text;
-    if rest.is_empty() {
-        return None;
-    }
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
-        let n: u64 = rest[..digits].parse().ok()?;
-        rest = &rest[digits..];
-        let (unit, len) = if rest.starts_with("ms") {
-            (Duration::from_millis(n), 2)
-        } else if rest.starts_with('s') {
-            (Duration::from_secs(n), 1)
-        } else if rest.starts_with('m') {
-            (Duration::from_secs(n * 60), 1)
-        } else if rest.starts_with('h') {
-            (Duration::from_secs(n * 3600), 1)
-        } else {
-            return None;
-        };
-        total += unit;
-        rest = &rest[len..];
-    }
-    Some(total)
-}
-
-/// The application id: the spec's, or `<namespace>.<name>`.
-pub fn application_id(app: &StreamApp) -> String {
-    app.spec.application_id.clone().unwrap_or_else(|| {
-        format!(
-            "{}.{}",
-            app.metadata.namespace.as_deref().unwrap_or("default"),
-            app.metadata.name.as_deref().unwrap_or_default()
-        )
-    })
-}
+pub use millrace_crds::application_id;
 
 pub fn validate(app: &StreamApp, defaults: &Defaults) -> Result<AppModel, Vec<Invalid>> {
     let spec = &app.spec;

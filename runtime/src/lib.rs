@@ -1,6 +1,10 @@
 //! The Millrace runtime library: the pipeline compiler (shared with the
-//! operator) and the worker configuration contract. The exactly-once engine
-//! arrives with issue #4.
+//! operator) and evaluator, the exactly-once engine, the worker
+//! configuration contract, and the admin endpoint.
 
+pub mod admin;
 pub mod config;
+pub mod engine;
+pub mod manifest;
+pub mod metrics;
 pub mod pipeline;

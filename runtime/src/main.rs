@@ -1,18 +1,213 @@
-//! `millrace-runtime`: the stream-processing worker (issue #4).
+//! `millrace-runtime`: runs a StreamApp's pipeline exactly once.
 //!
-//! Until the engine lands this binary only reports its version.
+//! - `millrace-runtime run --manifest app.yaml [--bootstrap HOST:PORT]`:
+//!   standalone, this worker owns every task;
+//! - `millrace-runtime validate app.yaml`: compile the pipeline, print errors;
+//! - `millrace-runtime worker`: in a pod, reads the configuration the
+//!   operator rendered (`MILLRACE_CONFIG`).
+//!
+//! Exit codes: 0 after SIGTERM/SIGINT (the open transaction committed), 2 for
+//! a configuration error (one line), 3 for a record that failed under
+//! `onError: Stop`, 1 otherwise.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use millrace_runtime::config::{WorkerConfig, CONFIG_DIR, CONFIG_FILE};
+use millrace_runtime::engine::tasks::{OrdinalZero, Standalone, TaskSource};
+use millrace_runtime::engine::{Engine, EngineError};
+use millrace_runtime::metrics::{Metrics, Status};
+use millrace_runtime::pipeline::eval::Evaluator;
+use millrace_runtime::{admin, manifest, pipeline};
+
+#[derive(Parser)]
+#[command(version, about = "The Millrace stream-processing runtime")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a StreamApp manifest's pipeline on this machine (all tasks).
+    Run {
+        #[arg(long)]
+        manifest: PathBuf,
+        /// Override spec.kafka.bootstrapServers.
+        #[arg(long, env = "KAFKA_BOOTSTRAP")]
+        bootstrap: Option<String>,
+        /// Worker identity: the suffix of the transactional id.
+        #[arg(long, default_value = "standalone")]
+        worker_id: String,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        admin_addr: SocketAddr,
+    },
+    /// Compile a manifest's pipeline and report every error.
+    Validate { manifest: PathBuf },
+    /// Run as a worker pod of the operator.
+    Worker {
+        #[arg(long, env = "MILLRACE_CONFIG")]
+        config: Option<PathBuf>,
+        #[arg(long, env = "MILLRACE_POD_NAME")]
+        pod_name: String,
+        #[arg(long, env = "MILLRACE_POD_IP", default_value = "0.0.0.0")]
+        pod_ip: String,
+    },
+}
 
 fn main() {
-    match std::env::args().nth(1).as_deref() {
-        Some("--version") | Some("version") => {
-            println!("millrace-runtime {}", env!("CARGO_PKG_VERSION"))
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Validate { manifest } => validate(&manifest),
+        Command::Run {
+            manifest: path,
+            bootstrap,
+            worker_id,
+            admin_addr,
+        } => {
+            init_logs();
+            match manifest::load(&path).and_then(|app| {
+                manifest::worker_config(&app, bootstrap.as_deref(), admin_addr.port())
+            }) {
+                Ok(config) => serve(config, worker_id, admin_addr, Box::new(Standalone)),
+                Err(e) => config_error(e),
+            }
         }
-        _ => {
-            eprintln!(
-                "millrace-runtime {}: the processing engine is not built yet (issue #4)",
-                env!("CARGO_PKG_VERSION")
-            );
-            std::process::exit(2);
+        Command::Worker {
+            config,
+            pod_name,
+            pod_ip,
+        } => {
+            init_logs();
+            let path = config.unwrap_or_else(|| PathBuf::from(CONFIG_DIR).join(CONFIG_FILE));
+            match read_config(&path) {
+                Ok(config) => match format!("{pod_ip}:{}", config.admin_port).parse() {
+                    Ok(addr) => {
+                        let tasks = Box::new(OrdinalZero::from_pod_name(&pod_name));
+                        serve(config, pod_name, addr, tasks)
+                    }
+                    Err(e) => config_error(anyhow::anyhow!("MILLRACE_POD_IP '{pod_ip}': {e}")),
+                },
+                Err(e) => config_error(e),
+            }
+        }
+    };
+    std::process::exit(code);
+}
+
+fn init_logs() {
+    tracing_subscriber::fmt()
+        .json()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+}
+
+fn config_error(e: anyhow::Error) -> i32 {
+    eprintln!("millrace-runtime: {e:#}");
+    2
+}
+
+fn read_config(path: &std::path::Path) -> anyhow::Result<WorkerConfig> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+fn validate(path: &std::path::Path) -> i32 {
+    let app = match manifest::load(path) {
+        Ok(app) => app,
+        Err(e) => return config_error(e),
+    };
+    let Some(spec) = &app.spec.pipeline else {
+        return config_error(anyhow::anyhow!(
+            "spec.pipeline: the manifest has no pipeline to validate"
+        ));
+    };
+    match pipeline::compile(spec) {
+        Ok(compiled) => {
+            println!("{}: ok ({} steps)", path.display(), compiled.steps.len());
+            0
+        }
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("{}: {e}", path.display());
+            }
+            2
+        }
+    }
+}
+
+/// Runs the admin endpoint and the engine until SIGTERM/SIGINT or an error.
+fn serve(
+    config: WorkerConfig,
+    worker_id: String,
+    admin_addr: SocketAddr,
+    mut tasks: Box<dyn TaskSource>,
+) -> i32 {
+    let compiled = match config.pipeline.as_ref().map(pipeline::compile) {
+        Some(Ok(p)) => p,
+        Some(Err(errors)) => return config_error(anyhow::anyhow!("{errors}")),
+        None => {
+            return config_error(anyhow::anyhow!(
+                "the configuration has no pipeline; custom images run their own binary"
+            ))
+        }
+    };
+    let metrics = Arc::new(Metrics::default());
+    let status = Arc::new(Status::default());
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    {
+        let (metrics, status, shutdown) = (metrics.clone(), status.clone(), shutdown.clone());
+        runtime.spawn(async move {
+            if let Err(e) = admin::serve(admin_addr, metrics, status).await {
+                tracing::error!("{e:#}");
+            }
+        });
+        runtime.spawn(async move {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            tracing::info!("stopping: committing the open transaction");
+            shutdown.store(true, Ordering::Relaxed);
+        });
+    }
+    // The engine is blocking (librdkafka's poll loop) and owns this thread.
+    let evaluator = Evaluator::new(Arc::new(compiled));
+    let result = Engine::start(
+        config,
+        worker_id,
+        evaluator,
+        tasks.as_mut(),
+        metrics,
+        status,
+        shutdown,
+    )
+    .and_then(|mut e| e.run());
+    match result {
+        Ok(()) => 0,
+        Err(EngineError::Config(m)) => config_error(anyhow::anyhow!(m)),
+        Err(e @ EngineError::RecordFailed { .. }) => {
+            eprintln!("millrace-runtime: {e}");
+            3
+        }
+        Err(e) => {
+            eprintln!("millrace-runtime: {e}");
+            1
         }
     }
 }

@@ -1,0 +1,67 @@
+//! The worker's admin HTTP endpoint: `/healthz`, `/readyz`, `/metrics`,
+//! `/tasks` (JSON: owned tasks and committed offsets, for the operator).
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+
+use crate::metrics::{Metrics, Status};
+
+#[derive(Clone)]
+struct Shared {
+    metrics: Arc<Metrics>,
+    status: Arc<Status>,
+}
+
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    status: Arc<Status>,
+) -> anyhow::Result<()> {
+    let app = Router::new()
+        .route("/healthz", get(|| async { (StatusCode::OK, "ok") }))
+        .route(
+            "/readyz",
+            get(|State(s): State<Shared>| async move {
+                if s.status.ready.load(Ordering::Relaxed) {
+                    (StatusCode::OK, "ready")
+                } else {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "starting: tasks not assigned yet",
+                    )
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(|State(s): State<Shared>| async move {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    s.metrics.encode(),
+                )
+            }),
+        )
+        .route(
+            "/tasks",
+            get(|State(s): State<Shared>| async move {
+                Json(s.status.detail.lock().unwrap().clone()).into_response()
+            }),
+        )
+        .with_state(Shared { metrics, status });
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding the admin port {addr}: {e}"))?;
+    tracing::info!(%addr, "admin endpoint: /healthz /readyz /metrics /tasks");
+    axum::serve(listener, app).await?;
+    Ok(())
+}

@@ -1,0 +1,78 @@
+//! Kafka client settings. The settings Millrace owns come last, so a user
+//! property can never override them (the operator refuses such specs too).
+
+use rdkafka::ClientConfig;
+
+use crate::config::{KafkaClientConfig, WorkerConfig};
+use millrace_crds::ProcessingGuarantee;
+
+fn base(kafka: &KafkaClientConfig) -> anyhow::Result<ClientConfig> {
+    let mut c = ClientConfig::new();
+    for (k, v) in &kafka.properties {
+        c.set(k, v);
+    }
+    c.set("bootstrap.servers", &kafka.bootstrap_servers);
+    c.set("security.protocol", kafka.security_protocol.to_lowercase());
+    if let Some(mechanism) = &kafka.sasl_mechanism {
+        c.set("sasl.mechanism", mechanism);
+        for (env, key) in [
+            (&kafka.sasl_username_env, "sasl.username"),
+            (&kafka.sasl_password_env, "sasl.password"),
+        ] {
+            let Some(env) = env else { continue };
+            let value = std::env::var(env).map_err(|_| {
+                anyhow::anyhow!("SASL is configured but the environment variable {env} is not set")
+            })?;
+            c.set(key, value);
+        }
+    }
+    for (location, key) in [
+        (&kafka.ssl_ca_location, "ssl.ca.location"),
+        (&kafka.ssl_certificate_location, "ssl.certificate.location"),
+        (&kafka.ssl_key_location, "ssl.key.location"),
+    ] {
+        if let Some(path) = location {
+            c.set(key, path);
+        }
+    }
+    Ok(c)
+}
+
+/// The consumer: in the app's group (for committed offsets) but never
+/// joining it: tasks are assigned, not balanced. read_committed in both modes.
+pub fn consumer(config: &WorkerConfig) -> anyhow::Result<ClientConfig> {
+    let mut c = base(&config.kafka)?;
+    c.set("group.id", &config.application_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("isolation.level", "read_committed")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false");
+    Ok(c)
+}
+
+/// The producer; transactional under ExactlyOnce with `transactional.id =
+/// <applicationId>-<worker id>`, so a restarted worker fences its zombie.
+pub fn producer(config: &WorkerConfig, worker_id: &str) -> anyhow::Result<ClientConfig> {
+    let mut c = base(&config.kafka)?;
+    c.set("enable.idempotence", "true")
+        .set("acks", "all")
+        // The Java client's default: keys land on the partitions Kafka
+        // Streams and other Java producers would choose.
+        .set("partitioner", "murmur2_random");
+    if config.processing_guarantee == ProcessingGuarantee::ExactlyOnce {
+        c.set(
+            "transactional.id",
+            transactional_id(&config.application_id, worker_id),
+        )
+        .set(
+            "transaction.timeout.ms",
+            config.transaction_timeout_ms.to_string(),
+        );
+    }
+    Ok(c)
+}
+
+pub fn transactional_id(application_id: &str, worker_id: &str) -> String {
+    format!("{application_id}-{worker_id}")
+}

@@ -1,0 +1,592 @@
+//! The processing engine (design brief D2): consume with `read_committed`
+//! from assigned tasks, process, produce, and every commit interval commit
+//! the outputs together with the input offsets in one Kafka transaction.
+//! At-least-once is the same loop with a flush and an offset commit instead.
+
+pub mod clients;
+pub mod tasks;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use millrace_crds::{ErrorPolicy, ProcessingGuarantee};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{DeliveryResult, Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::config::WorkerConfig;
+use crate::metrics::{Metrics, Status, TaskLabel, TaskPartition, TopicLabel};
+use crate::pipeline::eval::{
+    dead_letter_headers, Evaluator, InputRecord, OutputRecord, RecordError,
+};
+use tasks::TaskSource;
+
+const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
+const LAG_EVERY: Duration = Duration::from_secs(5);
+
+/// Why the engine stopped other than by a clean shutdown.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// Bad configuration or topics: exits 2 with this line.
+    #[error("{0}")]
+    Config(String),
+    /// `onError: Stop` met a failing record.
+    #[error("record {topic}/{partition}@{offset} failed in step '{step}': {message}; stopped (onError policy Stop) with everything before it committed")]
+    RecordFailed {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        step: String,
+        message: String,
+    },
+    #[error("Kafka: {0}")]
+    Kafka(#[from] KafkaError),
+}
+
+/// Counts failed deliveries: under at-least-once a failure means the batch's
+/// offsets must not be committed (its records are replayed instead).
+#[derive(Default)]
+pub struct DeliveryCounter {
+    failed: AtomicU64,
+}
+
+impl ClientContext for DeliveryCounter {}
+
+impl ProducerContext for DeliveryCounter {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            tracing::warn!("delivery failed: {e}");
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+type Tp = (String, i32);
+
+pub struct Engine {
+    /// Apart from the rest: a consumed record borrows the consumer while the
+    /// rest of the engine processes it.
+    consumer: BaseConsumer,
+    core: Core,
+}
+
+struct Core {
+    config: WorkerConfig,
+    worker_id: String,
+    evaluator: Evaluator,
+    producer: BaseProducer<DeliveryCounter>,
+    eos: bool,
+    /// Where each assigned partition resumes after a rewind: the last
+    /// committed position, or where it started.
+    resume: BTreeMap<Tp, Offset>,
+    /// Next offset per partition of what this transaction has processed.
+    positions: BTreeMap<Tp, i64>,
+    in_transaction: bool,
+    failed_at_last_commit: u64,
+    metrics: Arc<Metrics>,
+    status: Arc<Status>,
+    shutdown: Arc<AtomicBool>,
+}
+
+impl Engine {
+    /// Connects and, under ExactlyOnce, initialises transactions (fencing a
+    /// previous incarnation of this worker and aborting its open
+    /// transaction) BEFORE reading committed offsets: only then are they final.
+    pub fn start(
+        config: WorkerConfig,
+        worker_id: String,
+        evaluator: Evaluator,
+        tasks: &mut dyn TaskSource,
+        metrics: Arc<Metrics>,
+        status: Arc<Status>,
+        shutdown: Arc<AtomicBool>,
+    ) -> Result<Self, EngineError> {
+        let eos = config.processing_guarantee == ProcessingGuarantee::ExactlyOnce;
+        let consumer: BaseConsumer = clients::consumer(&config)
+            .map_err(|e| EngineError::Config(e.to_string()))?
+            .create()?;
+        let producer = new_producer(&config, &worker_id, &shutdown)?;
+        let mut core = Core {
+            config,
+            worker_id,
+            evaluator,
+            producer,
+            eos,
+            resume: BTreeMap::new(),
+            positions: BTreeMap::new(),
+            in_transaction: false,
+            failed_at_last_commit: 0,
+            metrics,
+            status,
+            shutdown,
+        };
+        let task_count = core.check_topics(&consumer)?;
+        core.assign(&consumer, tasks, task_count)?;
+        Ok(Self { consumer, core })
+    }
+
+    /// Processes until shutdown (then commits and returns) or a failing
+    /// record under `onError: Stop`.
+    pub fn run(&mut self) -> Result<(), EngineError> {
+        let Self { consumer, core } = self;
+        let interval = Duration::from_millis(core.config.commit_interval_ms.max(1));
+        let mut next_lag = Instant::now();
+        loop {
+            let deadline = Instant::now() + interval;
+            while Instant::now() < deadline {
+                if core.shutdown.load(Ordering::Relaxed) {
+                    core.commit(consumer)?;
+                    tracing::info!("shut down cleanly");
+                    return Ok(());
+                }
+                let wait = deadline
+                    .saturating_duration_since(Instant::now())
+                    .min(Duration::from_millis(100));
+                match consumer.poll(wait) {
+                    Some(Ok(message)) => {
+                        let record = InputRecord {
+                            topic: message.topic(),
+                            partition: message.partition(),
+                            offset: message.offset(),
+                            timestamp: message.timestamp().to_millis(),
+                            key: message.key(),
+                            value: message.payload(),
+                            headers: message
+                                .headers()
+                                .map(|h| {
+                                    h.iter()
+                                        .map(|Header { key, value }| {
+                                            (key, value.unwrap_or_default())
+                                        })
+                                        .collect()
+                                })
+                                .unwrap_or_default(),
+                        };
+                        core.handle(consumer, &record)?;
+                    }
+                    Some(Err(e)) => tracing::warn!("consume: {e}"),
+                    None => {}
+                }
+                core.producer.poll(Duration::ZERO);
+            }
+            core.commit(consumer)?;
+            if Instant::now() >= next_lag {
+                core.refresh_lag(consumer);
+                next_lag = Instant::now() + LAG_EVERY;
+            }
+        }
+    }
+}
+
+impl Core {
+    /// Source topics exist with one partition count; static outputs exist.
+    fn check_topics(&self, consumer: &BaseConsumer) -> Result<i32, EngineError> {
+        let pipeline = self.evaluator.pipeline();
+        let mut counts = Vec::new();
+        for topic in &pipeline.source_topics {
+            counts.push((topic.0.clone(), self.partition_count(consumer, &topic.0)?));
+        }
+        for topic in pipeline.static_output_topics() {
+            self.partition_count(consumer, &topic.0)?;
+        }
+        let first = counts.first().map(|(_, n)| *n).unwrap_or(0);
+        if let Some((t, n)) = counts.iter().find(|(_, n)| *n != first) {
+            return Err(EngineError::Config(format!(
+                "source topics must have the same partition count: {} has {first}, {t} has {n}",
+                counts[0].0
+            )));
+        }
+        Ok(first)
+    }
+
+    fn partition_count(&self, consumer: &BaseConsumer, topic: &str) -> Result<i32, EngineError> {
+        loop {
+            match consumer.fetch_metadata(Some(topic), KAFKA_TIMEOUT) {
+                Ok(md) => {
+                    let t = md.topics().iter().find(|t| t.name() == topic);
+                    return match t {
+                        Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+                            Ok(t.partitions().len() as i32)
+                        }
+                        _ => Err(EngineError::Config(format!(
+                            "topic '{topic}' does not exist at {}; create it first",
+                            self.config.kafka.bootstrap_servers
+                        ))),
+                    };
+                }
+                // Broker unavailable: wait, never skip.
+                Err(e) => {
+                    tracing::warn!("metadata for {topic}: {e}; retrying");
+                    if self.shutdown.load(Ordering::Relaxed) {
+                        return Err(e.into());
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    /// Assigns the owned tasks at their committed offsets (the broker
+    /// answers only once no transaction on them is pending: require_stable).
+    fn assign(
+        &mut self,
+        consumer: &BaseConsumer,
+        tasks: &mut dyn TaskSource,
+        task_count: i32,
+    ) -> Result<(), EngineError> {
+        let owned = tasks.tasks(task_count);
+        let mut wanted = TopicPartitionList::new();
+        for t in &self.evaluator.pipeline().source_topics {
+            for p in &owned {
+                wanted.add_partition(&t.0, *p);
+            }
+        }
+        let committed = loop {
+            match consumer.committed_offsets(wanted.clone(), KAFKA_TIMEOUT) {
+                Ok(c) => break c,
+                Err(e) => {
+                    tracing::warn!("reading committed offsets: {e}; retrying");
+                    if self.shutdown.load(Ordering::Relaxed) {
+                        return Err(e.into());
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        };
+        self.resume.clear();
+        for e in committed.elements() {
+            let offset = match e.offset() {
+                Offset::Offset(o) => Offset::Offset(o),
+                _ => Offset::Beginning,
+            };
+            self.resume
+                .insert((e.topic().to_string(), e.partition()), offset);
+        }
+        self.assign_resume_points(consumer)?;
+        let mut detail = self.status.detail.lock().unwrap();
+        detail.worker_id = self.worker_id.clone();
+        detail.application_id = self.config.application_id.clone();
+        detail.placement = tasks.describe();
+        detail.tasks = owned;
+        drop(detail);
+        self.status.ready.store(true, Ordering::Relaxed);
+        tracing::info!(partitions = self.resume.len(), placement = %tasks.describe(), "tasks assigned");
+        Ok(())
+    }
+
+    /// (Re)assigns every owned partition at its resume point. Unassigning
+    /// first drops records already fetched past it, so a replay starts
+    /// exactly at the last committed offset.
+    fn assign_resume_points(&self, consumer: &BaseConsumer) -> Result<(), EngineError> {
+        consumer.unassign()?;
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), offset) in &self.resume {
+            tpl.add_partition_offset(topic, *partition, *offset)?;
+        }
+        consumer.assign(&tpl)?;
+        Ok(())
+    }
+
+    fn handle(
+        &mut self,
+        consumer: &BaseConsumer,
+        record: &InputRecord<'_>,
+    ) -> Result<(), EngineError> {
+        if self.eos && !self.in_transaction {
+            self.begin()?;
+        }
+        self.metrics
+            .records_in
+            .get_or_create(&TopicLabel {
+                topic: record.topic.to_string(),
+            })
+            .inc();
+        match self.evaluator.process(record) {
+            Ok(processed) => {
+                if processed.filtered {
+                    self.metrics.filtered.inc();
+                }
+                if processed.unrouted {
+                    self.metrics.unrouted.inc();
+                }
+                for out in &processed.outputs {
+                    self.send(out)?;
+                }
+            }
+            Err(error) => self.failed(consumer, record, error)?,
+        }
+        self.positions.insert(
+            (record.topic.to_string(), record.partition),
+            record.offset + 1,
+        );
+        Ok(())
+    }
+
+    fn failed(
+        &mut self,
+        consumer: &BaseConsumer,
+        record: &InputRecord<'_>,
+        error: RecordError,
+    ) -> Result<(), EngineError> {
+        let pipeline = self.evaluator.pipeline();
+        match (pipeline.error_policy, &pipeline.dead_letter_topic) {
+            (ErrorPolicy::DeadLetter, Some(dlq)) => {
+                let out = OutputRecord {
+                    topic: dlq.0.clone(),
+                    key: record.key.map(<[u8]>::to_vec),
+                    value: record.value.map(<[u8]>::to_vec),
+                    headers: dead_letter_headers(&error, record),
+                };
+                self.send(&out)?;
+                self.metrics.dead_lettered.inc();
+                Ok(())
+            }
+            _ => {
+                // Commit what came before the record, nothing past it.
+                self.commit_processed(consumer)?;
+                Err(EngineError::RecordFailed {
+                    topic: record.topic.into(),
+                    partition: record.partition,
+                    offset: record.offset,
+                    step: error.step,
+                    message: error.message,
+                })
+            }
+        }
+    }
+
+    fn send(&mut self, out: &OutputRecord) -> Result<(), EngineError> {
+        let mut headers = OwnedHeaders::new();
+        for (k, v) in &out.headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v),
+            });
+        }
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&out.topic).headers(headers);
+        if let Some(k) = &out.key {
+            record = record.key(k.as_slice());
+        }
+        if let Some(v) = &out.value {
+            record = record.payload(v.as_slice());
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => break,
+                // The local queue is full: serve deliveries, then retry.
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    self.producer.poll(Duration::from_millis(50));
+                }
+                Err((e, _)) => return Err(e.into()),
+            }
+        }
+        self.metrics
+            .records_out
+            .get_or_create(&TopicLabel {
+                topic: out.topic.clone(),
+            })
+            .inc();
+        Ok(())
+    }
+
+    fn begin(&mut self) -> Result<(), EngineError> {
+        if let Err(e) = self.producer.begin_transaction() {
+            tracing::warn!("begin_transaction: {e}; re-initialising the producer");
+            self.reinitialise()?;
+            self.producer.begin_transaction()?;
+        }
+        self.in_transaction = true;
+        Ok(())
+    }
+
+    fn offsets(&self) -> Result<TopicPartitionList, EngineError> {
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), offset) in &self.positions {
+            tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
+        }
+        Ok(tpl)
+    }
+
+    /// Commits the batch. On failure the batch is undone (aborted, or not
+    /// acknowledged) and its records are consumed again from the last
+    /// committed offsets: output and offsets move together or not at all.
+    fn commit(&mut self, consumer: &BaseConsumer) -> Result<(), EngineError> {
+        self.absorb_positions(consumer);
+        self.commit_processed(consumer)
+    }
+
+    /// Moves each partition's offset to the consumer's position where that
+    /// is further: past transaction markers and aborted records, which the
+    /// consumer skips. Committed offsets then reach the last stable offset
+    /// and an idle app shows lag 0, not 1 per marker (KEDA #5675).
+    fn absorb_positions(&mut self, consumer: &BaseConsumer) {
+        let Ok(positions) = consumer.position() else {
+            return;
+        };
+        for e in positions.elements() {
+            let Offset::Offset(position) = e.offset() else {
+                continue;
+            };
+            let tp = (e.topic().to_string(), e.partition());
+            let known = self
+                .positions
+                .get(&tp)
+                .copied()
+                .or(match self.resume.get(&tp) {
+                    Some(Offset::Offset(o)) => Some(*o),
+                    _ => None,
+                });
+            if known.is_none_or(|k| position > k)
+                && (known.is_some() || self.positions.contains_key(&tp))
+            {
+                self.positions.insert(tp, position);
+            }
+        }
+    }
+
+    /// Commits exactly what was processed (no position absorbed): used when
+    /// stopping at a failed record, which the consumer's position has passed.
+    fn commit_processed(&mut self, consumer: &BaseConsumer) -> Result<(), EngineError> {
+        if self.positions.is_empty() {
+            return Ok(());
+        }
+        if self.eos && !self.in_transaction {
+            self.begin()?;
+        }
+        let started = Instant::now();
+        let outcome = if self.eos {
+            self.commit_transaction(consumer)
+        } else {
+            self.commit_at_least_once(consumer)
+        };
+        match outcome {
+            Ok(()) => {
+                for (tp, offset) in std::mem::take(&mut self.positions) {
+                    self.resume.insert(tp, Offset::Offset(offset));
+                }
+                self.metrics.commits.inc();
+                self.metrics
+                    .commit_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "commit failed: {e}; replaying the batch from the last committed offsets"
+                );
+                self.metrics.aborts.inc();
+                self.positions.clear();
+                self.assign_resume_points(consumer)
+            }
+        }
+    }
+
+    fn commit_transaction(&mut self, consumer: &BaseConsumer) -> Result<(), EngineError> {
+        let offsets = self.offsets()?;
+        let group = consumer
+            .group_metadata()
+            .ok_or_else(|| EngineError::Config("the consumer has no group metadata".into()))?;
+        let result = self
+            .producer
+            .send_offsets_to_transaction(&offsets, &group, KAFKA_TIMEOUT)
+            .and_then(|()| self.producer.commit_transaction(KAFKA_TIMEOUT));
+        self.in_transaction = false;
+        if let Err(e) = result {
+            let fatal = matches!(&e, KafkaError::Transaction(rd) if rd.is_fatal());
+            if fatal || self.producer.abort_transaction(KAFKA_TIMEOUT).is_err() {
+                // Fenced (another incarnation of this worker took over) or
+                // the producer is unusable: start a new one, which aborts
+                // whatever this one left open.
+                self.reinitialise()?;
+            }
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    fn commit_at_least_once(&mut self, consumer: &BaseConsumer) -> Result<(), EngineError> {
+        self.producer.flush(KAFKA_TIMEOUT)?;
+        let failed = self.producer.context().failed.load(Ordering::Relaxed);
+        if failed != self.failed_at_last_commit {
+            self.failed_at_last_commit = failed;
+            return Err(EngineError::Config(
+                "some records were not delivered".into(),
+            ));
+        }
+        consumer.commit(&self.offsets()?, CommitMode::Sync)?;
+        Ok(())
+    }
+
+    fn reinitialise(&mut self) -> Result<(), EngineError> {
+        self.producer = new_producer(&self.config, &self.worker_id, &self.shutdown)?;
+        self.in_transaction = false;
+        Ok(())
+    }
+
+    /// Lag per owned partition against the last stable offset (a
+    /// read_committed consumer's high watermark), so transaction markers
+    /// are not counted as lag.
+    fn refresh_lag(&self, consumer: &BaseConsumer) {
+        let mut partitions = Vec::new();
+        for ((topic, partition), resume) in &self.resume {
+            let committed = match resume {
+                Offset::Offset(o) => Some(*o),
+                _ => None,
+            };
+            let lso = consumer
+                .fetch_watermarks(topic, *partition, Duration::from_secs(2))
+                .ok();
+            let lag = lso.map(|(low, high)| (high - committed.unwrap_or(low)).max(0));
+            if let Some(lag) = lag {
+                self.metrics
+                    .lag
+                    .get_or_create(&TaskLabel {
+                        topic: topic.clone(),
+                        partition: partition.to_string(),
+                    })
+                    .set(lag);
+            }
+            partitions.push(TaskPartition {
+                topic: topic.clone(),
+                partition: *partition,
+                committed_offset: committed,
+                lag,
+            });
+        }
+        self.status.detail.lock().unwrap().partitions = partitions;
+    }
+}
+
+/// A producer ready to work: under ExactlyOnce, `init_transactions` has
+/// succeeded (retried while the broker is unavailable, never skipped).
+fn new_producer(
+    config: &WorkerConfig,
+    worker_id: &str,
+    shutdown: &AtomicBool,
+) -> Result<BaseProducer<DeliveryCounter>, EngineError> {
+    let producer: BaseProducer<DeliveryCounter> = clients::producer(config, worker_id)
+        .map_err(|e| EngineError::Config(e.to_string()))?
+        .create_with_context(DeliveryCounter::default())?;
+    if config.processing_guarantee != ProcessingGuarantee::ExactlyOnce {
+        return Ok(producer);
+    }
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match producer.init_transactions(KAFKA_TIMEOUT) {
+            Ok(()) => return Ok(producer),
+            Err(e) if !shutdown.load(Ordering::Relaxed) => {
+                tracing::warn!("init_transactions: {e}; retrying in {backoff:?}");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! The placement seam: which tasks this worker owns.
+//!
+//! A task is one partition index across the source topics. The operator's
+//! placement (issue #6) will implement [`TaskSource`] from its placement
+//! object; until then a worker alone owns every task, and in a StatefulSet
+//! only the pod with ordinal 0 does (the others stand by), so no two
+//! workers ever process one partition.
+
+/// Decides the tasks of this worker, given the task count.
+pub trait TaskSource: Send {
+    fn tasks(&mut self, task_count: i32) -> Vec<i32>;
+    fn describe(&self) -> String;
+}
+
+/// `millrace-runtime run`: one worker owns all tasks.
+pub struct Standalone;
+
+impl TaskSource for Standalone {
+    fn tasks(&mut self, task_count: i32) -> Vec<i32> {
+        (0..task_count).collect()
+    }
+    fn describe(&self) -> String {
+        "standalone: this worker owns every task".into()
+    }
+}
+
+/// In a StatefulSet before placement exists: ordinal 0 owns all tasks.
+pub struct OrdinalZero {
+    pub ordinal: Option<u32>,
+}
+
+impl OrdinalZero {
+    /// `orders-router-2` → 2.
+    pub fn from_pod_name(name: &str) -> Self {
+        Self {
+            ordinal: name.rsplit('-').next().and_then(|n| n.parse().ok()),
+        }
+    }
+}
+
+impl TaskSource for OrdinalZero {
+    fn tasks(&mut self, task_count: i32) -> Vec<i32> {
+        if self.ordinal == Some(0) {
+            (0..task_count).collect()
+        } else {
+            Vec::new()
+        }
+    }
+    fn describe(&self) -> String {
+        match self.ordinal {
+            Some(0) => "worker 0 owns every task until task placement lands".into(),
+            _ => "standing by: worker 0 owns every task until task placement lands".into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn standalone_owns_all_and_only_ordinal_zero_works_in_a_statefulset() {
+        assert_eq!(Standalone.tasks(3), [0, 1, 2]);
+        assert_eq!(
+            OrdinalZero::from_pod_name("orders-router-0").tasks(2),
+            [0, 1]
+        );
+        assert!(OrdinalZero::from_pod_name("orders-router-1")
+            .tasks(2)
+            .is_empty());
+        assert!(OrdinalZero::from_pod_name("weird").tasks(2).is_empty());
+    }
+}

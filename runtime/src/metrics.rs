@@ -1,0 +1,138 @@
+//! The worker's Prometheus metrics and the task status its admin endpoint
+//! serves (the operator reads `/tasks`).
+
+use std::sync::atomic::{AtomicBool, AtomicI64};
+use std::sync::Mutex;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TopicLabel {
+    pub topic: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TaskLabel {
+    pub topic: String,
+    pub partition: String,
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub records_in: Family<TopicLabel, Counter>,
+    pub records_out: Family<TopicLabel, Counter>,
+    pub dead_lettered: Counter,
+    pub filtered: Counter,
+    pub unrouted: Counter,
+    pub commits: Counter,
+    pub aborts: Counter,
+    pub commit_seconds: Histogram,
+    pub lag: Family<TaskLabel, Gauge<i64, AtomicI64>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("millrace");
+        let m = Self {
+            records_in: Family::default(),
+            records_out: Family::default(),
+            dead_lettered: Counter::default(),
+            filtered: Counter::default(),
+            unrouted: Counter::default(),
+            commits: Counter::default(),
+            aborts: Counter::default(),
+            commit_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            lag: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "records_in",
+            "Records consumed, by source topic",
+            m.records_in.clone(),
+        );
+        registry.register(
+            "records_out",
+            "Records produced, by destination topic",
+            m.records_out.clone(),
+        );
+        registry.register(
+            "dead_lettered",
+            "Records sent to the dead-letter topic",
+            m.dead_lettered.clone(),
+        );
+        registry.register(
+            "filtered",
+            "Records dropped by a filter step",
+            m.filtered.clone(),
+        );
+        registry.register(
+            "unrouted",
+            "Records no route rule matched, without a default",
+            m.unrouted.clone(),
+        );
+        registry.register(
+            "commits",
+            "Committed transactions (or offset commits under AtLeastOnce)",
+            m.commits.clone(),
+        );
+        registry.register(
+            "transaction_aborts",
+            "Transactions aborted and replayed",
+            m.aborts.clone(),
+        );
+        registry.register(
+            "commit_seconds",
+            "Time to commit a transaction",
+            m.commit_seconds.clone(),
+        );
+        registry.register(
+            "task_lag",
+            "Records behind the last stable offset, per task partition",
+            m.lag.clone(),
+        );
+        Self { registry, ..m }
+    }
+}
+
+impl Metrics {
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("metrics encode");
+        out
+    }
+}
+
+/// One task partition as the admin endpoint reports it.
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskPartition {
+    pub topic: String,
+    pub partition: i32,
+    /// Next offset to process after the last commit.
+    pub committed_offset: Option<i64>,
+    pub lag: Option<i64>,
+}
+
+/// What the worker is doing, for `/readyz` and `/tasks`.
+#[derive(Default)]
+pub struct Status {
+    pub ready: AtomicBool,
+    pub detail: Mutex<WorkerStatus>,
+}
+
+#[derive(Serialize, Clone, Debug, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerStatus {
+    pub worker_id: String,
+    pub application_id: String,
+    pub placement: String,
+    pub tasks: Vec<i32>,
+    pub partitions: Vec<TaskPartition>,
+}

@@ -196,3 +196,74 @@ impl Drop for TestNamespace {
         let _ = kubectl(&["delete", "namespace", &self.0, "--wait=false"]);
     }
 }
+
+/// A binary of this workspace, built by `cargo build --workspace --bins`
+/// (e2e/test.sh does it before the tests).
+pub fn workspace_binary(name: &str) -> std::path::PathBuf {
+    // MILLRACE_PROFILE=release measures the optimised build.
+    let profile = std::env::var("MILLRACE_PROFILE").unwrap_or_else(|_| "debug".into());
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| repo_root().join("target"));
+    let path = target.join(profile).join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        path.display()
+    );
+    path
+}
+
+/// Produces one record (idempotent producer, flushed).
+pub fn produce(topic: &str, key: &str, value: &str) {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka_bootstrap())
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("producer");
+    producer
+        .send(BaseRecord::to(topic).key(key).payload(value))
+        .map_err(|(e, _)| e)
+        .expect("send");
+    producer
+        .flush(std::time::Duration::from_secs(30))
+        .expect("flush");
+}
+
+/// Values of every committed record of a topic, read to its end.
+pub fn committed_values(topic: &str) -> Vec<String> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::Message;
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka_bootstrap())
+        .set("group.id", unique("reader"))
+        .set("isolation.level", "read_committed")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "true")
+        .create()
+        .expect("consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), std::time::Duration::from_secs(10))
+        .expect("metadata");
+    let partitions = metadata.topics()[0].partitions().len();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p as i32, rdkafka::Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut values = Vec::new();
+    let mut at_end = 0;
+    while at_end < partitions {
+        match consumer.poll(std::time::Duration::from_secs(5)) {
+            Some(Ok(m)) => {
+                values.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned())
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => at_end += 1,
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
+            None => break,
+        }
+    }
+    values
+}

@@ -49,13 +49,37 @@ fn example_app_is_reconciled_into_owned_objects_scaled_and_collected() {
         condition(ns, "orders-router", "Degraded", "status"),
         "False"
     );
-    // The runtime's engine is not built yet (issue #4): workers exist but
-    // are not ready, and a condition says so.
-    wait_until("Ready=False WorkersNotReady", TIMEOUT, || {
-        (condition(ns, "orders-router", "Ready", "reason") == "WorkersNotReady").then_some(())
+    // The workers read their rendered configuration, take their tasks and
+    // report ready (worker 0 owns every task until placement lands).
+    wait_until("Ready=True WorkersReady", TIMEOUT, || {
+        (condition(ns, "orders-router", "Ready", "reason") == "WorkersReady").then_some(())
     });
-    assert!(condition(ns, "orders-router", "Ready", "message")
-        .contains("kubectl get pods -l millrace.dev/app=orders-router"));
+    assert_eq!(
+        condition(ns, "orders-router", "Ready", "message"),
+        "2/2 workers ready"
+    );
+
+    // Real records through the worker pods: a large paid order is routed to
+    // orders-large, a malformed one to the dead-letter topic.
+    let marker = millrace_tests::unique("order");
+    millrace_tests::produce(
+        "orders",
+        &marker,
+        &format!(r#"{{"id":"{marker}","status":"paid","amount":5000,"region":"eu"}}"#),
+    );
+    millrace_tests::produce("orders", &marker, &format!("not json {marker}"));
+    wait_until("the order routed to orders-large", TIMEOUT, || {
+        millrace_tests::committed_values("orders-large")
+            .iter()
+            .any(|v| v.contains(&marker))
+            .then_some(())
+    });
+    wait_until("the malformed order in orders-dlq", TIMEOUT, || {
+        millrace_tests::committed_values("orders-dlq")
+            .iter()
+            .any(|v| v.contains(&marker))
+            .then_some(())
+    });
 
     // Every owned object, owned and with the expected fields.
     let owner = |kind_name: &str| {
@@ -176,8 +200,11 @@ fn example_app_is_reconciled_into_owned_objects_scaled_and_collected() {
     wait_until("capped at the task count", TIMEOUT, || {
         (get(ns, "statefulset/orders-router", "{.spec.replicas}") == "4").then_some(())
     });
-    assert!(condition(ns, "orders-router", "Progressing", "message")
-        .contains("capped at the 4 task(s)"));
+    wait_until("the cap reported once the workers settle", TIMEOUT, || {
+        condition(ns, "orders-router", "Progressing", "message")
+            .contains("capped at the 4 task(s)")
+            .then_some(())
+    });
 
     // Deleting the app removes everything it owned.
     kubectl(&[

@@ -148,7 +148,7 @@ fn serve(
     config: WorkerConfig,
     worker_id: String,
     admin_addr: SocketAddr,
-    mut tasks: Box<dyn TaskSource>,
+    tasks: Box<dyn TaskSource>,
 ) -> i32 {
     let compiled = match config.pipeline.as_ref().map(pipeline::compile) {
         Some(Ok(p)) => p,
@@ -189,13 +189,7 @@ fn serve(
     // The engine is blocking (librdkafka's poll loop) and owns this thread.
     let evaluator = Evaluator::new(Arc::new(compiled));
     let result = Engine::start(
-        config,
-        worker_id,
-        evaluator,
-        tasks.as_mut(),
-        metrics,
-        status,
-        shutdown,
+        config, worker_id, evaluator, tasks, metrics, status, shutdown,
     )
     .and_then(|mut e| e.run());
     match result {

@@ -24,7 +24,7 @@ use crate::metrics::{Metrics, Status, TaskLabel, TaskPartition, TopicLabel};
 use crate::pipeline::eval::{
     dead_letter_headers, Evaluator, InputRecord, OutputRecord, RecordError,
 };
-use tasks::TaskSource;
+use tasks::{PlacementChange, TaskSource};
 
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
 const LAG_EVERY: Duration = Duration::from_secs(5);
@@ -74,6 +74,7 @@ pub struct Engine {
     /// rest of the engine processes it.
     consumer: BaseConsumer,
     core: Core,
+    tasks: Box<dyn TaskSource>,
 }
 
 struct Core {
@@ -102,7 +103,7 @@ impl Engine {
         config: WorkerConfig,
         worker_id: String,
         evaluator: Evaluator,
-        tasks: &mut dyn TaskSource,
+        mut tasks: Box<dyn TaskSource>,
         metrics: Arc<Metrics>,
         status: Arc<Status>,
         shutdown: Arc<AtomicBool>,
@@ -127,14 +128,22 @@ impl Engine {
             shutdown,
         };
         let task_count = core.check_topics(&consumer)?;
-        core.assign(&consumer, tasks, task_count)?;
-        Ok(Self { consumer, core })
+        core.assign(&consumer, tasks.as_mut(), task_count)?;
+        Ok(Self {
+            consumer,
+            core,
+            tasks,
+        })
     }
 
     /// Processes until shutdown (then commits and returns) or a failing
     /// record under `onError: Stop`.
     pub fn run(&mut self) -> Result<(), EngineError> {
-        let Self { consumer, core } = self;
+        let Self {
+            consumer,
+            core,
+            tasks,
+        } = self;
         let interval = Duration::from_millis(core.config.commit_interval_ms.max(1));
         let mut next_lag = Instant::now();
         loop {
@@ -176,6 +185,12 @@ impl Engine {
                 core.producer.poll(Duration::ZERO);
             }
             core.commit(consumer)?;
+            // Placement changes apply between commits: nothing of a released
+            // task is left uncommitted when it is acknowledged.
+            while let Some(change) = tasks.poll_change() {
+                let epoch = core.apply(consumer, change)?;
+                tasks.acknowledge(epoch);
+            }
             if Instant::now() >= next_lag {
                 core.refresh_lag(consumer);
                 next_lag = Instant::now() + LAG_EVERY;
@@ -247,27 +262,9 @@ impl Core {
                 wanted.add_partition(&t.0, *p);
             }
         }
-        let committed = loop {
-            match consumer.committed_offsets(wanted.clone(), KAFKA_TIMEOUT) {
-                Ok(c) => break c,
-                Err(e) => {
-                    tracing::warn!("reading committed offsets: {e}; retrying");
-                    if self.shutdown.load(Ordering::Relaxed) {
-                        return Err(e.into());
-                    }
-                    std::thread::sleep(Duration::from_secs(1));
-                }
-            }
-        };
+        let committed = self.committed_offsets(consumer, &wanted)?;
         self.resume.clear();
-        for e in committed.elements() {
-            let offset = match e.offset() {
-                Offset::Offset(o) => Offset::Offset(o),
-                _ => Offset::Beginning,
-            };
-            self.resume
-                .insert((e.topic().to_string(), e.partition()), offset);
-        }
+        self.resume_from(&committed);
         self.assign_resume_points(consumer)?;
         let mut detail = self.status.detail.lock().unwrap();
         detail.worker_id = self.worker_id.clone();
@@ -278,6 +275,82 @@ impl Core {
         self.status.ready.store(true, Ordering::Relaxed);
         tracing::info!(partitions = self.resume.len(), placement = %tasks.describe(), "tasks assigned");
         Ok(())
+    }
+
+    /// Applies a placement change; returns its epoch for the acknowledgement.
+    fn apply(
+        &mut self,
+        consumer: &BaseConsumer,
+        change: PlacementChange,
+    ) -> Result<u64, EngineError> {
+        let sources: Vec<String> = self
+            .evaluator
+            .pipeline()
+            .source_topics
+            .iter()
+            .map(|t| t.0.clone())
+            .collect();
+        let (epoch, taken) = match change {
+            PlacementChange::Release { epoch, tasks } => {
+                self.resume.retain(|(_, p), _| !tasks.contains(p));
+                self.status
+                    .detail
+                    .lock()
+                    .unwrap()
+                    .tasks
+                    .retain(|t| !tasks.contains(t));
+                tracing::info!(epoch, ?tasks, "released tasks");
+                (epoch, Vec::new())
+            }
+            PlacementChange::Take { epoch, tasks } => (epoch, tasks),
+        };
+        if !taken.is_empty() {
+            let mut wanted = TopicPartitionList::new();
+            for t in &sources {
+                for p in &taken {
+                    wanted.add_partition(t, *p);
+                }
+            }
+            let committed = self.committed_offsets(consumer, &wanted)?;
+            self.resume_from(&committed);
+            self.status.detail.lock().unwrap().tasks.extend(&taken);
+            tracing::info!(epoch, tasks = ?taken, "took tasks");
+        }
+        self.assign_resume_points(consumer)?;
+        Ok(epoch)
+    }
+
+    /// Partitions resume at their committed offset, or from the beginning
+    /// when the group has none.
+    fn resume_from(&mut self, committed: &TopicPartitionList) {
+        for e in committed.elements() {
+            let offset = match e.offset() {
+                Offset::Offset(o) => Offset::Offset(o),
+                _ => Offset::Beginning,
+            };
+            self.resume
+                .insert((e.topic().to_string(), e.partition()), offset);
+        }
+    }
+
+    /// The group's committed offsets, retried while the broker is away.
+    fn committed_offsets(
+        &self,
+        consumer: &BaseConsumer,
+        wanted: &TopicPartitionList,
+    ) -> Result<TopicPartitionList, EngineError> {
+        loop {
+            match consumer.committed_offsets(wanted.clone(), KAFKA_TIMEOUT) {
+                Ok(c) => return Ok(c),
+                Err(e) => {
+                    tracing::warn!("reading committed offsets: {e}; retrying");
+                    if self.shutdown.load(Ordering::Relaxed) {
+                        return Err(e.into());
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        }
     }
 
     /// (Re)assigns every owned partition at its resume point. Unassigning

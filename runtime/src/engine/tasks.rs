@@ -6,10 +6,29 @@
 //! only the pod with ordinal 0 does (the others stand by), so no two
 //! workers ever process one partition.
 
-/// Decides the tasks of this worker, given the task count.
+/// A change of this worker's tasks, in placement epoch order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlacementChange {
+    /// Stop processing these tasks: the engine commits what it processed,
+    /// stops consuming them, then acknowledges the epoch.
+    Release { epoch: u64, tasks: Vec<i32> },
+    /// Start processing these tasks from their committed offsets (read with
+    /// require_stable), then acknowledge the epoch.
+    Take { epoch: u64, tasks: Vec<i32> },
+}
+
+/// Decides the tasks of this worker. `tasks` is asked after every
+/// `init_transactions` (start, or after being fenced) before anything is
+/// processed; `poll_change` between commits.
 pub trait TaskSource: Send {
     fn tasks(&mut self, task_count: i32) -> Vec<i32>;
     fn describe(&self) -> String;
+    fn poll_change(&mut self) -> Option<PlacementChange> {
+        None
+    }
+    /// The change of `epoch` is done (released tasks are committed and
+    /// no longer consumed; taken tasks are being consumed).
+    fn acknowledge(&mut self, _epoch: u64) {}
 }
 
 /// `millrace-runtime run`: one worker owns all tasks.

@@ -2,7 +2,7 @@
 # `make test`; everything else here is for working on the stack by hand.
 SHELL := /bin/bash
 
-.PHONY: demo test stack-up stack-down stack-status lint unit build
+.PHONY: demo test stack-up stack-down stack-status lint unit build bench bench-quick
 
 ## demo: start the local stack and show it working (see README)
 demo:
@@ -33,3 +33,11 @@ unit:
 
 build:
 	cargo build --workspace
+
+## bench: Millrace vs Kafka Streams vs the raw limit (manual; minutes). BENCH_ARGS to tune.
+bench:
+	@bash e2e/bench.sh $(BENCH_ARGS)
+
+## bench-quick: the same harness on a small input, one round (CI proves it works)
+bench-quick:
+	@bash e2e/bench.sh --records 20000 --rounds 1 --latency-rate 2000 --latency-seconds 5 --results $${TMPDIR:-/tmp}/millrace-bench

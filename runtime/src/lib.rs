@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod config;
 pub mod engine;
+pub mod lag;
 pub mod manifest;
 pub mod metrics;
 pub mod pipeline;

@@ -186,6 +186,11 @@ fn serve(
             shutdown.store(true, Ordering::Relaxed);
         });
     }
+    if let Err(e) =
+        millrace_runtime::lag::spawn(&config, metrics.clone(), status.clone(), shutdown.clone())
+    {
+        return config_error(e);
+    }
     // The engine is blocking (librdkafka's poll loop) and owns this thread.
     let evaluator = Evaluator::new(Arc::new(compiled));
     let result = Engine::start(

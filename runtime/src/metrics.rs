@@ -125,6 +125,9 @@ pub struct TaskPartition {
 pub struct Status {
     pub ready: AtomicBool,
     pub detail: Mutex<WorkerStatus>,
+    /// Next offset per owned (topic, partition) after the last commit,
+    /// published by the engine for the lag watcher.
+    pub committed: Mutex<std::collections::BTreeMap<(String, i32), i64>>,
 }
 
 #[derive(Serialize, Clone, Debug, Default)]

@@ -20,14 +20,13 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::WorkerConfig;
-use crate::metrics::{Metrics, Status, TaskLabel, TaskPartition, TopicLabel};
+use crate::metrics::{Metrics, Status, TopicLabel};
 use crate::pipeline::eval::{
     dead_letter_headers, Evaluator, InputRecord, OutputRecord, RecordError,
 };
 use tasks::{PlacementChange, TaskSource};
 
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
-const LAG_EVERY: Duration = Duration::from_secs(5);
 
 /// Why the engine stopped other than by a clean shutdown.
 #[derive(Debug, thiserror::Error)]
@@ -145,7 +144,6 @@ impl Engine {
             tasks,
         } = self;
         let interval = Duration::from_millis(core.config.commit_interval_ms.max(1));
-        let mut next_lag = Instant::now();
         loop {
             let deadline = Instant::now() + interval;
             while Instant::now() < deadline {
@@ -190,10 +188,6 @@ impl Engine {
             while let Some(change) = tasks.poll_change() {
                 let epoch = core.apply(consumer, change)?;
                 tasks.acknowledge(epoch);
-            }
-            if Instant::now() >= next_lag {
-                core.refresh_lag(consumer);
-                next_lag = Instant::now() + LAG_EVERY;
             }
         }
     }
@@ -545,6 +539,7 @@ impl Core {
                     self.resume.insert(tp, Offset::Offset(offset));
                 }
                 self.metrics.commits.inc();
+                self.publish_committed();
                 self.metrics
                     .commit_seconds
                     .observe(started.elapsed().as_secs_f64());
@@ -603,37 +598,17 @@ impl Core {
         Ok(())
     }
 
-    /// Lag per owned partition against the last stable offset (a
-    /// read_committed consumer's high watermark), so transaction markers
-    /// are not counted as lag.
-    fn refresh_lag(&self, consumer: &BaseConsumer) {
-        let mut partitions = Vec::new();
-        for ((topic, partition), resume) in &self.resume {
-            let committed = match resume {
-                Offset::Offset(o) => Some(*o),
+    /// Publishes the committed offsets for the lag watcher and `/tasks`.
+    fn publish_committed(&self) {
+        let committed: BTreeMap<Tp, i64> = self
+            .resume
+            .iter()
+            .filter_map(|(tp, o)| match o {
+                Offset::Offset(o) => Some((tp.clone(), *o)),
                 _ => None,
-            };
-            let lso = consumer
-                .fetch_watermarks(topic, *partition, Duration::from_secs(2))
-                .ok();
-            let lag = lso.map(|(low, high)| (high - committed.unwrap_or(low)).max(0));
-            if let Some(lag) = lag {
-                self.metrics
-                    .lag
-                    .get_or_create(&TaskLabel {
-                        topic: topic.clone(),
-                        partition: partition.to_string(),
-                    })
-                    .set(lag);
-            }
-            partitions.push(TaskPartition {
-                topic: topic.clone(),
-                partition: *partition,
-                committed_offset: committed,
-                lag,
-            });
-        }
-        self.status.detail.lock().unwrap().partitions = partitions;
+            })
+            .collect();
+        *self.status.committed.lock().unwrap() = committed;
     }
 }
 

@@ -1,0 +1,326 @@
+//! The side-by-side run: every contender processes the same pre-filled
+//! input from the beginning under a fresh application id, interleaved
+//! round by round (A B C A B C ...), measured from start until its consumer
+//! group has committed the whole input (its outputs are committed with it).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::kafka;
+
+pub const PARTITIONS: i32 = 16;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Contender {
+    MillraceExactlyOnce,
+    MillraceAtLeastOnce,
+    KafkaStreamsExactlyOnce,
+    KafkaStreamsAtLeastOnce,
+    RawPipe,
+    RawPipeTransactional,
+}
+
+impl Contender {
+    pub const ALL: [Contender; 6] = [
+        Contender::MillraceExactlyOnce,
+        Contender::KafkaStreamsExactlyOnce,
+        Contender::RawPipeTransactional,
+        Contender::MillraceAtLeastOnce,
+        Contender::KafkaStreamsAtLeastOnce,
+        Contender::RawPipe,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Contender::MillraceExactlyOnce => "millrace exactly-once",
+            Contender::MillraceAtLeastOnce => "millrace at-least-once",
+            Contender::KafkaStreamsExactlyOnce => "kafka-streams exactly_once_v2",
+            Contender::KafkaStreamsAtLeastOnce => "kafka-streams at_least_once",
+            Contender::RawPipe => "raw pipe (no parsing)",
+            Contender::RawPipeTransactional => "raw pipe, transactional",
+        }
+    }
+
+    fn slug(self) -> &'static str {
+        match self {
+            Contender::MillraceExactlyOnce => "mr-eos",
+            Contender::MillraceAtLeastOnce => "mr-alo",
+            Contender::KafkaStreamsExactlyOnce => "ks-eos",
+            Contender::KafkaStreamsAtLeastOnce => "ks-alo",
+            Contender::RawPipe => "raw-alo",
+            Contender::RawPipeTransactional => "raw-eos",
+        }
+    }
+}
+
+pub struct Setup {
+    pub bootstrap: String,
+    pub repo: PathBuf,
+    pub target: PathBuf,
+    pub run_id: String,
+    pub threads: usize,
+}
+
+/// One contender's run.
+#[derive(Clone, Debug)]
+pub struct Measurement {
+    pub contender: Contender,
+    pub seconds: f64,
+    pub records_per_second: f64,
+    pub cpu_seconds: f64,
+    pub peak_rss_mb: f64,
+}
+
+pub fn output_topics(setup: &Setup, c: Contender, round: usize) -> Vec<String> {
+    let prefix = format!("{}-{}-{round}", setup.run_id, c.slug());
+    match c {
+        Contender::RawPipe | Contender::RawPipeTransactional => vec![format!("{prefix}-out")],
+        _ => ["large", "eu", "other", "dlq"]
+            .iter()
+            .map(|s| format!("{prefix}-{s}"))
+            .collect(),
+    }
+}
+
+fn manifest(
+    setup: &Setup,
+    app_id: &str,
+    input: &str,
+    prefix: &str,
+    guarantee: &str,
+) -> anyhow::Result<PathBuf> {
+    let yaml = format!(
+        r#"apiVersion: millrace.dev/v1alpha1
+kind: StreamApp
+metadata: {{name: bench}}
+spec:
+  kafka: {{bootstrapServers: "{bootstrap}"}}
+  applicationId: {app_id}
+  processingGuarantee: {guarantee}
+  commitInterval: 100ms
+  pipeline:
+    source: {{topics: [{input}]}}
+    steps:
+    - {{name: paid-only, filter: "value.status == 'paid'"}}
+    - route:
+        rules:
+        - {{when: "value.amount >= 1000", to: {prefix}-large}}
+        - {{when: "value.region == 'eu'", to: {prefix}-eu}}
+        default: {prefix}-other
+    onError: {{policy: DeadLetter, deadLetterTopic: {prefix}-dlq}}
+"#,
+        bootstrap = setup.bootstrap
+    );
+    let path = std::env::temp_dir().join(format!("{app_id}.yaml"));
+    std::fs::write(&path, yaml)?;
+    Ok(path)
+}
+
+/// Starts a contender reading `input`; returns the process and its group id.
+pub fn launch(
+    setup: &Setup,
+    c: Contender,
+    round: usize,
+    input: &str,
+) -> anyhow::Result<(Child, String)> {
+    let app_id = format!("{}-{}-{round}-app", setup.run_id, c.slug());
+    let prefix = format!("{}-{}-{round}", setup.run_id, c.slug());
+    kafka::create_topics(
+        &setup.bootstrap,
+        &output_topics(setup, c, round),
+        PARTITIONS,
+    )?;
+    let quiet = |cmd: &mut Command| {
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    };
+    let mut cmd = match c {
+        Contender::MillraceExactlyOnce | Contender::MillraceAtLeastOnce => {
+            let guarantee = if c == Contender::MillraceExactlyOnce {
+                "ExactlyOnce"
+            } else {
+                "AtLeastOnce"
+            };
+            let path = manifest(setup, &app_id, input, &prefix, guarantee)?;
+            let mut cmd = Command::new(binary(&setup.target, "millrace-runtime")?);
+            cmd.args([
+                "run",
+                "--manifest",
+                path.to_str().unwrap(),
+                "--admin-addr",
+                "127.0.0.1:0",
+            ])
+            .env("RUST_LOG", "warn");
+            cmd
+        }
+        Contender::KafkaStreamsExactlyOnce | Contender::KafkaStreamsAtLeastOnce => {
+            let guarantee = if c == Contender::KafkaStreamsExactlyOnce {
+                "exactly_once_v2"
+            } else {
+                "at_least_once"
+            };
+            let dir = setup.repo.join("bench/kstreams/target");
+            anyhow::ensure!(dir.join("kstreams-orders-router-1.jar").exists(), "the Kafka Streams app is not built: run `make bench` (mvn package in bench/kstreams)");
+            let classpath = format!(
+                "{}:{}/*",
+                dir.join("kstreams-orders-router-1.jar").display(),
+                dir.join("lib").display()
+            );
+            let mut cmd = Command::new("java");
+            cmd.args([
+                "-cp",
+                &classpath,
+                "dev.millrace.bench.OrdersRouter",
+                &setup.bootstrap,
+                &app_id,
+                input,
+                &prefix,
+                guarantee,
+                &setup.threads.to_string(),
+            ]);
+            cmd
+        }
+        Contender::RawPipe | Contender::RawPipeTransactional => {
+            let mut cmd = Command::new(std::env::current_exe()?);
+            cmd.args([
+                "pipe",
+                "--input",
+                input,
+                "--output",
+                &format!("{prefix}-out"),
+                "--group",
+                &app_id,
+                "--bootstrap",
+                &setup.bootstrap,
+            ]);
+            if c == Contender::RawPipeTransactional {
+                cmd.arg("--transactional");
+            }
+            cmd
+        }
+    };
+    quiet(&mut cmd);
+    Ok((cmd.spawn()?, app_id))
+}
+
+fn binary(target: &Path, name: &str) -> anyhow::Result<PathBuf> {
+    let path = target.join("release").join(name);
+    anyhow::ensure!(
+        path.exists(),
+        "{} is missing: run `make bench` (it builds release binaries)",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// CPU seconds (user + system, all threads) and peak RSS of a live process.
+fn process_usage(pid: u32) -> (f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after_name = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // Fields 14 and 15 of stat (utime, stime) are 11 and 12 after the name.
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i).and_then(|v| v.parse::<f64>().ok()))
+        .sum();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let hwm_kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0.0);
+    (ticks / 100.0, hwm_kb / 1024.0)
+}
+
+pub fn stop(mut child: Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    for _ in 0..100 {
+        if child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Runs one contender over the whole input and measures it.
+pub fn measure(
+    setup: &Setup,
+    c: Contender,
+    round: usize,
+    input: &str,
+    records: u64,
+) -> anyhow::Result<Measurement> {
+    let started = Instant::now();
+    let (mut child, group) = launch(setup, c, round, input)?;
+    let mut usage = (0.0, 0.0);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!("{} exited early: {status}", c.name());
+        }
+        usage = process_usage(child.id()).max_by(usage);
+        if kafka::drained(&setup.bootstrap, &group, input, PARTITIONS) {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(1800),
+            "{} did not finish in 30 minutes",
+            c.name()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let (cpu, rss) = process_usage(child.id());
+    stop(child);
+    Ok(Measurement {
+        contender: c,
+        seconds,
+        records_per_second: records as f64 / seconds,
+        cpu_seconds: cpu.max(usage.0),
+        peak_rss_mb: rss.max(usage.1),
+    })
+}
+
+trait MaxBy {
+    fn max_by(self, other: Self) -> Self;
+}
+
+impl MaxBy for (f64, f64) {
+    fn max_by(self, other: Self) -> Self {
+        (self.0.max(other.0), self.1.max(other.1))
+    }
+}
+
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    let n = values.len();
+    if n == 0 {
+        return 0.0;
+    }
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(vec![]), 0.0);
+    }
+
+    #[test]
+    fn usage_of_this_process_is_readable() {
+        let (cpu, rss) = process_usage(std::process::id());
+        assert!(cpu >= 0.0 && rss > 1.0, "{cpu} {rss}");
+    }
+}

@@ -1,0 +1,147 @@
+//! Kafka helpers of the harness: topics, filling the input, progress.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+pub fn create_topics(bootstrap: &str, names: &[String], partitions: i32) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    let topics: Vec<NewTopic> = names
+        .iter()
+        .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    for r in rt.block_on(admin.create_topics(&topics, &AdminOptions::new()))? {
+        if let Err((t, code)) = r {
+            anyhow::ensure!(
+                code == RDKafkaErrorCode::TopicAlreadyExists,
+                "creating {t}: {code}"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// An order of about 200 bytes; every 1000th record is malformed (it goes
+/// to the dead-letter topic). `ts` is the produce time for latency.
+pub fn order(i: u64, ts_ms: u128) -> String {
+    if i % 1000 == 999 {
+        return format!("malformed order {i}");
+    }
+    let status = if i.is_multiple_of(10) { "open" } else { "paid" };
+    let region = ["eu", "us", "apac"][(i % 3) as usize];
+    format!(
+        r#"{{"id":{i},"status":"{status}","amount":{},"region":"{region}","customer":"c-{}","ts":{ts_ms},"note":"{}"}}"#,
+        (i * 37) % 2000,
+        i % 5000,
+        "x".repeat(60)
+    )
+}
+
+fn now_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+}
+
+/// Writes `records` orders; with `rate` (records/s) spread over time.
+pub fn fill(bootstrap: &str, topic: &str, records: u64, rate: Option<u64>) -> anyhow::Result<()> {
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "20")
+        .set("enable.idempotence", "true")
+        .create()?;
+    let started = Instant::now();
+    for i in 0..records {
+        if let Some(rate) = rate {
+            let due = Duration::from_secs_f64(i as f64 / rate as f64);
+            if let Some(ahead) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(ahead);
+            }
+        }
+        let key = format!("c-{}", i % 5000);
+        let value = order(i, now_ms());
+        let mut record = BaseRecord::to(topic).key(&key).payload(&value);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    record = r;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(120))?;
+    Ok(())
+}
+
+/// True once `group` has committed the end of every partition of `topic`.
+pub fn drained(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> bool {
+    let Ok(consumer): Result<BaseConsumer, _> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("isolation.level", "read_committed")
+        .create()
+    else {
+        return false;
+    };
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let Ok(committed) = consumer.committed_offsets(tpl, Duration::from_secs(10)) else {
+        return false;
+    };
+    (0..partitions).all(|p| {
+        let end = consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).map(|w| w.1).unwrap_or(i64::MAX);
+        matches!(committed.find_partition(topic, p).map(|e| e.offset()), Some(Offset::Offset(o)) if o >= end)
+    })
+}
+
+/// Latency of committed outputs: for every record seen by a read_committed
+/// consumer on `topics`, now − the `ts` its value carries. Stops after
+/// `quiet` without records once `until` has passed.
+pub fn latencies(bootstrap: &str, topics: &[String], until: Instant, quiet: Duration) -> Vec<u64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("latency-{}", now_ms()))
+        .set("isolation.level", "read_committed")
+        .set("auto.offset.reset", "latest")
+        .create()
+        .expect("latency consumer");
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&names).expect("subscribe");
+    let mut out = Vec::new();
+    let mut last = Instant::now();
+    loop {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                last = Instant::now();
+                use rdkafka::Message;
+                let ts = m
+                    .payload()
+                    .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
+                    .and_then(|v| v["ts"].as_u64());
+                if let Some(ts) = ts {
+                    out.push((now_ms() as u64).saturating_sub(ts));
+                }
+            }
+            _ => {
+                if Instant::now() > until && last.elapsed() > quiet {
+                    return out;
+                }
+            }
+        }
+    }
+}

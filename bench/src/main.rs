@@ -1,0 +1,339 @@
+//! `millrace-bench`: Millrace side by side with Kafka Streams and a raw
+//! rdkafka pipe, on the same broker and input, in one run. See bench/README.md.
+
+mod harness;
+mod kafka;
+mod pipe;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use harness::{Contender, Measurement, Setup, PARTITIONS};
+
+#[derive(Parser)]
+#[command(about = "Benchmark Millrace against Kafka Streams and the raw limit")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the comparison and print (and save) the report.
+    Run {
+        #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+        bootstrap: String,
+        /// Input records (~200 bytes of JSON each).
+        #[arg(long, default_value_t = 5_000_000)]
+        records: u64,
+        /// Rounds; contenders are interleaved within each round.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Records/s for the latency mode (0: skip it).
+        #[arg(long, default_value_t = 20_000)]
+        latency_rate: u64,
+        #[arg(long, default_value_t = 20)]
+        latency_seconds: u64,
+        /// Where the report goes.
+        #[arg(long, default_value = "bench/results")]
+        results: PathBuf,
+    },
+    /// The raw-limit contender (started by `run`).
+    Pipe {
+        #[arg(long)]
+        bootstrap: String,
+        #[arg(long)]
+        input: String,
+        #[arg(long)]
+        output: String,
+        #[arg(long)]
+        group: String,
+        #[arg(long)]
+        transactional: bool,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Cmd::Pipe {
+            bootstrap,
+            input,
+            output,
+            group,
+            transactional,
+        } => pipe::run(&bootstrap, &input, &output, &group, transactional),
+        Cmd::Run {
+            bootstrap,
+            records,
+            rounds,
+            latency_rate,
+            latency_seconds,
+            results,
+        } => run(
+            bootstrap,
+            records,
+            rounds,
+            latency_rate,
+            latency_seconds,
+            results,
+        ),
+    }
+}
+
+fn run(
+    bootstrap: String,
+    records: u64,
+    rounds: usize,
+    latency_rate: u64,
+    latency_seconds: u64,
+    results: PathBuf,
+) -> anyhow::Result<()> {
+    let repo = std::env::current_dir()?;
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo.join("target"));
+    let run_id = format!(
+        "bench-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs()
+    );
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let setup = Setup {
+        bootstrap,
+        repo,
+        target,
+        run_id,
+        threads,
+    };
+
+    let input = format!("{}-input", setup.run_id);
+    kafka::create_topics(&setup.bootstrap, std::slice::from_ref(&input), PARTITIONS)?;
+    let fill_started = Instant::now();
+    kafka::fill(&setup.bootstrap, &input, records, None)?;
+    eprintln!(
+        "filled {input} with {records} records in {:.1?}",
+        fill_started.elapsed()
+    );
+
+    let mut all: Vec<Measurement> = Vec::new();
+    for round in 0..rounds {
+        for c in Contender::ALL {
+            let m = harness::measure(&setup, c, round, &input, records)?;
+            eprintln!(
+                "round {}: {:32} {:>7.1} s {:>10.0} records/s  {:>6.1} CPU s  {:>6.0} MB",
+                round + 1,
+                c.name(),
+                m.seconds,
+                m.records_per_second,
+                m.cpu_seconds,
+                m.peak_rss_mb
+            );
+            all.push(m);
+        }
+    }
+
+    let mut latency = BTreeMap::new();
+    if latency_rate > 0 {
+        for c in [
+            Contender::MillraceExactlyOnce,
+            Contender::KafkaStreamsExactlyOnce,
+        ] {
+            latency.insert(
+                c.name(),
+                measure_latency(&setup, c, latency_rate, latency_seconds)?,
+            );
+        }
+    }
+    let report = report(&setup, records, rounds, &all, &latency);
+    println!("{report}");
+    std::fs::create_dir_all(&results)?;
+    let file = results.join(format!("{}.md", setup.run_id));
+    std::fs::write(&file, &report)?;
+    eprintln!("written to {}", file.display());
+    Ok(())
+}
+
+/// Latency mode: input produced at a fixed rate while the contender runs;
+/// latency = time a read_committed consumer sees the output − the produce
+/// time carried in the record. The contender first gets 10 s to start.
+fn measure_latency(
+    setup: &Setup,
+    c: Contender,
+    rate: u64,
+    seconds: u64,
+) -> anyhow::Result<Vec<u64>> {
+    let input = format!("{}-lat-{}", setup.run_id, rate);
+    let input = format!("{input}-{}", c.name().split(' ').next().unwrap_or("x"));
+    kafka::create_topics(&setup.bootstrap, std::slice::from_ref(&input), PARTITIONS)?;
+    let round = 1000;
+    let (child, _) = harness::launch(setup, c, round, &input)?;
+    std::thread::sleep(Duration::from_secs(10));
+    let outputs = harness::output_topics(setup, c, round);
+    let until = Instant::now() + Duration::from_secs(seconds);
+    let reader = {
+        let (bootstrap, outputs) = (setup.bootstrap.clone(), outputs.clone());
+        std::thread::spawn(move || {
+            kafka::latencies(&bootstrap, &outputs, until, Duration::from_secs(3))
+        })
+    };
+    std::thread::sleep(Duration::from_secs(2)); // the reader joins its group
+    kafka::fill(&setup.bootstrap, &input, rate * seconds, Some(rate))?;
+    let mut samples = reader.join().expect("latency reader");
+    harness::stop(child);
+    samples.sort_unstable();
+    Ok(samples)
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn report(
+    setup: &Setup,
+    records: u64,
+    rounds: usize,
+    all: &[Measurement],
+    latency: &BTreeMap<&str, Vec<u64>>,
+) -> String {
+    let med = |c: Contender, f: fn(&Measurement) -> f64| {
+        harness::median(all.iter().filter(|m| m.contender == c).map(f).collect())
+    };
+    let mut out = String::new();
+    let date = std::process::Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d %H:%M UTC")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let java = std::process::Command::new("java")
+        .arg("-version")
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stderr)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string()
+        })
+        .unwrap_or_default();
+    let _ = writeln!(out, "# Millrace benchmark, {date}\n");
+    let _ = writeln!(
+        out,
+        "Machine: {} cores, {} ; broker on the same machine (Kafka 4.1.1, one KRaft node). Java: {java}. Kafka Streams: {} stream threads.\n",
+        setup.threads,
+        meminfo(),
+        setup.threads
+    );
+    let _ = writeln!(out, "Input: {records} JSON orders (~200 B) on {PARTITIONS} partitions, each contender from the beginning under a fresh application id; {rounds} round(s), contenders interleaved; medians.\n");
+    let _ = writeln!(out, "| contender | records/s | CPU s | records per CPU s | peak RSS MB |\n|---|---:|---:|---:|---:|");
+    for c in Contender::ALL {
+        let rps = med(c, |m| m.records_per_second);
+        let cpu = med(c, |m| m.cpu_seconds);
+        let per_cpu = if cpu > 0.0 { records as f64 / cpu } else { 0.0 };
+        let _ = writeln!(
+            out,
+            "| {} | {rps:.0} | {cpu:.1} | {per_cpu:.0} | {:.0} |",
+            c.name(),
+            med(c, |m| m.peak_rss_mb)
+        );
+    }
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+    let rps = |c| med(c, |m| m.records_per_second);
+    let rss = |c| med(c, |m| m.peak_rss_mb);
+    let checks = [
+        (
+            "exactly-once throughput, Millrace / Kafka Streams",
+            ratio(
+                rps(Contender::MillraceExactlyOnce),
+                rps(Contender::KafkaStreamsExactlyOnce),
+            ),
+            ">= 2",
+            true,
+            2.0,
+        ),
+        (
+            "exactly-once peak RSS, Millrace / Kafka Streams",
+            ratio(
+                rss(Contender::MillraceExactlyOnce),
+                rss(Contender::KafkaStreamsExactlyOnce),
+            ),
+            "<= 0.2",
+            false,
+            0.2,
+        ),
+        (
+            "at-least-once throughput, Millrace / raw pipe",
+            ratio(rps(Contender::MillraceAtLeastOnce), rps(Contender::RawPipe)),
+            ">= 0.8",
+            true,
+            0.8,
+        ),
+        (
+            "Millrace exactly-once / Millrace at-least-once",
+            ratio(
+                rps(Contender::MillraceExactlyOnce),
+                rps(Contender::MillraceAtLeastOnce),
+            ),
+            ">= 0.9",
+            true,
+            0.9,
+        ),
+    ];
+    let _ = writeln!(
+        out,
+        "\n| ratio | measured | target | met |\n|---|---:|---|---|"
+    );
+    for (name, value, target, higher_is_better, bound) in checks {
+        let met = if higher_is_better {
+            value >= bound
+        } else {
+            value <= bound
+        };
+        let gap = if met {
+            String::from("yes")
+        } else if higher_is_better {
+            format!("no: {:.0}% short", (1.0 - value / bound) * 100.0)
+        } else {
+            format!("no: {:.1}x over", value / bound)
+        };
+        let _ = writeln!(out, "| {name} | {value:.2} | {target} | {gap} |");
+    }
+    if !latency.is_empty() {
+        let _ = writeln!(out, "\n| end-to-end latency (produce → visible under read_committed) | samples | p50 ms | p99 ms | max ms |\n|---|---:|---:|---:|---:|");
+        for (name, samples) in latency {
+            let _ = writeln!(
+                out,
+                "| {name} | {} | {} | {} | {} |",
+                samples.len(),
+                percentile(samples, 0.5),
+                percentile(samples, 0.99),
+                samples.last().copied().unwrap_or(0)
+            );
+        }
+    }
+    out
+}
+
+fn meminfo() -> String {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines().next().map(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|kb| kb.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            })
+        })
+        .map(|kb| format!("{:.0} GiB RAM", kb / 1024.0 / 1024.0))
+        .unwrap_or_default()
+}

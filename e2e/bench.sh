@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# `make bench` (full, manual) and `make bench-quick` (small, in CI): build the
+# contenders, make sure Kafka runs, and run the side-by-side comparison.
+#   BENCH_ARGS="--records 1000000 --rounds 3" make bench
+source "$(dirname "$0")/lib/common.sh"
+cd "$REPO_ROOT"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$REPO_ROOT/target}"
+need mvn "Install Maven 3.8+ (Debian: apt-get install maven)."
+need java "Install a Java 17+ runtime."
+log "building release binaries and the Kafka Streams app"
+cargo build -q --release -p millrace-runtime -p millrace-bench
+if ! mvn -B -q -Dstyle.color=never -f bench/kstreams/pom.xml package -DskipTests > "$LOG_DIR/bench-mvn.log" 2>&1; then
+  tail -n 20 "$LOG_DIR/bench-mvn.log" >&2
+  die "building bench/kstreams failed (log: $LOG_DIR/bench-mvn.log)"
+fi
+bash "$E2E_DIR/kafka/kafka.sh" up single
+"$CARGO_TARGET_DIR/release/millrace-bench" run "$@"

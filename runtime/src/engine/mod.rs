@@ -6,7 +6,7 @@
 pub mod clients;
 pub mod tasks;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,6 +24,8 @@ use crate::metrics::{Metrics, Status, TopicLabel};
 use crate::pipeline::eval::{
     dead_letter_headers, Evaluator, InputRecord, OutputRecord, RecordError,
 };
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use tasks::{PlacementChange, TaskSource};
 
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
@@ -90,8 +92,41 @@ struct Core {
     in_transaction: bool,
     failed_at_last_commit: u64,
     metrics: Arc<Metrics>,
+    records_in: TopicCounters,
+    records_out: TopicCounters,
     status: Arc<Status>,
     shutdown: Arc<AtomicBool>,
+}
+
+/// Per-topic counters of one family, looked up by `&str`: no label is
+/// allocated per record.
+struct TopicCounters {
+    family: Family<TopicLabel, Counter>,
+    by_topic: HashMap<String, Counter>,
+}
+
+impl TopicCounters {
+    fn new(family: &Family<TopicLabel, Counter>) -> Self {
+        Self {
+            family: family.clone(),
+            by_topic: HashMap::new(),
+        }
+    }
+
+    fn inc(&mut self, topic: &str) {
+        if let Some(c) = self.by_topic.get(topic) {
+            c.inc();
+            return;
+        }
+        let counter = self
+            .family
+            .get_or_create(&TopicLabel {
+                topic: topic.to_string(),
+            })
+            .clone();
+        counter.inc();
+        self.by_topic.insert(topic.to_string(), counter);
+    }
 }
 
 impl Engine {
@@ -122,6 +157,8 @@ impl Engine {
             positions: BTreeMap::new(),
             in_transaction: false,
             failed_at_last_commit: 0,
+            records_in: TopicCounters::new(&metrics.records_in),
+            records_out: TopicCounters::new(&metrics.records_out),
             metrics,
             status,
             shutdown,
@@ -146,14 +183,16 @@ impl Engine {
         let interval = Duration::from_millis(core.config.commit_interval_ms.max(1));
         loop {
             let deadline = Instant::now() + interval;
-            while Instant::now() < deadline {
+            let mut now = Instant::now();
+            let mut served: u32 = 0;
+            while now < deadline {
                 if core.shutdown.load(Ordering::Relaxed) {
                     core.commit(consumer)?;
                     tracing::info!("shut down cleanly");
                     return Ok(());
                 }
                 let wait = deadline
-                    .saturating_duration_since(Instant::now())
+                    .saturating_duration_since(now)
                     .min(Duration::from_millis(100));
                 match consumer.poll(wait) {
                     Some(Ok(message)) => {
@@ -180,7 +219,13 @@ impl Engine {
                     Some(Err(e)) => tracing::warn!("consume: {e}"),
                     None => {}
                 }
-                core.producer.poll(Duration::ZERO);
+                // Serving delivery reports takes librdkafka's queue lock:
+                // every 64 records is often enough.
+                served = served.wrapping_add(1);
+                if served.is_multiple_of(64) {
+                    core.producer.poll(Duration::ZERO);
+                }
+                now = Instant::now();
             }
             core.commit(consumer)?;
             // Placement changes apply between commits: nothing of a released
@@ -368,12 +413,7 @@ impl Core {
         if self.eos && !self.in_transaction {
             self.begin()?;
         }
-        self.metrics
-            .records_in
-            .get_or_create(&TopicLabel {
-                topic: record.topic.to_string(),
-            })
-            .inc();
+        self.records_in.inc(record.topic);
         match self.evaluator.process(record) {
             Ok(processed) => {
                 if processed.filtered {
@@ -388,11 +428,23 @@ impl Core {
             }
             Err(error) => self.failed(consumer, record, error)?,
         }
-        self.positions.insert(
-            (record.topic.to_string(), record.partition),
-            record.offset + 1,
-        );
+        self.advance(record.topic, record.partition, record.offset + 1);
         Ok(())
+    }
+
+    /// Records where a partition's processing got to. Looked up by `&str`
+    /// first: allocating the key for every record showed in the profile.
+    fn advance(&mut self, topic: &str, partition: i32, next: i64) {
+        let known = self
+            .positions
+            .iter_mut()
+            .find(|((t, p), _)| *p == partition && t == topic);
+        match known {
+            Some((_, offset)) => *offset = next,
+            None => {
+                self.positions.insert((topic.to_string(), partition), next);
+            }
+        }
     }
 
     fn failed(
@@ -454,12 +506,7 @@ impl Core {
                 Err((e, _)) => return Err(e.into()),
             }
         }
-        self.metrics
-            .records_out
-            .get_or_create(&TopicLabel {
-                topic: out.topic.clone(),
-            })
-            .inc();
+        self.records_out.inc(&out.topic);
         Ok(())
     }
 

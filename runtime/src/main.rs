@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use millrace_runtime::config::{WorkerConfig, CONFIG_DIR, CONFIG_FILE};
-use millrace_runtime::engine::tasks::{OrdinalZero, Standalone, TaskSource};
+use millrace_runtime::engine::tasks::{OrdinalZero, Share, Standalone, TaskSource};
 use millrace_runtime::engine::{Engine, EngineError};
 use millrace_runtime::metrics::{Metrics, Status};
 use millrace_runtime::pipeline::eval::Evaluator;
@@ -44,6 +44,9 @@ enum Command {
         worker_id: String,
         #[arg(long, default_value = "127.0.0.1:8080")]
         admin_addr: SocketAddr,
+        /// Processing loops (default: one per core, at most 8).
+        #[arg(long, env = "MILLRACE_LOOPS")]
+        loops: Option<usize>,
     },
     /// Compile a manifest's pipeline and report every error.
     Validate { manifest: PathBuf },
@@ -55,6 +58,9 @@ enum Command {
         pod_name: String,
         #[arg(long, env = "MILLRACE_POD_IP", default_value = "0.0.0.0")]
         pod_ip: String,
+        /// Processing loops (default: one per core, at most 8).
+        #[arg(long, env = "MILLRACE_LOOPS")]
+        loops: Option<usize>,
     },
 }
 
@@ -67,12 +73,19 @@ fn main() {
             bootstrap,
             worker_id,
             admin_addr,
+            loops,
         } => {
             init_logs();
             match manifest::load(&path).and_then(|app| {
                 manifest::worker_config(&app, bootstrap.as_deref(), admin_addr.port())
             }) {
-                Ok(config) => serve(config, worker_id, admin_addr, Box::new(Standalone)),
+                Ok(config) => serve(
+                    config,
+                    worker_id,
+                    admin_addr,
+                    |_| Box::new(Standalone),
+                    loops.unwrap_or_else(default_loops),
+                ),
                 Err(e) => config_error(e),
             }
         }
@@ -80,15 +93,19 @@ fn main() {
             config,
             pod_name,
             pod_ip,
+            loops,
         } => {
             init_logs();
             let path = config.unwrap_or_else(|| PathBuf::from(CONFIG_DIR).join(CONFIG_FILE));
             match read_config(&path) {
                 Ok(config) => match format!("{pod_ip}:{}", config.admin_port).parse() {
-                    Ok(addr) => {
-                        let tasks = Box::new(OrdinalZero::from_pod_name(&pod_name));
-                        serve(config, pod_name, addr, tasks)
-                    }
+                    Ok(addr) => serve(
+                        config,
+                        pod_name,
+                        addr,
+                        |pod| Box::new(OrdinalZero::from_pod_name(pod)),
+                        loops.unwrap_or_else(default_loops),
+                    ),
                     Err(e) => config_error(anyhow::anyhow!("MILLRACE_POD_IP '{pod_ip}': {e}")),
                 },
                 Err(e) => config_error(e),
@@ -143,15 +160,54 @@ fn validate(path: &std::path::Path) -> i32 {
     }
 }
 
-/// Runs the admin endpoint and the engine until SIGTERM/SIGINT or an error.
+/// Most processing loops a worker runs. At start the transactional ids of
+/// loops beyond the current count are fenced, so a previous incarnation that
+/// ran more loops leaves no open transaction behind to block its partitions.
+const MAX_LOOPS: usize = 8;
+
+fn loop_id(worker_id: &str, index: usize) -> String {
+    if index == 0 {
+        worker_id.to_string()
+    } else {
+        format!("{worker_id}-{index}")
+    }
+}
+
+/// Default loops: one per core (Kafka Streams' one stream thread per core).
+fn default_loops() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(MAX_LOOPS)
+}
+
+fn fence_unused_loops(config: &WorkerConfig, worker_id: &str, loops: usize) -> anyhow::Result<()> {
+    if config.processing_guarantee != millrace_crds::ProcessingGuarantee::ExactlyOnce {
+        return Ok(());
+    }
+    use rdkafka::producer::{BaseProducer, Producer};
+    for index in loops..MAX_LOOPS {
+        let producer: BaseProducer =
+            millrace_runtime::engine::clients::producer(config, &loop_id(worker_id, index))?
+                .create()?;
+        producer.init_transactions(std::time::Duration::from_secs(30))?;
+    }
+    Ok(())
+}
+
+/// Runs the admin endpoint and `loops` processing loops (each with its own
+/// consumer, transactional producer and share of the tasks, so one loop
+/// processes while another commits) until SIGTERM/SIGINT or an error.
 fn serve(
     config: WorkerConfig,
     worker_id: String,
     admin_addr: SocketAddr,
-    tasks: Box<dyn TaskSource>,
+    tasks: fn(&str) -> Box<dyn TaskSource>,
+    loops: usize,
 ) -> i32 {
+    let loops = loops.clamp(1, MAX_LOOPS);
     let compiled = match config.pipeline.as_ref().map(pipeline::compile) {
-        Some(Ok(p)) => p,
+        Some(Ok(p)) => Arc::new(p),
         Some(Err(errors)) => return config_error(anyhow::anyhow!("{errors}")),
         None => {
             return config_error(anyhow::anyhow!(
@@ -182,31 +238,73 @@ fn serve(
                 _ = term.recv() => {}
                 _ = tokio::signal::ctrl_c() => {}
             }
-            tracing::info!("stopping: committing the open transaction");
+            tracing::info!("stopping: committing the open transactions");
             shutdown.store(true, Ordering::Relaxed);
         });
+    }
+    if let Err(e) = fence_unused_loops(&config, &worker_id, loops) {
+        return config_error(anyhow::anyhow!("fencing earlier processing loops: {e}"));
     }
     if let Err(e) =
         millrace_runtime::lag::spawn(&config, metrics.clone(), status.clone(), shutdown.clone())
     {
         return config_error(e);
     }
-    // The engine is blocking (librdkafka's poll loop) and owns this thread.
-    let evaluator = Evaluator::new(Arc::new(compiled));
-    let result = Engine::start(
-        config, worker_id, evaluator, tasks, metrics, status, shutdown,
-    )
-    .and_then(|mut e| e.run());
-    match result {
-        Ok(()) => 0,
-        Err(EngineError::Config(m)) => config_error(anyhow::anyhow!(m)),
-        Err(e @ EngineError::RecordFailed { .. }) => {
-            eprintln!("millrace-runtime: {e}");
-            3
-        }
-        Err(e) => {
-            eprintln!("millrace-runtime: {e}");
-            1
+    // The engines are blocking (librdkafka's poll loop): a thread each.
+    let handles: Vec<_> = (0..loops)
+        .map(|index| {
+            let (config, compiled, metrics, status, shutdown) = (
+                config.clone(),
+                compiled.clone(),
+                metrics.clone(),
+                status.clone(),
+                shutdown.clone(),
+            );
+            let id = loop_id(&worker_id, index);
+            let share = Box::new(Share {
+                inner: tasks(&worker_id),
+                index,
+                of: loops,
+            });
+            std::thread::spawn(move || {
+                let result = Engine::start(
+                    config,
+                    id,
+                    Evaluator::new(compiled),
+                    share,
+                    metrics,
+                    status,
+                    shutdown.clone(),
+                )
+                .and_then(|mut e| e.run());
+                if result.is_err() {
+                    // One loop failing stops the worker: the others commit and exit.
+                    shutdown.store(true, Ordering::Relaxed);
+                }
+                result
+            })
+        })
+        .collect();
+    let mut code = 0;
+    for handle in handles {
+        let result = handle
+            .join()
+            .unwrap_or_else(|_| Err(EngineError::Config("a processing loop panicked".into())));
+        let this = match result {
+            Ok(()) => 0,
+            Err(EngineError::Config(m)) => config_error(anyhow::anyhow!(m)),
+            Err(e @ EngineError::RecordFailed { .. }) => {
+                eprintln!("millrace-runtime: {e}");
+                3
+            }
+            Err(e) => {
+                eprintln!("millrace-runtime: {e}");
+                1
+            }
+        };
+        if code == 0 {
+            code = this;
         }
     }
+    code
 }

@@ -94,6 +94,8 @@ struct Core {
     metrics: Arc<Metrics>,
     records_in: TopicCounters,
     records_out: TopicCounters,
+    /// Partitions this loop last published in `Status::committed`.
+    published: Vec<Tp>,
     status: Arc<Status>,
     shutdown: Arc<AtomicBool>,
 }
@@ -157,6 +159,7 @@ impl Engine {
             positions: BTreeMap::new(),
             in_transaction: false,
             failed_at_last_commit: 0,
+            published: Vec::new(),
             records_in: TopicCounters::new(&metrics.records_in),
             records_out: TopicCounters::new(&metrics.records_out),
             metrics,
@@ -308,8 +311,13 @@ impl Core {
         let mut detail = self.status.detail.lock().unwrap();
         detail.worker_id = self.worker_id.clone();
         detail.application_id = self.config.application_id.clone();
-        detail.placement = tasks.describe();
-        detail.tasks = owned;
+        if detail.placement.is_empty() {
+            detail.placement = tasks.describe();
+        }
+        // Several loops share one status: merge, do not overwrite.
+        detail.tasks.extend(owned);
+        detail.tasks.sort_unstable();
+        detail.tasks.dedup();
         drop(detail);
         self.status.ready.store(true, Ordering::Relaxed);
         tracing::info!(partitions = self.resume.len(), placement = %tasks.describe(), "tasks assigned");
@@ -646,7 +654,7 @@ impl Core {
     }
 
     /// Publishes the committed offsets for the lag watcher and `/tasks`.
-    fn publish_committed(&self) {
+    fn publish_committed(&mut self) {
         let committed: BTreeMap<Tp, i64> = self
             .resume
             .iter()
@@ -655,7 +663,13 @@ impl Core {
                 _ => None,
             })
             .collect();
-        *self.status.committed.lock().unwrap() = committed;
+        let mut shared = self.status.committed.lock().unwrap();
+        // Only this loop's partitions: other loops publish theirs.
+        for tp in &self.published {
+            shared.remove(tp);
+        }
+        self.published = committed.keys().cloned().collect();
+        shared.extend(committed);
     }
 }
 

@@ -31,6 +31,35 @@ pub trait TaskSource: Send {
     fn acknowledge(&mut self, _epoch: u64) {}
 }
 
+/// One processing loop's share of a worker's tasks: every `of`-th of what
+/// `inner` gives the worker, starting at `index`. Placement changes are for
+/// single-loop workers and are not split.
+pub struct Share {
+    pub inner: Box<dyn TaskSource>,
+    pub index: usize,
+    pub of: usize,
+}
+
+impl TaskSource for Share {
+    fn tasks(&mut self, task_count: i32) -> Vec<i32> {
+        self.inner
+            .tasks(task_count)
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| i % self.of == self.index)
+            .map(|(_, t)| t)
+            .collect()
+    }
+    fn describe(&self) -> String {
+        format!(
+            "{} (loop {} of {})",
+            self.inner.describe(),
+            self.index + 1,
+            self.of
+        )
+    }
+}
+
 /// `millrace-runtime run`: one worker owns all tasks.
 pub struct Standalone;
 
@@ -76,6 +105,28 @@ impl TaskSource for OrdinalZero {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shares_split_a_workers_tasks_without_overlap() {
+        let share = |index| {
+            Share {
+                inner: Box::new(Standalone),
+                index,
+                of: 3,
+            }
+            .tasks(8)
+        };
+        assert_eq!(
+            (share(0), share(1), share(2)),
+            (vec![0, 3, 6], vec![1, 4, 7], vec![2, 5])
+        );
+        let idle = Share {
+            inner: Box::new(OrdinalZero::from_pod_name("app-1")),
+            index: 0,
+            of: 2,
+        };
+        assert!({ idle }.tasks(8).is_empty());
+    }
 
     #[test]
     fn standalone_owns_all_and_only_ordinal_zero_works_in_a_statefulset() {

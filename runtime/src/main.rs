@@ -276,7 +276,10 @@ fn serve(
                     status,
                     shutdown.clone(),
                 )
-                .and_then(|mut e| e.run());
+                .and_then(|mut e| {
+                    e.stagger(index, loops);
+                    e.run()
+                });
                 if result.is_err() {
                     // One loop failing stops the worker: the others commit and exit.
                     shutdown.store(true, Ordering::Relaxed);

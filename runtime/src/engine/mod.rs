@@ -76,6 +76,8 @@ pub struct Engine {
     consumer: BaseConsumer,
     core: Core,
     tasks: Box<dyn TaskSource>,
+    /// Fraction of a commit interval this loop's cycle is shifted by.
+    phase: f64,
 }
 
 struct Core {
@@ -172,7 +174,14 @@ impl Engine {
             consumer,
             core,
             tasks,
+            phase: 0.0,
         })
+    }
+
+    /// Shifts this loop's commit cycle: loop `index` of `of` by `index/of`
+    /// of an interval.
+    pub fn stagger(&mut self, index: usize, of: usize) {
+        self.phase = index as f64 / of.max(1) as f64;
     }
 
     /// Processes until shutdown (then commits and returns) or a failing
@@ -182,10 +191,14 @@ impl Engine {
             consumer,
             core,
             tasks,
+            phase,
         } = self;
         let interval = Duration::from_millis(core.config.commit_interval_ms.max(1));
+        // Loops of one worker start their commit cycles out of step, so one
+        // processes while another waits for its commit.
+        let mut first = Some(interval.mul_f64(*phase));
         loop {
-            let deadline = Instant::now() + interval;
+            let deadline = Instant::now() + interval + first.take().unwrap_or_default();
             let mut now = Instant::now();
             let mut served: u32 = 0;
             while now < deadline {

@@ -181,6 +181,10 @@ fn default_loops() -> usize {
         .min(MAX_LOOPS)
 }
 
+/// Fences the unused loop ids in the background, one thread each. The loops
+/// need not wait: a partition whose offsets sit in such an old transaction
+/// reads as unstable (require_stable) until the fence aborts it, and the
+/// loops retry until then.
 fn fence_unused_loops(config: &WorkerConfig, worker_id: &str, loops: usize) -> anyhow::Result<()> {
     if config.processing_guarantee != millrace_crds::ProcessingGuarantee::ExactlyOnce {
         return Ok(());
@@ -190,7 +194,11 @@ fn fence_unused_loops(config: &WorkerConfig, worker_id: &str, loops: usize) -> a
         let producer: BaseProducer =
             millrace_runtime::engine::clients::producer(config, &loop_id(worker_id, index))?
                 .create()?;
-        producer.init_transactions(std::time::Duration::from_secs(30))?;
+        std::thread::spawn(move || {
+            if let Err(e) = producer.init_transactions(std::time::Duration::from_secs(60)) {
+                tracing::warn!("fencing an unused loop id: {e}");
+            }
+        });
     }
     Ok(())
 }

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use anyhow::Context;
+
 use nix::mount::{mount, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::signal::{killpg, Signal};
@@ -42,22 +43,44 @@ pub fn spawn(spec: &Spec<'_>) -> anyhow::Result<Child> {
     for m in spec.mounts {
         prepare_mount_point(m)?;
     }
-    // Everything the child needs after fork is allocated here, before it.
-    let binds: Vec<(CString, CString, bool)> = spec
+    // A mount can hide the source of a later one, or the executable (an
+    // emptyDir at /tmp over a checkout in /tmp). So in the child, after
+    // entering the new mount namespace and before any bind, every source and
+    // the executable are opened and parked at fixed descriptor numbers; binds
+    // and exec then go through /proc/self/fd/N, which names the original
+    // file whatever is mounted over its path. The paths are prepared here:
+    // the child must not allocate.
+    let program = Path::new(&spec.argv[0]);
+    let hidden =
+        program.is_absolute() && spec.mounts.iter().any(|m| program.starts_with(&m.target));
+    let binds: Vec<(CString, CString, CString, bool)> = spec
         .mounts
         .iter()
-        .map(|m| {
+        .enumerate()
+        .map(|(i, m)| {
             Ok((
                 path_cstring(&m.source)?,
+                parked(FIRST_PARKED_FD + i as i32)?,
                 path_cstring(&m.target)?,
                 m.read_only,
             ))
         })
         .collect::<anyhow::Result<_>>()?;
+    let executable_source = if hidden {
+        Some(path_cstring(program)?)
+    } else {
+        None
+    };
+    let executable = if hidden {
+        format!("/proc/self/fd/{EXECUTABLE_FD}")
+    } else {
+        spec.argv[0].clone()
+    };
     let hostname = spec.hostname.to_string();
 
-    let mut command = Command::new(&spec.argv[0]);
+    let mut command = Command::new(&executable);
     command
+        .arg0(&spec.argv[0])
         .args(&spec.argv[1..])
         .env_clear()
         .envs(spec.env)
@@ -80,9 +103,15 @@ pub fn spawn(spec: &Spec<'_>) -> anyhow::Result<Child> {
                 MsFlags::MS_REC | MsFlags::MS_PRIVATE,
                 None::<&str>,
             )?;
-            for (source, target, read_only) in &binds {
+            for (i, (source, _, _, _)) in binds.iter().enumerate() {
+                park(source, FIRST_PARKED_FD + i as i32, false)?;
+            }
+            if let Some(source) = &executable_source {
+                park(source, EXECUTABLE_FD, true)?;
+            }
+            for (i, (_, via_fd, target, read_only)) in binds.iter().enumerate() {
                 mount(
-                    Some(source.as_c_str()),
+                    Some(via_fd.as_c_str()),
                     target.as_c_str(),
                     None::<&str>,
                     MsFlags::MS_BIND | MsFlags::MS_REC,
@@ -98,6 +127,8 @@ pub fn spawn(spec: &Spec<'_>) -> anyhow::Result<Child> {
                         None::<&str>,
                     )?;
                 }
+                // A descriptor this child parked itself (inside pre_exec's unsafe block).
+                libc::close(FIRST_PARKED_FD + i as i32);
             }
             sethostname(&hostname)?;
             Ok(())
@@ -106,6 +137,34 @@ pub fn spawn(spec: &Spec<'_>) -> anyhow::Result<Child> {
     command
         .spawn()
         .with_context(|| format!("starting '{}'", spec.argv[0]))
+}
+
+/// Descriptor numbers the child parks mount sources and the executable at.
+const EXECUTABLE_FD: i32 = 900;
+const FIRST_PARKED_FD: i32 = 901;
+
+fn parked(fd: i32) -> anyhow::Result<CString> {
+    Ok(CString::new(format!("/proc/self/fd/{fd}"))?)
+}
+
+/// In the child: opens `path` (O_PATH) and moves the descriptor to `at`.
+/// Only system calls: safe between fork and exec.
+fn park(path: &CString, at: i32, close_on_exec: bool) -> std::io::Result<()> {
+    // SAFETY: plain system calls on a NUL-terminated path and our own fds.
+    unsafe {
+        let fd = libc::open(path.as_ptr(), libc::O_PATH);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::dup2(fd, at) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        libc::close(fd);
+        if close_on_exec {
+            libc::fcntl(at, libc::F_SETFD, libc::FD_CLOEXEC);
+        }
+    }
+    Ok(())
 }
 
 /// A bind mount needs an existing target of the same kind as its source.

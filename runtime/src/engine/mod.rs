@@ -29,6 +29,7 @@ use prometheus_client::metrics::family::Family;
 use tasks::{PlacementChange, TaskSource};
 
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
+const MISSING_TOPIC_GRACE: Duration = Duration::from_secs(5);
 
 /// Why the engine stopped other than by a clean shutdown.
 #[derive(Debug, thiserror::Error)]
@@ -276,19 +277,27 @@ impl Core {
     }
 
     fn partition_count(&self, consumer: &BaseConsumer, topic: &str) -> Result<i32, EngineError> {
+        // A topic created a moment ago may not be in every broker's metadata
+        // yet: look again for a few seconds before calling it missing.
+        let missing_since = Instant::now();
         loop {
             match consumer.fetch_metadata(Some(topic), KAFKA_TIMEOUT) {
                 Ok(md) => {
                     let t = md.topics().iter().find(|t| t.name() == topic);
-                    return match t {
+                    match t {
                         Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
-                            Ok(t.partitions().len() as i32)
+                            return Ok(t.partitions().len() as i32)
                         }
-                        _ => Err(EngineError::Config(format!(
-                            "topic '{topic}' does not exist at {}; create it first",
-                            self.config.kafka.bootstrap_servers
-                        ))),
-                    };
+                        _ if missing_since.elapsed() < MISSING_TOPIC_GRACE => {
+                            std::thread::sleep(Duration::from_millis(250));
+                        }
+                        _ => {
+                            return Err(EngineError::Config(format!(
+                                "topic '{topic}' does not exist at {}; create it first",
+                                self.config.kafka.bootstrap_servers
+                            )))
+                        }
+                    }
                 }
                 // Broker unavailable: wait, never skip.
                 Err(e) => {

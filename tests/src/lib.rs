@@ -149,6 +149,31 @@ pub fn ensure_topics(topics: &[(&str, i32)]) {
             );
         }
     }
+    // Created is not yet visible to every client: wait until metadata has them.
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let probe: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka_bootstrap())
+        .create()
+        .expect("probe");
+    for (name, partitions) in topics {
+        wait_until(
+            &format!("topic {name} in metadata"),
+            std::time::Duration::from_secs(30),
+            || {
+                let md = probe
+                    .fetch_metadata(Some(name), std::time::Duration::from_secs(5))
+                    .ok()?;
+                md.topics()
+                    .iter()
+                    .any(|t| {
+                        t.name() == *name
+                            && t.error().is_none()
+                            && t.partitions().len() == *partitions as usize
+                    })
+                    .then_some(())
+            },
+        );
+    }
 }
 
 /// The chart installed once per test binary as release `millrace` in

@@ -308,11 +308,13 @@ fn drained(group: &str, input: &str) -> bool {
     })
 }
 
-fn run_verifier(guarantee: &str, commit_interval: &str, port: u16) -> Summary {
-    let records = env_or("MILLRACE_VERIFY_RECORDS", 50_000);
-    let kills = env_or("MILLRACE_VERIFY_KILLS", 3);
-    let prefix = unique("eos");
-    let topics = Topics::new(&prefix);
+/// Fresh topics and a manifest for one run: (topics, application id, manifest path).
+fn prepare(
+    prefix: &str,
+    guarantee: &str,
+    commit_interval: &str,
+) -> (Topics, String, std::path::PathBuf) {
+    let topics = Topics::new(prefix);
     let specs: Vec<(&str, i32)> = topics
         .all()
         .into_iter()
@@ -326,6 +328,14 @@ fn run_verifier(guarantee: &str, commit_interval: &str, port: u16) -> Summary {
         manifest(&app_id, &topics, guarantee, commit_interval),
     )
     .unwrap();
+    (topics, app_id, path)
+}
+
+fn run_verifier(guarantee: &str, commit_interval: &str, port: u16) -> Summary {
+    let records = env_or("MILLRACE_VERIFY_RECORDS", 50_000);
+    let kills = env_or("MILLRACE_VERIFY_KILLS", 3);
+    let prefix = unique("eos");
+    let (topics, app_id, path) = prepare(&prefix, guarantee, commit_interval);
 
     let mut child = start(&path, port);
     let generating = Duration::from_millis(1700 * kills + 1000);
@@ -403,17 +413,8 @@ fn throughput() {
         .enumerate()
     {
         let prefix = unique("tput");
-        let topics = Topics::new(&prefix);
-        let specs: Vec<(&str, i32)> = topics
-            .all()
-            .into_iter()
-            .map(|t| (t.as_str(), PARTITIONS))
-            .collect();
-        ensure_topics(&specs);
+        let (topics, app_id, path) = prepare(&prefix, guarantee, "100ms");
         generate(&topics, records, Duration::ZERO);
-        let app_id = format!("{prefix}-app");
-        let path = std::env::temp_dir().join(format!("{prefix}.yaml"));
-        std::fs::write(&path, manifest(&app_id, &topics, guarantee, "100ms")).unwrap();
         let started = Instant::now();
         let mut child = start(&path, 18093 + i as u16);
         wait_until("drained", Duration::from_secs(600), || {

@@ -14,4 +14,5 @@ pub mod kafka;
 pub mod leader;
 pub mod metrics;
 pub mod model;
+pub mod placement;
 pub mod reconcile;

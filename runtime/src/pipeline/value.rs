@@ -10,33 +10,6 @@ use cel::objects::{Key, Map};
 use cel::Value;
 use millrace_crds::Format;
 
-pub fn json_to_cel(v: &serde_json::Value) -> Value {
-    match v {
-        serde_json::Value::Null => Value::Null,
-        serde_json::Value::Bool(b) => Value::Bool(*b),
-        serde_json::Value::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                Value::Int(i)
-            } else if let Some(u) = n.as_u64() {
-                Value::UInt(u)
-            } else {
-                Value::Float(n.as_f64().unwrap_or(f64::NAN))
-            }
-        }
-        serde_json::Value::String(s) => Value::String(Arc::new(s.clone())),
-        serde_json::Value::Array(items) => {
-            Value::List(Arc::new(items.iter().map(json_to_cel).collect()))
-        }
-        serde_json::Value::Object(fields) => {
-            let map: HashMap<Key, Value> = fields
-                .iter()
-                .map(|(k, v)| (Key::String(Arc::new(k.clone())), json_to_cel(v)))
-                .collect();
-            Value::Map(Map { map: Arc::new(map) })
-        }
-    }
-}
-
 /// A CEL result as JSON; errors name what cannot be represented.
 pub fn cel_to_json(v: &Value) -> Result<serde_json::Value, String> {
     Ok(match v {

@@ -256,12 +256,10 @@ pub fn measure(
 ) -> anyhow::Result<Measurement> {
     let started = Instant::now();
     let (mut child, group) = launch(setup, c, round, input)?;
-    let mut usage = (0.0, 0.0);
     loop {
         if let Some(status) = child.try_wait()? {
             anyhow::bail!("{} exited early: {status}", c.name());
         }
-        usage = process_usage(child.id()).max_by(usage);
         if kafka::drained(&setup.bootstrap, &group, input, PARTITIONS) {
             break;
         }
@@ -273,25 +271,16 @@ pub fn measure(
         std::thread::sleep(Duration::from_millis(100));
     }
     let seconds = started.elapsed().as_secs_f64();
+    // CPU time and VmHWM only grow: reading them once, at the end, is the peak.
     let (cpu, rss) = process_usage(child.id());
     stop(child);
     Ok(Measurement {
         contender: c,
         seconds,
         records_per_second: records as f64 / seconds,
-        cpu_seconds: cpu.max(usage.0),
-        peak_rss_mb: rss.max(usage.1),
+        cpu_seconds: cpu,
+        peak_rss_mb: rss,
     })
-}
-
-trait MaxBy {
-    fn max_by(self, other: Self) -> Self;
-}
-
-impl MaxBy for (f64, f64) {
-    fn max_by(self, other: Self) -> Self {
-        (self.0.max(other.0), self.1.max(other.1))
-    }
 }
 
 pub fn median(mut values: Vec<f64>) -> f64 {

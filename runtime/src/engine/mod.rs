@@ -48,6 +48,10 @@ pub enum EngineError {
     },
     #[error("Kafka: {0}")]
     Kafka(#[from] KafkaError),
+    /// At-least-once: records of the batch failed to deliver (total failed
+    /// deliveries so far); the batch is replayed, its offsets not committed.
+    #[error("{0} deliveries have failed so far; replaying the batch")]
+    Undelivered(u64),
 }
 
 /// Counts failed deliveries: under at-least-once a failure means the batch's
@@ -661,9 +665,7 @@ impl Core {
         let failed = self.producer.context().failed.load(Ordering::Relaxed);
         if failed != self.failed_at_last_commit {
             self.failed_at_last_commit = failed;
-            return Err(EngineError::Config(
-                "some records were not delivered".into(),
-            ));
+            return Err(EngineError::Undelivered(failed));
         }
         consumer.commit(&self.offsets()?, CommitMode::Sync)?;
         Ok(())

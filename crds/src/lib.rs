@@ -10,6 +10,7 @@
 
 pub mod kafka;
 pub mod pipeline;
+pub mod placement;
 pub mod status;
 pub mod streamapp;
 pub mod workers;

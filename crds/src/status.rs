@@ -41,4 +41,22 @@ pub struct StreamAppStatus {
     /// When the worker count last changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scale_time: Option<Time>,
+    /// Where the tasks run; the full document is the ConfigMap
+    /// `<name>-placement`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<PlacementSummary>,
+}
+
+/// A summary of the task placement.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlacementSummary {
+    /// The placement document's epoch.
+    pub epoch: i64,
+    /// Active tasks per worker pod.
+    #[serde(default)]
+    pub tasks_per_worker: std::collections::BTreeMap<String, i32>,
+    /// Tasks being handed from one worker to another.
+    #[serde(default)]
+    pub moves_in_progress: i32,
 }

@@ -127,6 +127,37 @@ fn client_config(props: &BTreeMap<String, String>) -> ClientConfig {
     config
 }
 
+/// Fences a worker: initialises a transactional producer with each of its
+/// loops' transactional ids. The broker aborts the transactions the worker
+/// left open and bumps each id's epoch, so the worker's producers can
+/// commit nothing more. Blocking; call from `spawn_blocking`.
+pub fn fence_worker(
+    props: &BTreeMap<String, String>,
+    application_id: &str,
+    worker: &str,
+) -> Result<(), String> {
+    use millrace_runtime::engine::clients::{loop_id, transactional_id, MAX_LOOPS};
+    use rdkafka::producer::{BaseProducer, Producer};
+    let threads: Vec<_> = (0..MAX_LOOPS)
+        .map(|index| {
+            let id = transactional_id(application_id, &loop_id(worker, index));
+            let mut config = client_config(props);
+            config.set("transactional.id", &id);
+            std::thread::spawn(move || -> Result<(), String> {
+                let producer: BaseProducer = config.create().map_err(|e| format!("{id}: {e}"))?;
+                producer
+                    .init_transactions(std::time::Duration::from_secs(30))
+                    .map_err(|e| format!("{id}: {e}"))
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join()
+            .map_err(|_| "a fencing thread panicked".to_string())??;
+    }
+    Ok(())
+}
+
 /// Partition count of each topic (`None`: the topic does not exist).
 /// Blocking; call from `spawn_blocking`.
 pub fn partition_counts(

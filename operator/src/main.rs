@@ -20,6 +20,7 @@ use millrace_crds::StreamApp;
 use millrace_operator::leader::Elector;
 use millrace_operator::metrics::Metrics;
 use millrace_operator::model::Defaults;
+use millrace_operator::placement_driver::{self, Driver};
 use millrace_operator::reconcile::{error_policy, reconcile, Context};
 
 #[derive(Parser)]
@@ -57,9 +58,21 @@ struct RunArgs {
     /// Image of pipeline workers.
     #[arg(long, env = "MILLRACE_RUNTIME_IMAGE")]
     runtime_image: Option<String>,
+    /// How long a worker may take to acknowledge the revoke of a task before
+    /// the operator fences it (e.g. `10s`).
+    #[arg(long, env = "MILLRACE_HANDOFF_TIMEOUT", default_value = "10s", value_parser = duration)]
+    handoff_timeout: std::time::Duration,
+    /// How often placement reads workers and moves tasks.
+    #[arg(long, env = "MILLRACE_PLACEMENT_INTERVAL", default_value = "1s", value_parser = duration)]
+    placement_interval: std::time::Duration,
     /// Apply the embedded CRD at start, so `helm upgrade` carries CRD changes.
     #[arg(long, env = "MILLRACE_MANAGE_CRD")]
     manage_crd: bool,
+}
+
+fn duration(text: &str) -> Result<std::time::Duration, String> {
+    millrace_crds::parse_duration(text)
+        .ok_or_else(|| format!("'{text}' is not a duration like 500ms, 10s or 1m"))
 }
 
 #[derive(Parser)]
@@ -121,13 +134,21 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(image) = args.runtime_image {
         defaults.runtime_image = image;
     }
+    let reporter = Reporter {
+        controller: "millrace-operator".into(),
+        instance: Some(args.identity.clone()),
+    };
+    let placement = Arc::new(Driver::new(
+        client.clone(),
+        reporter.clone(),
+        metrics.clone(),
+        args.handoff_timeout,
+    ));
+    tokio::spawn(placement_driver::run(placement, args.placement_interval));
     let context = Arc::new(Context {
         client: client.clone(),
         defaults,
-        reporter: Reporter {
-            controller: "millrace-operator".into(),
-            instance: Some(args.identity.clone()),
-        },
+        reporter,
         metrics,
     });
     let apps: Api<StreamApp> = Api::all(client.clone());

@@ -23,6 +23,12 @@ pub struct Metrics {
     failures: Family<ErrorLabels, Counter>,
     duration: Histogram,
     pub leader: Gauge<i64, AtomicI64>,
+    /// Task handoffs finished.
+    pub moves: Counter,
+    /// Workers fenced because they did not acknowledge a revoke.
+    pub fences: Counter,
+    pub handoff_seconds: Histogram,
+    pub task_pause_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -48,12 +54,36 @@ impl Default for Metrics {
             "1 while this replica holds the leader lease",
             leader.clone(),
         );
+        let moves = Counter::default();
+        let fences = Counter::default();
+        let handoff_seconds = Histogram::new(exponential_buckets(0.05, 2.0, 10));
+        let task_pause_seconds = Histogram::new(exponential_buckets(0.05, 2.0, 10));
+        registry.register("task_moves", "Task handoffs finished", moves.clone());
+        registry.register(
+            "worker_fences",
+            "Workers fenced (by their transactional ids) so their tasks could move",
+            fences.clone(),
+        );
+        registry.register(
+            "handoff_duration_seconds",
+            "From the revoke of a task to its grant to the new worker",
+            handoff_seconds.clone(),
+        );
+        registry.register(
+            "task_pause_seconds",
+            "From a moved task's last commit on the old worker to its first on the new one",
+            task_pause_seconds.clone(),
+        );
         Self {
             registry,
             reconciles,
             failures,
             duration,
             leader,
+            moves,
+            fences,
+            handoff_seconds,
+            task_pause_seconds,
         }
     }
 }

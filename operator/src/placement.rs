@@ -27,14 +27,7 @@ pub struct Worker {
     pub zone: Option<String>,
 }
 
-/// One worker's tasks.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Assignment {
-    pub active: BTreeSet<i32>,
-    pub standby: BTreeSet<i32>,
-    /// Copies being built on this worker so the task can move here.
-    pub warmup: BTreeSet<i32>,
-}
+pub use millrace_crds::placement::Assignment;
 
 /// An epoch-numbered placement: worker name → tasks.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -262,7 +262,7 @@ async fn check_kafka(client: &Client, model: &AppModel) -> Result<Option<i32>, D
     kafka::check_topics(&sources, &model.output_topics(), &counts)
 }
 
-async fn read_secrets(
+pub(crate) async fn read_secrets(
     client: &Client,
     namespace: &str,
     names: &[String],
@@ -325,10 +325,17 @@ async fn write_status(
         } else {
             previous.last_scale_time.clone()
         },
+        // Written by the placement driver: compared, never patched from
+        // here (this copy may be older than the driver's).
+        placement: previous.placement.clone(),
     };
     if &status == previous {
         return Ok(());
     }
+    let status = StreamAppStatus {
+        placement: None,
+        ..status
+    };
     let patch = serde_json::json!({ "status": status });
     apps.patch_status(
         &app.name_any(),

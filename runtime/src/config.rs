@@ -24,6 +24,10 @@ pub struct WorkerConfig {
     pub pipeline: Option<PipelineSpec>,
     /// Port of the worker's admin HTTP endpoint (health, metrics, tasks).
     pub admin_port: u16,
+    /// The ConfigMap holding the operator's task placement (pods only; a
+    /// worker without one owns every task when it is pod ordinal 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement_config_map: Option<String>,
     /// Directory of the worker's local state volume, when it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_dir: Option<String>,

@@ -17,6 +17,8 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use millrace_runtime::config::{WorkerConfig, CONFIG_DIR, CONFIG_FILE};
+use millrace_runtime::engine::clients::{loop_id, MAX_LOOPS};
+use millrace_runtime::engine::kube_tasks::{KubeTasks, PlacementView};
 use millrace_runtime::engine::tasks::{OrdinalZero, Share, Standalone, TaskSource};
 use millrace_runtime::engine::{Engine, EngineError};
 use millrace_runtime::metrics::{Metrics, Status};
@@ -56,6 +58,8 @@ enum Command {
         config: Option<PathBuf>,
         #[arg(long, env = "MILLRACE_POD_NAME")]
         pod_name: String,
+        #[arg(long, env = "MILLRACE_POD_NAMESPACE", default_value = "default")]
+        pod_namespace: String,
         #[arg(long, env = "MILLRACE_POD_IP", default_value = "0.0.0.0")]
         pod_ip: String,
         /// Processing loops (default: one per core, at most 8).
@@ -83,7 +87,7 @@ fn main() {
                     config,
                     worker_id,
                     admin_addr,
-                    |_| Box::new(Standalone),
+                    Tasks::Standalone,
                     loops.unwrap_or_else(default_loops),
                 ),
                 Err(e) => config_error(e),
@@ -92,6 +96,7 @@ fn main() {
         Command::Worker {
             config,
             pod_name,
+            pod_namespace,
             pod_ip,
             loops,
         } => {
@@ -100,10 +105,16 @@ fn main() {
             match read_config(&path) {
                 Ok(config) => match format!("{pod_ip}:{}", config.admin_port).parse() {
                     Ok(addr) => serve(
-                        config,
+                        config.clone(),
                         pod_name,
                         addr,
-                        |pod| Box::new(OrdinalZero::from_pod_name(pod)),
+                        match config.placement_config_map {
+                            Some(config_map) => Tasks::Placement {
+                                namespace: pod_namespace,
+                                config_map,
+                            },
+                            None => Tasks::OrdinalZero,
+                        },
                         loops.unwrap_or_else(default_loops),
                     ),
                     Err(e) => config_error(anyhow::anyhow!("MILLRACE_POD_IP '{pod_ip}': {e}")),
@@ -160,19 +171,6 @@ fn validate(path: &std::path::Path) -> i32 {
     }
 }
 
-/// Most processing loops a worker runs. At start the transactional ids of
-/// loops beyond the current count are fenced, so a previous incarnation that
-/// ran more loops leaves no open transaction behind to block its partitions.
-const MAX_LOOPS: usize = 8;
-
-fn loop_id(worker_id: &str, index: usize) -> String {
-    if index == 0 {
-        worker_id.to_string()
-    } else {
-        format!("{worker_id}-{index}")
-    }
-}
-
 /// Default loops: one per core (Kafka Streams' one stream thread per core).
 fn default_loops() -> usize {
     std::thread::available_parallelism()
@@ -203,6 +201,17 @@ fn fence_unused_loops(config: &WorkerConfig, worker_id: &str, loops: usize) -> a
     Ok(())
 }
 
+/// Where a worker's tasks come from.
+enum Tasks {
+    Standalone,
+    OrdinalZero,
+    /// The operator's placement ConfigMap.
+    Placement {
+        namespace: String,
+        config_map: String,
+    },
+}
+
 /// Runs the admin endpoint and `loops` processing loops (each with its own
 /// consumer, transactional producer and share of the tasks, so one loop
 /// processes while another commits) until SIGTERM/SIGINT or an error.
@@ -210,7 +219,7 @@ fn serve(
     config: WorkerConfig,
     worker_id: String,
     admin_addr: SocketAddr,
-    tasks: fn(&str) -> Box<dyn TaskSource>,
+    tasks: Tasks,
     loops: usize,
 ) -> i32 {
     let loops = loops.clamp(1, MAX_LOOPS);
@@ -250,6 +259,40 @@ fn serve(
             shutdown.store(true, Ordering::Relaxed);
         });
     }
+    let view = match &tasks {
+        Tasks::Placement {
+            namespace,
+            config_map,
+        } => match runtime.block_on(kube::Client::try_default()) {
+            Ok(client) => Some(PlacementView::start(
+                kube::Api::namespaced(client, namespace),
+                config_map,
+                &worker_id,
+                loops,
+                status.clone(),
+                shutdown.clone(),
+                runtime.handle().clone(),
+            )),
+            Err(e) => {
+                return config_error(anyhow::anyhow!("connecting to the Kubernetes API: {e}"))
+            }
+        },
+        _ => None,
+    };
+    let source = |index: usize| -> Box<dyn TaskSource> {
+        let inner: Box<dyn TaskSource> = match (&tasks, &view) {
+            (Tasks::Placement { .. }, Some(view)) => {
+                return Box::new(KubeTasks::new(view.clone(), index, loops))
+            }
+            (Tasks::OrdinalZero, _) => Box::new(OrdinalZero::from_pod_name(&worker_id)),
+            _ => Box::new(Standalone),
+        };
+        Box::new(Share {
+            inner,
+            index,
+            of: loops,
+        })
+    };
     if let Err(e) = fence_unused_loops(&config, &worker_id, loops) {
         return config_error(anyhow::anyhow!("fencing earlier processing loops: {e}"));
     }
@@ -269,11 +312,7 @@ fn serve(
                 shutdown.clone(),
             );
             let id = loop_id(&worker_id, index);
-            let share = Box::new(Share {
-                inner: tasks(&worker_id),
-                index,
-                of: loops,
-            });
+            let share = source(index);
             std::thread::spawn(move || {
                 let result = Engine::start(
                     config,

@@ -89,6 +89,7 @@ pub fn worker_config(
         },
         pipeline: Some(pipeline),
         admin_port,
+        placement_config_map: None,
         state_dir: None,
     })
 }

@@ -10,7 +10,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use serde::Serialize;
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TopicLabel {
@@ -110,7 +112,7 @@ impl Metrics {
 }
 
 /// One task partition as the admin endpoint reports it.
-#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskPartition {
     pub topic: String,
@@ -130,12 +132,68 @@ pub struct Status {
     pub committed: Mutex<std::collections::BTreeMap<(String, i32), i64>>,
 }
 
-#[derive(Serialize, Clone, Debug, Default)]
+/// `/tasks`: what the worker does, read by the operator and by people.
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkerStatus {
     pub worker_id: String,
     pub application_id: String,
     pub placement: String,
+    /// The placement epoch every loop has applied (releases committed and
+    /// stopped, takes started): the acknowledgement the operator waits for.
+    #[serde(default)]
+    pub applied_epoch: Option<u64>,
     pub tasks: Vec<i32>,
     pub partitions: Vec<TaskPartition>,
+    /// Per owned task, its first and last commit since this worker took it.
+    #[serde(default)]
+    pub commits: BTreeMap<i32, TaskCommits>,
+    /// Per task released by this worker, the time of its last commit here.
+    #[serde(default)]
+    pub released: BTreeMap<i32, u64>,
+}
+
+/// Commit times of one task on this worker (Unix milliseconds).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskCommits {
+    pub first_ms: u64,
+    pub last_ms: u64,
+}
+
+impl Status {
+    /// A transaction (or offset commit) with progress for `tasks` succeeded.
+    pub fn record_commit(&self, tasks: impl Iterator<Item = i32>, now_ms: u64) {
+        let mut detail = self.detail.lock().unwrap();
+        for task in tasks {
+            detail
+                .commits
+                .entry(task)
+                .or_insert(TaskCommits {
+                    first_ms: now_ms,
+                    last_ms: now_ms,
+                })
+                .last_ms = now_ms;
+        }
+    }
+
+    pub fn release(&self, tasks: &[i32]) {
+        let mut detail = self.detail.lock().unwrap();
+        detail.tasks.retain(|t| !tasks.contains(t));
+        for t in tasks {
+            if let Some(c) = detail.commits.remove(t) {
+                detail.released.insert(*t, c.last_ms);
+            }
+        }
+    }
+
+    pub fn take(&self, tasks: &[i32]) {
+        let mut detail = self.detail.lock().unwrap();
+        detail.tasks.extend(tasks);
+        detail.tasks.sort_unstable();
+        detail.tasks.dedup();
+        for t in tasks {
+            detail.released.remove(t);
+        }
+    }
 }

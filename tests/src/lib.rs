@@ -5,6 +5,8 @@
 //! These tests never fall back to mocks: without the stack they fail and say
 //! how to start it.
 
+pub mod verifier;
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 

@@ -49,8 +49,8 @@ fn example_app_is_reconciled_into_owned_objects_scaled_and_collected() {
         condition(ns, "orders-router", "Degraded", "status"),
         "False"
     );
-    // The workers read their rendered configuration, take their tasks and
-    // report ready (worker 0 owns every task until placement lands).
+    // The workers read their rendered configuration and the placement, take
+    // their tasks and report ready.
     wait_until("Ready=True WorkersReady", TIMEOUT, || {
         (condition(ns, "orders-router", "Ready", "reason") == "WorkersReady").then_some(())
     });

@@ -7,19 +7,13 @@ use super::statefulset::referenced_secrets;
 use super::{config_map_name, meta, service_account_name};
 use crate::model::AppModel;
 
-/// Name of the placement ConfigMap the operator writes for the workers
-/// (placement issue); readable by the workers already.
-pub fn placement_name(name: &str) -> String {
-    format!("{name}-placement")
-}
-
 pub fn role(model: &AppModel) -> Role {
     let mut rules = vec![PolicyRule {
         api_groups: Some(vec![String::new()]),
         resources: Some(vec!["configmaps".into()]),
         resource_names: Some(vec![
             config_map_name(&model.name),
-            placement_name(&model.name),
+            millrace_crds::placement::placement_config_map(&model.name),
         ]),
         verbs: vec!["get".into(), "list".into(), "watch".into()],
         ..Default::default()

@@ -80,3 +80,19 @@ pub fn producer(config: &WorkerConfig, worker_id: &str) -> anyhow::Result<Client
 pub fn transactional_id(application_id: &str, worker_id: &str) -> String {
     format!("{application_id}-{worker_id}")
 }
+
+/// Most processing loops a worker runs. At start the transactional ids of
+/// loops beyond the current count are fenced, so a previous incarnation that
+/// ran more loops leaves no open transaction behind to block its partitions;
+/// the operator fences all of them when it fences a worker.
+pub const MAX_LOOPS: usize = 8;
+
+/// The worker id of loop `index` of worker `worker_id` (the pod name in a
+/// pod); [`transactional_id`] prefixes it with the application id.
+pub fn loop_id(worker_id: &str, index: usize) -> String {
+    if index == 0 {
+        worker_id.to_string()
+    } else {
+        format!("{worker_id}-{index}")
+    }
+}

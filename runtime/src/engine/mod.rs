@@ -4,6 +4,7 @@
 //! At-least-once is the same loop with a flush and an offset commit instead.
 
 pub mod clients;
+pub mod kube_tasks;
 pub mod tasks;
 
 use std::collections::{BTreeMap, HashMap};
@@ -97,6 +98,9 @@ struct Core {
     /// Next offset per partition of what this transaction has processed.
     positions: BTreeMap<Tp, i64>,
     in_transaction: bool,
+    /// The producer was re-initialised (fenced): the placement must be read
+    /// again before anything more is processed.
+    placement_stale: bool,
     failed_at_last_commit: u64,
     metrics: Arc<Metrics>,
     records_in: TopicCounters,
@@ -165,6 +169,7 @@ impl Engine {
             resume: BTreeMap::new(),
             positions: BTreeMap::new(),
             in_transaction: false,
+            placement_stale: false,
             failed_at_last_commit: 0,
             published: Vec::new(),
             records_in: TopicCounters::new(&metrics.records_in),
@@ -207,6 +212,13 @@ impl Engine {
             let mut now = Instant::now();
             let mut served: u32 = 0;
             while now < deadline {
+                if core.placement_stale {
+                    // A fenced worker processes nothing before it has read
+                    // the placement again: its tasks may have moved.
+                    core.placement_stale = false;
+                    tasks.reread();
+                    apply_changes(core, consumer, tasks.as_mut())?;
+                }
                 if core.shutdown.load(Ordering::Relaxed) {
                     core.commit(consumer)?;
                     tracing::info!("shut down cleanly");
@@ -249,14 +261,23 @@ impl Engine {
                 now = Instant::now();
             }
             core.commit(consumer)?;
-            // Placement changes apply between commits: nothing of a released
-            // task is left uncommitted when it is acknowledged.
-            while let Some(change) = tasks.poll_change() {
-                let epoch = core.apply(consumer, change)?;
-                tasks.acknowledge(epoch);
-            }
+            apply_changes(core, consumer, tasks.as_mut())?;
         }
     }
+}
+
+/// Placement changes apply between commits: nothing of a released task is
+/// left uncommitted (or it was aborted) when the epoch is acknowledged.
+fn apply_changes(
+    core: &mut Core,
+    consumer: &BaseConsumer,
+    tasks: &mut dyn TaskSource,
+) -> Result<(), EngineError> {
+    while let Some(change) = tasks.poll_change() {
+        let epoch = core.apply(consumer, change)?;
+        tasks.acknowledge(epoch);
+    }
+    Ok(())
 }
 
 impl Core {
@@ -366,12 +387,9 @@ impl Core {
         let (epoch, taken) = match change {
             PlacementChange::Release { epoch, tasks } => {
                 self.resume.retain(|(_, p), _| !tasks.contains(p));
-                self.status
-                    .detail
-                    .lock()
-                    .unwrap()
-                    .tasks
-                    .retain(|t| !tasks.contains(t));
+                self.positions.retain(|(_, p), _| !tasks.contains(p));
+                self.status.release(&tasks);
+                self.publish_committed();
                 tracing::info!(epoch, ?tasks, "released tasks");
                 (epoch, Vec::new())
             }
@@ -386,7 +404,7 @@ impl Core {
             }
             let committed = self.committed_offsets(consumer, &wanted)?;
             self.resume_from(&committed);
-            self.status.detail.lock().unwrap().tasks.extend(&taken);
+            self.status.take(&taken);
             tracing::info!(epoch, tasks = ?taken, "took tasks");
         }
         self.assign_resume_points(consumer)?;
@@ -444,8 +462,10 @@ impl Core {
         consumer: &BaseConsumer,
         record: &InputRecord<'_>,
     ) -> Result<(), EngineError> {
-        if self.eos && !self.in_transaction {
-            self.begin()?;
+        if self.eos && !self.in_transaction && !self.begin()? {
+            // Re-initialised: rewind and let the loop re-read the placement
+            // before this record (or any other) is processed.
+            return self.assign_resume_points(consumer);
         }
         self.records_in.inc(record.topic);
         match self.evaluator.process(record) {
@@ -544,14 +564,16 @@ impl Core {
         Ok(())
     }
 
-    fn begin(&mut self) -> Result<(), EngineError> {
+    /// Begins a transaction; `false` when the producer had to be
+    /// re-initialised instead (nothing begun).
+    fn begin(&mut self) -> Result<bool, EngineError> {
         if let Err(e) = self.producer.begin_transaction() {
             tracing::warn!("begin_transaction: {e}; re-initialising the producer");
             self.reinitialise()?;
-            self.producer.begin_transaction()?;
+            return Ok(false);
         }
         self.in_transaction = true;
-        Ok(())
+        Ok(true)
     }
 
     fn offsets(&self) -> Result<TopicPartitionList, EngineError> {
@@ -605,8 +627,9 @@ impl Core {
         if self.positions.is_empty() {
             return Ok(());
         }
-        if self.eos && !self.in_transaction {
-            self.begin()?;
+        if self.eos && !self.in_transaction && !self.begin()? {
+            self.positions.clear();
+            return self.assign_resume_points(consumer);
         }
         let started = Instant::now();
         let outcome = if self.eos {
@@ -616,6 +639,8 @@ impl Core {
         };
         match outcome {
             Ok(()) => {
+                self.status
+                    .record_commit(self.positions.keys().map(|(_, p)| *p), unix_ms());
                 for (tp, offset) in std::mem::take(&mut self.positions) {
                     self.resume.insert(tp, Offset::Offset(offset));
                 }
@@ -672,8 +697,10 @@ impl Core {
     }
 
     fn reinitialise(&mut self) -> Result<(), EngineError> {
+        tracing::warn!("re-initialising the producer (fenced or unusable); the placement is read again before processing");
         self.producer = new_producer(&self.config, &self.worker_id, &self.shutdown)?;
         self.in_transaction = false;
+        self.placement_stale = true;
         Ok(())
     }
 
@@ -695,6 +722,13 @@ impl Core {
         self.published = committed.keys().cloned().collect();
         shared.extend(committed);
     }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// A producer ready to work: under ExactlyOnce, `init_transactions` has

@@ -29,11 +29,14 @@ pub trait TaskSource: Send {
     /// The change of `epoch` is done (released tasks are committed and
     /// no longer consumed; taken tasks are being consumed).
     fn acknowledge(&mut self, _epoch: u64) {}
+    /// Called after the producer was re-initialised (fenced): fetch the
+    /// placement afresh; the difference comes through `poll_change`.
+    fn reread(&mut self) {}
 }
 
-/// One processing loop's share of a worker's tasks: every `of`-th of what
-/// `inner` gives the worker, starting at `index`. Placement changes are for
-/// single-loop workers and are not split.
+/// One processing loop's share of a worker's tasks: task `t` belongs to loop
+/// `t % of`, so a task never moves between two loops of one worker. For
+/// sources without placement changes (standalone, ordinal zero).
 pub struct Share {
     pub inner: Box<dyn TaskSource>,
     pub index: usize,
@@ -45,9 +48,7 @@ impl TaskSource for Share {
         self.inner
             .tasks(task_count)
             .into_iter()
-            .enumerate()
-            .filter(|(i, _)| i % self.of == self.index)
-            .map(|(_, t)| t)
+            .filter(|t| (*t as usize) % self.of == self.index)
             .collect()
     }
     fn describe(&self) -> String {

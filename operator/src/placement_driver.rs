@@ -1,0 +1,525 @@
+//! Drives task placement for every StreamApp (design brief D1, D2): every
+//! poll it reads the worker pods, their `/tasks` reports and the placement
+//! ConfigMap, runs the placement function ([`crate::placement`]) and the
+//! handoff state machine ([`crate::handoff`]), fences workers when a step
+//! asks for it, and only then writes the next document.
+//!
+//! Separate from the reconcile: placement reacts to pods and progress every
+//! second, while the reconcile reacts to the spec; neither re-triggers the
+//! other. Only the leader runs it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Api, Client, Resource, ResourceExt};
+use millrace_crds::placement::{placement_config_map, PlacementDoc, PLACEMENT_KEY};
+use millrace_crds::{PlacementSummary, StreamApp};
+use millrace_runtime::metrics::WorkerStatus;
+
+use crate::build::ADMIN_PORT_NAME;
+use crate::handoff::{self, Happening, Observation};
+use crate::metrics::Metrics;
+use crate::placement::{next_placement, Inputs, Worker};
+use crate::{kafka, model, worker_status};
+
+pub struct Driver {
+    pub client: Client,
+    pub reporter: Reporter,
+    pub metrics: Arc<Metrics>,
+    /// How long an available worker may take to acknowledge a revoke
+    /// before it is fenced.
+    pub ack_timeout: Duration,
+    memory: Mutex<Memory>,
+}
+
+/// What the driver remembers between polls (lost on restart: it only
+/// feeds the pause figures).
+#[derive(Default)]
+struct Memory {
+    /// The last report of each worker pod (namespace, pod).
+    reports: HashMap<(String, String), WorkerStatus>,
+    /// Moved tasks whose first commit on the new worker is awaited.
+    pauses: Vec<Pause>,
+}
+
+struct Pause {
+    namespace: String,
+    task: i32,
+    from: String,
+    to: String,
+    /// The epoch that granted the task to `to`.
+    epoch: u64,
+    /// The old owner's last commit of the task (Unix ms), when known.
+    last_commit_ms: Option<u64>,
+}
+
+/// A worker pod as one poll saw it.
+struct Seen {
+    name: String,
+    ready: bool,
+    report: Option<WorkerStatus>,
+}
+
+impl Driver {
+    pub fn new(
+        client: Client,
+        reporter: Reporter,
+        metrics: Arc<Metrics>,
+        ack_timeout: Duration,
+    ) -> Self {
+        Self {
+            client,
+            reporter,
+            metrics,
+            ack_timeout,
+            memory: Mutex::default(),
+        }
+    }
+}
+
+/// While a task is between workers, polls come this often: a moved task
+/// waits for the poll that sees its old owner's acknowledgement.
+const MOVING_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Polls every StreamApp forever.
+pub async fn run(driver: Arc<Driver>, interval: Duration) {
+    let apps: Api<StreamApp> = Api::all(driver.client.clone());
+    loop {
+        let mut moving = false;
+        match apps.list(&ListParams::default()).await {
+            Ok(list) => {
+                for app in list {
+                    match drive(&driver, &app).await {
+                        Ok(m) => moving |= m,
+                        Err(e) => tracing::warn!(app = %app.name_any(), "placement: {e}"),
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("placement: listing StreamApps: {e}"),
+        }
+        let pauses_awaited = !driver.memory.lock().unwrap().pauses.is_empty();
+        let wait = if moving || pauses_awaited {
+            MOVING_INTERVAL.min(interval)
+        } else {
+            interval
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// One poll of one app; `true` while moves are in flight.
+async fn drive(driver: &Driver, app: &StreamApp) -> anyhow::Result<bool> {
+    let Some(tasks) = app.status.as_ref().and_then(|s| s.tasks) else {
+        return Ok(false);
+    };
+    if app.metadata.deletion_timestamp.is_some() {
+        return Ok(false);
+    }
+    let namespace = app.namespace().unwrap_or_else(|| "default".into());
+    let name = app.name_any();
+    let seen = observe_workers(driver, &namespace, &name).await?;
+    let available: BTreeSet<String> = seen
+        .iter()
+        .filter(|s| s.ready && s.report.is_some())
+        .map(|s| s.name.clone())
+        .collect();
+    let acknowledged: BTreeMap<String, u64> = seen
+        .iter()
+        .filter_map(|s| Some((s.name.clone(), s.report.as_ref()?.applied_epoch?)))
+        .collect();
+    let workers: Vec<Worker> = seen
+        .iter()
+        .map(|s| Worker {
+            name: s.name.clone(),
+            ready: available.contains(&s.name),
+            zone: None,
+        })
+        .collect();
+    let standbys = app
+        .spec
+        .state
+        .as_ref()
+        .map_or(0, |s| s.standby_replicas.max(0) as usize);
+
+    let config_maps: Api<ConfigMap> = Api::namespaced(driver.client.clone(), &namespace);
+    let cm_name = placement_config_map(&name);
+    let (mut doc, mut version) = match config_maps.get_opt(&cm_name).await? {
+        Some(cm) => {
+            let json = cm
+                .data
+                .as_ref()
+                .and_then(|d| d.get(PLACEMENT_KEY))
+                .cloned()
+                .unwrap_or_default();
+            let doc = PlacementDoc::parse(&json)
+                .map_err(|e| anyhow::anyhow!("ConfigMap {cm_name}: {e}"))?;
+            (doc, cm.resource_version())
+        }
+        None => (adopt(&seen), None),
+    };
+
+    // A few steps per poll: a revoke of a lost worker, its fence and the
+    // grant can all happen in one poll.
+    for _ in 0..4 {
+        let target = next_placement(&Inputs {
+            tasks,
+            workers: &workers,
+            current: &handoff::intended(&doc),
+            standby_replicas: standbys,
+            stateful: false,
+            caught_up: &BTreeMap::new(),
+        });
+        let observation = Observation {
+            acknowledged: &acknowledged,
+            available: &available,
+            now_ms: unix_ms(),
+            ack_timeout_ms: driver.ack_timeout.as_millis() as u64,
+        };
+        let Some(step) = handoff::step(&doc, &target, tasks, &observation) else {
+            break;
+        };
+        if !step.fence.is_empty() {
+            fence(driver, app, &namespace, &step.fence).await?;
+        }
+        // Only after the fences: the document relies on them.
+        version = Some(write(&config_maps, app, &cm_name, &step.doc, version).await?);
+        record(driver, app, &namespace, &step.doc, &step.happenings).await;
+        doc = step.doc;
+    }
+    measure_pauses(driver, app, &namespace, &seen).await;
+    write_summary(driver, app, &namespace, &doc).await?;
+    Ok(!doc.moves.is_empty())
+}
+
+async fn observe_workers(driver: &Driver, namespace: &str, app: &str) -> anyhow::Result<Vec<Seen>> {
+    let pods: Api<Pod> = Api::namespaced(driver.client.clone(), namespace);
+    let list = pods
+        .list(&ListParams::default().labels(&model::selector_string(app)))
+        .await?;
+    let polls = list.items.iter().map(|pod| async move {
+        let ready = pod.metadata.deletion_timestamp.is_none()
+            && pod
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
+        let port = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.containers.first())
+            .and_then(|c| c.ports.as_ref())
+            .and_then(|ports| {
+                ports
+                    .iter()
+                    .find(|p| p.name.as_deref() == Some(ADMIN_PORT_NAME))
+            })
+            .map(|p| p.container_port as u16);
+        let report = match (ip, port) {
+            (Some(ip), Some(port)) => worker_status::poll(&ip, port)
+                .await
+                .map_err(|e| tracing::debug!("{e}"))
+                .ok(),
+            _ => None,
+        };
+        Seen {
+            name: pod.name_any(),
+            ready,
+            report,
+        }
+    });
+    let seen: Vec<Seen> = futures::future::join_all(polls).await;
+    let mut memory = driver.memory.lock().unwrap();
+    for s in &seen {
+        if let Some(r) = &s.report {
+            memory
+                .reports
+                .insert((namespace.to_string(), s.name.clone()), r.clone());
+        }
+    }
+    Ok(seen)
+}
+
+/// Without a document (first placement, or the ConfigMap was deleted), the
+/// workers' own reports are the truth: what they process stays theirs, and
+/// the epoch starts past any they have seen, so they accept what follows.
+fn adopt(seen: &[Seen]) -> PlacementDoc {
+    let mut doc = PlacementDoc::default();
+    for s in seen {
+        let Some(report) = &s.report else { continue };
+        doc.epoch = doc.epoch.max(report.applied_epoch.unwrap_or(0));
+        let free: BTreeSet<i32> = report
+            .tasks
+            .iter()
+            .copied()
+            .filter(|t| doc.active_owner(*t).is_none())
+            .collect();
+        if !free.is_empty() {
+            doc.workers.entry(s.name.clone()).or_default().active = free;
+        }
+    }
+    doc
+}
+
+async fn fence(
+    driver: &Driver,
+    app: &StreamApp,
+    namespace: &str,
+    workers: &BTreeSet<String>,
+) -> anyhow::Result<()> {
+    let secrets = crate::reconcile::read_secrets(
+        &driver.client,
+        namespace,
+        &kafka::secret_names(&app.spec.kafka),
+    )
+    .await
+    .map_err(|d| anyhow::anyhow!(d.message))?;
+    let props = kafka::admin_properties(&app.spec.kafka, &secrets)
+        .map_err(|d| anyhow::anyhow!(d.message))?;
+    let application_id = model::application_id(app);
+    for worker in workers {
+        let (props, id, w) = (props.clone(), application_id.clone(), worker.clone());
+        let started = std::time::Instant::now();
+        tokio::task::spawn_blocking(move || kafka::fence_worker(&props, &id, &w))
+            .await?
+            .map_err(|e| anyhow::anyhow!("fencing {worker}: {e}"))?;
+        driver.metrics.fences.inc();
+        tracing::info!(app = %app.name_any(), %worker, ms = started.elapsed().as_millis() as u64, "fenced");
+    }
+    Ok(())
+}
+
+/// Creates the ConfigMap, or replaces it only if nobody wrote it since we
+/// read it (compare-and-swap on `resourceVersion`).
+async fn write(
+    api: &Api<ConfigMap>,
+    app: &StreamApp,
+    name: &str,
+    doc: &PlacementDoc,
+    version: Option<String>,
+) -> anyhow::Result<String> {
+    let mut cm = ConfigMap {
+        data: Some(BTreeMap::from([(
+            PLACEMENT_KEY.to_string(),
+            serde_json::to_string_pretty(doc)?,
+        )])),
+        ..Default::default()
+    };
+    cm.metadata.name = Some(name.to_string());
+    cm.metadata.labels = Some(BTreeMap::from([
+        ("app.kubernetes.io/name".to_string(), app.name_any()),
+        (
+            "app.kubernetes.io/component".to_string(),
+            "placement".to_string(),
+        ),
+    ]));
+    cm.metadata.owner_references = app.controller_owner_ref(&()).map(|mut o| {
+        // Not the controller: placement writes must not trigger reconciles.
+        o.controller = Some(false);
+        vec![o]
+    });
+    let written = match version {
+        None => api.create(&PostParams::default(), &cm).await?,
+        Some(v) => {
+            cm.metadata.resource_version = Some(v);
+            api.replace(name, &PostParams::default(), &cm).await?
+        }
+    };
+    written
+        .resource_version()
+        .ok_or_else(|| anyhow::anyhow!("ConfigMap {name} written without a resourceVersion"))
+}
+
+/// Events, metrics and pause tracking for one step.
+async fn record(
+    driver: &Driver,
+    app: &StreamApp,
+    namespace: &str,
+    doc: &PlacementDoc,
+    happenings: &[Happening],
+) {
+    let mut notes: Vec<(EventType, &str, String)> = Vec::new();
+    let mut placed: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+    for h in happenings {
+        match h {
+            Happening::Placed { task, worker } => placed.entry(worker).or_default().push(*task),
+            Happening::Revoked { task, from, to } => {
+                tracing::info!(app = %app.name_any(), task, %from, %to, epoch = doc.epoch, "revoked");
+            }
+            Happening::Moved {
+                task,
+                from,
+                to,
+                fenced,
+                handoff_ms,
+            } => {
+                driver.metrics.moves.inc();
+                driver
+                    .metrics
+                    .handoff_seconds
+                    .observe(*handoff_ms as f64 / 1000.0);
+                let how = if *fenced {
+                    "after fencing"
+                } else {
+                    "acknowledged"
+                };
+                notes.push((
+                    EventType::Normal,
+                    "Moved",
+                    format!(
+                        "task {task} moved {from} → {to} in {handoff_ms} ms ({how}), epoch {}",
+                        doc.epoch
+                    ),
+                ));
+                let memory = &mut driver.memory.lock().unwrap();
+                let report = memory.reports.get(&(namespace.to_string(), from.clone()));
+                let last_commit_ms = report.and_then(|r| {
+                    r.released
+                        .get(task)
+                        .copied()
+                        .or_else(|| r.commits.get(task).map(|c| c.last_ms))
+                });
+                memory.pauses.push(Pause {
+                    namespace: namespace.to_string(),
+                    task: *task,
+                    from: from.clone(),
+                    to: to.clone(),
+                    epoch: doc.epoch,
+                    last_commit_ms,
+                });
+            }
+            Happening::Fenced { worker, reason } => notes.push((
+                EventType::Warning,
+                "Fenced",
+                format!("fenced {worker} ({reason}); its tasks move"),
+            )),
+        }
+    }
+    for (worker, tasks) in placed {
+        notes.push((
+            EventType::Normal,
+            "Placed",
+            format!("tasks {tasks:?} placed on {worker}, epoch {}", doc.epoch),
+        ));
+    }
+    for (type_, reason, note) in notes {
+        publish(driver, app, type_, reason, note).await;
+    }
+}
+
+/// Pause of a moved task: its last commit on the old worker → its first
+/// commit on the new one.
+async fn measure_pauses(driver: &Driver, app: &StreamApp, namespace: &str, seen: &[Seen]) {
+    let mut measured = Vec::new();
+    {
+        let mut memory = driver.memory.lock().unwrap();
+        memory.pauses.retain(|p| {
+            if p.namespace != namespace {
+                return true;
+            }
+            let Some(s) = seen.iter().find(|s| s.name == p.to) else {
+                return false;
+            };
+            let Some(report) = &s.report else { return true };
+            if report.applied_epoch.unwrap_or(0) < p.epoch {
+                return true;
+            }
+            if !report.tasks.contains(&p.task) {
+                // Moved on before committing anything here.
+                return false;
+            }
+            match (report.commits.get(&p.task), p.last_commit_ms) {
+                (Some(c), Some(last)) => {
+                    measured.push((
+                        p.task,
+                        p.from.clone(),
+                        p.to.clone(),
+                        c.first_ms.saturating_sub(last),
+                    ));
+                    false
+                }
+                (Some(_), None) => false,
+                (None, _) => true,
+            }
+        });
+    }
+    for (task, from, to, pause_ms) in measured {
+        driver
+            .metrics
+            .task_pause_seconds
+            .observe(pause_ms as f64 / 1000.0);
+        tracing::info!(app = %app.name_any(), task, %from, %to, pause_ms, "task resumed");
+        publish(
+            driver,
+            app,
+            EventType::Normal,
+            "TaskResumed",
+            format!("task {task} resumed on {to} {pause_ms} ms after its last commit on {from}"),
+        )
+        .await;
+    }
+}
+
+async fn write_summary(
+    driver: &Driver,
+    app: &StreamApp,
+    namespace: &str,
+    doc: &PlacementDoc,
+) -> anyhow::Result<()> {
+    let summary = PlacementSummary {
+        epoch: doc.epoch as i64,
+        tasks_per_worker: doc
+            .workers
+            .iter()
+            .map(|(w, a)| (w.clone(), a.active.len() as i32))
+            .collect(),
+        moves_in_progress: doc.moves.len() as i32,
+    };
+    let previous = app.status.as_ref().and_then(|s| s.placement.as_ref());
+    if previous == Some(&summary) {
+        return Ok(());
+    }
+    let mut json = serde_json::to_value(&summary)?;
+    // A merge patch merges maps: a worker that left needs an explicit null.
+    for gone in previous
+        .iter()
+        .flat_map(|p| p.tasks_per_worker.keys())
+        .filter(|w| !summary.tasks_per_worker.contains_key(*w))
+    {
+        json["tasksPerWorker"][gone] = serde_json::Value::Null;
+    }
+    let apps: Api<StreamApp> = Api::namespaced(driver.client.clone(), namespace);
+    let patch = serde_json::json!({ "status": { "placement": json } });
+    apps.patch_status(
+        &app.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn publish(driver: &Driver, app: &StreamApp, type_: EventType, reason: &str, note: String) {
+    let recorder = Recorder::new(driver.client.clone(), driver.reporter.clone());
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Place".into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&event, &app.object_ref(&())).await {
+        tracing::warn!("publishing event: {e}");
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,337 @@
+//! Task placement end to end (issue 6): worker pods run by the pod runner,
+//! the operator placing 16 tasks on them while replicas go 1 → 4 → 2 → 3 →
+//! 1 and pods are SIGKILLed and deleted; the exactly-once verifier then
+//! checks every output record. A second test SIGSTOPs a worker: it must be
+//! fenced, lose its tasks, and after SIGCONT commit nothing it lost.
+//!
+//! Sizes: `MILLRACE_PLACEMENT_RECORDS` (default 40,000) and
+//! `MILLRACE_PLACEMENT_FAULTS` (default 4). The issue's full run is
+//! `MILLRACE_PLACEMENT_RECORDS=200000 MILLRACE_PLACEMENT_FAULTS=10`.
+
+use std::time::{Duration, Instant};
+
+use millrace_tests::verifier::{drained, env_or, generate, verify, Topics};
+use millrace_tests::{
+    install_chart, kafka_bootstrap, kubectl, pod_processes, repo_root, unique, wait_until,
+    TestNamespace,
+};
+
+const PARTITIONS: i32 = 16;
+const HANDOFF_TIMEOUT: &str = "6s";
+const SETTLE: Duration = Duration::from_secs(180);
+
+fn chart() {
+    install_chart(&[
+        "--set",
+        &format!("placement.handoffTimeout={HANDOFF_TIMEOUT}"),
+    ]);
+}
+
+fn manifest(name: &str, app_id: &str, topics: &Topics, replicas: i32) -> String {
+    format!(
+        r#"apiVersion: millrace.dev/v1alpha1
+kind: StreamApp
+metadata: {{name: {name}}}
+spec:
+  kafka: {{bootstrapServers: "{bootstrap}"}}
+  applicationId: {app_id}
+  processingGuarantee: ExactlyOnce
+  commitInterval: 200ms
+  transactionTimeout: 30s
+  replicas: {replicas}
+  pipeline:
+    source: {{topics: [{input}]}}
+    steps:
+    - route:
+        rules:
+        - {{when: "value.seq % 3 == 0", to: {a}}}
+        - {{when: "value.seq % 3 == 1", to: {b}}}
+        default: {c}
+    onError: {{policy: DeadLetter, deadLetterTopic: {dlq}}}
+"#,
+        bootstrap = kafka_bootstrap(),
+        input = topics.input,
+        a = topics.outputs[0],
+        b = topics.outputs[1],
+        c = topics.outputs[2],
+        dlq = topics.dlq,
+    )
+}
+
+fn get(ns: &str, what: &str, jsonpath: &str) -> String {
+    kubectl(&["-n", ns, "get", what, "-o", &format!("jsonpath={jsonpath}")]).unwrap_or_default()
+}
+
+/// Active tasks per worker, from the StreamApp's placement summary.
+fn tasks_per_worker(ns: &str, app: &str) -> std::collections::BTreeMap<String, i32> {
+    let json = get(ns, &format!("streamapp/{app}"), "{.status.placement}");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
+    v["tasksPerWorker"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_i64().unwrap_or(0) as i32))
+                .filter(|(_, n)| *n > 0)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// All tasks placed, balanced over exactly `replicas` workers, no move open.
+fn wait_settled(ns: &str, app: &str, replicas: i32) {
+    let what = format!("{PARTITIONS} tasks settled on {replicas} worker(s)");
+    wait_until(&what, SETTLE, || {
+        let per = tasks_per_worker(ns, app);
+        let moves = get(
+            ns,
+            &format!("streamapp/{app}"),
+            "{.status.placement.movesInProgress}",
+        );
+        let total: i32 = per.values().sum();
+        let (lo, hi) = (per.values().min().copied(), per.values().max().copied());
+        (per.len() == replicas as usize
+            && total == PARTITIONS
+            && moves == "0"
+            && hi.zip(lo).is_some_and(|(h, l)| h - l <= 1))
+        .then_some(())
+    });
+}
+
+fn scale(ns: &str, app: &str, replicas: i32) {
+    kubectl(&[
+        "-n",
+        ns,
+        "scale",
+        &format!("streamapp/{app}"),
+        &format!("--replicas={replicas}"),
+    ])
+    .unwrap();
+    eprintln!("scaled to {replicas}");
+}
+
+fn pod_pids(ns: &str, pod: &str) -> Vec<u32> {
+    let uid = get(ns, &format!("pod/{pod}"), "{.metadata.uid}");
+    if uid.is_empty() {
+        return Vec::new();
+    }
+    pod_processes(&uid)
+}
+
+fn signal(pids: &[u32], signal: &str) {
+    for pid in pids {
+        let _ = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status();
+    }
+}
+
+fn worker_pods(ns: &str, app: &str) -> Vec<String> {
+    get(ns, "pods", "{.items[*].metadata.name}")
+        .split_whitespace()
+        .filter(|p| p.starts_with(&format!("{app}-")))
+        .map(str::to_string)
+        .collect()
+}
+
+/// A fault on a random live worker: SIGKILL of its process, or deletion of
+/// its pod.
+fn fault(ns: &str, app: &str, n: u64, rand: u64) {
+    let pods = worker_pods(ns, app);
+    if pods.is_empty() {
+        return;
+    }
+    let pod = &pods[(rand as usize) % pods.len()];
+    if n.is_multiple_of(2) {
+        let pids = pod_pids(ns, pod);
+        signal(&pids, "KILL");
+        eprintln!("fault {n}: SIGKILL {pod} {pids:?}");
+    } else {
+        let _ = kubectl(&["-n", ns, "delete", "pod", pod, "--wait=false"]);
+        eprintln!("fault {n}: deleted {pod}");
+    }
+}
+
+/// Pauses of moved tasks (ms), from the operator's TaskResumed events.
+fn pauses(ns: &str) -> Vec<u64> {
+    let notes = get(
+        ns,
+        "events",
+        "{range .items[?(@.reason==\"TaskResumed\")]}{.note}{.message}{\"\\n\"}{end}",
+    );
+    let mut ms: Vec<u64> = notes
+        .lines()
+        .filter_map(|l| {
+            let (_, rest) = l.split_once(" resumed on ")?;
+            rest.split_whitespace().nth(1)?.parse().ok()
+        })
+        .collect();
+    ms.sort_unstable();
+    ms
+}
+
+fn events(ns: &str, reason: &str) -> usize {
+    get(
+        ns,
+        "events",
+        &format!("{{range .items[?(@.reason==\"{reason}\")]}}x{{end}}"),
+    )
+    .len()
+}
+
+fn apply_app(ns: &str, name: &str, topics: &Topics, app_id: &str, replicas: i32) {
+    let path = std::env::temp_dir().join(format!("{}.yaml", unique(name)));
+    std::fs::write(&path, manifest(name, app_id, topics, replicas)).unwrap();
+    kubectl(&["-n", ns, "apply", "-f", path.to_str().unwrap()]).unwrap();
+}
+
+#[test]
+fn exactly_once_holds_while_rescaling_and_losing_pods() {
+    chart();
+    let records = env_or("MILLRACE_PLACEMENT_RECORDS", 40_000);
+    let faults = env_or("MILLRACE_PLACEMENT_FAULTS", 4);
+    let ns = TestNamespace::create("place");
+    let ns = ns.0.as_str();
+    let prefix = unique("place");
+    let topics = Topics::new(&prefix, PARTITIONS);
+    topics.create();
+    let app_id = format!("{prefix}-app");
+    let app = "verifier";
+    apply_app(ns, app, &topics, &app_id, 1);
+    wait_settled(ns, app, 1);
+
+    let started = Instant::now();
+    let generating = Duration::from_secs(20 + 8 * faults);
+    let generator = {
+        let topics = Topics::new(&prefix, PARTITIONS);
+        std::thread::spawn(move || generate(&topics, records, generating))
+    };
+    let mut seed = std::process::id() as u64 ^ 0x51ac_e5ee;
+    let mut rand = || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        seed >> 33
+    };
+    // Replicas 1 → 4 → 2 → 3 → 1, with the faults spread over the middle.
+    let plan = [4, 2, 3];
+    let mut done = 0;
+    for (i, replicas) in plan.iter().enumerate() {
+        scale(ns, app, *replicas);
+        wait_settled(ns, app, *replicas);
+        let share = (faults - done) / (plan.len() - i) as u64;
+        for _ in 0..share {
+            std::thread::sleep(Duration::from_millis(500 + rand() % 1500));
+            fault(ns, app, done, rand());
+            done += 1;
+        }
+        wait_settled(ns, app, *replicas);
+    }
+    scale(ns, app, 1);
+    wait_settled(ns, app, 1);
+    generator.join().unwrap();
+    wait_until(
+        "the app to commit the whole input",
+        Duration::from_secs(600),
+        || drained(&app_id, &topics).then_some(()),
+    );
+    let s = verify(&topics, records);
+    let pauses = pauses(ns);
+    let median = pauses.get(pauses.len() / 2).copied().unwrap_or(0);
+    println!(
+        "placement verifier: {s}; {done} faults, replicas 1→4→2→3→1, {} moves, {} fences, in {:.0?}",
+        events(ns, "Moved"),
+        events(ns, "Fenced"),
+        started.elapsed()
+    );
+    println!(
+        "task pause (last commit on the old worker → first on the new): {} measured, median {median} ms, max {} ms",
+        pauses.len(),
+        pauses.last().copied().unwrap_or(0)
+    );
+    assert_eq!(
+        (s.lost, s.duplicated, s.misrouted, s.out_of_order),
+        (0, 0, 0, 0),
+        "{s}"
+    );
+}
+
+/// The log of a worker pod's container, as the pod runner writes it.
+fn pod_log(ns: &str, pod: &str) -> String {
+    let stack = std::env::var("MILLRACE_STACK_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| repo_root().join(".stack"));
+    let dir = stack.join("logs/pods").join(ns).join(pod);
+    std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect()
+}
+
+#[test]
+fn a_stopped_worker_is_fenced_and_commits_nothing_it_lost() {
+    chart();
+    let ns = TestNamespace::create("fence");
+    let ns = ns.0.as_str();
+    let prefix = unique("fence");
+    let topics = Topics::new(&prefix, PARTITIONS);
+    topics.create();
+    let app_id = format!("{prefix}-app");
+    let app = "stopped";
+    apply_app(ns, app, &topics, &app_id, 2);
+    wait_settled(ns, app, 2);
+
+    let records = 30_000;
+    let generator = {
+        let topics = Topics::new(&prefix, PARTITIONS);
+        std::thread::spawn(move || generate(&topics, records, Duration::from_secs(40)))
+    };
+    std::thread::sleep(Duration::from_secs(3));
+    let victim = format!("{app}-1");
+    let pids = pod_pids(ns, &victim);
+    assert!(!pids.is_empty(), "{victim} runs");
+    let log_before = pod_log(ns, &victim).len();
+    signal(&pids, "STOP");
+    let stopped = Instant::now();
+    wait_until(
+        "the stopped worker's tasks to move",
+        Duration::from_secs(60),
+        || {
+            let per = tasks_per_worker(ns, app);
+            (per.len() == 1 && per.get(&format!("{app}-0")) == Some(&PARTITIONS)).then_some(())
+        },
+    );
+    let moved_after = stopped.elapsed();
+    assert!(events(ns, "Fenced") >= 1, "the operator fenced {victim}");
+    println!("SIGSTOP → fenced and all tasks on {app}-0 in {moved_after:.1?}");
+    std::thread::sleep(Duration::from_secs(2));
+    signal(&pids, "CONT");
+
+    // Resumed, it finds itself fenced at its next commit, re-reads the
+    // placement and lets go of what it lost, before processing anything.
+    wait_until(
+        "the resumed worker to notice the fence",
+        Duration::from_secs(60),
+        || {
+            let log = pod_log(ns, &victim);
+            let after = log.get(log_before..).unwrap_or_default();
+            (after.contains("re-initialising") && after.contains("released tasks")).then_some(())
+        },
+    );
+    generator.join().unwrap();
+    wait_settled(ns, app, 2);
+    wait_until(
+        "the app to commit the whole input",
+        Duration::from_secs(300),
+        || drained(&app_id, &topics).then_some(()),
+    );
+    let s = verify(&topics, records);
+    println!("fencing verifier: {s}");
+    assert_eq!(
+        (s.lost, s.duplicated, s.misrouted, s.out_of_order),
+        (0, 0, 0, 0),
+        "{s}"
+    );
+}

@@ -2,7 +2,7 @@
 # `make test`; everything else here is for working on the stack by hand.
 SHELL := /bin/bash
 
-.PHONY: demo test stack-up stack-down stack-status lint unit build bench bench-quick
+.PHONY: demo test stack-up stack-down stack-status lint unit build bench bench-quick autoscale-report
 
 ## demo: start the local stack and show it working (see README)
 demo:
@@ -41,3 +41,8 @@ bench:
 ## bench-quick: the same harness on a small input, one round (CI proves it works)
 bench-quick:
 	@bash e2e/bench.sh --records 20000 --rounds 1 --latency-rate 2000 --latency-seconds 5 --results $${TMPDIR:-/tmp}/millrace-bench
+
+## autoscale-report: rerun the autoscaling simulator, rewrite docs/autoscaling-sim.md
+autoscale-report:
+	@MILLRACE_UPDATE_GOLDEN=1 cargo test -q -p millrace-operator --lib autoscale::sim::tests::the_report_in_the_docs_is_current
+	@cat docs/autoscaling-sim.md

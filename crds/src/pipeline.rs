@@ -25,6 +25,11 @@ pub struct PipelineSpec {
     /// fails. Default: `Stop`, so nothing is skipped silently.
     #[serde(default)]
     pub on_error: OnError,
+    /// Most records per second each worker processes (all its tasks
+    /// together). Unset: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_records_per_second: Option<i64>,
 }
 
 /// Source topics and how their keys and values are read.

@@ -45,6 +45,41 @@ pub struct StreamAppStatus {
     /// `<name>-placement`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placement: Option<PlacementSummary>,
+    /// The autoscaler's measurements and last decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingStatus>,
+}
+
+/// What the autoscaler measured and decided at its last poll.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalingStatus {
+    /// `Lag` or `DryRun`.
+    pub mode: String,
+    /// The worker count decided (applied under `Lag`, reported under `DryRun`).
+    pub decided: i32,
+    /// The recommendation before stabilisation windows, step limits and cooldown.
+    pub recommended: i32,
+    /// Why, with the numbers.
+    pub reason: String,
+    /// Set when more workers would not help (stuck or hot partition,
+    /// ineffective scale-up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limited: Option<String>,
+    /// Records/s arriving on the source topics.
+    #[serde(default)]
+    pub input_rate: f64,
+    /// Records/s the app commits.
+    #[serde(default)]
+    pub processing_rate: f64,
+    /// Records/s one worker processes, as learned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity_per_replica: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_poll_time: Option<Time>,
+    /// The autoscaler's memory (JSON), so a restarted operator does not relearn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
 }
 
 /// A summary of the task placement.

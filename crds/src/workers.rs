@@ -9,25 +9,70 @@ use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// Lag-driven autoscaling. When enabled the operator sets the worker count
-/// between `minReplicas` and `maxReplicas`, never above the task count.
+/// Lag-driven autoscaling (see docs/autoscaling.md). `Off` uses
+/// `spec.replicas` (and the `/scale` subresource, for an HPA or KEDA);
+/// `Lag` lets the operator set the worker count from lag measured against
+/// the last stable offset; `DryRun` decides and reports the same way in
+/// status and Events but does not act.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas").message("spec.autoscaling.minReplicas must not exceed spec.autoscaling.maxReplicas"))]
+#[x_kube(validation = Rule::new("!has(self.maxReplicas) || self.minReplicas <= self.maxReplicas").message("spec.autoscaling.minReplicas must not exceed spec.autoscaling.maxReplicas"))]
 pub struct AutoscalingSpec {
-    /// Turn autoscaling on. When off, `spec.replicas` is the worker count.
+    /// `Off` (default), `Lag` or `DryRun`.
     #[serde(default)]
-    pub enabled: bool,
-    /// Fewest workers. 0 allows scaling to zero when there is no lag.
+    pub mode: AutoscalingMode,
+    /// Fewest workers. 0 lets an idle app scale to zero. Default 1.
     #[serde(default = "one")]
     #[schemars(range(min = 0))]
     pub min_replicas: i32,
-    /// Most workers (also capped at the task count).
+    /// Most workers. Default and hard cap: the task count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
-    pub max_replicas: i32,
-    /// Compute and report decisions without changing the worker count.
-    #[serde(default)]
-    pub dry_run: bool,
+    pub max_replicas: Option<i32>,
+    /// How fast a backlog must be gone while keeping up with input, e.g.
+    /// `60s` (default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_drain_time: Option<String>,
+    /// Lag (records) that wakes an app scaled to zero. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub activation_lag: Option<i64>,
+    /// How often lag is measured and a decision made, e.g. `10s` (default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub poll_interval: Option<String>,
+    /// Scale-up rules. Default: no stabilisation window, at most max(4,
+    /// current) workers added at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_up: Option<ScalingRules>,
+    /// Scale-down rules. Default: a 300s window (the highest recommendation
+    /// in it wins), no step limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_down: Option<ScalingRules>,
+    /// No further change this long after a change, e.g. `30s` (default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cooldown: Option<String>,
+}
+
+/// Autoscaling modes.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum AutoscalingMode {
+    #[default]
+    Off,
+    Lag,
+    DryRun,
+}
+
+/// Stabilisation and step limit of one direction.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScalingRules {
+    /// Recommendations within this window are considered, e.g. `300s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stabilization_window: Option<String>,
+    /// Most workers added or removed in one change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_step: Option<i32>,
 }
 
 fn one() -> i32 {

@@ -27,6 +27,9 @@ pub struct Observed<'a> {
     pub degraded: Option<&'a Degradation>,
     /// Why `desired` is below what the spec asks, if it is.
     pub capped: Option<String>,
+    /// With autoscaling on: why more workers would not help, if they would
+    /// not (the `ScalingLimited` condition).
+    pub scaling_limited: Option<Option<String>>,
 }
 
 fn condition(
@@ -145,7 +148,28 @@ pub fn conditions(previous: &[Condition], o: &Observed<'_>) -> Vec<Condition> {
             .unwrap_or_else(|| "workers match the spec".into());
         condition(previous, "Progressing", false, "Stable", message, g)
     };
-    vec![ready, progressing, degraded]
+    let mut all = vec![ready, progressing, degraded];
+    if let Some(limited) = &o.scaling_limited {
+        all.push(match limited {
+            Some(why) => condition(
+                previous,
+                "ScalingLimited",
+                true,
+                "MoreWorkersWouldNotHelp",
+                why.clone(),
+                g,
+            ),
+            None => condition(
+                previous,
+                "ScalingLimited",
+                false,
+                "AsExpected",
+                "more workers would help if lag grew".into(),
+                g,
+            ),
+        });
+    }
+    all
 }
 
 #[cfg(test)]
@@ -168,6 +192,7 @@ mod tests {
             workers,
             degraded,
             capped: None,
+            scaling_limited: None,
         }
     }
 
@@ -274,5 +299,39 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(1100));
         let second = conditions(&first, &observed(1, Some(&w), None));
         assert_eq!(first, second);
+    }
+}
+
+#[cfg(test)]
+mod scaling_limited_tests {
+    use super::*;
+
+    #[test]
+    fn the_condition_appears_only_with_autoscaling_and_carries_the_reason() {
+        let w = Workers {
+            replicas: 2,
+            ready: 2,
+            updated: 2,
+            rolled_out: true,
+        };
+        let mut o = Observed {
+            app_name: "a",
+            generation: 1,
+            desired: 2,
+            workers: Some(&w),
+            degraded: None,
+            capped: None,
+            scaling_limited: None,
+        };
+        assert!(!conditions(&[], &o)
+            .iter()
+            .any(|c| c.type_ == "ScalingLimited"));
+        o.scaling_limited = Some(Some("partition 3 is stuck".into()));
+        let cs = conditions(&[], &o);
+        let c = cs.iter().find(|c| c.type_ == "ScalingLimited").unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.message.as_str()),
+            ("True", "partition 3 is stuck")
+        );
     }
 }

@@ -6,6 +6,7 @@
 //! [`reconcile`], [`apply`] and [`kafka`].
 
 pub mod apply;
+pub mod autoscale;
 pub mod build;
 pub mod conditions;
 pub mod error;

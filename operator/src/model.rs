@@ -5,13 +5,14 @@
 //! durations, reserved names. Every problem is returned, each naming the
 //! field, so one `kubectl describe` shows them all.
 
+use crate::autoscale::policy::{Mode, Policy};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use millrace_crds::{
-    parse_duration, AutoscalingSpec, DeletionPolicy, KafkaSpec, PipelineSpec, ProcessingGuarantee,
-    StreamApp, TopicName, WorkerTemplate, OWNED_KAFKA_PROPERTIES,
+    parse_duration, AutoscalingMode, AutoscalingSpec, DeletionPolicy, KafkaSpec, PipelineSpec,
+    ProcessingGuarantee, StreamApp, TopicName, WorkerTemplate, OWNED_KAFKA_PROPERTIES,
 };
 
 /// Operator-wide settings that shape every app.
@@ -93,7 +94,7 @@ pub struct AppModel {
     pub admin_port: u16,
     /// Workers wanted, before the task cap the reconciler applies.
     pub replicas: i32,
-    pub autoscaling: Option<AutoscalingSpec>,
+    pub autoscaling: Option<Autoscaling>,
     pub state: Option<StateModel>,
     pub template: WorkerTemplate,
     pub deletion_policy: DeletionPolicy,
@@ -221,20 +222,10 @@ pub fn validate(app: &StreamApp, defaults: &Defaults) -> Result<AppModel, Vec<In
     if replicas < 0 {
         problems.push(invalid("spec.replicas", "must not be negative"));
     }
-    if let Some(a) = &spec.autoscaling {
-        if a.min_replicas < 0 {
-            problems.push(invalid(
-                "spec.autoscaling.minReplicas",
-                "must not be negative",
-            ));
-        }
-        if a.min_replicas > a.max_replicas {
-            problems.push(invalid(
-                "spec.autoscaling.minReplicas",
-                "must not exceed spec.autoscaling.maxReplicas",
-            ));
-        }
-    }
+    let autoscaling = spec
+        .autoscaling
+        .as_ref()
+        .map(|a| autoscaling_policy(&mut problems, a));
 
     let template = spec.template.clone().unwrap_or_default();
     for (i, env) in template.env.iter().enumerate() {
@@ -276,11 +267,95 @@ pub fn validate(app: &StreamApp, defaults: &Defaults) -> Result<AppModel, Vec<In
         image_pull_policy: defaults.image_pull_policy.clone(),
         admin_port: defaults.admin_port,
         replicas,
-        autoscaling: spec.autoscaling.clone(),
+        autoscaling,
         state,
         template,
         deletion_policy: spec.deletion_policy,
     })
+}
+
+/// The autoscaling settings, checked and with defaults applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Autoscaling {
+    pub policy: Policy,
+    pub poll_interval: Duration,
+}
+
+fn autoscaling_policy(problems: &mut Vec<Invalid>, a: &AutoscalingSpec) -> Autoscaling {
+    let defaults = Policy::default();
+    if a.min_replicas < 0 {
+        problems.push(invalid(
+            "spec.autoscaling.minReplicas",
+            "must not be negative",
+        ));
+    }
+    if a.max_replicas.is_some_and(|m| a.min_replicas > m) {
+        problems.push(invalid(
+            "spec.autoscaling.minReplicas",
+            "must not exceed spec.autoscaling.maxReplicas",
+        ));
+    }
+    let mut seconds = |field: &str, text: Option<&String>, default: f64| -> f64 {
+        match text {
+            Some(t) => duration_field(problems, field, t).map_or(default, |d| d.as_secs_f64()),
+            None => default,
+        }
+    };
+    let up = a.scale_up.clone().unwrap_or_default();
+    let down = a.scale_down.clone().unwrap_or_default();
+    let policy = Policy {
+        mode: match a.mode {
+            AutoscalingMode::Off => Mode::Off,
+            AutoscalingMode::Lag => Mode::Lag,
+            AutoscalingMode::DryRun => Mode::DryRun,
+        },
+        min_replicas: a.min_replicas,
+        max_replicas: a.max_replicas,
+        target_drain_s: seconds(
+            "spec.autoscaling.targetDrainTime",
+            a.target_drain_time.as_ref(),
+            defaults.target_drain_s,
+        ),
+        activation_lag: a.activation_lag.unwrap_or(defaults.activation_lag),
+        up_window_s: seconds(
+            "spec.autoscaling.scaleUp.stabilizationWindow",
+            up.stabilization_window.as_ref(),
+            defaults.up_window_s,
+        ),
+        up_max_step: up.max_step,
+        down_window_s: seconds(
+            "spec.autoscaling.scaleDown.stabilizationWindow",
+            down.stabilization_window.as_ref(),
+            defaults.down_window_s,
+        ),
+        down_max_step: down.max_step,
+        cooldown_s: seconds(
+            "spec.autoscaling.cooldown",
+            a.cooldown.as_ref(),
+            defaults.cooldown_s,
+        ),
+    };
+    let poll = seconds(
+        "spec.autoscaling.pollInterval",
+        a.poll_interval.as_ref(),
+        10.0,
+    );
+    if policy.target_drain_s < 1.0 {
+        problems.push(invalid(
+            "spec.autoscaling.targetDrainTime",
+            "must be at least 1s",
+        ));
+    }
+    if poll < 1.0 {
+        problems.push(invalid(
+            "spec.autoscaling.pollInterval",
+            "must be at least 1s",
+        ));
+    }
+    Autoscaling {
+        policy,
+        poll_interval: Duration::from_secs_f64(poll.max(1.0)),
+    }
 }
 
 fn duration_field(problems: &mut Vec<Invalid>, field: &str, text: &str) -> Option<Duration> {

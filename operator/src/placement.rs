@@ -45,6 +45,22 @@ impl Placement {
     }
 }
 
+/// The pod ordinal of a worker named `<app>-<ordinal>`.
+pub fn ordinal(app: &str, worker: &str) -> Option<i32> {
+    worker.strip_prefix(app)?.strip_prefix('-')?.parse().ok()
+}
+
+/// The highest ordinal whose worker holds an active task or owes a handoff.
+pub fn holding_ordinals(doc: &millrace_crds::placement::PlacementDoc, app: &str) -> Option<i32> {
+    doc.workers
+        .iter()
+        .filter(|(_, a)| !a.active.is_empty())
+        .map(|(w, _)| w)
+        .chain(doc.moves.iter().map(|m| &m.from))
+        .filter_map(|w| ordinal(app, w))
+        .max()
+}
+
 pub struct Inputs<'a> {
     pub tasks: i32,
     pub workers: &'a [Worker],

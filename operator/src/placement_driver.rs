@@ -131,11 +131,16 @@ async fn drive(driver: &Driver, app: &StreamApp) -> anyhow::Result<bool> {
         .iter()
         .filter_map(|s| Some((s.name.clone(), s.report.as_ref()?.applied_epoch?)))
         .collect();
+    // Pods past the desired count are leaving: nothing new is placed on
+    // them and their tasks move away while they still answer, so a
+    // scale-down hands tasks over instead of fencing.
+    let desired = app.status.as_ref().map_or(i32::MAX, |s| s.desired_replicas);
+    let staying = |w: &str| crate::placement::ordinal(&name, w).is_none_or(|o| o < desired);
     let workers: Vec<Worker> = seen
         .iter()
         .map(|s| Worker {
             name: s.name.clone(),
-            ready: available.contains(&s.name),
+            ready: available.contains(&s.name) && staying(&s.name),
             zone: None,
         })
         .collect();

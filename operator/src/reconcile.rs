@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
@@ -16,6 +16,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use millrace_crds::{DeletionPolicy, StreamApp, StreamAppStatus};
 
 use crate::apply::{apply_all, FIELD_MANAGER};
+use crate::autoscale::policy::Mode;
 use crate::conditions::{self, Degradation, Workers};
 use crate::error::{Error, Result};
 use crate::kafka;
@@ -131,9 +132,13 @@ pub async fn reconcile(app: Arc<StreamApp>, ctx: Arc<Context>) -> Result<Action>
         }
     };
 
-    let (replicas, capped) = desired_replicas(&model, tasks);
+    let decided = previous.autoscaling.as_ref().map(|a| a.decided);
+    let (replicas, capped) = desired_replicas(&model, tasks, decided);
     let existing = sts_api.get_opt(&model.name).await?;
-    let objects = crate::build::desired(&model, replicas);
+    // Pods leaving keep running until their tasks have moved (the placement
+    // driver stops placing on them first): no task waits for a fence.
+    let draining = drain_floor(&ctx.client, &model, replicas).await;
+    let objects = crate::build::desired(&model, replicas.max(draining));
     let applied = apply_all(&ctx.client, &namespace, &objects).await?;
 
     match &existing {
@@ -218,11 +223,22 @@ fn config_hash(sts: &StatefulSet) -> Option<String> {
         .cloned()
 }
 
-/// Workers wanted: the spec's count (or the autoscaling floor), never more
-/// than there are tasks: an extra worker would own nothing.
-pub fn desired_replicas(model: &AppModel, tasks: Option<i32>) -> (i32, Option<String>) {
+/// Workers wanted: the spec's count, or under `Lag` autoscaling the
+/// autoscaler's last decision (`status.desiredReplicas`, the spec's count
+/// within the bounds before the first one), never more than there are
+/// tasks: an extra worker would own nothing.
+pub fn desired_replicas(
+    model: &AppModel,
+    tasks: Option<i32>,
+    decided: Option<i32>,
+) -> (i32, Option<String>) {
     let wanted = match &model.autoscaling {
-        Some(a) if a.enabled => model.replicas.clamp(a.min_replicas, a.max_replicas),
+        Some(a) if a.policy.mode == Mode::Lag => {
+            let max = a.policy.max_replicas.unwrap_or(i32::MAX);
+            decided
+                .unwrap_or(model.replicas)
+                .clamp(a.policy.min_replicas.min(max), max)
+        }
         _ => model.replicas,
     };
     match tasks {
@@ -234,6 +250,29 @@ pub fn desired_replicas(model: &AppModel, tasks: Option<i32>) -> (i32, Option<St
         ),
         _ => (wanted, None),
     }
+}
+
+/// Workers that must stay while tasks leave them: one past the highest
+/// ordinal that still holds a task (or owes a handoff) in the placement.
+/// 0 when there is nowhere for tasks to go (scaling to zero).
+async fn drain_floor(client: &Client, model: &AppModel, replicas: i32) -> i32 {
+    if replicas == 0 {
+        return 0;
+    }
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &model.namespace);
+    let name = millrace_crds::placement::placement_config_map(&model.name);
+    let Ok(Some(cm)) = api.get_opt(&name).await else {
+        return 0;
+    };
+    let Some(doc) = cm
+        .data
+        .as_ref()
+        .and_then(|d| d.get(millrace_crds::placement::PLACEMENT_KEY))
+        .and_then(|j| millrace_crds::placement::PlacementDoc::parse(j).ok())
+    else {
+        return 0;
+    };
+    crate::placement::holding_ordinals(&doc, &model.name).map_or(0, |o| o + 1)
 }
 
 async fn check_kafka(client: &Client, model: &AppModel) -> Result<Option<i32>, Degradation> {
@@ -305,6 +344,17 @@ async fn write_status(
         workers: workers.as_ref(),
         degraded,
         capped,
+        scaling_limited: app
+            .spec
+            .autoscaling
+            .as_ref()
+            .filter(|a| a.mode != millrace_crds::AutoscalingMode::Off)
+            .map(|_| {
+                previous
+                    .autoscaling
+                    .as_ref()
+                    .and_then(|a| a.limited.clone())
+            }),
     };
     let w = workers.clone().unwrap_or_default();
     let status = StreamAppStatus {
@@ -315,6 +365,7 @@ async fn write_status(
         desired_replicas: desired,
         replica_summary: Some(format!("{}/{}", w.ready, desired)),
         tasks,
+        // Written by the autoscaler.
         lag: previous.lag,
         selector: Some(model::selector_string(&app.name_any())),
         application_id: Some(model::application_id(app)),
@@ -325,15 +376,18 @@ async fn write_status(
         } else {
             previous.last_scale_time.clone()
         },
-        // Written by the placement driver: compared, never patched from
-        // here (this copy may be older than the driver's).
+        // Written by the placement driver and the autoscaler: compared,
+        // never patched from here (this copy may be older than theirs).
         placement: previous.placement.clone(),
+        autoscaling: previous.autoscaling.clone(),
     };
     if &status == previous {
         return Ok(());
     }
     let status = StreamAppStatus {
         placement: None,
+        autoscaling: None,
+        lag: None,
         ..status
     };
     let patch = serde_json::json!({ "status": status });
@@ -430,9 +484,8 @@ async fn finalize(apps: &Api<StreamApp>, app: &StreamApp, ctx: &Context) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use millrace_crds::AutoscalingSpec;
 
-    fn model(replicas: i32, autoscaling: Option<AutoscalingSpec>) -> AppModel {
+    fn model(replicas: i32, autoscaling: Option<model::Autoscaling>) -> AppModel {
         let app: StreamApp = serde_json::from_value(serde_json::json!({
             "apiVersion": "millrace.dev/v1alpha1", "kind": "StreamApp",
             "metadata": {"name": "a", "namespace": "n"},
@@ -446,17 +499,17 @@ mod tests {
 
     #[test]
     fn replicas_are_capped_at_the_task_count() {
-        assert_eq!(desired_replicas(&model(3, None), Some(8)), (3, None));
-        let (n, why) = desired_replicas(&model(10, None), Some(4));
+        assert_eq!(desired_replicas(&model(3, None), Some(8), None), (3, None));
+        let (n, why) = desired_replicas(&model(10, None), Some(4), None);
         assert_eq!(n, 4);
         assert!(why.unwrap().contains("capped at the 4 task(s)"));
         assert_eq!(
-            desired_replicas(&model(4, None), Some(4)),
+            desired_replicas(&model(4, None), Some(4), None),
             (4, None),
             "no off-by-one at the cap"
         );
         assert_eq!(
-            desired_replicas(&model(2, None), None),
+            desired_replicas(&model(2, None), None, None),
             (2, None),
             "unknown tasks: no cap"
         );
@@ -464,13 +517,40 @@ mod tests {
 
     #[test]
     fn autoscaling_bounds_apply() {
-        let a = AutoscalingSpec {
-            enabled: true,
-            min_replicas: 2,
-            max_replicas: 5,
-            dry_run: false,
+        let lag = |min, max| model::Autoscaling {
+            policy: crate::autoscale::policy::Policy {
+                min_replicas: min,
+                max_replicas: max,
+                ..Default::default()
+            },
+            poll_interval: Duration::from_secs(10),
         };
-        assert_eq!(desired_replicas(&model(1, Some(a.clone())), Some(8)).0, 2);
-        assert_eq!(desired_replicas(&model(9, Some(a)), Some(8)).0, 5);
+        assert_eq!(
+            desired_replicas(&model(1, Some(lag(2, Some(5)))), Some(8), None).0,
+            2,
+            "before a decision: the spec's count within the bounds"
+        );
+        assert_eq!(
+            desired_replicas(&model(1, Some(lag(2, Some(5)))), Some(8), Some(4)).0,
+            4
+        );
+        assert_eq!(
+            desired_replicas(&model(1, Some(lag(2, Some(5)))), Some(8), Some(9)).0,
+            5
+        );
+        assert_eq!(
+            desired_replicas(&model(1, Some(lag(0, None))), Some(8), Some(0)).0,
+            0,
+            "scaled to zero"
+        );
+        let (n, why) = desired_replicas(&model(1, Some(lag(1, None))), Some(3), Some(6));
+        assert_eq!(n, 3, "never above the task count: {why:?}");
+        let mut dry = lag(2, Some(5));
+        dry.policy.mode = Mode::DryRun;
+        assert_eq!(
+            desired_replicas(&model(1, Some(dry)), Some(8), Some(4)).0,
+            1,
+            "DryRun acts on nothing"
+        );
     }
 }

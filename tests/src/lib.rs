@@ -220,6 +220,10 @@ impl TestNamespace {
 
 impl Drop for TestNamespace {
     fn drop(&mut self) {
+        // MILLRACE_KEEP_NAMESPACES=1 keeps them (and the pods' logs) to look at.
+        if std::env::var_os("MILLRACE_KEEP_NAMESPACES").is_some() {
+            return;
+        }
         let _ = kubectl(&["delete", "namespace", &self.0, "--wait=false"]);
     }
 }

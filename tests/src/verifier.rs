@@ -133,6 +133,8 @@ pub fn read_all(topic: &str, partitions: i32) -> Vec<Read> {
     }
     consumer.assign(&tpl).unwrap();
     let mut out = Vec::new();
+    let mut delivered = std::collections::HashSet::new();
+    let mut redelivered = 0u64;
     let done = |c: &BaseConsumer| {
         let pos = c.position().unwrap();
         (0..partitions).all(|p| match pos.find_partition(topic, p).map(|e| e.offset()) {
@@ -166,12 +168,21 @@ pub fn read_all(topic: &str, partitions: i32) -> Vec<Read> {
                     .collect()
             })
             .unwrap_or_default();
+        // The same offset delivered twice is the reader's doing, not a
+        // duplicate in the data: count it apart and keep one copy.
+        if !delivered.insert((m.partition(), m.offset())) {
+            redelivered += 1;
+            continue;
+        }
         out.push((
             m.partition(),
             m.key().unwrap_or_default().to_vec(),
             m.payload().unwrap_or_default().to_vec(),
             headers,
         ));
+    }
+    if redelivered > 0 {
+        eprintln!("reading {topic}: {redelivered} records were delivered twice by the reader (same offset); counted once");
     }
     out
 }
@@ -187,6 +198,8 @@ pub fn seq_of(value: &[u8]) -> u64 {
 }
 
 pub struct Summary {
+    /// Input partitions whose records were duplicated, with counts.
+    pub duplicated_in: std::collections::BTreeMap<i32, u64>,
     pub records: u64,
     pub lost: u64,
     pub duplicated: u64,
@@ -200,7 +213,15 @@ impl std::fmt::Display for Summary {
             f,
             "records {}, lost {}, duplicated {}, misrouted {}, out-of-order {}",
             self.records, self.lost, self.duplicated, self.misrouted, self.out_of_order
-        )
+        )?;
+        if !self.duplicated_in.is_empty() {
+            write!(
+                f,
+                " (duplicates by input partition: {:?})",
+                self.duplicated_in
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -211,6 +232,11 @@ pub fn verify(topics: &Topics, records: u64) -> Summary {
         records,
         "the input holds every generated record"
     );
+    let partition_of: HashMap<u64, i32> = input
+        .iter()
+        .map(|(p, _, value, _)| (seq_of(value), *p))
+        .collect();
+    let mut duplicated_in: std::collections::BTreeMap<i32, u64> = Default::default();
     let mut seen: HashMap<u64, Vec<String>> = HashMap::new();
     let mut out_of_order = 0;
     for topic in topics.outputs.iter().chain([&topics.dlq]) {
@@ -250,6 +276,7 @@ pub fn verify(topics: &Topics, records: u64) -> Summary {
             Some(found) => {
                 if found.len() > 1 {
                     duplicated += found.len() as u64 - 1;
+                    *duplicated_in.entry(partition_of[&seq]).or_default() += 1;
                 }
                 if found.iter().any(|t| t != topics.expected(seq)) {
                     misrouted += 1;
@@ -258,6 +285,7 @@ pub fn verify(topics: &Topics, records: u64) -> Summary {
         }
     }
     Summary {
+        duplicated_in,
         records,
         lost,
         duplicated,

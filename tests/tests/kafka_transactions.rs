@@ -270,3 +270,64 @@ fn last_stable_offset_stops_at_an_open_transaction_and_markers_are_not_lag() {
     );
     assert_eq!(high(&committed) - 7, 0);
 }
+
+/// A task taken while its previous owner's transaction still holds offsets:
+/// under read_committed the committed offset is unstable, and the answer
+/// must not look like "no committed offset" (the engine would replay the
+/// partition from its beginning). librdkafka reports it as an error (of the
+/// call or of the partition), and the stable offset once the transaction ends.
+#[test]
+fn committed_offsets_inside_an_open_transaction_are_not_read_as_absent() {
+    let input = unique("eos-unstable");
+    create_topic(&input, 1);
+    let seed = transactional_producer(&unique("seed"));
+    seed.begin_transaction().unwrap();
+    send(&seed, &input, &["0", "1", "2", "3"]);
+    seed.commit_transaction(TIMEOUT).unwrap();
+    let group = unique("app");
+    let source = consumer(&group, "read_committed");
+    let metadata = source.group_metadata().unwrap();
+    let at = |n: i64| {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&input, 0, Offset::Offset(n))
+            .unwrap();
+        tpl
+    };
+    let owner = transactional_producer(&unique("owner"));
+    owner.begin_transaction().unwrap();
+    owner
+        .send_offsets_to_transaction(&at(2), &metadata, TIMEOUT)
+        .unwrap();
+    owner.commit_transaction(TIMEOUT).unwrap();
+    owner.begin_transaction().unwrap();
+    owner
+        .send_offsets_to_transaction(&at(4), &metadata, TIMEOUT)
+        .unwrap();
+
+    let taker = consumer(&group, "read_committed");
+    let mut wanted = TopicPartitionList::new();
+    wanted.add_partition(&input, 0);
+    let answer = taker.committed_offsets(wanted.clone(), Duration::from_secs(3));
+    let read = match &answer {
+        Ok(tpl) => {
+            let e = tpl.find_partition(&input, 0).unwrap();
+            format!("offset {:?}, error {:?}", e.offset(), e.error())
+        }
+        Err(e) => format!("call error {e}"),
+    };
+    eprintln!("committed_offsets inside an open transaction: {read}");
+    let clean_absent = matches!(&answer, Ok(tpl) if {
+        let e = tpl.find_partition(&input, 0).unwrap();
+        e.error().is_ok() && !matches!(e.offset(), Offset::Offset(2))
+    });
+    assert!(
+        !clean_absent,
+        "an unstable offset must not read as absent: {read}"
+    );
+    owner.abort_transaction(TIMEOUT).unwrap();
+    let stable = taker.committed_offsets(wanted, TIMEOUT).unwrap();
+    assert_eq!(
+        stable.find_partition(&input, 0).unwrap().offset(),
+        Offset::Offset(2)
+    );
+}

@@ -335,3 +335,14 @@ fn a_stopped_worker_is_fenced_and_commits_nothing_it_lost() {
         "{s}"
     );
 }
+
+/// Re-checks the topics of an earlier run (kept with
+/// MILLRACE_KEEP_NAMESPACES=1): `MILLRACE_VERIFY_PREFIX=<prefix>
+/// MILLRACE_VERIFY_RECORDS=<n> cargo test ... reverify -- --ignored`.
+#[test]
+#[ignore]
+fn reverify() {
+    let prefix = std::env::var("MILLRACE_VERIFY_PREFIX").expect("MILLRACE_VERIFY_PREFIX");
+    let records = env_or("MILLRACE_VERIFY_RECORDS", 30_000);
+    println!("{}", verify(&Topics::new(&prefix, PARTITIONS), records));
+}

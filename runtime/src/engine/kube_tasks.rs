@@ -3,8 +3,8 @@
 //!
 //! A watch keeps the newest document in a [`PlacementView`] shared by the
 //! worker's loops; each loop turns a newer epoch into a Release and a Take
-//! of its share (task `t` belongs to loop `t % loops`, so a task never moves
-//! between two loops, i.e. two transactional ids, of one worker). After every
+//! of its share ([`loop_of`]: a task never moves between two loops, i.e. two
+//! transactional ids, of one worker). After every
 //! `init_transactions` a loop reads the document from the API server itself
 //! ([`TaskSource::tasks`], [`TaskSource::reread`]) instead of trusting the
 //! watch: a fenced worker must see at least the revoke its fence was for.
@@ -133,6 +133,15 @@ impl PlacementView {
     }
 }
 
+/// The loop of a worker that processes `task`: fixed for a loop count, so
+/// a task never moves between loops (two transactional ids) of one worker,
+/// and hashed, so the regular patterns placement produces (every other
+/// task, a block) still spread over the loops.
+pub fn loop_of(task: i32, loops: usize) -> usize {
+    let mixed = (task as u32).wrapping_mul(0x9E37_79B1).rotate_right(16);
+    mixed as usize % loops.max(1)
+}
+
 /// One loop's view of the placement.
 pub struct KubeTasks {
     pub view: Arc<PlacementView>,
@@ -164,7 +173,7 @@ impl KubeTasks {
     fn mine(&self, doc: &PlacementDoc) -> BTreeSet<i32> {
         doc.active_of(&self.view.pod)
             .into_iter()
-            .filter(|t| *t < self.task_count && (*t as usize) % self.loops == self.index)
+            .filter(|t| *t < self.task_count && loop_of(*t, self.loops) == self.index)
             .collect()
     }
 }
@@ -280,46 +289,47 @@ mod tests {
             .build()
             .unwrap();
         let view = view(&runtime, 2);
-        let mut even = KubeTasks::new(view.clone(), 0, 2);
-        even.task_count = 8;
-        even.owned = [0, 2].into();
-        even.epoch = 1;
-        *view.latest.lock().unwrap() = doc(2, "app-0", &[0, 1, 4, 5]);
+        let mut first = KubeTasks::new(view.clone(), 0, 2);
+        first.task_count = 8;
+        first.owned = [0, 2].into();
+        first.epoch = 1;
+        // Loop 0 of 2 has tasks 0, 2, 3, 6, 7 of 0..8; loop 1 has 1, 4, 5.
+        *view.latest.lock().unwrap() = doc(2, "app-0", &[0, 1, 3, 5]);
         assert_eq!(
-            even.poll_change(),
+            first.poll_change(),
             Some(PlacementChange::Release {
                 epoch: 2,
                 tasks: vec![2]
             }),
             "releases come first"
         );
-        even.acknowledge(2);
+        first.acknowledge(2);
         assert_eq!(
             *view.applied.lock().unwrap(),
             [0, 0],
             "not until the take is done"
         );
         assert_eq!(
-            even.poll_change(),
+            first.poll_change(),
             Some(PlacementChange::Take {
                 epoch: 2,
-                tasks: vec![4]
+                tasks: vec![3]
             })
         );
-        even.acknowledge(2);
-        assert_eq!(even.poll_change(), None);
+        first.acknowledge(2);
+        assert_eq!(first.poll_change(), None);
         assert_eq!(*view.applied.lock().unwrap(), [2, 0]);
         assert_eq!(
             view.status.detail.lock().unwrap().applied_epoch,
             Some(0),
             "the worker acknowledges what every loop applied"
         );
-        // The odd loop has nothing to change: it acknowledges at once.
-        let mut odd = KubeTasks::new(view.clone(), 1, 2);
-        odd.task_count = 8;
-        odd.owned = [1, 5].into();
-        odd.epoch = 1;
-        assert_eq!(odd.poll_change(), None);
+        // The second loop has nothing to change: it acknowledges at once.
+        let mut second = KubeTasks::new(view.clone(), 1, 2);
+        second.task_count = 8;
+        second.owned = [1, 5].into();
+        second.epoch = 1;
+        assert_eq!(second.poll_change(), None);
         assert_eq!(view.status.detail.lock().unwrap().applied_epoch, Some(2));
     }
 

@@ -412,7 +412,7 @@ impl Core {
     }
 
     /// Partitions resume at their committed offset, or from the beginning
-    /// when the group has none.
+    /// when the group has none (`committed_offsets` has ruled out errors).
     fn resume_from(&mut self, committed: &TopicPartitionList) {
         for e in committed.elements() {
             let offset = match e.offset() {
@@ -431,14 +431,26 @@ impl Core {
         wanted: &TopicPartitionList,
     ) -> Result<TopicPartitionList, EngineError> {
         loop {
-            match consumer.committed_offsets(wanted.clone(), KAFKA_TIMEOUT) {
+            // A partition-level error (an offset still in a transaction being
+            // completed: UNSTABLE_OFFSET_COMMIT; a coordinator moving) must
+            // be retried, never read as "no offset": that would replay the
+            // partition from its beginning.
+            let result = consumer
+                .committed_offsets(wanted.clone(), KAFKA_TIMEOUT)
+                .and_then(
+                    |c| match c.elements().iter().find_map(|e| e.error().err()) {
+                        Some(e) => Err(e),
+                        None => Ok(c),
+                    },
+                );
+            match result {
                 Ok(c) => return Ok(c),
                 Err(e) => {
                     tracing::warn!("reading committed offsets: {e}; retrying");
                     if self.shutdown.load(Ordering::Relaxed) {
                         return Err(e.into());
                     }
-                    std::thread::sleep(Duration::from_secs(1));
+                    std::thread::sleep(Duration::from_millis(200));
                 }
             }
         }
@@ -468,7 +480,7 @@ impl Core {
             return self.assign_resume_points(consumer);
         }
         self.records_in.inc(record.topic);
-        match self.evaluator.process(record) {
+        let outcome = match self.evaluator.process(record) {
             Ok(processed) => {
                 if processed.filtered {
                     self.metrics.filtered.inc();
@@ -476,14 +488,25 @@ impl Core {
                 if processed.unrouted {
                     self.metrics.unrouted.inc();
                 }
-                for out in &processed.outputs {
-                    self.send(out)?;
-                }
+                processed.outputs.iter().try_for_each(|out| self.send(out))
             }
-            Err(error) => self.failed(consumer, record, error)?,
+            Err(error) => self.failed(consumer, record, error),
+        };
+        match outcome {
+            Ok(()) => {
+                self.advance(record.topic, record.partition, record.offset + 1);
+                Ok(())
+            }
+            // Fenced while processing (noticed on a send): the transaction
+            // is lost; start over from the committed offsets once the
+            // placement has been read again.
+            Err(EngineError::Kafka(KafkaError::MessageProduction(RDKafkaErrorCode::Fatal))) => {
+                self.reinitialise()?;
+                self.positions.clear();
+                self.assign_resume_points(consumer)
+            }
+            Err(e) => Err(e),
         }
-        self.advance(record.topic, record.partition, record.offset + 1);
-        Ok(())
     }
 
     /// Records where a partition's processing got to. Looked up by `&str`

@@ -1,0 +1,390 @@
+//! The replica decision (design brief D5). Pure: the operator feeds it one
+//! poll's measurements and the memory it keeps in the StreamApp's status;
+//! the simulator feeds it traces.
+//!
+//! Desired replicas = enough learned per-replica capacity to absorb the
+//! input rate and drain the backlog within `targetDrainTime`, capped at the
+//! task count, then aligned down to the fewest replicas that give the same
+//! busiest-pod task count (`ceil(tasks / r)`): a pod that does not lower it
+//! adds nothing. Scale-ups take the lowest and scale-downs the highest
+//! recommendation of their stabilisation windows (as the HPA does), move at
+//! most `maxStep` at a time, and wait a cooldown after each change. An app
+//! at zero wakes as soon as its lag reaches `activationLag`.
+//!
+//! It also says when more replicas cannot help, instead of adding them:
+//! lag held by a partition that does not move while its worker has room (a
+//! stuck consumer), a partition whose own input exceeds one worker's
+//! capacity (a hot partition), or a scale-up after which processing did not
+//! speed up (as Flink's autoscaler detects ineffective scaling).
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Off,
+    Lag,
+    DryRun,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    pub mode: Mode,
+    pub min_replicas: i32,
+    /// Defaults to (and is always capped at) the task count.
+    pub max_replicas: Option<i32>,
+    pub target_drain_s: f64,
+    pub activation_lag: i64,
+    pub up_window_s: f64,
+    /// Most replicas added at once; `None`: max(4, 100 %), as the HPA.
+    pub up_max_step: Option<i32>,
+    pub down_window_s: f64,
+    /// Most replicas removed at once; `None`: no limit beyond the window.
+    pub down_max_step: Option<i32>,
+    pub cooldown_s: f64,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Lag,
+            min_replicas: 1,
+            max_replicas: None,
+            target_drain_s: 60.0,
+            activation_lag: 1,
+            up_window_s: 0.0,
+            up_max_step: None,
+            down_window_s: 300.0,
+            down_max_step: None,
+            cooldown_s: 30.0,
+        }
+    }
+}
+
+/// One poll's measurements. Lag is against the last stable offset, so
+/// transaction markers and aborted records are not lag.
+#[derive(Debug, Clone, Default)]
+pub struct Sample {
+    pub now_s: f64,
+    pub tasks: i32,
+    /// Workers running now.
+    pub current: i32,
+    /// Per partition: records behind the last stable offset.
+    pub lag: Vec<i64>,
+    /// Per partition: records/s arriving (smoothed).
+    pub input_rate: Vec<f64>,
+    /// Per partition: records/s committed (smoothed).
+    pub processing_rate: Vec<f64>,
+    /// The workers' mean busy fraction (time processing rather than
+    /// waiting for records), when they report it.
+    pub busy: Option<f64>,
+}
+
+impl Sample {
+    pub fn total_lag(&self) -> i64 {
+        self.lag.iter().sum()
+    }
+    fn total(v: &[f64]) -> f64 {
+        v.iter().sum()
+    }
+}
+
+/// What the policy remembers between polls; the operator keeps it in the
+/// StreamApp's status so a restarted operator does not relearn.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Memory {
+    /// Records/s one replica processes when it has a backlog.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<f64>,
+    /// (time, recommendation) within the longest window.
+    #[serde(default)]
+    pub recommendations: Vec<(f64, i32)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_change_s: Option<f64>,
+    /// The last scale-up: (time, from, to, total processing rate before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_up: Option<(f64, i32, i32, f64)>,
+    /// Scale-ups are held until this time after an ineffective one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ineffective_until_s: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub desired: i32,
+    /// The recommendation before stabilisation, step limits and cooldown.
+    pub recommended: i32,
+    /// Why, with the numbers.
+    pub reason: String,
+    /// Set when more replicas would not help.
+    pub limited: Option<String>,
+}
+
+/// Fewest replicas with the same busiest-pod task count as `r`.
+pub fn align(tasks: i32, r: i32) -> i32 {
+    if r <= 0 || tasks <= 0 {
+        return r.max(0);
+    }
+    let per_pod = (tasks + r - 1) / r;
+    (tasks + per_pod - 1) / per_pod
+}
+
+pub fn decide(p: &Policy, s: &Sample, m: &mut Memory) -> Decision {
+    let cap = p.max_replicas.unwrap_or(s.tasks).min(s.tasks).max(0);
+    let floor = p.min_replicas.clamp(0, cap);
+    let lag = s.total_lag();
+    let input = Sample::total(&s.input_rate);
+    let processed = Sample::total(&s.processing_rate);
+    learn(s, m, processed);
+    let mut limited = None;
+
+    // 1. The raw recommendation.
+    let (mut raw, mut reason) = if s.current == 0 {
+        if lag >= p.activation_lag.max(1) {
+            let want = m.capacity.map_or(1, |c| needed(p, s, c)).max(1);
+            (
+                want,
+                format!("waking: lag {lag} ≥ activation {}", p.activation_lag),
+            )
+        } else {
+            (
+                0,
+                format!("idle at zero: lag {lag} < activation {}", p.activation_lag),
+            )
+        }
+    } else if lag == 0 && input < 0.5 {
+        (floor, "idle: no lag and no input".to_string())
+    } else if let Some(c) = m.capacity {
+        let want = needed(p, s, c);
+        let have = effective(s.tasks, s.current, c);
+        let need = need_rate(p, s, c);
+        // Down only with 10 % to spare at the new count: no flapping on noise.
+        if want < s.current && need > 0.9 * effective(s.tasks, want, c) {
+            (
+                s.current,
+                format!("need {need:.0}/s: fewer workers would run within 10 % of it"),
+            )
+        } else if want == s.current {
+            (s.current, format!("need {need:.0}/s, have {have:.0}/s"))
+        } else {
+            (
+                want,
+                format!(
+                    "need {need:.0}/s (input {input:.0}/s + lag {lag} over {:.0} s) at {c:.0}/s per replica",
+                    p.target_drain_s
+                ),
+            )
+        }
+    } else if lag > p.activation_lag && processed < input + lag as f64 / p.target_drain_s {
+        // Capacity not learned yet: probe one step up while behind.
+        (
+            s.current + 1,
+            format!("lag {lag} and capacity not learned yet: one more"),
+        )
+    } else {
+        (s.current, format!("lag {lag}, keeping up"))
+    };
+
+    // 2. Cases where more replicas cannot help: reported whenever they
+    //    hold, and they stop a scale-up.
+    if lag > 0 && s.current > 0 {
+        if let Some(why) = cannot_help(p, s, m) {
+            limited = Some(why);
+            raw = raw.min(s.current);
+        }
+    }
+    raw = align(s.tasks, raw.clamp(floor, cap.max(floor)));
+    let recommended = raw;
+
+    // 3. Stabilise, limit the step, respect the cooldown.
+    let window = p.up_window_s.max(p.down_window_s);
+    m.recommendations.retain(|(t, _)| s.now_s - t < window);
+    m.recommendations.push((s.now_s, raw));
+    let in_window = |w: f64| {
+        m.recommendations
+            .iter()
+            .filter(move |(t, _)| s.now_s - t < w.max(0.001))
+    };
+    let mut desired = s.current;
+    if s.current == 0 && raw > 0 {
+        desired = raw;
+    } else if raw > s.current {
+        let lowest = in_window(p.up_window_s)
+            .map(|(_, r)| *r)
+            .min()
+            .unwrap_or(raw);
+        if lowest > s.current {
+            let step = p.up_max_step.unwrap_or(s.current.max(4)).max(1);
+            desired = align(s.tasks, lowest.min(s.current + step));
+        }
+    } else if raw < s.current {
+        let highest = in_window(p.down_window_s)
+            .map(|(_, r)| *r)
+            .max()
+            .unwrap_or(raw);
+        if highest < s.current {
+            let stepped = highest.max(s.current - p.down_max_step.unwrap_or(s.current).max(1));
+            desired = if stepped == 0 {
+                0
+            } else {
+                align(s.tasks, stepped)
+            };
+        } else {
+            reason = format!(
+                "{reason}; holding for the scale-down window ({:.0} s)",
+                p.down_window_s
+            );
+        }
+    }
+    let cooling = m.last_change_s.is_some_and(|t| s.now_s - t < p.cooldown_s);
+    if desired != s.current && cooling && s.current != 0 {
+        reason = format!("{reason}; cooling down after the last change");
+        desired = s.current;
+    }
+    if desired != s.current {
+        m.last_change_s = Some(s.now_s);
+        if desired > s.current {
+            m.last_scale_up = Some((s.now_s, s.current, desired, processed));
+        }
+    }
+    Decision {
+        desired,
+        recommended,
+        reason,
+        limited,
+    }
+}
+
+/// Records/s needed to absorb the input and drain the lag within the
+/// target. A partition never needs more than one worker's capacity: it is
+/// processed by one worker at a time, so more cannot help it.
+fn need_rate(p: &Policy, s: &Sample, capacity: f64) -> f64 {
+    (0..s.lag.len())
+        .map(|i| {
+            let input = s.input_rate.get(i).copied().unwrap_or(0.0);
+            (input + s.lag[i] as f64 / p.target_drain_s.max(1.0)).min(capacity)
+        })
+        .sum()
+}
+
+/// Replicas to absorb the input and drain the lag within the target. The
+/// busiest worker is the bottleneck: with tasks of equal load, `r` workers
+/// process `tasks × capacity / ceil(tasks / r)` records/s, so the answer is
+/// the fewest workers whose busiest one carries few enough tasks.
+fn needed(p: &Policy, s: &Sample, capacity: f64) -> i32 {
+    let need = need_rate(p, s, capacity);
+    if need <= 0.0 || s.tasks <= 0 {
+        return 0;
+    }
+    let per_task = need / s.tasks as f64;
+    let carry = ((capacity / per_task).floor() as i32).clamp(1, s.tasks);
+    (s.tasks + carry - 1) / carry
+}
+
+/// Records/s `replicas` workers process when every task has the same load.
+fn effective(tasks: i32, replicas: i32, capacity: f64) -> f64 {
+    if replicas <= 0 || tasks <= 0 {
+        return 0.0;
+    }
+    let busiest = (tasks + replicas - 1) / replicas;
+    tasks as f64 * capacity / busiest as f64
+}
+
+/// Capacity is learned only while there is a backlog: otherwise workers
+/// process what arrives, which says nothing of what they could do.
+/// "Backlog" means most partitions that receive input are behind and
+/// moving: one stuck or hot partition says nothing about what a worker can
+/// do, and learning from it would spiral (fewer records per replica → more
+/// replicas → fewer records per replica).
+fn learn(s: &Sample, m: &mut Memory, processed: f64) {
+    // Busy time, as Flink's autoscaler uses it: what the replicas would
+    // process if they were busy all the time. Needs no backlog.
+    if let Some(busy) = s
+        .busy
+        .filter(|b| *b >= 0.1 && processed > 0.0 && s.current > 0)
+    {
+        let per_replica = processed / (s.current as f64 * busy.min(1.0));
+        m.capacity = Some(
+            m.capacity
+                .map_or(per_replica, |c| 0.7 * c + 0.3 * per_replica),
+        );
+        return;
+    }
+    let backlog = s.total_lag() as f64 > processed.max(1.0) && s.current > 0;
+    let fed = s.input_rate.iter().filter(|r| **r > 0.0).count().max(1);
+    let moving = s
+        .lag
+        .iter()
+        .zip(&s.processing_rate)
+        .filter(|(l, r)| **l > 0 && **r >= 0.5)
+        .count();
+    if !backlog || moving * 2 < fed || processed <= 0.0 {
+        return;
+    }
+    let per_replica = processed / s.current as f64;
+    m.capacity = Some(match m.capacity {
+        None => per_replica,
+        // Smoothed, and quick to rise: a slow poll must not pin it low.
+        Some(c) if per_replica > c => 0.5 * c + 0.5 * per_replica,
+        Some(c) => 0.8 * c + 0.2 * per_replica,
+    });
+}
+
+fn cannot_help(p: &Policy, s: &Sample, m: &mut Memory) -> Option<String> {
+    let lag = s.total_lag().max(1) as f64;
+    // A stuck partition: it holds most of the lag, commits nothing, and
+    // others are moving, so its worker is not short of capacity.
+    let stuck: Vec<usize> = (0..s.lag.len())
+        .filter(|&i| s.lag[i] > 0 && s.processing_rate.get(i).copied().unwrap_or(0.0) < 0.5)
+        .collect();
+    let stuck_lag: i64 = stuck.iter().map(|&i| s.lag[i]).sum();
+    let others_moving = s.processing_rate.iter().any(|r| *r > 0.0);
+    if !stuck.is_empty() && stuck_lag as f64 >= 0.8 * lag && others_moving {
+        return Some(format!(
+            "partitions {stuck:?} hold {stuck_lag} of the lag and commit nothing while others progress: a stuck consumer, not a lack of workers"
+        ));
+    }
+    // A hot partition: its own input exceeds what one worker processes.
+    if let Some(c) = m.capacity {
+        if let Some((i, rate)) = s
+            .input_rate
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .filter(|(_, r)| **r > c)
+        {
+            let hot_lag = s.lag.get(i).copied().unwrap_or(0) as f64;
+            if hot_lag >= 0.5 * lag {
+                return Some(format!(
+                    "partition {i} receives {rate:.0}/s, more than one worker processes ({c:.0}/s): no worker count keeps up with it"
+                ));
+            }
+        }
+    }
+    // The last scale-up did not speed processing up.
+    if let Some(until) = m.ineffective_until_s {
+        if s.now_s < until {
+            return Some("the last scale-up did not speed processing up; holding".into());
+        }
+        m.ineffective_until_s = None;
+    }
+    if let (Some((t, from, to, before)), Some(c)) = (m.last_scale_up, m.capacity) {
+        let settled = s.now_s - t >= p.cooldown_s.max(1.0);
+        if settled && s.current == to && to > from {
+            let expected = (to - from) as f64 * c;
+            let gained = Sample::total(&s.processing_rate) - before;
+            m.last_scale_up = None;
+            if gained < 0.1 * expected {
+                m.ineffective_until_s = Some(s.now_s + p.down_window_s.max(p.cooldown_s));
+                return Some(format!(
+                    "scaling {from} → {to} raised processing by {gained:.0}/s of {expected:.0}/s expected: ineffective"
+                ));
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+#[path = "policy_tests.rs"]
+mod tests;

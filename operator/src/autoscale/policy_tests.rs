@@ -1,0 +1,263 @@
+use super::*;
+
+fn sample(now_s: f64, tasks: i32, current: i32, lag: i64, input: f64, processed: f64) -> Sample {
+    let n = tasks.max(1) as usize;
+    Sample {
+        now_s,
+        tasks,
+        current,
+        lag: vec![lag / n as i64; n],
+        input_rate: vec![input / n as f64; n],
+        processing_rate: vec![processed / n as f64; n],
+        busy: None,
+    }
+}
+
+fn learned(capacity: f64) -> Memory {
+    Memory {
+        capacity: Some(capacity),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn alignment_drops_pods_that_do_not_lower_the_busiest_pod() {
+    assert_eq!(align(16, 5), 4, "5 pods still leave one with 4 tasks");
+    assert_eq!(align(16, 7), 6);
+    assert_eq!(align(16, 9), 8);
+    assert_eq!(align(16, 16), 16);
+    assert_eq!(align(12, 5), 4);
+    assert_eq!(align(3, 2), 2);
+    assert_eq!(align(16, 0), 0);
+}
+
+#[test]
+fn a_backlog_scales_up_at_once_to_drain_within_the_target() {
+    let p = Policy::default();
+    let mut m = learned(500.0);
+    // 1000/s in, 60,000 behind: 1000 + 60000/60 = 2000/s, 125/s per task:
+    // a 500/s worker carries 4 tasks, so 4 workers.
+    let d = decide(&p, &sample(0.0, 16, 1, 60_000, 1000.0, 500.0), &mut m);
+    assert_eq!(d.desired, 4, "{}", d.reason);
+    assert!(d.reason.contains("need 2000/s"), "{}", d.reason);
+}
+
+#[test]
+fn the_step_limit_and_the_task_cap_hold() {
+    let p = Policy {
+        up_max_step: Some(2),
+        ..Default::default()
+    };
+    let mut m = learned(100.0);
+    let d = decide(&p, &sample(0.0, 16, 1, 600_000, 1000.0, 100.0), &mut m);
+    assert_eq!(d.desired, 3, "at most 2 more at a time");
+    let mut m = learned(100.0);
+    let p = Policy {
+        max_replicas: Some(50),
+        up_max_step: Some(100),
+        ..Default::default()
+    };
+    let d = decide(&p, &sample(0.0, 4, 1, 600_000, 1000.0, 100.0), &mut m);
+    assert_eq!(
+        d.desired, 4,
+        "never more workers than tasks, even when maxReplicas is higher"
+    );
+}
+
+#[test]
+fn scale_down_waits_for_its_window_then_steps() {
+    let p = Policy {
+        down_window_s: 300.0,
+        down_max_step: Some(1),
+        cooldown_s: 0.0,
+        ..Default::default()
+    };
+    let mut m = learned(500.0);
+    // Busy: 4 replicas are right.
+    decide(&p, &sample(0.0, 16, 4, 60_000, 1000.0, 2000.0), &mut m);
+    // Quiet from t=10: the recommendation drops but the window holds.
+    for t in (10..300).step_by(10) {
+        let d = decide(&p, &sample(t as f64, 16, 4, 0, 400.0, 400.0), &mut m);
+        assert_eq!(d.desired, 4, "t={t}: {}", d.reason);
+    }
+    let d = decide(&p, &sample(310.0, 16, 4, 0, 400.0, 400.0), &mut m);
+    assert_eq!(d.desired, 3, "one step down once the window has passed");
+}
+
+#[test]
+fn the_cooldown_holds_changes() {
+    let p = Policy {
+        cooldown_s: 30.0,
+        ..Default::default()
+    };
+    let mut m = learned(500.0);
+    assert_eq!(
+        decide(&p, &sample(0.0, 16, 1, 60_000, 1000.0, 500.0), &mut m).desired,
+        4
+    );
+    let d = decide(&p, &sample(10.0, 16, 4, 200_000, 3000.0, 2000.0), &mut m);
+    assert_eq!(d.desired, 4, "{}", d.reason);
+    assert!(d.reason.contains("cooling down"));
+    let d = decide(&p, &sample(40.0, 16, 4, 200_000, 3000.0, 2000.0), &mut m);
+    assert!(d.desired > 4);
+}
+
+#[test]
+fn min_equal_max_pins_the_count() {
+    let p = Policy {
+        min_replicas: 3,
+        max_replicas: Some(3),
+        ..Default::default()
+    };
+    let mut m = learned(100.0);
+    assert_eq!(
+        decide(&p, &sample(0.0, 16, 3, 900_000, 5000.0, 300.0), &mut m).desired,
+        3
+    );
+    let mut m = learned(100.0);
+    assert_eq!(
+        decide(&p, &sample(0.0, 16, 3, 0, 0.0, 0.0), &mut m).desired,
+        3
+    );
+}
+
+#[test]
+fn min_zero_goes_to_zero_when_idle_and_wakes_on_activation_lag() {
+    let p = Policy {
+        min_replicas: 0,
+        activation_lag: 10,
+        down_window_s: 60.0,
+        cooldown_s: 0.0,
+        ..Default::default()
+    };
+    let mut m = learned(500.0);
+    let mut current = 1;
+    for t in (0..=70).step_by(10) {
+        current = decide(&p, &sample(t as f64, 16, current, 0, 0.0, 0.0), &mut m).desired;
+    }
+    assert_eq!(current, 0, "idle past the window: zero");
+    let d = decide(&p, &sample(80.0, 16, 0, 5, 0.1, 0.0), &mut m);
+    assert_eq!(d.desired, 0, "below the activation lag: {}", d.reason);
+    let d = decide(&p, &sample(90.0, 16, 0, 16, 1.0, 0.0), &mut m);
+    assert_eq!(d.desired, 1, "woken: {}", d.reason);
+}
+
+#[test]
+fn zero_lag_means_no_scaling_even_while_markers_move_the_high_watermark() {
+    // Transaction markers move the high watermark, not the last stable
+    // offset: the sample's lag is 0, so nothing happens.
+    let p = Policy::default();
+    let mut m = learned(500.0);
+    let d = decide(&p, &sample(0.0, 16, 2, 0, 0.0, 0.0), &mut m);
+    assert_eq!(
+        d.desired, 1,
+        "idle: down to the minimum, with nothing higher in the window"
+    );
+}
+
+#[test]
+fn more_tasks_raise_the_cap() {
+    let p = Policy {
+        up_max_step: Some(16),
+        ..Default::default()
+    };
+    let mut m = learned(100.0);
+    assert_eq!(
+        decide(&p, &sample(0.0, 4, 1, 100_000, 1000.0, 100.0), &mut m).desired,
+        4
+    );
+    let mut m = learned(100.0);
+    assert_eq!(
+        decide(&p, &sample(0.0, 8, 4, 100_000, 1000.0, 400.0), &mut m).desired,
+        8,
+        "partitions were added: the cap follows"
+    );
+}
+
+#[test]
+fn capacity_is_learned_only_under_backlog_and_probes_until_then() {
+    let p = Policy::default();
+    let mut m = Memory::default();
+    let d = decide(&p, &sample(0.0, 16, 2, 0, 300.0, 300.0), &mut m);
+    assert_eq!(m.capacity, None, "keeping up says nothing of capacity");
+    assert_eq!(
+        d.desired, 2,
+        "without a capacity there is no basis to scale down"
+    );
+    let mut m = Memory::default();
+    let d = decide(&p, &sample(0.0, 16, 2, 50_000, 1000.0, 800.0), &mut m);
+    assert_eq!(m.capacity, Some(400.0));
+    assert_eq!(
+        d.desired, 6,
+        "1000 + 50000/60 = 1833/s, 115/s per task: a 400/s worker carries 3 tasks, so 6 workers"
+    );
+}
+
+#[test]
+fn a_stuck_partition_is_reported_not_scaled_for() {
+    let p = Policy::default();
+    let mut m = learned(500.0);
+    let mut s = sample(0.0, 4, 2, 0, 400.0, 400.0);
+    s.lag = vec![90_000, 0, 0, 0];
+    s.processing_rate = vec![0.0, 100.0, 100.0, 100.0];
+    let d = decide(&p, &s, &mut m);
+    assert_eq!(d.desired, 2);
+    assert!(d.limited.unwrap().contains("stuck consumer"));
+}
+
+#[test]
+fn a_hot_partition_with_its_own_worker_is_reported() {
+    let p = Policy::default();
+    let mut m = learned(500.0);
+    let mut s = sample(0.0, 4, 4, 0, 0.0, 0.0);
+    s.lag = vec![90_000, 0, 0, 0];
+    s.input_rate = vec![2000.0, 10.0, 10.0, 10.0];
+    s.processing_rate = vec![500.0, 10.0, 10.0, 10.0];
+    let d = decide(&p, &s, &mut m);
+    assert!(d.desired <= 4, "never up for it");
+    assert!(d.limited.unwrap().contains("partition 0 receives 2000/s"));
+}
+
+#[test]
+fn an_ineffective_scale_up_is_detected_and_held() {
+    let p = Policy {
+        cooldown_s: 30.0,
+        ..Default::default()
+    };
+    let mut m = learned(500.0);
+    assert_eq!(
+        decide(&p, &sample(0.0, 16, 1, 60_000, 1000.0, 500.0), &mut m).desired,
+        4
+    );
+    // 4 workers later, processing has not moved (a shared bottleneck).
+    let d = decide(&p, &sample(40.0, 16, 4, 90_000, 1000.0, 520.0), &mut m);
+    assert_eq!(d.desired, 4);
+    assert!(d.limited.unwrap().contains("ineffective"), "{}", d.reason);
+    let d = decide(&p, &sample(80.0, 16, 4, 120_000, 1000.0, 520.0), &mut m);
+    assert_eq!(d.desired, 4, "held");
+}
+
+#[test]
+fn busy_time_teaches_capacity_without_a_backlog() {
+    let p = Policy::default();
+    let mut m = Memory::default();
+    let mut s = sample(0.0, 16, 4, 0, 400.0, 400.0);
+    s.busy = Some(0.2);
+    let d = decide(&p, &s, &mut m);
+    assert_eq!(
+        m.capacity,
+        Some(500.0),
+        "400/s at 20 % busy over 4 replicas"
+    );
+    assert_eq!(d.desired, 1, "one replica absorbs 400/s");
+}
+
+#[test]
+fn the_busiest_worker_decides_not_the_sum() {
+    // 2400/s over 16 equal tasks at 500/s per worker: 5 workers sum to
+    // 2500/s, but one carries 4 tasks (600/s). 6 workers carry 3 at most.
+    let p = Policy::default();
+    let mut m = learned(500.0);
+    let d = decide(&p, &sample(0.0, 16, 6, 0, 2400.0, 2400.0), &mut m);
+    assert_eq!(d.desired, 6, "{}", d.reason);
+}

@@ -17,6 +17,7 @@ use kube::runtime::events::Reporter;
 use kube::runtime::watcher;
 use kube::{Api, Client, CustomResourceExt};
 use millrace_crds::StreamApp;
+use millrace_operator::autoscale::{self, driver::Autoscaler};
 use millrace_operator::leader::Elector;
 use millrace_operator::metrics::Metrics;
 use millrace_operator::model::Defaults;
@@ -145,6 +146,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         args.handoff_timeout,
     ));
     tokio::spawn(placement_driver::run(placement, args.placement_interval));
+    tokio::spawn(autoscale::driver::run(Arc::new(Autoscaler::new(
+        client.clone(),
+        reporter.clone(),
+        metrics.clone(),
+    ))));
     let context = Arc::new(Context {
         client: client.clone(),
         defaults,

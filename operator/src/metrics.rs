@@ -1,6 +1,6 @@
 //! Prometheus metrics of the operator.
 
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::time::Instant;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -29,6 +29,17 @@ pub struct Metrics {
     pub fences: Counter,
     pub handoff_seconds: Histogram,
     pub task_pause_seconds: Histogram,
+    pub lag: Family<AppLabels, Gauge<i64, AtomicI64>>,
+    pub input_rate: Family<AppLabels, Gauge<f64, AtomicU64>>,
+    pub processing_rate: Family<AppLabels, Gauge<f64, AtomicU64>>,
+    pub capacity: Family<AppLabels, Gauge<f64, AtomicU64>>,
+    pub decided_replicas: Family<AppLabels, Gauge<i64, AtomicI64>>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AppLabels {
+    /// `namespace/name`.
+    pub app: String,
 }
 
 impl Default for Metrics {
@@ -74,12 +85,47 @@ impl Default for Metrics {
             "From a moved task's last commit on the old worker to its first on the new one",
             task_pause_seconds.clone(),
         );
+        let lag = Family::<AppLabels, Gauge<i64, AtomicI64>>::default();
+        let input_rate = Family::<AppLabels, Gauge<f64, AtomicU64>>::default();
+        let processing_rate = Family::<AppLabels, Gauge<f64, AtomicU64>>::default();
+        let capacity = Family::<AppLabels, Gauge<f64, AtomicU64>>::default();
+        let decided_replicas = Family::<AppLabels, Gauge<i64, AtomicI64>>::default();
+        registry.register(
+            "app_lag",
+            "Records behind the last stable offset, summed over tasks",
+            lag.clone(),
+        );
+        registry.register(
+            "app_input_rate",
+            "Records/s arriving on the source topics",
+            input_rate.clone(),
+        );
+        registry.register(
+            "app_processing_rate",
+            "Records/s committed",
+            processing_rate.clone(),
+        );
+        registry.register(
+            "app_capacity_per_replica",
+            "Records/s one worker processes, as learned",
+            capacity.clone(),
+        );
+        registry.register(
+            "app_decided_replicas",
+            "The autoscaler's last decision",
+            decided_replicas.clone(),
+        );
         Self {
             registry,
             reconciles,
             failures,
             duration,
             leader,
+            lag,
+            input_rate,
+            processing_rate,
+            capacity,
+            decided_replicas,
             moves,
             fences,
             handoff_seconds,
@@ -89,6 +135,25 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    pub fn record_autoscaling(
+        &self,
+        app: &str,
+        lag: i64,
+        input: f64,
+        processed: f64,
+        capacity: Option<f64>,
+        decided: i32,
+    ) {
+        let l = AppLabels { app: app.into() };
+        self.lag.get_or_create(&l).set(lag);
+        self.input_rate.get_or_create(&l).set(input);
+        self.processing_rate.get_or_create(&l).set(processed);
+        if let Some(c) = capacity {
+            self.capacity.get_or_create(&l).set(c);
+        }
+        self.decided_replicas.get_or_create(&l).set(decided.into());
+    }
+
     pub fn reconcile_timer(&self) -> ReconcileTimer<'_> {
         self.reconciles.inc();
         ReconcileTimer {

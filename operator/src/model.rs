@@ -225,7 +225,7 @@ pub fn validate(app: &StreamApp, defaults: &Defaults) -> Result<AppModel, Vec<In
     let autoscaling = spec
         .autoscaling
         .as_ref()
-        .map(|a| autoscaling_policy(&mut problems, a));
+        .map(|a| autoscaling_settings(&mut problems, a));
 
     let template = spec.template.clone().unwrap_or_default();
     for (i, env) in template.env.iter().enumerate() {
@@ -281,7 +281,8 @@ pub struct Autoscaling {
     pub poll_interval: Duration,
 }
 
-fn autoscaling_policy(problems: &mut Vec<Invalid>, a: &AutoscalingSpec) -> Autoscaling {
+/// Checks `spec.autoscaling` and applies its defaults.
+pub fn autoscaling_settings(problems: &mut Vec<Invalid>, a: &AutoscalingSpec) -> Autoscaling {
     let defaults = Policy::default();
     if a.min_replicas < 0 {
         problems.push(invalid(

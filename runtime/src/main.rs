@@ -301,6 +301,15 @@ fn serve(
     {
         return config_error(e);
     }
+    let rate_limit = config
+        .pipeline
+        .as_ref()
+        .and_then(|p| p.max_records_per_second)
+        .map(|n| {
+            Arc::new(millrace_runtime::engine::rate_limit::RateLimit::new(
+                n.max(1) as u64,
+            ))
+        });
     // The engines are blocking (librdkafka's poll loop): a thread each.
     let handles: Vec<_> = (0..loops)
         .map(|index| {
@@ -312,6 +321,7 @@ fn serve(
                 shutdown.clone(),
             );
             let id = loop_id(&worker_id, index);
+            let limit = rate_limit.clone();
             let share = source(index);
             std::thread::spawn(move || {
                 let result = Engine::start(
@@ -325,6 +335,7 @@ fn serve(
                 )
                 .and_then(|mut e| {
                     e.stagger(index, loops);
+                    e.limit(limit);
                     e.run()
                 });
                 if result.is_err() {

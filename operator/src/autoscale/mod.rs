@@ -3,5 +3,7 @@
 //! a trace-driven simulator that compares it with a KEDA-style formula
 //! ([`sim`]).
 
+pub mod driver;
+pub mod measure;
 pub mod policy;
 pub mod sim;

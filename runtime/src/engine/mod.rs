@@ -5,6 +5,7 @@
 
 pub mod clients;
 pub mod kube_tasks;
+pub mod rate_limit;
 pub mod tasks;
 
 use std::collections::{BTreeMap, HashMap};
@@ -101,6 +102,8 @@ struct Core {
     /// The producer was re-initialised (fenced): the placement must be read
     /// again before anything more is processed.
     placement_stale: bool,
+    /// `maxRecordsPerSecond`, shared by the worker's loops.
+    rate_limit: Option<Arc<rate_limit::RateLimit>>,
     failed_at_last_commit: u64,
     metrics: Arc<Metrics>,
     records_in: TopicCounters,
@@ -170,6 +173,7 @@ impl Engine {
             positions: BTreeMap::new(),
             in_transaction: false,
             placement_stale: false,
+            rate_limit: None,
             failed_at_last_commit: 0,
             published: Vec::new(),
             records_in: TopicCounters::new(&metrics.records_in),
@@ -192,6 +196,11 @@ impl Engine {
     /// of an interval.
     pub fn stagger(&mut self, index: usize, of: usize) {
         self.phase = index as f64 / of.max(1) as f64;
+    }
+
+    /// Shares a worker-wide records-per-second limit.
+    pub fn limit(&mut self, limit: Option<Arc<rate_limit::RateLimit>>) {
+        self.core.rate_limit = limit;
     }
 
     /// Processes until shutdown (then commits and returns) or a failing
@@ -478,6 +487,9 @@ impl Core {
             // Re-initialised: rewind and let the loop re-read the placement
             // before this record (or any other) is processed.
             return self.assign_resume_points(consumer);
+        }
+        if let Some(limit) = &self.rate_limit {
+            limit.acquire();
         }
         self.records_in.inc(record.topic);
         let outcome = match self.evaluator.process(record) {

@@ -1,0 +1,262 @@
+//! Runs the autoscaler for every StreamApp with `spec.autoscaling.mode`
+//! `Lag` or `DryRun`: each poll interval it measures lag, decides, and
+//! writes the decision to the status (`status.autoscaling`, `status.lag`).
+//! Under `Lag` the reconcile applies it (scale-up: pods first, then the
+//! placement moves tasks to them; scale-down: the placement moves tasks off
+//! the leaving pods first, then the reconcile removes them). Only the
+//! leader runs it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Api, Client, Resource, ResourceExt};
+use millrace_crds::{AutoscalingMode, AutoscalingStatus, StreamApp};
+
+use super::measure::{self, Reading};
+use super::policy::{decide, Memory, Mode, Sample};
+use crate::metrics::Metrics;
+use crate::{kafka, model};
+
+pub struct Autoscaler {
+    pub client: Client,
+    pub reporter: Reporter,
+    pub metrics: Arc<Metrics>,
+    /// The previous reading per app (namespace, name): rates need two.
+    readings: Mutex<HashMap<(String, String), Reading>>,
+}
+
+impl Autoscaler {
+    pub fn new(client: Client, reporter: Reporter, metrics: Arc<Metrics>) -> Self {
+        Self {
+            client,
+            reporter,
+            metrics,
+            readings: Mutex::default(),
+        }
+    }
+}
+
+pub async fn run(autoscaler: Arc<Autoscaler>) {
+    let apps: Api<StreamApp> = Api::all(autoscaler.client.clone());
+    loop {
+        match apps.list(&ListParams::default()).await {
+            Ok(list) => {
+                for app in list {
+                    if let Err(e) = poll(&autoscaler, &app).await {
+                        tracing::warn!(app = %app.name_any(), "autoscaling: {e}");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("autoscaling: listing StreamApps: {e}"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+fn now_s() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+async fn poll(a: &Autoscaler, app: &StreamApp) -> anyhow::Result<()> {
+    let Some(spec) = app
+        .spec
+        .autoscaling
+        .as_ref()
+        .filter(|s| s.mode != AutoscalingMode::Off)
+    else {
+        return Ok(());
+    };
+    let Some(tasks) = app.status.as_ref().and_then(|s| s.tasks) else {
+        return Ok(());
+    };
+    if app.metadata.deletion_timestamp.is_some() {
+        return Ok(());
+    }
+    let mut problems = Vec::new();
+    let settings = model::autoscaling_settings(&mut problems, spec);
+    if !problems.is_empty() {
+        // The reconcile reports them as Degraded.
+        return Ok(());
+    }
+    let status = app.status.clone().unwrap_or_default();
+    let previous = status.autoscaling.clone();
+    let now = now_s();
+    let last = previous
+        .as_ref()
+        .and_then(|p| p.last_poll_time.as_ref())
+        .map(|t| t.0.as_millisecond() as f64 / 1000.0);
+    if last.is_some_and(|l| now - l < settings.poll_interval.as_secs_f64()) {
+        return Ok(());
+    }
+
+    let namespace = app.namespace().unwrap_or_else(|| "default".into());
+    let name = app.name_any();
+    let secrets = crate::reconcile::read_secrets(
+        &a.client,
+        &namespace,
+        &kafka::secret_names(&app.spec.kafka),
+    )
+    .await
+    .map_err(|d| anyhow::anyhow!(d.message))?;
+    let props = kafka::admin_properties(&app.spec.kafka, &secrets)
+        .map_err(|d| anyhow::anyhow!(d.message))?;
+    let group = model::application_id(app);
+    let topics: Vec<String> = app
+        .spec
+        .pipeline
+        .as_ref()
+        .map(|p| p.source.topics.iter().map(|t| t.0.clone()).collect())
+        .unwrap_or_default();
+    if topics.is_empty() {
+        return Ok(());
+    }
+    let reading =
+        tokio::task::spawn_blocking(move || measure::read(&props, &group, &topics, tasks, now))
+            .await?
+            .map_err(|e| anyhow::anyhow!(e))?;
+    let key = (namespace.clone(), name.clone());
+    let before = a.readings.lock().unwrap().insert(key, reading.clone());
+    let current = previous
+        .as_ref()
+        .map_or(status.desired_replicas, |p| p.decided);
+    // Rates need two readings. A first reading decides only a wake from
+    // zero (lag alone says enough); anything else waits one interval.
+    let Some(before) = before else {
+        if current != 0 {
+            return Ok(());
+        }
+        return decide_and_report(a, app, &settings.policy, &reading, None, current, previous)
+            .await;
+    };
+    decide_and_report(
+        a,
+        app,
+        &settings.policy,
+        &reading,
+        Some(&before),
+        current,
+        previous,
+    )
+    .await
+}
+
+async fn decide_and_report(
+    a: &Autoscaler,
+    app: &StreamApp,
+    policy: &super::policy::Policy,
+    reading: &Reading,
+    before: Option<&Reading>,
+    current: i32,
+    previous: Option<AutoscalingStatus>,
+) -> anyhow::Result<()> {
+    let n = reading.lag.len();
+    let (input_rate, processing_rate) = match before {
+        Some(b) => measure::rates(b, reading),
+        None => (vec![0.0; n], vec![0.0; n]),
+    };
+    let sample = Sample {
+        now_s: reading.at_s,
+        tasks: n as i32,
+        current,
+        lag: reading.lag.clone(),
+        input_rate,
+        processing_rate,
+        busy: None,
+    };
+    let mut memory: Memory = previous
+        .as_ref()
+        .and_then(|p| p.memory.as_deref())
+        .and_then(|m| serde_json::from_str(m).ok())
+        .unwrap_or_default();
+    let decision = decide(policy, &sample, &mut memory);
+    let total_lag = sample.total_lag();
+    let input: f64 = sample.input_rate.iter().sum();
+    let processed: f64 = sample.processing_rate.iter().sum();
+    let app_label = format!("{}/{}", app.namespace().unwrap_or_default(), app.name_any());
+    a.metrics.record_autoscaling(
+        &app_label,
+        total_lag,
+        input,
+        processed,
+        memory.capacity,
+        decision.desired,
+    );
+
+    let mode = match policy.mode {
+        Mode::DryRun => "DryRun",
+        _ => "Lag",
+    };
+    let report = AutoscalingStatus {
+        mode: mode.into(),
+        decided: decision.desired,
+        recommended: decision.recommended,
+        reason: decision.reason.clone(),
+        limited: decision.limited.clone(),
+        input_rate: (input * 10.0).round() / 10.0,
+        processing_rate: (processed * 10.0).round() / 10.0,
+        capacity_per_replica: memory.capacity.map(|c| (c * 10.0).round() / 10.0),
+        last_poll_time: Some(Time(Timestamp::now())),
+        memory: serde_json::to_string(&memory).ok(),
+    };
+    let apps: Api<StreamApp> =
+        Api::namespaced(a.client.clone(), &app.namespace().unwrap_or_default());
+    let patch = serde_json::json!({ "status": { "autoscaling": report, "lag": total_lag } });
+    apps.patch_status(
+        &app.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+
+    if decision.desired != current {
+        let (reason, verb) = match (policy.mode, decision.desired > current) {
+            (Mode::DryRun, _) => ("WouldScale", "would scale"),
+            (_, true) => ("ScaledUp", "scaling"),
+            (_, false) => ("ScaledDown", "scaling"),
+        };
+        let note = format!(
+            "{verb} {current} → {}: {} (lag {total_lag}, input {input:.0}/s, processed {processed:.0}/s, {})",
+            decision.desired,
+            decision.reason,
+            memory
+                .capacity
+                .map_or("capacity not learned yet".into(), |c| format!("capacity {c:.0}/s per worker")),
+        );
+        tracing::info!(app = %app.name_any(), "{note}");
+        publish(a, app, EventType::Normal, reason, note).await;
+    }
+    let was_limited = previous.as_ref().and_then(|p| p.limited.clone());
+    if decision.limited.is_some() && decision.limited != was_limited {
+        publish(
+            a,
+            app,
+            EventType::Warning,
+            "ScalingLimited",
+            decision.limited.clone().unwrap_or_default(),
+        )
+        .await;
+    }
+    Ok(())
+}
+
+async fn publish(a: &Autoscaler, app: &StreamApp, type_: EventType, reason: &str, note: String) {
+    let recorder = Recorder::new(a.client.clone(), a.reporter.clone());
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Autoscale".into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&event, &app.object_ref(&())).await {
+        tracing::warn!("publishing event: {e}");
+    }
+}

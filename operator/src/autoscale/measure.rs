@@ -1,0 +1,160 @@
+//! Lag per task against the last stable offset (Kafka I/O, blocking).
+//!
+//! Two clients: a `read_committed` one, whose watermarks end at the last
+//! stable offset (so transaction markers and aborted records are not lag,
+//! KEDA #5675), and a `read_uncommitted` one for the group's committed
+//! offsets (`read_committed` would ask with `require_stable` and wait out
+//! every open transaction of the workers).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One reading, per task (summed over the source topics).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reading {
+    /// Seconds (Unix time) of the reading.
+    pub at_s: f64,
+    pub lag: Vec<i64>,
+    /// Σ last stable offsets: its growth is the input.
+    pub end: Vec<i64>,
+    /// Σ committed offsets (log start without one): its growth is the
+    /// processing.
+    pub done: Vec<i64>,
+}
+
+/// Lag of one partition. Without a committed offset the runtime starts at
+/// the beginning (`earliest`), so everything retained is lag.
+pub fn partition_lag(lso: i64, log_start: i64, committed: Option<i64>) -> i64 {
+    let from = committed.unwrap_or(log_start).max(log_start);
+    (lso - from).max(0)
+}
+
+/// Per-task records/s between two readings: (input, processing).
+pub fn rates(before: &Reading, after: &Reading) -> (Vec<f64>, Vec<f64>) {
+    let dt = (after.at_s - before.at_s).max(0.001);
+    let per = |a: &[i64], b: &[i64]| -> Vec<f64> {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| ((y - x).max(0)) as f64 / dt)
+            .collect()
+    };
+    if before.end.len() != after.end.len() {
+        // Partitions were added: no rate across the change.
+        return (vec![0.0; after.end.len()], vec![0.0; after.end.len()]);
+    }
+    (per(&before.end, &after.end), per(&before.done, &after.done))
+}
+
+fn client(
+    props: &BTreeMap<String, String>,
+    group: &str,
+    isolation: &str,
+) -> Result<BaseConsumer, String> {
+    let mut config = ClientConfig::new();
+    for (k, v) in props {
+        config.set(k, v);
+    }
+    config
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", isolation)
+        .create()
+        .map_err(|e| e.to_string())
+}
+
+/// Reads lag for `tasks` partitions of each of `topics` for the app's group.
+pub fn read(
+    props: &BTreeMap<String, String>,
+    group: &str,
+    topics: &[String],
+    tasks: i32,
+    at_s: f64,
+) -> Result<Reading, String> {
+    let stable = client(props, group, "read_committed")?;
+    let offsets = client(props, group, "read_uncommitted")?;
+    let mut wanted = TopicPartitionList::new();
+    for t in topics {
+        for p in 0..tasks {
+            wanted.add_partition(t, p);
+        }
+    }
+    let committed = offsets
+        .committed_offsets(wanted, TIMEOUT)
+        .map_err(|e| format!("committed offsets of group {group}: {e}"))?;
+    let n = tasks.max(0) as usize;
+    let mut reading = Reading {
+        at_s,
+        lag: vec![0; n],
+        end: vec![0; n],
+        done: vec![0; n],
+    };
+    for t in topics {
+        for p in 0..tasks {
+            let (log_start, lso) = stable
+                .fetch_watermarks(t, p, TIMEOUT)
+                .map_err(|e| format!("watermarks of {t}/{p}: {e}"))?;
+            let c = committed
+                .find_partition(t, p)
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                });
+            let i = p as usize;
+            reading.lag[i] += partition_lag(lso, log_start, c);
+            reading.end[i] += lso;
+            reading.done[i] += c.unwrap_or(log_start).min(lso);
+        }
+    }
+    Ok(reading)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_is_from_the_committed_offset_or_the_log_start() {
+        assert_eq!(partition_lag(100, 0, Some(60)), 40);
+        assert_eq!(
+            partition_lag(100, 20, None),
+            80,
+            "no commit yet: all retained records"
+        );
+        assert_eq!(
+            partition_lag(100, 20, Some(5)),
+            80,
+            "committed below the log start"
+        );
+        assert_eq!(partition_lag(100, 0, Some(100)), 0);
+        assert_eq!(partition_lag(100, 0, Some(120)), 0, "never negative");
+    }
+
+    #[test]
+    fn rates_are_growth_over_time_and_reset_when_partitions_change() {
+        let a = Reading {
+            at_s: 10.0,
+            lag: vec![0, 0],
+            end: vec![100, 200],
+            done: vec![100, 150],
+        };
+        let b = Reading {
+            at_s: 20.0,
+            lag: vec![0, 0],
+            end: vec![300, 200],
+            done: vec![200, 200],
+        };
+        assert_eq!(rates(&a, &b), (vec![20.0, 0.0], vec![10.0, 5.0]));
+        let c = Reading {
+            end: vec![0; 4],
+            done: vec![0; 4],
+            lag: vec![0; 4],
+            at_s: 30.0,
+        };
+        assert_eq!(rates(&b, &c).0, vec![0.0; 4]);
+    }
+}

@@ -213,17 +213,7 @@ async fn observe_workers(driver: &Driver, namespace: &str, app: &str) -> anyhow:
                 .and_then(|s| s.conditions.as_ref())
                 .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
         let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
-        let port = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.containers.first())
-            .and_then(|c| c.ports.as_ref())
-            .and_then(|ports| {
-                ports
-                    .iter()
-                    .find(|p| p.name.as_deref() == Some(ADMIN_PORT_NAME))
-            })
-            .map(|p| p.container_port as u16);
+        let port = admin_port(pod);
         let report = match (ip, port) {
             (Some(ip), Some(port)) => worker_status::poll(&ip, port)
                 .await
@@ -247,6 +237,19 @@ async fn observe_workers(driver: &Driver, namespace: &str, app: &str) -> anyhow:
         }
     }
     Ok(seen)
+}
+
+/// The worker container's admin port (`/tasks`).
+pub fn admin_port(pod: &Pod) -> Option<u16> {
+    pod.spec
+        .as_ref()?
+        .containers
+        .first()?
+        .ports
+        .as_ref()?
+        .iter()
+        .find(|p| p.name.as_deref() == Some(ADMIN_PORT_NAME))
+        .map(|p| p.container_port as u16)
 }
 
 /// Without a document (first placement, or the ConfigMap was deleted), the

@@ -53,9 +53,7 @@ pub async fn serve(
         )
         .route(
             "/tasks",
-            get(|State(s): State<Shared>| async move {
-                Json(s.status.detail.lock().unwrap().clone()).into_response()
-            }),
+            get(|State(s): State<Shared>| async move { Json(s.status.snapshot()).into_response() }),
         )
         .with_state(Shared { metrics, status });
     let listener = tokio::net::TcpListener::bind(addr)

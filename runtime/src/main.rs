@@ -234,6 +234,7 @@ fn serve(
     };
     let metrics = Arc::new(Metrics::default());
     let status = Arc::new(Status::default());
+    status.detail.lock().unwrap().loops = loops as u32;
     let shutdown = Arc::new(AtomicBool::new(false));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

@@ -1,7 +1,7 @@
 //! The worker's Prometheus metrics and the task status its admin endpoint
 //! serves (the operator reads `/tasks`).
 
-use std::sync::atomic::{AtomicBool, AtomicI64};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -130,6 +130,9 @@ pub struct Status {
     /// Next offset per owned (topic, partition) after the last commit,
     /// published by the engine for the lag watcher.
     pub committed: Mutex<std::collections::BTreeMap<(String, i32), i64>>,
+    /// Nanoseconds the loops spent processing and committing (not waiting
+    /// for records), summed over loops: the operator's busy time.
+    pub busy_nanos: AtomicU64,
 }
 
 /// `/tasks`: what the worker does, read by the operator and by people.
@@ -151,6 +154,13 @@ pub struct WorkerStatus {
     /// Per task released by this worker, the time of its last commit here.
     #[serde(default)]
     pub released: BTreeMap<i32, u64>,
+    /// Processing loops (each one thread).
+    #[serde(default)]
+    pub loops: u32,
+    /// Nanoseconds spent processing and committing since start, over all
+    /// loops: busy fraction = Δ / (Δt × loops).
+    #[serde(default)]
+    pub busy_nanos: u64,
 }
 
 /// Commit times of one task on this worker (Unix milliseconds).
@@ -162,6 +172,18 @@ pub struct TaskCommits {
 }
 
 impl Status {
+    pub fn add_busy(&self, d: std::time::Duration) {
+        self.busy_nanos
+            .fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// `/tasks`: the detail with the busy counter as of now.
+    pub fn snapshot(&self) -> WorkerStatus {
+        let mut d = self.detail.lock().unwrap().clone();
+        d.busy_nanos = self.busy_nanos.load(Ordering::Relaxed);
+        d
+    }
+
     /// A transaction (or offset commit) with progress for `tasks` succeeded.
     pub fn record_commit(&self, tasks: impl Iterator<Item = i32>, now_ms: u64) {
         let mut detail = self.detail.lock().unwrap();

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, Patch, PatchParams};
@@ -20,6 +21,7 @@ use millrace_crds::{AutoscalingMode, AutoscalingStatus, StreamApp};
 use super::measure::{self, Reading};
 use super::policy::{decide, Memory, Mode, Sample};
 use crate::metrics::Metrics;
+use crate::placement_driver::admin_port;
 use crate::{kafka, model};
 
 pub struct Autoscaler {
@@ -28,6 +30,8 @@ pub struct Autoscaler {
     pub metrics: Arc<Metrics>,
     /// The previous reading per app (namespace, name): rates need two.
     readings: Mutex<HashMap<(String, String), Reading>>,
+    /// Per worker pod (namespace, pod): its busy counter at the previous poll.
+    busy: Mutex<HashMap<(String, String), BusyMark>>,
 }
 
 impl Autoscaler {
@@ -37,9 +41,13 @@ impl Autoscaler {
             reporter,
             metrics,
             readings: Mutex::default(),
+            busy: Mutex::default(),
         }
     }
 }
+
+/// (time s, busy ns, loops) of one worker at one poll.
+type BusyMark = (f64, u64, u32);
 
 pub async fn run(autoscaler: Arc<Autoscaler>) {
     let apps: Api<StreamApp> = Api::all(autoscaler.client.clone());
@@ -124,6 +132,7 @@ async fn poll(a: &Autoscaler, app: &StreamApp) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!(e))?;
     let key = (namespace.clone(), name.clone());
     let before = a.readings.lock().unwrap().insert(key, reading.clone());
+    let busy = busy_fraction(a, &namespace, &name, now).await;
     let current = previous
         .as_ref()
         .map_or(status.desired_replicas, |p| p.decided);
@@ -133,27 +142,68 @@ async fn poll(a: &Autoscaler, app: &StreamApp) -> anyhow::Result<()> {
         if current != 0 {
             return Ok(());
         }
-        return decide_and_report(a, app, &settings.policy, &reading, None, current, previous)
-            .await;
+        return decide_and_report(
+            a,
+            app,
+            &settings.policy,
+            (&reading, None),
+            None,
+            current,
+            previous,
+        )
+        .await;
     };
     decide_and_report(
         a,
         app,
         &settings.policy,
-        &reading,
-        Some(&before),
+        (&reading, Some(&before)),
+        busy,
         current,
         previous,
     )
     .await
 }
 
+/// The workers' mean busy fraction since the previous poll, from the busy
+/// time each reports on `/tasks` (pods that restarted or did not answer
+/// are left out).
+async fn busy_fraction(a: &Autoscaler, namespace: &str, app: &str, now: f64) -> Option<f64> {
+    let pods: Api<Pod> = Api::namespaced(a.client.clone(), namespace);
+    let list = pods
+        .list(&ListParams::default().labels(&model::selector_string(app)))
+        .await
+        .ok()?;
+    let (mut busy_ns, mut capacity_ns) = (0.0f64, 0.0f64);
+    for pod in &list.items {
+        let (Some(ip), Some(port)) = (
+            pod.status.as_ref().and_then(|s| s.pod_ip.clone()),
+            admin_port(pod),
+        ) else {
+            continue;
+        };
+        let Ok(report) = crate::worker_status::poll(&ip, port).await else {
+            continue;
+        };
+        let key = (namespace.to_string(), pod.name_any());
+        let entry = (now, report.busy_nanos, report.loops.max(1));
+        let before = a.busy.lock().unwrap().insert(key, entry);
+        if let Some((t, b, loops)) = before {
+            if report.busy_nanos >= b && now > t {
+                busy_ns += (report.busy_nanos - b) as f64;
+                capacity_ns += (now - t) * 1e9 * loops as f64;
+            }
+        }
+    }
+    (capacity_ns > 0.0).then(|| (busy_ns / capacity_ns).min(1.0))
+}
+
 async fn decide_and_report(
     a: &Autoscaler,
     app: &StreamApp,
     policy: &super::policy::Policy,
-    reading: &Reading,
-    before: Option<&Reading>,
+    (reading, before): (&Reading, Option<&Reading>),
+    busy: Option<f64>,
     current: i32,
     previous: Option<AutoscalingStatus>,
 ) -> anyhow::Result<()> {
@@ -169,7 +219,7 @@ async fn decide_and_report(
         lag: reading.lag.clone(),
         input_rate,
         processing_rate,
-        busy: None,
+        busy,
     };
     let mut memory: Memory = previous
         .as_ref()

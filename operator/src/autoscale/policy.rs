@@ -236,7 +236,14 @@ pub fn decide(p: &Policy, s: &Sample, m: &mut Memory) -> Decision {
             );
         }
     }
-    let cooling = m.last_change_s.is_some_and(|t| s.now_s - t < p.cooldown_s);
+    // The cooldown stops reversals and scale-downs; a scale-up right after
+    // a scale-up (a backlog still growing, capacity just learned) is not
+    // flapping, and waiting would only let the backlog grow.
+    let after_up = m
+        .last_scale_up
+        .is_some_and(|(t, ..)| Some(t) == m.last_change_s);
+    let cooling = m.last_change_s.is_some_and(|t| s.now_s - t < p.cooldown_s)
+        && !(desired > s.current && after_up);
     if desired != s.current && cooling && s.current != 0 {
         reason = format!("{reason}; cooling down after the last change");
         desired = s.current;

@@ -85,9 +85,10 @@ fn scale_down_waits_for_its_window_then_steps() {
 }
 
 #[test]
-fn the_cooldown_holds_changes() {
+fn the_cooldown_holds_reversals_but_not_a_second_scale_up() {
     let p = Policy {
         cooldown_s: 30.0,
+        down_window_s: 0.0,
         ..Default::default()
     };
     let mut m = learned(500.0);
@@ -96,10 +97,17 @@ fn the_cooldown_holds_changes() {
         4
     );
     let d = decide(&p, &sample(10.0, 16, 4, 200_000, 3000.0, 2000.0), &mut m);
-    assert_eq!(d.desired, 4, "{}", d.reason);
+    assert!(
+        d.desired > 4,
+        "a backlog still growing is not flapping: {}",
+        d.reason
+    );
+    let up = d.desired;
+    let d = decide(&p, &sample(20.0, 16, up, 0, 100.0, 100.0), &mut m);
+    assert_eq!(d.desired, up, "{}", d.reason);
     assert!(d.reason.contains("cooling down"));
-    let d = decide(&p, &sample(40.0, 16, 4, 200_000, 3000.0, 2000.0), &mut m);
-    assert!(d.desired > 4);
+    let d = decide(&p, &sample(50.0, 16, up, 0, 100.0, 100.0), &mut m);
+    assert!(d.desired < up, "after the cooldown: {}", d.reason);
 }
 
 #[test]

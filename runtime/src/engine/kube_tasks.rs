@@ -6,7 +6,7 @@
 //! of its share ([`loop_of`]: a task never moves between two loops, i.e. two
 //! transactional ids, of one worker). After every
 //! `init_transactions` a loop reads the document from the API server itself
-//! ([`TaskSource::tasks`], [`TaskSource::reread`]) instead of trusting the
+//! ([`TaskSource::tasks`]) instead of trusting the
 //! watch: a fenced worker must see at least the revoke its fence was for.
 //! When the API server is unreachable, tasks already owned keep running;
 //! only those reads wait.
@@ -239,10 +239,6 @@ impl TaskSource for KubeTasks {
             self.epoch = epoch;
             self.view.set_applied(self.index, epoch);
         }
-    }
-
-    fn reread(&mut self) {
-        self.view.read();
     }
 }
 

@@ -104,6 +104,8 @@ struct Core {
     placement_stale: bool,
     /// `maxRecordsPerSecond`, shared by the worker's loops.
     rate_limit: Option<Arc<rate_limit::RateLimit>>,
+    /// Partitions per source topic.
+    task_count: i32,
     failed_at_last_commit: u64,
     metrics: Arc<Metrics>,
     records_in: TopicCounters,
@@ -174,6 +176,7 @@ impl Engine {
             in_transaction: false,
             placement_stale: false,
             rate_limit: None,
+            task_count: 0,
             failed_at_last_commit: 0,
             published: Vec::new(),
             records_in: TopicCounters::new(&metrics.records_in),
@@ -182,8 +185,8 @@ impl Engine {
             status,
             shutdown,
         };
-        let task_count = core.check_topics(&consumer)?;
-        core.assign(&consumer, tasks.as_mut(), task_count)?;
+        core.task_count = core.check_topics(&consumer)?;
+        core.assign(&consumer, tasks.as_mut())?;
         Ok(Self {
             consumer,
             core,
@@ -222,11 +225,13 @@ impl Engine {
             let mut served: u32 = 0;
             while now < deadline {
                 if core.placement_stale {
-                    // A fenced worker processes nothing before it has read
-                    // the placement again: its tasks may have moved.
+                    // Fenced: start over from a fresh read of the placement
+                    // and the committed offsets of every task, before
+                    // processing anything. A task this loop still holds may
+                    // have been processed by another worker meanwhile (the
+                    // fence is how it moved), so no local offset is trusted.
                     core.placement_stale = false;
-                    tasks.reread();
-                    apply_changes(core, consumer, tasks.as_mut())?;
+                    core.reassign(consumer, tasks.as_mut())?;
                 }
                 if core.shutdown.load(Ordering::Relaxed) {
                     core.commit(consumer)?;
@@ -256,7 +261,9 @@ impl Engine {
                                 })
                                 .unwrap_or_default(),
                         };
+                        let started = Instant::now();
                         core.handle(consumer, &record)?;
+                        core.status.add_busy(started.elapsed());
                     }
                     Some(Err(e)) => tracing::warn!("consume: {e}"),
                     None => {}
@@ -269,8 +276,13 @@ impl Engine {
                 }
                 now = Instant::now();
             }
+            let started = Instant::now();
             core.commit(consumer)?;
-            apply_changes(core, consumer, tasks.as_mut())?;
+            // A fenced commit leaves the changes to the fresh read above.
+            if !core.placement_stale {
+                apply_changes(core, consumer, tasks.as_mut())?;
+            }
+            core.status.add_busy(started.elapsed());
         }
     }
 }
@@ -351,9 +363,8 @@ impl Core {
         &mut self,
         consumer: &BaseConsumer,
         tasks: &mut dyn TaskSource,
-        task_count: i32,
     ) -> Result<(), EngineError> {
-        let owned = tasks.tasks(task_count);
+        let owned = tasks.tasks(self.task_count);
         let mut wanted = TopicPartitionList::new();
         for t in &self.evaluator.pipeline().source_topics {
             for p in &owned {
@@ -378,6 +389,19 @@ impl Core {
         self.status.ready.store(true, Ordering::Relaxed);
         tracing::info!(partitions = self.resume.len(), placement = %tasks.describe(), "tasks assigned");
         Ok(())
+    }
+
+    /// Forgets every task and offset of this loop and assigns afresh.
+    fn reassign(
+        &mut self,
+        consumer: &BaseConsumer,
+        tasks: &mut dyn TaskSource,
+    ) -> Result<(), EngineError> {
+        let held: Vec<i32> = self.resume.keys().map(|(_, p)| *p).collect();
+        self.status.release(&held);
+        self.positions.clear();
+        self.resume.clear();
+        self.assign(consumer, tasks)
     }
 
     /// Applies a placement change; returns its epoch for the acknowledgement.

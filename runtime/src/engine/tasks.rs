@@ -19,7 +19,8 @@ pub enum PlacementChange {
 
 /// Decides the tasks of this worker. `tasks` is asked after every
 /// `init_transactions` (start, or after being fenced) before anything is
-/// processed; `poll_change` between commits.
+/// processed, and must read the placement afresh; `poll_change` between
+/// commits.
 pub trait TaskSource: Send {
     fn tasks(&mut self, task_count: i32) -> Vec<i32>;
     fn describe(&self) -> String;
@@ -29,9 +30,6 @@ pub trait TaskSource: Send {
     /// The change of `epoch` is done (released tasks are committed and
     /// no longer consumed; taken tasks are being consumed).
     fn acknowledge(&mut self, _epoch: u64) {}
-    /// Called after the producer was re-initialised (fenced): fetch the
-    /// placement afresh; the difference comes through `poll_change`.
-    fn reread(&mut self) {}
 }
 
 /// One processing loop's share of a worker's tasks: task `t` belongs to loop

@@ -60,6 +60,23 @@ sleep 3
 kubectl -n shop get statefulset orders-router
 kubectl -n shop get events --field-selector involvedObject.kind=StreamApp
 
+step "Task placement: which worker runs which task (the operator's placement ConfigMap)"
+sleep 5
+kubectl -n shop get configmap orders-router-placement -o jsonpath='{.data.placement\.json}'; echo
+kubectl -n shop get streamapp orders-router -o jsonpath='{.status.placement}'; echo
+
+step "Lag-driven autoscaling: 50 records/s per worker, then a backlog of 3,000 orders"
+kubectl -n shop patch streamapp orders-router --type merge -p '{"spec":{"autoscaling":{"mode":"Lag","minReplicas":1,"pollInterval":"3s","targetDrainTime":"15s","scaleDown":{"stabilizationWindow":"20s"},"cooldown":"5s"},"pipeline":{"maxRecordsPerSecond":50}}}'
+sleep 10
+for i in $(seq 1 3000); do
+  echo "bulk-$i:{\"id\":$i,\"status\":\"paid\",\"amount\":$((i % 2000)),\"region\":\"eu\"}"
+done | kcat -b "$KAFKA_BOOTSTRAP" -P -t orders -K:
+for _ in $(seq 1 16); do
+  kubectl -n shop get streamapp orders-router --no-headers
+  sleep 5
+done
+kubectl -n shop get events --field-selector involvedObject.kind=StreamApp -o custom-columns=REASON:.reason,MESSAGE:.message | grep -E 'Scaled|Limited' || true
+
 step "Done. The stack keeps running; use it with:"
 bash "$E2E_DIR/stack.sh" env
 echo "Logs: $LOG_DIR (pods: $LOG_DIR/pods/<namespace>/<pod>/<container>.log). Stop it all: make stack-down"

@@ -44,7 +44,7 @@ pub struct AutoscalingSpec {
     /// current) workers added at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale_up: Option<ScalingRules>,
-    /// Scale-down rules. Default: a 300s window (the highest recommendation
+    /// Scale-down rules. Default: a 60s window (the highest recommendation
     /// in it wins), no step limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale_down: Option<ScalingRules>,

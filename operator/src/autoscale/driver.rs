@@ -73,23 +73,24 @@ fn now_s() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Lag of apps without autoscaling is measured this often (for
+/// `kubectl get streamapps` and the metrics).
+const OFF_INTERVAL_S: f64 = 10.0;
+
 async fn poll(a: &Autoscaler, app: &StreamApp) -> anyhow::Result<()> {
-    let Some(spec) = app
-        .spec
-        .autoscaling
-        .as_ref()
-        .filter(|s| s.mode != AutoscalingMode::Off)
-    else {
-        return Ok(());
-    };
     let Some(tasks) = app.status.as_ref().and_then(|s| s.tasks) else {
         return Ok(());
     };
     if app.metadata.deletion_timestamp.is_some() {
         return Ok(());
     }
+    let spec = app
+        .spec
+        .autoscaling
+        .as_ref()
+        .filter(|s| s.mode != AutoscalingMode::Off);
     let mut problems = Vec::new();
-    let settings = model::autoscaling_settings(&mut problems, spec);
+    let settings = spec.map(|s| model::autoscaling_settings(&mut problems, s));
     if !problems.is_empty() {
         // The reconcile reports them as Degraded.
         return Ok(());
@@ -97,11 +98,18 @@ async fn poll(a: &Autoscaler, app: &StreamApp) -> anyhow::Result<()> {
     let status = app.status.clone().unwrap_or_default();
     let previous = status.autoscaling.clone();
     let now = now_s();
-    let last = previous
+    let key = (app.namespace().unwrap_or_default(), app.name_any());
+    let last = match &settings {
+        Some(_) => previous
+            .as_ref()
+            .and_then(|p| p.last_poll_time.as_ref())
+            .map(|t| t.0.as_millisecond() as f64 / 1000.0),
+        None => a.readings.lock().unwrap().get(&key).map(|r| r.at_s),
+    };
+    let interval = settings
         .as_ref()
-        .and_then(|p| p.last_poll_time.as_ref())
-        .map(|t| t.0.as_millisecond() as f64 / 1000.0);
-    if last.is_some_and(|l| now - l < settings.poll_interval.as_secs_f64()) {
+        .map_or(OFF_INTERVAL_S, |s| s.poll_interval.as_secs_f64());
+    if last.is_some_and(|l| now - l < interval) {
         return Ok(());
     }
 
@@ -130,8 +138,22 @@ async fn poll(a: &Autoscaler, app: &StreamApp) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || measure::read(&props, &group, &topics, tasks, now))
             .await?
             .map_err(|e| anyhow::anyhow!(e))?;
-    let key = (namespace.clone(), name.clone());
     let before = a.readings.lock().unwrap().insert(key, reading.clone());
+    let Some(settings) = settings else {
+        // No autoscaling: report the lag only.
+        let lag = reading.lag.iter().sum::<i64>();
+        let label = crate::metrics::AppLabels {
+            app: format!("{namespace}/{name}"),
+        };
+        a.metrics.lag.get_or_create(&label).set(lag);
+        if status.lag != Some(lag) {
+            let apps: Api<StreamApp> = Api::namespaced(a.client.clone(), &namespace);
+            let patch = serde_json::json!({ "status": { "lag": lag } });
+            apps.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await?;
+        }
+        return Ok(());
+    };
     let busy = busy_fraction(a, &namespace, &name, now).await;
     let current = previous
         .as_ref()

@@ -53,7 +53,10 @@ impl Default for Policy {
             activation_lag: 1,
             up_window_s: 0.0,
             up_max_step: None,
-            down_window_s: 300.0,
+            // Shorter than the HPA's 300 s: a Millrace scale-down moves only
+            // the leaving pods' tasks, each paused for about a second, not a
+            // consumer-group rebalance of every partition.
+            down_window_s: 60.0,
             down_max_step: None,
             cooldown_s: 30.0,
         }

@@ -309,15 +309,17 @@ fn a_stopped_worker_is_fenced_and_commits_nothing_it_lost() {
     std::thread::sleep(Duration::from_secs(2));
     signal(&pids, "CONT");
 
-    // Resumed, it finds itself fenced at its next commit, re-reads the
-    // placement and lets go of what it lost, before processing anything.
+    // Resumed, it finds itself fenced at its next commit, starts a new
+    // producer, and takes its tasks afresh from a new read of the placement
+    // and the committed offsets, before processing anything.
     wait_until(
         "the resumed worker to notice the fence",
         Duration::from_secs(60),
         || {
             let log = pod_log(ns, &victim);
             let after = log.get(log_before..).unwrap_or_default();
-            (after.contains("re-initialising") && after.contains("released tasks")).then_some(())
+            let reinit = after.find("re-initialising")?;
+            after[reinit..].contains("tasks assigned").then_some(())
         },
     );
     generator.join().unwrap();

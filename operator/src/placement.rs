@@ -347,6 +347,39 @@ mod tests {
         }
     }
 
+    #[test]
+    fn leaving_pods_stay_while_they_hold_or_owe_a_task() {
+        use millrace_crds::placement::{Move, PlacementDoc};
+        assert_eq!(ordinal("orders", "orders-3"), Some(3));
+        assert_eq!(ordinal("orders", "orders-eu-3"), None);
+        let mut doc = PlacementDoc::default();
+        doc.workers.insert(
+            "orders-0".into(),
+            Assignment {
+                active: [0, 1].into(),
+                ..Default::default()
+            },
+        );
+        doc.workers.insert("orders-4".into(), Assignment::default());
+        assert_eq!(
+            holding_ordinals(&doc, "orders"),
+            Some(0),
+            "an empty entry holds nothing"
+        );
+        doc.moves.push(Move {
+            task: 2,
+            from: "orders-2".into(),
+            to: "orders-0".into(),
+            revoked_epoch: 1,
+            since_ms: 0,
+        });
+        assert_eq!(
+            holding_ordinals(&doc, "orders"),
+            Some(2),
+            "orders-2 owes a handoff"
+        );
+    }
+
     /// Random histories of scaling and pod loss; the invariants hold after
     /// every step.
     #[test]

@@ -6,8 +6,12 @@ use rdkafka::ClientConfig;
 use crate::config::{KafkaClientConfig, WorkerConfig};
 use millrace_crds::ProcessingGuarantee;
 
-fn base(kafka: &KafkaClientConfig) -> anyhow::Result<ClientConfig> {
+/// `tuning` are defaults the user's `spec.kafka.properties` may override.
+fn base(kafka: &KafkaClientConfig, tuning: &[(&str, &str)]) -> anyhow::Result<ClientConfig> {
     let mut c = ClientConfig::new();
+    for (k, v) in tuning {
+        c.set(*k, *v);
+    }
     for (k, v) in &kafka.properties {
         c.set(k, v);
     }
@@ -41,24 +45,36 @@ fn base(kafka: &KafkaClientConfig) -> anyhow::Result<ClientConfig> {
 /// The consumer: in the app's group (for committed offsets) but never
 /// joining it: tasks are assigned, not balanced. read_committed in both modes.
 pub fn consumer(config: &WorkerConfig) -> anyhow::Result<ClientConfig> {
-    let mut c = base(&config.kafka)?;
+    // Prefetch per consumer: librdkafka's defaults (a 64 MB queue, fetches
+    // of up to 50 MB) made most of a worker's memory, one consumer per loop.
+    // 8 MB is still several commit intervals of input at 100k records/s;
+    // 4 MB cost a third of the throughput (bench/README.md).
+    let tuning = [
+        ("queued.max.messages.kbytes", "8192"),
+        ("fetch.max.bytes", "8388608"),
+        ("max.partition.fetch.bytes", "524288"),
+    ];
+    let mut c = base(&config.kafka, &tuning)?;
     c.set("group.id", &config.application_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("isolation.level", "read_committed")
         .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "false")
-        // Prefetch per consumer (librdkafka's default is 64 MB): 16 MB is
-        // over a second of input at 100k records/s and keeps a worker with
-        // several loops small.
-        .set("queued.max.messages.kbytes", "16384");
+        .set("enable.partition.eof", "false");
     Ok(c)
 }
 
 /// The producer; transactional under ExactlyOnce with `transactional.id =
 /// <applicationId>-<worker id>`, so a restarted worker fences its zombie.
 pub fn producer(config: &WorkerConfig, worker_id: &str) -> anyhow::Result<ClientConfig> {
-    let mut c = base(&config.kafka)?;
+    // librdkafka queues up to 100,000 records (and 1 GB) per producer; a
+    // commit interval needs a few thousand. Past the cap, sends wait for
+    // deliveries instead of growing memory.
+    let tuning = [
+        ("queue.buffering.max.messages", "20000"),
+        ("queue.buffering.max.kbytes", "8192"),
+    ];
+    let mut c = base(&config.kafka, &tuning)?;
     c.set("enable.idempotence", "true")
         .set("acks", "all")
         // The Java client's default: keys land on the partitions Kafka
@@ -94,5 +110,42 @@ pub fn loop_id(worker_id: &str, index: usize) -> String {
         worker_id.to_string()
     } else {
         format!("{worker_id}-{index}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(properties: &[(&str, &str)]) -> WorkerConfig {
+        serde_json::from_value(serde_json::json!({
+            "applicationId": "app",
+            "processingGuarantee": "ExactlyOnce",
+            "commitIntervalMs": 100,
+            "transactionTimeoutMs": 10000,
+            "adminPort": 8080,
+            "kafka": {
+                "bootstrapServers": "k:9092",
+                "securityProtocol": "PLAINTEXT",
+                "properties": properties.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+            },
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn buffer_sizes_are_defaults_the_user_may_change_but_owned_settings_are_not() {
+        let c = consumer(&config(&[])).unwrap();
+        assert_eq!(c.get("queued.max.messages.kbytes"), Some("8192"));
+        let c = consumer(&config(&[
+            ("queued.max.messages.kbytes", "32768"),
+            ("isolation.level", "read_uncommitted"),
+        ]))
+        .unwrap();
+        assert_eq!(c.get("queued.max.messages.kbytes"), Some("32768"));
+        assert_eq!(c.get("isolation.level"), Some("read_committed"));
+        let p = producer(&config(&[("queue.buffering.max.messages", "50000")]), "w").unwrap();
+        assert_eq!(p.get("queue.buffering.max.messages"), Some("50000"));
+        assert_eq!(p.get("transactional.id"), Some("app-w"));
     }
 }

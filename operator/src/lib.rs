@@ -10,6 +10,7 @@ pub mod autoscale;
 pub mod build;
 pub mod conditions;
 pub mod error;
+pub mod events;
 pub mod handoff;
 pub mod http;
 pub mod kafka;

@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::api::{ListParams, PostParams};
+use kube::runtime::events::{EventType, Reporter};
 use kube::{Api, Client, Resource, ResourceExt};
 use millrace_crds::placement::{placement_config_map, PlacementDoc, PLACEMENT_KEY};
 use millrace_crds::{PlacementSummary, StreamApp};
@@ -196,7 +196,7 @@ async fn drive(driver: &Driver, app: &StreamApp) -> anyhow::Result<bool> {
         doc = step.doc;
     }
     measure_pauses(driver, app, &namespace, &seen).await;
-    write_summary(driver, app, &namespace, &doc).await?;
+    write_summary(driver, app, &doc).await?;
     Ok(!doc.moves.is_empty())
 }
 
@@ -472,12 +472,7 @@ async fn measure_pauses(driver: &Driver, app: &StreamApp, namespace: &str, seen:
     }
 }
 
-async fn write_summary(
-    driver: &Driver,
-    app: &StreamApp,
-    namespace: &str,
-    doc: &PlacementDoc,
-) -> anyhow::Result<()> {
+async fn write_summary(driver: &Driver, app: &StreamApp, doc: &PlacementDoc) -> anyhow::Result<()> {
     let summary = PlacementSummary {
         epoch: doc.epoch as i64,
         tasks_per_worker: doc
@@ -500,29 +495,25 @@ async fn write_summary(
     {
         json["tasksPerWorker"][gone] = serde_json::Value::Null;
     }
-    let apps: Api<StreamApp> = Api::namespaced(driver.client.clone(), namespace);
-    let patch = serde_json::json!({ "status": { "placement": json } });
-    apps.patch_status(
-        &app.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
+    crate::events::patch_status(
+        &driver.client,
+        app,
+        serde_json::json!({ "placement": json }),
     )
     .await?;
     Ok(())
 }
 
 async fn publish(driver: &Driver, app: &StreamApp, type_: EventType, reason: &str, note: String) {
-    let recorder = Recorder::new(driver.client.clone(), driver.reporter.clone());
-    let event = Event {
+    crate::events::publish(
+        &driver.client,
+        &driver.reporter,
+        app,
         type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: "Place".into(),
-        secondary: None,
-    };
-    if let Err(e) = recorder.publish(&event, &app.object_ref(&())).await {
-        tracing::warn!("publishing event: {e}");
-    }
+        (reason, "Place"),
+        note,
+    )
+    .await;
 }
 
 fn unix_ms() -> u64 {

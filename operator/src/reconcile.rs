@@ -390,13 +390,8 @@ async fn write_status(
         lag: None,
         ..status
     };
-    let patch = serde_json::json!({ "status": status });
-    apps.patch_status(
-        &app.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await?;
+    let status = serde_json::to_value(&status).expect("status serialises");
+    crate::events::merge_status(apps, &app.name_any(), status).await?;
     Ok(())
 }
 

@@ -67,6 +67,36 @@ impl Topics {
 
 /// Writes `records` records over about `over`, so the worker is busy (and
 /// killed) while input keeps arriving, as in Kafka's EOS system test.
+/// A StreamApp routing the verifier's topics as [`Topics::expected`] says.
+/// `spec` is more YAML under `spec:` (each line indented two spaces),
+/// `pipeline` more under `spec.pipeline:` (four spaces).
+pub fn manifest(name: &str, app_id: &str, topics: &Topics, spec: &str, pipeline: &str) -> String {
+    format!(
+        r#"apiVersion: millrace.dev/v1alpha1
+kind: StreamApp
+metadata: {{name: {name}}}
+spec:
+  kafka: {{bootstrapServers: "{bootstrap}"}}
+  applicationId: {app_id}
+{spec}  pipeline:
+{pipeline}    source: {{topics: [{input}]}}
+    steps:
+    - route:
+        rules:
+        - {{when: "value.seq % 3 == 0", to: {a}}}
+        - {{when: "value.seq % 3 == 1", to: {b}}}
+        default: {c}
+    onError: {{policy: DeadLetter, deadLetterTopic: {dlq}}}
+"#,
+        bootstrap = kafka_bootstrap(),
+        input = topics.input,
+        a = topics.outputs[0],
+        b = topics.outputs[1],
+        c = topics.outputs[2],
+        dlq = topics.dlq,
+    )
+}
+
 pub fn generate(topics: &Topics, records: u64, over: Duration) {
     let started = Instant::now();
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
@@ -205,6 +235,24 @@ pub struct Summary {
     pub duplicated: u64,
     pub misrouted: u64,
     pub out_of_order: u64,
+}
+
+impl Summary {
+    /// Prints the summary under `label` and fails unless nothing was lost,
+    /// duplicated, misrouted or reordered.
+    pub fn assert_exactly_once(&self, label: &str) {
+        println!("{label}: {self}");
+        assert_eq!(
+            (
+                self.lost,
+                self.duplicated,
+                self.misrouted,
+                self.out_of_order
+            ),
+            (0, 0, 0, 0),
+            "{label}: {self}"
+        );
+    }
 }
 
 impl std::fmt::Display for Summary {

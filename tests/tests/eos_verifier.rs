@@ -9,38 +9,20 @@
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use millrace_tests::verifier::{drained, env_or, generate, verify, Summary, Topics};
-use millrace_tests::{kafka_bootstrap, unique, wait_until, workspace_binary};
+use millrace_tests::verifier::{self, drained, env_or, generate, verify, Summary, Topics};
+use millrace_tests::{unique, wait_until, workspace_binary};
 
 const PARTITIONS: i32 = 8;
 
 fn manifest(app_id: &str, topics: &Topics, guarantee: &str, commit_interval: &str) -> String {
-    format!(
-        r#"apiVersion: millrace.dev/v1alpha1
-kind: StreamApp
-metadata: {{name: verifier}}
-spec:
-  kafka: {{bootstrapServers: "{bootstrap}"}}
-  applicationId: {app_id}
-  processingGuarantee: {guarantee}
-  commitInterval: {commit_interval}
-  transactionTimeout: 30s
-  pipeline:
-    source: {{topics: [{input}]}}
-    steps:
-    - route:
-        rules:
-        - {{when: "value.seq % 3 == 0", to: {a}}}
-        - {{when: "value.seq % 3 == 1", to: {b}}}
-        default: {c}
-    onError: {{policy: DeadLetter, deadLetterTopic: {dlq}}}
-"#,
-        bootstrap = kafka_bootstrap(),
-        input = topics.input,
-        a = topics.outputs[0],
-        b = topics.outputs[1],
-        c = topics.outputs[2],
-        dlq = topics.dlq,
+    verifier::manifest(
+        "verifier",
+        app_id,
+        topics,
+        &format!(
+            "  processingGuarantee: {guarantee}\n  commitInterval: {commit_interval}\n  transactionTimeout: 30s\n"
+        ),
+        "",
     )
 }
 
@@ -125,11 +107,7 @@ fn run_verifier(guarantee: &str, commit_interval: &str, port: u16) -> Summary {
 
 #[test]
 fn exactly_once_survives_sigkills_with_no_loss_and_no_duplicates() {
-    let s = run_verifier("ExactlyOnce", "1s", 18091);
-    assert_eq!(
-        (s.lost, s.duplicated, s.misrouted, s.out_of_order),
-        (0, 0, 0, 0)
-    );
+    run_verifier("ExactlyOnce", "1s", 18091).assert_exactly_once("ExactlyOnce");
 }
 
 #[test]

@@ -10,10 +10,9 @@
 
 use std::time::{Duration, Instant};
 
-use millrace_tests::verifier::{drained, env_or, generate, verify, Topics};
+use millrace_tests::verifier::{self, drained, env_or, generate, verify, Topics};
 use millrace_tests::{
-    install_chart, kafka_bootstrap, kubectl, pod_processes, repo_root, unique, wait_until,
-    TestNamespace,
+    install_chart, kubectl, pod_processes, repo_root, unique, wait_until, TestNamespace,
 };
 
 const PARTITIONS: i32 = 16;
@@ -28,33 +27,14 @@ fn chart() {
 }
 
 fn manifest(name: &str, app_id: &str, topics: &Topics, replicas: i32) -> String {
-    format!(
-        r#"apiVersion: millrace.dev/v1alpha1
-kind: StreamApp
-metadata: {{name: {name}}}
-spec:
-  kafka: {{bootstrapServers: "{bootstrap}"}}
-  applicationId: {app_id}
-  processingGuarantee: ExactlyOnce
-  commitInterval: 200ms
-  transactionTimeout: 30s
-  replicas: {replicas}
-  pipeline:
-    source: {{topics: [{input}]}}
-    steps:
-    - route:
-        rules:
-        - {{when: "value.seq % 3 == 0", to: {a}}}
-        - {{when: "value.seq % 3 == 1", to: {b}}}
-        default: {c}
-    onError: {{policy: DeadLetter, deadLetterTopic: {dlq}}}
-"#,
-        bootstrap = kafka_bootstrap(),
-        input = topics.input,
-        a = topics.outputs[0],
-        b = topics.outputs[1],
-        c = topics.outputs[2],
-        dlq = topics.dlq,
+    verifier::manifest(
+        name,
+        app_id,
+        topics,
+        &format!(
+            "  processingGuarantee: ExactlyOnce\n  commitInterval: 200ms\n  transactionTimeout: 30s\n  replicas: {replicas}\n"
+        ),
+        "",
     )
 }
 
@@ -248,11 +228,7 @@ fn exactly_once_holds_while_rescaling_and_losing_pods() {
         pauses.len(),
         pauses.last().copied().unwrap_or(0)
     );
-    assert_eq!(
-        (s.lost, s.duplicated, s.misrouted, s.out_of_order),
-        (0, 0, 0, 0),
-        "{s}"
-    );
+    s.assert_exactly_once("placement verifier");
 }
 
 /// The log of a worker pod's container, as the pod runner writes it.
@@ -329,13 +305,7 @@ fn a_stopped_worker_is_fenced_and_commits_nothing_it_lost() {
         Duration::from_secs(300),
         || drained(&app_id, &topics).then_some(()),
     );
-    let s = verify(&topics, records);
-    println!("fencing verifier: {s}");
-    assert_eq!(
-        (s.lost, s.duplicated, s.misrouted, s.out_of_order),
-        (0, 0, 0, 0),
-        "{s}"
-    );
+    verify(&topics, records).assert_exactly_once("fencing verifier");
 }
 
 /// Re-checks the topics of an earlier run (kept with

@@ -13,9 +13,9 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{ListParams, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::api::ListParams;
+use kube::runtime::events::{EventType, Reporter};
+use kube::{Api, Client, ResourceExt};
 use millrace_crds::{AutoscalingMode, AutoscalingStatus, StreamApp};
 
 use super::measure::{self, Reading};
@@ -147,10 +147,7 @@ async fn poll(a: &Autoscaler, app: &StreamApp) -> anyhow::Result<()> {
         };
         a.metrics.lag.get_or_create(&label).set(lag);
         if status.lag != Some(lag) {
-            let apps: Api<StreamApp> = Api::namespaced(a.client.clone(), &namespace);
-            let patch = serde_json::json!({ "status": { "lag": lag } });
-            apps.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await?;
+            crate::events::patch_status(&a.client, app, serde_json::json!({ "lag": lag })).await?;
         }
         return Ok(());
     };
@@ -278,13 +275,10 @@ async fn decide_and_report(
         last_poll_time: Some(Time(Timestamp::now())),
         memory: serde_json::to_string(&memory).ok(),
     };
-    let apps: Api<StreamApp> =
-        Api::namespaced(a.client.clone(), &app.namespace().unwrap_or_default());
-    let patch = serde_json::json!({ "status": { "autoscaling": report, "lag": total_lag } });
-    apps.patch_status(
-        &app.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
+    crate::events::patch_status(
+        &a.client,
+        app,
+        serde_json::json!({ "autoscaling": report, "lag": total_lag }),
     )
     .await?;
 
@@ -320,15 +314,13 @@ async fn decide_and_report(
 }
 
 async fn publish(a: &Autoscaler, app: &StreamApp, type_: EventType, reason: &str, note: String) {
-    let recorder = Recorder::new(a.client.clone(), a.reporter.clone());
-    let event = Event {
+    crate::events::publish(
+        &a.client,
+        &a.reporter,
+        app,
         type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: "Autoscale".into(),
-        secondary: None,
-    };
-    if let Err(e) = recorder.publish(&event, &app.object_ref(&())).await {
-        tracing::warn!("publishing event: {e}");
-    }
+        (reason, "Autoscale"),
+        note,
+    )
+    .await;
 }

@@ -3,23 +3,27 @@
 //! the outputs together with the input offsets in one Kafka transaction.
 //! At-least-once is the same loop with a flush and an offset commit instead.
 
+mod assignment;
 pub mod clients;
 pub mod kube_tasks;
 pub mod rate_limit;
 pub mod tasks;
+mod transaction;
+
+use transaction::new_producer;
+pub use transaction::DeliveryCounter;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use millrace_crds::{ErrorPolicy, ProcessingGuarantee};
-use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{DeliveryResult, Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord};
+use rdkafka::Offset;
 
 use crate::config::WorkerConfig;
 use crate::metrics::{Metrics, Status, TopicLabel};
@@ -28,7 +32,7 @@ use crate::pipeline::eval::{
 };
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use tasks::{PlacementChange, TaskSource};
+use tasks::TaskSource;
 
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
 const MISSING_TOPIC_GRACE: Duration = Duration::from_secs(5);
@@ -54,25 +58,6 @@ pub enum EngineError {
     /// deliveries so far); the batch is replayed, its offsets not committed.
     #[error("{0} deliveries have failed so far; replaying the batch")]
     Undelivered(u64),
-}
-
-/// Counts failed deliveries: under at-least-once a failure means the batch's
-/// offsets must not be committed (its records are replayed instead).
-#[derive(Default)]
-pub struct DeliveryCounter {
-    failed: AtomicU64,
-}
-
-impl ClientContext for DeliveryCounter {}
-
-impl ProducerContext for DeliveryCounter {
-    type DeliveryOpaque = ();
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((e, _)) = result {
-            tracing::warn!("delivery failed: {e}");
-            self.failed.fetch_add(1, Ordering::Relaxed);
-        }
-    }
 }
 
 type Tp = (String, i32);
@@ -302,206 +287,6 @@ fn apply_changes(
 }
 
 impl Core {
-    /// Source topics exist with one partition count; static outputs exist.
-    fn check_topics(&self, consumer: &BaseConsumer) -> Result<i32, EngineError> {
-        let pipeline = self.evaluator.pipeline();
-        let mut counts = Vec::new();
-        for topic in &pipeline.source_topics {
-            counts.push((topic.0.clone(), self.partition_count(consumer, &topic.0)?));
-        }
-        for topic in pipeline.static_output_topics() {
-            self.partition_count(consumer, &topic.0)?;
-        }
-        let first = counts.first().map(|(_, n)| *n).unwrap_or(0);
-        if let Some((t, n)) = counts.iter().find(|(_, n)| *n != first) {
-            return Err(EngineError::Config(format!(
-                "source topics must have the same partition count: {} has {first}, {t} has {n}",
-                counts[0].0
-            )));
-        }
-        Ok(first)
-    }
-
-    fn partition_count(&self, consumer: &BaseConsumer, topic: &str) -> Result<i32, EngineError> {
-        // A topic created a moment ago may not be in every broker's metadata
-        // yet: look again for a few seconds before calling it missing.
-        let missing_since = Instant::now();
-        loop {
-            match consumer.fetch_metadata(Some(topic), KAFKA_TIMEOUT) {
-                Ok(md) => {
-                    let t = md.topics().iter().find(|t| t.name() == topic);
-                    match t {
-                        Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
-                            return Ok(t.partitions().len() as i32)
-                        }
-                        _ if missing_since.elapsed() < MISSING_TOPIC_GRACE => {
-                            std::thread::sleep(Duration::from_millis(250));
-                        }
-                        _ => {
-                            return Err(EngineError::Config(format!(
-                                "topic '{topic}' does not exist at {}; create it first",
-                                self.config.kafka.bootstrap_servers
-                            )))
-                        }
-                    }
-                }
-                // Broker unavailable: wait, never skip.
-                Err(e) => {
-                    tracing::warn!("metadata for {topic}: {e}; retrying");
-                    if self.shutdown.load(Ordering::Relaxed) {
-                        return Err(e.into());
-                    }
-                    std::thread::sleep(Duration::from_secs(1));
-                }
-            }
-        }
-    }
-
-    /// Assigns the owned tasks at their committed offsets (the broker
-    /// answers only once no transaction on them is pending: require_stable).
-    fn assign(
-        &mut self,
-        consumer: &BaseConsumer,
-        tasks: &mut dyn TaskSource,
-    ) -> Result<(), EngineError> {
-        let owned = tasks.tasks(self.task_count);
-        let mut wanted = TopicPartitionList::new();
-        for t in &self.evaluator.pipeline().source_topics {
-            for p in &owned {
-                wanted.add_partition(&t.0, *p);
-            }
-        }
-        let committed = self.committed_offsets(consumer, &wanted)?;
-        self.resume.clear();
-        self.resume_from(&committed);
-        self.assign_resume_points(consumer)?;
-        let mut detail = self.status.detail.lock().unwrap();
-        detail.worker_id = self.worker_id.clone();
-        detail.application_id = self.config.application_id.clone();
-        if detail.placement.is_empty() {
-            detail.placement = tasks.describe();
-        }
-        // Several loops share one status: merge, do not overwrite.
-        detail.tasks.extend(owned);
-        detail.tasks.sort_unstable();
-        detail.tasks.dedup();
-        drop(detail);
-        self.status.ready.store(true, Ordering::Relaxed);
-        tracing::info!(partitions = self.resume.len(), placement = %tasks.describe(), "tasks assigned");
-        Ok(())
-    }
-
-    /// Forgets every task and offset of this loop and assigns afresh.
-    fn reassign(
-        &mut self,
-        consumer: &BaseConsumer,
-        tasks: &mut dyn TaskSource,
-    ) -> Result<(), EngineError> {
-        let held: Vec<i32> = self.resume.keys().map(|(_, p)| *p).collect();
-        self.status.release(&held);
-        self.positions.clear();
-        self.resume.clear();
-        self.assign(consumer, tasks)
-    }
-
-    /// Applies a placement change; returns its epoch for the acknowledgement.
-    fn apply(
-        &mut self,
-        consumer: &BaseConsumer,
-        change: PlacementChange,
-    ) -> Result<u64, EngineError> {
-        let sources: Vec<String> = self
-            .evaluator
-            .pipeline()
-            .source_topics
-            .iter()
-            .map(|t| t.0.clone())
-            .collect();
-        let (epoch, taken) = match change {
-            PlacementChange::Release { epoch, tasks } => {
-                self.resume.retain(|(_, p), _| !tasks.contains(p));
-                self.positions.retain(|(_, p), _| !tasks.contains(p));
-                self.status.release(&tasks);
-                self.publish_committed();
-                tracing::info!(epoch, ?tasks, "released tasks");
-                (epoch, Vec::new())
-            }
-            PlacementChange::Take { epoch, tasks } => (epoch, tasks),
-        };
-        if !taken.is_empty() {
-            let mut wanted = TopicPartitionList::new();
-            for t in &sources {
-                for p in &taken {
-                    wanted.add_partition(t, *p);
-                }
-            }
-            let committed = self.committed_offsets(consumer, &wanted)?;
-            self.resume_from(&committed);
-            self.status.take(&taken);
-            tracing::info!(epoch, tasks = ?taken, "took tasks");
-        }
-        self.assign_resume_points(consumer)?;
-        Ok(epoch)
-    }
-
-    /// Partitions resume at their committed offset, or from the beginning
-    /// when the group has none (`committed_offsets` has ruled out errors).
-    fn resume_from(&mut self, committed: &TopicPartitionList) {
-        for e in committed.elements() {
-            let offset = match e.offset() {
-                Offset::Offset(o) => Offset::Offset(o),
-                _ => Offset::Beginning,
-            };
-            self.resume
-                .insert((e.topic().to_string(), e.partition()), offset);
-        }
-    }
-
-    /// The group's committed offsets, retried while the broker is away.
-    fn committed_offsets(
-        &self,
-        consumer: &BaseConsumer,
-        wanted: &TopicPartitionList,
-    ) -> Result<TopicPartitionList, EngineError> {
-        loop {
-            // A partition-level error (an offset still in a transaction being
-            // completed: UNSTABLE_OFFSET_COMMIT; a coordinator moving) must
-            // be retried, never read as "no offset": that would replay the
-            // partition from its beginning.
-            let result = consumer
-                .committed_offsets(wanted.clone(), KAFKA_TIMEOUT)
-                .and_then(
-                    |c| match c.elements().iter().find_map(|e| e.error().err()) {
-                        Some(e) => Err(e),
-                        None => Ok(c),
-                    },
-                );
-            match result {
-                Ok(c) => return Ok(c),
-                Err(e) => {
-                    tracing::warn!("reading committed offsets: {e}; retrying");
-                    if self.shutdown.load(Ordering::Relaxed) {
-                        return Err(e.into());
-                    }
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-            }
-        }
-    }
-
-    /// (Re)assigns every owned partition at its resume point. Unassigning
-    /// first drops records already fetched past it, so a replay starts
-    /// exactly at the last committed offset.
-    fn assign_resume_points(&self, consumer: &BaseConsumer) -> Result<(), EngineError> {
-        consumer.unassign()?;
-        let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), offset) in &self.resume {
-            tpl.add_partition_offset(topic, *partition, *offset)?;
-        }
-        consumer.assign(&tpl)?;
-        Ok(())
-    }
-
     fn handle(
         &mut self,
         consumer: &BaseConsumer,
@@ -621,198 +406,5 @@ impl Core {
         }
         self.records_out.inc(&out.topic);
         Ok(())
-    }
-
-    /// Begins a transaction; `false` when the producer had to be
-    /// re-initialised instead (nothing begun).
-    fn begin(&mut self) -> Result<bool, EngineError> {
-        if let Err(e) = self.producer.begin_transaction() {
-            tracing::warn!("begin_transaction: {e}; re-initialising the producer");
-            self.reinitialise()?;
-            return Ok(false);
-        }
-        self.in_transaction = true;
-        Ok(true)
-    }
-
-    fn offsets(&self) -> Result<TopicPartitionList, EngineError> {
-        let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), offset) in &self.positions {
-            tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
-        }
-        Ok(tpl)
-    }
-
-    /// Commits the batch. On failure the batch is undone (aborted, or not
-    /// acknowledged) and its records are consumed again from the last
-    /// committed offsets: output and offsets move together or not at all.
-    fn commit(&mut self, consumer: &BaseConsumer) -> Result<(), EngineError> {
-        self.absorb_positions(consumer);
-        self.commit_processed(consumer)
-    }
-
-    /// Moves each partition's offset to the consumer's position where that
-    /// is further: past transaction markers and aborted records, which the
-    /// consumer skips. Committed offsets then reach the last stable offset
-    /// and an idle app shows lag 0, not 1 per marker (KEDA #5675).
-    fn absorb_positions(&mut self, consumer: &BaseConsumer) {
-        let Ok(positions) = consumer.position() else {
-            return;
-        };
-        for e in positions.elements() {
-            let Offset::Offset(position) = e.offset() else {
-                continue;
-            };
-            let tp = (e.topic().to_string(), e.partition());
-            let known = self
-                .positions
-                .get(&tp)
-                .copied()
-                .or(match self.resume.get(&tp) {
-                    Some(Offset::Offset(o)) => Some(*o),
-                    _ => None,
-                });
-            if known.is_none_or(|k| position > k)
-                && (known.is_some() || self.positions.contains_key(&tp))
-            {
-                self.positions.insert(tp, position);
-            }
-        }
-    }
-
-    /// Commits exactly what was processed (no position absorbed): used when
-    /// stopping at a failed record, which the consumer's position has passed.
-    fn commit_processed(&mut self, consumer: &BaseConsumer) -> Result<(), EngineError> {
-        if self.positions.is_empty() {
-            return Ok(());
-        }
-        if self.eos && !self.in_transaction && !self.begin()? {
-            self.positions.clear();
-            return self.assign_resume_points(consumer);
-        }
-        let started = Instant::now();
-        let outcome = if self.eos {
-            self.commit_transaction(consumer)
-        } else {
-            self.commit_at_least_once(consumer)
-        };
-        match outcome {
-            Ok(()) => {
-                self.status
-                    .record_commit(self.positions.keys().map(|(_, p)| *p), unix_ms());
-                for (tp, offset) in std::mem::take(&mut self.positions) {
-                    self.resume.insert(tp, Offset::Offset(offset));
-                }
-                self.metrics.commits.inc();
-                self.publish_committed();
-                self.metrics
-                    .commit_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                Ok(())
-            }
-            Err(e) => {
-                tracing::warn!(
-                    "commit failed: {e}; replaying the batch from the last committed offsets"
-                );
-                self.metrics.aborts.inc();
-                self.positions.clear();
-                self.assign_resume_points(consumer)
-            }
-        }
-    }
-
-    fn commit_transaction(&mut self, consumer: &BaseConsumer) -> Result<(), EngineError> {
-        let offsets = self.offsets()?;
-        let group = consumer
-            .group_metadata()
-            .ok_or_else(|| EngineError::Config("the consumer has no group metadata".into()))?;
-        let result = self
-            .producer
-            .send_offsets_to_transaction(&offsets, &group, KAFKA_TIMEOUT)
-            .and_then(|()| self.producer.commit_transaction(KAFKA_TIMEOUT));
-        self.in_transaction = false;
-        if let Err(e) = result {
-            let fatal = matches!(&e, KafkaError::Transaction(rd) if rd.is_fatal());
-            if fatal || self.producer.abort_transaction(KAFKA_TIMEOUT).is_err() {
-                // Fenced (another incarnation of this worker took over) or
-                // the producer is unusable: start a new one, which aborts
-                // whatever this one left open.
-                self.reinitialise()?;
-            }
-            return Err(e.into());
-        }
-        Ok(())
-    }
-
-    fn commit_at_least_once(&mut self, consumer: &BaseConsumer) -> Result<(), EngineError> {
-        self.producer.flush(KAFKA_TIMEOUT)?;
-        let failed = self.producer.context().failed.load(Ordering::Relaxed);
-        if failed != self.failed_at_last_commit {
-            self.failed_at_last_commit = failed;
-            return Err(EngineError::Undelivered(failed));
-        }
-        consumer.commit(&self.offsets()?, CommitMode::Sync)?;
-        Ok(())
-    }
-
-    fn reinitialise(&mut self) -> Result<(), EngineError> {
-        tracing::warn!("re-initialising the producer (fenced or unusable); the placement is read again before processing");
-        self.producer = new_producer(&self.config, &self.worker_id, &self.shutdown)?;
-        self.in_transaction = false;
-        self.placement_stale = true;
-        Ok(())
-    }
-
-    /// Publishes the committed offsets for the lag watcher and `/tasks`.
-    fn publish_committed(&mut self) {
-        let committed: BTreeMap<Tp, i64> = self
-            .resume
-            .iter()
-            .filter_map(|(tp, o)| match o {
-                Offset::Offset(o) => Some((tp.clone(), *o)),
-                _ => None,
-            })
-            .collect();
-        let mut shared = self.status.committed.lock().unwrap();
-        // Only this loop's partitions: other loops publish theirs.
-        for tp in &self.published {
-            shared.remove(tp);
-        }
-        self.published = committed.keys().cloned().collect();
-        shared.extend(committed);
-    }
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// A producer ready to work: under ExactlyOnce, `init_transactions` has
-/// succeeded (retried while the broker is unavailable, never skipped).
-fn new_producer(
-    config: &WorkerConfig,
-    worker_id: &str,
-    shutdown: &AtomicBool,
-) -> Result<BaseProducer<DeliveryCounter>, EngineError> {
-    let producer: BaseProducer<DeliveryCounter> = clients::producer(config, worker_id)
-        .map_err(|e| EngineError::Config(e.to_string()))?
-        .create_with_context(DeliveryCounter::default())?;
-    if config.processing_guarantee != ProcessingGuarantee::ExactlyOnce {
-        return Ok(producer);
-    }
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        match producer.init_transactions(KAFKA_TIMEOUT) {
-            Ok(()) => return Ok(producer),
-            Err(e) if !shutdown.load(Ordering::Relaxed) => {
-                tracing::warn!("init_transactions: {e}; retrying in {backoff:?}");
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-            Err(e) => return Err(e.into()),
-        }
     }
 }

@@ -1,0 +1,218 @@
+//! Which partitions a loop consumes and from where: the tasks its source
+//! gives it, resumed at their committed offsets (read with require_stable),
+//! and placement changes applied between commits.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::tasks::{PlacementChange, TaskSource};
+use super::{Core, EngineError, KAFKA_TIMEOUT, MISSING_TOPIC_GRACE};
+
+impl Core {
+    /// Source topics exist with one partition count; static outputs exist.
+    pub(super) fn check_topics(&self, consumer: &BaseConsumer) -> Result<i32, EngineError> {
+        let pipeline = self.evaluator.pipeline();
+        let mut counts = Vec::new();
+        for topic in &pipeline.source_topics {
+            counts.push((topic.0.clone(), self.partition_count(consumer, &topic.0)?));
+        }
+        for topic in pipeline.static_output_topics() {
+            self.partition_count(consumer, &topic.0)?;
+        }
+        let first = counts.first().map(|(_, n)| *n).unwrap_or(0);
+        if let Some((t, n)) = counts.iter().find(|(_, n)| *n != first) {
+            return Err(EngineError::Config(format!(
+                "source topics must have the same partition count: {} has {first}, {t} has {n}",
+                counts[0].0
+            )));
+        }
+        Ok(first)
+    }
+
+    pub(super) fn partition_count(
+        &self,
+        consumer: &BaseConsumer,
+        topic: &str,
+    ) -> Result<i32, EngineError> {
+        // A topic created a moment ago may not be in every broker's metadata
+        // yet: look again for a few seconds before calling it missing.
+        let missing_since = Instant::now();
+        loop {
+            match consumer.fetch_metadata(Some(topic), KAFKA_TIMEOUT) {
+                Ok(md) => {
+                    let t = md.topics().iter().find(|t| t.name() == topic);
+                    match t {
+                        Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+                            return Ok(t.partitions().len() as i32)
+                        }
+                        _ if missing_since.elapsed() < MISSING_TOPIC_GRACE => {
+                            std::thread::sleep(Duration::from_millis(250));
+                        }
+                        _ => {
+                            return Err(EngineError::Config(format!(
+                                "topic '{topic}' does not exist at {}; create it first",
+                                self.config.kafka.bootstrap_servers
+                            )))
+                        }
+                    }
+                }
+                // Broker unavailable: wait, never skip.
+                Err(e) => {
+                    tracing::warn!("metadata for {topic}: {e}; retrying");
+                    if self.shutdown.load(Ordering::Relaxed) {
+                        return Err(e.into());
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    /// Assigns the owned tasks at their committed offsets (the broker
+    /// answers only once no transaction on them is pending: require_stable).
+    pub(super) fn assign(
+        &mut self,
+        consumer: &BaseConsumer,
+        tasks: &mut dyn TaskSource,
+    ) -> Result<(), EngineError> {
+        let owned = tasks.tasks(self.task_count);
+        let mut wanted = TopicPartitionList::new();
+        for t in &self.evaluator.pipeline().source_topics {
+            for p in &owned {
+                wanted.add_partition(&t.0, *p);
+            }
+        }
+        let committed = self.committed_offsets(consumer, &wanted)?;
+        self.resume.clear();
+        self.resume_from(&committed);
+        self.assign_resume_points(consumer)?;
+        let mut detail = self.status.detail.lock().unwrap();
+        detail.worker_id = self.worker_id.clone();
+        detail.application_id = self.config.application_id.clone();
+        if detail.placement.is_empty() {
+            detail.placement = tasks.describe();
+        }
+        // Several loops share one status: merge, do not overwrite.
+        detail.tasks.extend(owned);
+        detail.tasks.sort_unstable();
+        detail.tasks.dedup();
+        drop(detail);
+        self.status.ready.store(true, Ordering::Relaxed);
+        tracing::info!(partitions = self.resume.len(), placement = %tasks.describe(), "tasks assigned");
+        Ok(())
+    }
+
+    /// Forgets every task and offset of this loop and assigns afresh.
+    pub(super) fn reassign(
+        &mut self,
+        consumer: &BaseConsumer,
+        tasks: &mut dyn TaskSource,
+    ) -> Result<(), EngineError> {
+        let held: Vec<i32> = self.resume.keys().map(|(_, p)| *p).collect();
+        self.status.release(&held);
+        self.positions.clear();
+        self.resume.clear();
+        self.assign(consumer, tasks)
+    }
+
+    /// Applies a placement change; returns its epoch for the acknowledgement.
+    pub(super) fn apply(
+        &mut self,
+        consumer: &BaseConsumer,
+        change: PlacementChange,
+    ) -> Result<u64, EngineError> {
+        let sources: Vec<String> = self
+            .evaluator
+            .pipeline()
+            .source_topics
+            .iter()
+            .map(|t| t.0.clone())
+            .collect();
+        let (epoch, taken) = match change {
+            PlacementChange::Release { epoch, tasks } => {
+                self.resume.retain(|(_, p), _| !tasks.contains(p));
+                self.positions.retain(|(_, p), _| !tasks.contains(p));
+                self.status.release(&tasks);
+                self.publish_committed();
+                tracing::info!(epoch, ?tasks, "released tasks");
+                (epoch, Vec::new())
+            }
+            PlacementChange::Take { epoch, tasks } => (epoch, tasks),
+        };
+        if !taken.is_empty() {
+            let mut wanted = TopicPartitionList::new();
+            for t in &sources {
+                for p in &taken {
+                    wanted.add_partition(t, *p);
+                }
+            }
+            let committed = self.committed_offsets(consumer, &wanted)?;
+            self.resume_from(&committed);
+            self.status.take(&taken);
+            tracing::info!(epoch, tasks = ?taken, "took tasks");
+        }
+        self.assign_resume_points(consumer)?;
+        Ok(epoch)
+    }
+
+    /// Partitions resume at their committed offset, or from the beginning
+    /// when the group has none (`committed_offsets` has ruled out errors).
+    pub(super) fn resume_from(&mut self, committed: &TopicPartitionList) {
+        for e in committed.elements() {
+            let offset = match e.offset() {
+                Offset::Offset(o) => Offset::Offset(o),
+                _ => Offset::Beginning,
+            };
+            self.resume
+                .insert((e.topic().to_string(), e.partition()), offset);
+        }
+    }
+
+    /// The group's committed offsets, retried while the broker is away.
+    pub(super) fn committed_offsets(
+        &self,
+        consumer: &BaseConsumer,
+        wanted: &TopicPartitionList,
+    ) -> Result<TopicPartitionList, EngineError> {
+        loop {
+            // A partition-level error (an offset still in a transaction being
+            // completed: UNSTABLE_OFFSET_COMMIT; a coordinator moving) must
+            // be retried, never read as "no offset": that would replay the
+            // partition from its beginning.
+            let result = consumer
+                .committed_offsets(wanted.clone(), KAFKA_TIMEOUT)
+                .and_then(
+                    |c| match c.elements().iter().find_map(|e| e.error().err()) {
+                        Some(e) => Err(e),
+                        None => Ok(c),
+                    },
+                );
+            match result {
+                Ok(c) => return Ok(c),
+                Err(e) => {
+                    tracing::warn!("reading committed offsets: {e}; retrying");
+                    if self.shutdown.load(Ordering::Relaxed) {
+                        return Err(e.into());
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
+    }
+
+    /// (Re)assigns every owned partition at its resume point. Unassigning
+    /// first drops records already fetched past it, so a replay starts
+    /// exactly at the last committed offset.
+    pub(super) fn assign_resume_points(&self, consumer: &BaseConsumer) -> Result<(), EngineError> {
+        consumer.unassign()?;
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), offset) in &self.resume {
+            tpl.add_partition_offset(topic, *partition, *offset)?;
+        }
+        consumer.assign(&tpl)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,238 @@
+//! Transactions: begin, commit with the input offsets, abort and replay,
+//! and re-initialise a fenced producer. At-least-once commits offsets after
+//! a flush instead.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use millrace_crds::ProcessingGuarantee;
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::DeliveryResult;
+use rdkafka::producer::{BaseProducer, Producer, ProducerContext};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::{clients, Core, EngineError, Tp, KAFKA_TIMEOUT};
+use crate::config::WorkerConfig;
+
+/// Counts failed deliveries: under at-least-once a failure means the batch's
+/// offsets must not be committed (its records are replayed instead).
+#[derive(Default)]
+pub struct DeliveryCounter {
+    failed: AtomicU64,
+}
+
+impl ClientContext for DeliveryCounter {}
+
+impl ProducerContext for DeliveryCounter {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            tracing::warn!("delivery failed: {e}");
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Core {
+    /// Begins a transaction; `false` when the producer had to be
+    /// re-initialised instead (nothing begun).
+    pub(super) fn begin(&mut self) -> Result<bool, EngineError> {
+        if let Err(e) = self.producer.begin_transaction() {
+            tracing::warn!("begin_transaction: {e}; re-initialising the producer");
+            self.reinitialise()?;
+            return Ok(false);
+        }
+        self.in_transaction = true;
+        Ok(true)
+    }
+
+    pub(super) fn offsets(&self) -> Result<TopicPartitionList, EngineError> {
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), offset) in &self.positions {
+            tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
+        }
+        Ok(tpl)
+    }
+
+    /// Commits the batch. On failure the batch is undone (aborted, or not
+    /// acknowledged) and its records are consumed again from the last
+    /// committed offsets: output and offsets move together or not at all.
+    pub(super) fn commit(&mut self, consumer: &BaseConsumer) -> Result<(), EngineError> {
+        self.absorb_positions(consumer);
+        self.commit_processed(consumer)
+    }
+
+    /// Moves each partition's offset to the consumer's position where that
+    /// is further: past transaction markers and aborted records, which the
+    /// consumer skips. Committed offsets then reach the last stable offset
+    /// and an idle app shows lag 0, not 1 per marker (KEDA #5675).
+    pub(super) fn absorb_positions(&mut self, consumer: &BaseConsumer) {
+        let Ok(positions) = consumer.position() else {
+            return;
+        };
+        for e in positions.elements() {
+            let Offset::Offset(position) = e.offset() else {
+                continue;
+            };
+            let tp = (e.topic().to_string(), e.partition());
+            let known = self
+                .positions
+                .get(&tp)
+                .copied()
+                .or(match self.resume.get(&tp) {
+                    Some(Offset::Offset(o)) => Some(*o),
+                    _ => None,
+                });
+            if known.is_none_or(|k| position > k)
+                && (known.is_some() || self.positions.contains_key(&tp))
+            {
+                self.positions.insert(tp, position);
+            }
+        }
+    }
+
+    /// Commits exactly what was processed (no position absorbed): used when
+    /// stopping at a failed record, which the consumer's position has passed.
+    pub(super) fn commit_processed(&mut self, consumer: &BaseConsumer) -> Result<(), EngineError> {
+        if self.positions.is_empty() {
+            return Ok(());
+        }
+        if self.eos && !self.in_transaction && !self.begin()? {
+            self.positions.clear();
+            return self.assign_resume_points(consumer);
+        }
+        let started = Instant::now();
+        let outcome = if self.eos {
+            self.commit_transaction(consumer)
+        } else {
+            self.commit_at_least_once(consumer)
+        };
+        match outcome {
+            Ok(()) => {
+                self.status
+                    .record_commit(self.positions.keys().map(|(_, p)| *p), unix_ms());
+                for (tp, offset) in std::mem::take(&mut self.positions) {
+                    self.resume.insert(tp, Offset::Offset(offset));
+                }
+                self.metrics.commits.inc();
+                self.publish_committed();
+                self.metrics
+                    .commit_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "commit failed: {e}; replaying the batch from the last committed offsets"
+                );
+                self.metrics.aborts.inc();
+                self.positions.clear();
+                self.assign_resume_points(consumer)
+            }
+        }
+    }
+
+    pub(super) fn commit_transaction(
+        &mut self,
+        consumer: &BaseConsumer,
+    ) -> Result<(), EngineError> {
+        let offsets = self.offsets()?;
+        let group = consumer
+            .group_metadata()
+            .ok_or_else(|| EngineError::Config("the consumer has no group metadata".into()))?;
+        let result = self
+            .producer
+            .send_offsets_to_transaction(&offsets, &group, KAFKA_TIMEOUT)
+            .and_then(|()| self.producer.commit_transaction(KAFKA_TIMEOUT));
+        self.in_transaction = false;
+        if let Err(e) = result {
+            let fatal = matches!(&e, KafkaError::Transaction(rd) if rd.is_fatal());
+            if fatal || self.producer.abort_transaction(KAFKA_TIMEOUT).is_err() {
+                // Fenced (another incarnation of this worker took over) or
+                // the producer is unusable: start a new one, which aborts
+                // whatever this one left open.
+                self.reinitialise()?;
+            }
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    pub(super) fn commit_at_least_once(
+        &mut self,
+        consumer: &BaseConsumer,
+    ) -> Result<(), EngineError> {
+        self.producer.flush(KAFKA_TIMEOUT)?;
+        let failed = self.producer.context().failed.load(Ordering::Relaxed);
+        if failed != self.failed_at_last_commit {
+            self.failed_at_last_commit = failed;
+            return Err(EngineError::Undelivered(failed));
+        }
+        consumer.commit(&self.offsets()?, CommitMode::Sync)?;
+        Ok(())
+    }
+
+    pub(super) fn reinitialise(&mut self) -> Result<(), EngineError> {
+        tracing::warn!("re-initialising the producer (fenced or unusable); the placement is read again before processing");
+        self.producer = new_producer(&self.config, &self.worker_id, &self.shutdown)?;
+        self.in_transaction = false;
+        self.placement_stale = true;
+        Ok(())
+    }
+
+    /// Publishes the committed offsets for the lag watcher and `/tasks`.
+    pub(super) fn publish_committed(&mut self) {
+        let committed: BTreeMap<Tp, i64> = self
+            .resume
+            .iter()
+            .filter_map(|(tp, o)| match o {
+                Offset::Offset(o) => Some((tp.clone(), *o)),
+                _ => None,
+            })
+            .collect();
+        let mut shared = self.status.committed.lock().unwrap();
+        // Only this loop's partitions: other loops publish theirs.
+        for tp in &self.published {
+            shared.remove(tp);
+        }
+        self.published = committed.keys().cloned().collect();
+        shared.extend(committed);
+    }
+}
+
+pub(super) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A producer ready to work: under ExactlyOnce, `init_transactions` has
+/// succeeded (retried while the broker is unavailable, never skipped).
+pub(super) fn new_producer(
+    config: &WorkerConfig,
+    worker_id: &str,
+    shutdown: &AtomicBool,
+) -> Result<BaseProducer<DeliveryCounter>, EngineError> {
+    let producer: BaseProducer<DeliveryCounter> = clients::producer(config, worker_id)
+        .map_err(|e| EngineError::Config(e.to_string()))?
+        .create_with_context(DeliveryCounter::default())?;
+    if config.processing_guarantee != ProcessingGuarantee::ExactlyOnce {
+        return Ok(producer);
+    }
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match producer.init_transactions(KAFKA_TIMEOUT) {
+            Ok(()) => return Ok(producer),
+            Err(e) if !shutdown.load(Ordering::Relaxed) => {
+                tracing::warn!("init_transactions: {e}; retrying in {backoff:?}");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}

@@ -137,8 +137,8 @@ pub async fn reconcile(app: Arc<StreamApp>, ctx: Arc<Context>) -> Result<Action>
     let existing = sts_api.get_opt(&model.name).await?;
     // Pods leaving keep running until their tasks have moved (the placement
     // driver stops placing on them first): no task waits for a fence.
-    let draining = drain_floor(&ctx.client, &model, replicas).await;
-    let objects = crate::build::desired(&model, replicas.max(draining));
+    let running = replicas.max(drain_floor(&ctx.client, &model, replicas).await);
+    let objects = crate::build::desired(&model, running);
     let applied = apply_all(&ctx.client, &namespace, &objects).await?;
 
     match &existing {
@@ -156,14 +156,15 @@ pub async fn reconcile(app: Arc<StreamApp>, ctx: Arc<Context>) -> Result<Action>
         }
         Some(old) => {
             let old_replicas = old.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
-            if old_replicas != replicas {
-                event(
-                    EventType::Normal,
-                    "Scaled",
-                    "Scale",
-                    format!("workers {old_replicas} → {replicas}"),
-                )
-                .await;
+            // Once per change of the StatefulSet: while leaving pods hand
+            // their tasks over, it stays above the desired count.
+            if old_replicas != running {
+                let note = if running == replicas {
+                    format!("workers {old_replicas} → {running}")
+                } else {
+                    format!("workers {old_replicas} → {running} (→ {replicas} once the leaving workers' tasks have moved)")
+                };
+                event(EventType::Normal, "Scaled", "Scale", note).await;
             }
             if config_hash(old) != config_hash(&applied) {
                 event(

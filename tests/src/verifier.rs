@@ -98,7 +98,13 @@ spec:
 }
 
 pub fn generate(topics: &Topics, records: u64, over: Duration) {
+    generate_seqs(topics, 0..records, over);
+}
+
+/// Writes the records with sequence numbers `seqs`, spread over about `over`.
+pub fn generate_seqs(topics: &Topics, seqs: std::ops::Range<u64>, over: Duration) {
     let started = Instant::now();
+    let (first, records) = (seqs.start, seqs.end - seqs.start);
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", kafka_bootstrap())
         .set("enable.idempotence", "true")
@@ -106,9 +112,9 @@ pub fn generate(topics: &Topics, records: u64, over: Duration) {
         .set("partitioner", "murmur2_random")
         .create()
         .unwrap();
-    for seq in 0..records {
-        if seq.is_multiple_of(1000) {
-            let due = over.mul_f64(seq as f64 / records as f64);
+    for seq in seqs {
+        if (seq - first).is_multiple_of(1000) {
+            let due = over.mul_f64((seq - first) as f64 / records as f64);
             if let Some(ahead) = due.checked_sub(started.elapsed()) {
                 std::thread::sleep(ahead);
             }

@@ -116,27 +116,25 @@ pub fn step(
             .get(&m.from)
             .is_some_and(|e| *e >= m.revoked_epoch);
         let waited = o.now_ms.saturating_sub(m.since_ms);
-        let fenced =
-            !released && (!o.available.contains(&m.from) || waited >= o.ack_timeout_ms) && {
-                let reason = if o.available.contains(&m.from) {
-                    format!(
-                        "no acknowledgement of epoch {} within {} ms",
-                        m.revoked_epoch, o.ack_timeout_ms
-                    )
-                } else {
-                    "not ready or not answering".to_string()
-                };
-                if fence.insert(m.from.clone()) {
-                    happenings.push(Happening::Fenced {
-                        worker: m.from.clone(),
-                        reason,
-                    });
-                }
-                true
-            };
+        let gone = !o.available.contains(&m.from);
+        let fenced = !released && (gone || waited >= o.ack_timeout_ms);
         if !released && !fenced {
             next.moves.push(m.clone());
             continue;
+        }
+        if fenced && fence.insert(m.from.clone()) {
+            let reason = if gone {
+                "not ready or not answering".to_string()
+            } else {
+                format!(
+                    "no acknowledgement of epoch {} within {} ms",
+                    m.revoked_epoch, o.ack_timeout_ms
+                )
+            };
+            happenings.push(Happening::Fenced {
+                worker: m.from.clone(),
+                reason,
+            });
         }
         match target.active_owner(m.task) {
             Some(to) if o.available.contains(to) => {

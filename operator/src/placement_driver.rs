@@ -516,7 +516,8 @@ async fn publish(driver: &Driver, app: &StreamApp, type_: EventType, reason: &st
     .await;
 }
 
-fn unix_ms() -> u64 {
+/// Milliseconds since the Unix epoch: the clock of placement documents.
+pub fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

@@ -169,8 +169,6 @@ pub fn read_all(topic: &str, partitions: i32) -> Vec<Read> {
     }
     consumer.assign(&tpl).unwrap();
     let mut out = Vec::new();
-    let mut delivered = std::collections::HashSet::new();
-    let mut redelivered = 0u64;
     let done = |c: &BaseConsumer| {
         let pos = c.position().unwrap();
         (0..partitions).all(|p| match pos.find_partition(topic, p).map(|e| e.offset()) {
@@ -204,12 +202,6 @@ pub fn read_all(topic: &str, partitions: i32) -> Vec<Read> {
                     .collect()
             })
             .unwrap_or_default();
-        // The same offset delivered twice is the reader's doing, not a
-        // duplicate in the data: count it apart and keep one copy.
-        if !delivered.insert((m.partition(), m.offset())) {
-            redelivered += 1;
-            continue;
-        }
         out.push((
             m.partition(),
             m.key().unwrap_or_default().to_vec(),
@@ -217,9 +209,7 @@ pub fn read_all(topic: &str, partitions: i32) -> Vec<Read> {
             headers,
         ));
     }
-    if redelivered > 0 {
-        eprintln!("reading {topic}: {redelivered} records were delivered twice by the reader (same offset); counted once");
-    }
+
     out
 }
 

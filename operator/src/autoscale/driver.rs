@@ -67,10 +67,7 @@ pub async fn run(autoscaler: Arc<Autoscaler>) {
 }
 
 fn now_s() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
+    crate::placement_driver::unix_ms() as f64 / 1000.0
 }
 
 /// Lag of apps without autoscaling is measured this often (for

@@ -208,6 +208,9 @@ impl Engine {
             let deadline = Instant::now() + interval + first.take().unwrap_or_default();
             let mut now = Instant::now();
             let mut served: u32 = 0;
+            // Time processing (not waiting for records), summed here and
+            // published once per commit: no shared counter per record.
+            let mut busy = Duration::ZERO;
             while now < deadline {
                 if core.placement_stale {
                     // Fenced: start over from a fresh read of the placement
@@ -248,7 +251,7 @@ impl Engine {
                         };
                         let started = Instant::now();
                         core.handle(consumer, &record)?;
-                        core.status.add_busy(started.elapsed());
+                        busy += started.elapsed();
                     }
                     Some(Err(e)) => tracing::warn!("consume: {e}"),
                     None => {}
@@ -267,7 +270,7 @@ impl Engine {
             if !core.placement_stale {
                 apply_changes(core, consumer, tasks.as_mut())?;
             }
-            core.status.add_busy(started.elapsed());
+            core.status.add_busy(busy + started.elapsed());
         }
     }
 }

@@ -5,7 +5,7 @@
 //! durations, reserved names. Every problem is returned, each naming the
 //! field, so one `kubectl describe` shows them all.
 
-use crate::autoscale::policy::{Mode, Policy};
+use crate::autoscale::policy::{Mode, Policy, POD_START_S};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -304,7 +304,7 @@ pub fn autoscaling_settings(problems: &mut Vec<Invalid>, a: &AutoscalingSpec) ->
     };
     let up = a.scale_up.clone().unwrap_or_default();
     let down = a.scale_down.clone().unwrap_or_default();
-    let policy = Policy {
+    let mut policy = Policy {
         mode: match a.mode {
             AutoscalingMode::Off => Mode::Off,
             AutoscalingMode::Lag => Mode::Lag,
@@ -335,12 +335,14 @@ pub fn autoscaling_settings(problems: &mut Vec<Invalid>, a: &AutoscalingSpec) ->
             a.cooldown.as_ref(),
             defaults.cooldown_s,
         ),
+        reaction_s: defaults.reaction_s,
     };
     let poll = seconds(
         "spec.autoscaling.pollInterval",
         a.poll_interval.as_ref(),
         10.0,
     );
+    policy.reaction_s = poll + policy.up_window_s + POD_START_S;
     if policy.target_drain_s < 1.0 {
         problems.push(invalid(
             "spec.autoscaling.targetDrainTime",

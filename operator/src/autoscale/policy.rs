@@ -41,7 +41,13 @@ pub struct Policy {
     /// Most replicas removed at once; `None`: no limit beyond the window.
     pub down_max_step: Option<i32>,
     pub cooldown_s: f64,
+    /// Seconds from a decision to new workers processing: the poll
+    /// interval, the scale-up window and a pod's start.
+    pub reaction_s: f64,
 }
+
+/// What a pod takes to start and take tasks, when nothing better is known.
+pub const POD_START_S: f64 = 10.0;
 
 impl Default for Policy {
     fn default() -> Self {
@@ -59,6 +65,7 @@ impl Default for Policy {
             down_window_s: 60.0,
             down_max_step: None,
             cooldown_s: 30.0,
+            reaction_s: 10.0 + POD_START_S,
         }
     }
 }
@@ -144,7 +151,10 @@ pub fn decide(p: &Policy, s: &Sample, m: &mut Memory) -> Decision {
     // 1. The raw recommendation.
     let (mut raw, mut reason) = if s.current == 0 {
         if lag >= p.activation_lag.max(1) {
-            let want = m.capacity.map_or(1, |c| needed(p, s, c)).max(1);
+            let want = m
+                .capacity
+                .map_or(1, |c| within_budget(p, s, c, 1, needed(p, s, c)))
+                .max(1);
             (
                 want,
                 format!("waking: lag {lag} ≥ activation {}", p.activation_lag),
@@ -158,16 +168,10 @@ pub fn decide(p: &Policy, s: &Sample, m: &mut Memory) -> Decision {
     } else if lag == 0 && input < 0.5 {
         (floor, "idle: no lag and no input".to_string())
     } else if let Some(c) = m.capacity {
-        let want = needed(p, s, c);
+        let want = within_budget(p, s, c, s.current, needed(p, s, c));
         let have = effective(s.tasks, s.current, c);
         let need = need_rate(p, s, c);
-        // Down only with 10 % to spare at the new count: no flapping on noise.
-        if want < s.current && need > 0.9 * effective(s.tasks, want, c) {
-            (
-                s.current,
-                format!("need {need:.0}/s: fewer workers would run within 10 % of it"),
-            )
-        } else if want == s.current {
+        if want == s.current {
             (s.current, format!("need {need:.0}/s, have {have:.0}/s"))
         } else {
             (
@@ -289,6 +293,35 @@ fn needed(p: &Policy, s: &Sample, capacity: f64) -> i32 {
     let per_task = need / s.tasks as f64;
     let carry = ((capacity / per_task).floor() as i32).clamp(1, s.tasks);
     (s.tasks + carry - 1) / carry
+}
+
+/// The backlog the app may carry: half of what one worker drains within
+/// the target. The other half is margin for the reaction time and for
+/// rates that change while new workers start.
+fn backlog_budget(p: &Policy, capacity: f64) -> f64 {
+    0.5 * capacity * p.target_drain_s
+}
+
+/// The fewest workers from `from` up to `want` that keep the backlog within
+/// its budget until more workers could be processing. A shortfall that
+/// grows the backlog slowly is carried rather than answered with a worker
+/// at once: a brief peak then costs no pod at all, and a lasting one adds
+/// the pod `reaction_s` before the budget runs out. This budget is also the
+/// hysteresis of the scale-down: a count that only just keeps up is safe to
+/// return to, because noise above it grows the backlog, not the replicas.
+fn within_budget(p: &Policy, s: &Sample, capacity: f64, from: i32, want: i32) -> i32 {
+    if want <= from {
+        return want;
+    }
+    let lag = s.total_lag() as f64;
+    let input = Sample::total(&s.input_rate);
+    let budget = backlog_budget(p, capacity);
+    (from..want)
+        .find(|r| {
+            let shortfall = (input - effective(s.tasks, *r, capacity)).max(0.0);
+            lag + shortfall * p.reaction_s <= budget
+        })
+        .unwrap_or(want)
 }
 
 /// Records/s `replicas` workers process when every task has the same load.

@@ -269,3 +269,56 @@ fn the_busiest_worker_decides_not_the_sum() {
     let d = decide(&p, &sample(0.0, 16, 6, 0, 2400.0, 2400.0), &mut m);
     assert_eq!(d.desired, 6, "{}", d.reason);
 }
+
+#[test]
+fn a_small_shortfall_is_carried_in_the_backlog_budget() {
+    let p = Policy::default();
+    // Budget: half of 60 s of one 500/s worker = 15,000 records; reaction
+    // 20 s. Two workers process 1000/s against 1100/s in: 100/s short.
+    let d = decide(
+        &p,
+        &sample(0.0, 16, 2, 0, 1100.0, 1000.0),
+        &mut learned(500.0),
+    );
+    assert_eq!(d.desired, 2, "2,000 more in 20 s fits: {}", d.reason);
+    let d = decide(
+        &p,
+        &sample(0.0, 16, 2, 14_000, 1100.0, 1000.0),
+        &mut learned(500.0),
+    );
+    assert_eq!(
+        d.desired, 3,
+        "14,000 + 2,000 would not fit; 3 workers keep up: {}",
+        d.reason
+    );
+    // Over the budget: drain within the target, as without one.
+    // 1100 + 40000/60 = 1767/s, 110/s per task: 4 tasks per worker.
+    let d = decide(
+        &p,
+        &sample(0.0, 16, 2, 40_000, 1100.0, 1000.0),
+        &mut learned(500.0),
+    );
+    assert_eq!(d.desired, 4, "{}", d.reason);
+}
+
+#[test]
+fn scale_down_returns_to_a_count_that_just_keeps_up_and_noise_does_not_flap() {
+    let p = Policy {
+        cooldown_s: 0.0,
+        down_window_s: 0.0,
+        ..Default::default()
+    };
+    let mut m = learned(500.0);
+    // 990/s in: two workers (1000/s) just keep up.
+    let d = decide(&p, &sample(0.0, 16, 3, 0, 990.0, 990.0), &mut m);
+    assert_eq!(d.desired, 2, "{}", d.reason);
+    // Input wobbles above what two process: the backlog absorbs it.
+    for (t, input, lag) in [
+        (10.0, 1050.0, 500),
+        (20.0, 1080.0, 1300),
+        (30.0, 960.0, 900),
+    ] {
+        let d = decide(&p, &sample(t, 16, 2, lag, input, 1000.0), &mut m);
+        assert_eq!(d.desired, 2, "t={t}: {}", d.reason);
+    }
+}

@@ -441,6 +441,7 @@ pub fn compare(trace: &Trace) -> Vec<(&'static str, Score)> {
     let mut millrace = Millrace {
         policy: Policy {
             min_replicas: trace.min_replicas,
+            reaction_s: 10.0 + f64::from(WORLD.startup_s),
             ..Policy::default()
         },
         memory: Memory::default(),

@@ -77,6 +77,10 @@ pub struct AutoscalingStatus {
     pub capacity_per_replica: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_poll_time: Option<Time>,
+    /// Heavy tasks (each needs half a worker or more) that placement gives
+    /// a worker of their own, most loaded first; applied under `Lag` only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub isolated_tasks: Vec<i32>,
     /// The autoscaler's memory (JSON), so a restarted operator does not relearn.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<String>,

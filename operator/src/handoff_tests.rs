@@ -21,6 +21,7 @@ fn target_for(doc: &PlacementDoc, tasks: i32, available: &BTreeSet<String>) -> P
         standby_replicas: 0,
         stateful: false,
         caught_up: &BTreeMap::new(),
+        isolated: &[],
     })
 }
 

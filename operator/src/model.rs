@@ -336,6 +336,7 @@ pub fn autoscaling_settings(problems: &mut Vec<Invalid>, a: &AutoscalingSpec) ->
             defaults.cooldown_s,
         ),
         reaction_s: defaults.reaction_s,
+        rate_limit: None,
     };
     let poll = seconds(
         "spec.autoscaling.pollInterval",

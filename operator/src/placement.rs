@@ -70,6 +70,44 @@ pub struct Inputs<'a> {
     pub stateful: bool,
     /// Per task, the workers whose copy of its state is caught up.
     pub caught_up: &'a BTreeMap<i32, BTreeSet<String>>,
+    /// Tasks to give a worker of their own, most loaded first: the
+    /// autoscaler's heavy tasks (one that alone needs half a worker).
+    pub isolated: &'a [i32],
+}
+
+/// Which ready worker each isolated task gets to itself: its owner when
+/// that is free, else the worker holding fewest tasks, so that the heavy
+/// task (whose backlog is the one that matters) is not paused by a move.
+/// At most `n − 1`: the other tasks keep at least one worker.
+fn dedicate(i: &Inputs<'_>, ready: &[&Worker]) -> BTreeMap<String, i32> {
+    let mut dedicated: BTreeMap<String, i32> = BTreeMap::new();
+    let limit = ready.len().saturating_sub(1);
+    let mut seen = BTreeSet::new();
+    for &task in i.isolated {
+        if dedicated.len() == limit {
+            break;
+        }
+        if !(0..i.tasks).contains(&task) || !seen.insert(task) {
+            continue;
+        }
+        let free = |w: &str| !dedicated.contains_key(w) && ready.iter().any(|r| r.name == w);
+        let worker = match i.current.active_owner(task).filter(|w| free(w)) {
+            Some(owner) => owner.to_string(),
+            None => {
+                let held = |w: &str| i.current.workers.get(w).map_or(0, |a| a.active.len());
+                let Some(w) = ready
+                    .iter()
+                    .filter(|w| free(&w.name))
+                    .min_by_key(|w| (held(&w.name), w.name.clone()))
+                else {
+                    break;
+                };
+                w.name.clone()
+            }
+        };
+        dedicated.insert(worker, task);
+    }
+    dedicated
 }
 
 pub fn next_placement(i: &Inputs<'_>) -> Placement {
@@ -85,25 +123,38 @@ pub fn next_placement(i: &Inputs<'_>) -> Placement {
     if ready.is_empty() || i.tasks <= 0 {
         return finish(i.current, next);
     }
-    // Share: the first `tasks % n` workers (by name) take one more.
-    let n = ready.len() as i32;
-    let capacity: BTreeMap<&str, usize> = ready
+    // Isolated tasks first, each alone on its worker; the others share the
+    // rest: the first `shared_tasks % n` of those workers (by name) take one
+    // more.
+    let dedicated = dedicate(i, &ready);
+    for (worker, task) in &dedicated {
+        next.get_mut(worker).unwrap().active.insert(*task);
+    }
+    let shared: Vec<&&Worker> = ready
+        .iter()
+        .filter(|w| !dedicated.contains_key(&w.name))
+        .collect();
+    let n = shared.len() as i32;
+    let shared_tasks = i.tasks - dedicated.len() as i32;
+    let mut capacity: BTreeMap<&str, usize> = shared
         .iter()
         .enumerate()
         .map(|(k, w)| {
             (
                 w.name.as_str(),
-                (i.tasks / n + i32::from((k as i32) < i.tasks % n)) as usize,
+                (shared_tasks / n + i32::from((k as i32) < shared_tasks % n)) as usize,
             )
         })
         .collect();
+    capacity.extend(dedicated.keys().map(|w| (w.as_str(), 1)));
+    let is_isolated = |task: i32| dedicated.values().any(|t| *t == task);
     let caught_up =
         |task: i32, worker: &str| i.caught_up.get(&task).is_some_and(|s| s.contains(worker));
 
     // 1. Sticky: keep each active on its ready worker while within share.
     let mut unplaced: Vec<i32> = Vec::new();
     let mut over: Vec<(i32, String)> = Vec::new();
-    for task in 0..i.tasks {
+    for task in (0..i.tasks).filter(|t| !is_isolated(*t)) {
         match i
             .current
             .active_owner(task)
@@ -230,6 +281,16 @@ mod tests {
     }
 
     fn place(tasks: i32, ws: &[Worker], current: &Placement, standbys: usize) -> Placement {
+        place_isolating(tasks, ws, current, standbys, &[])
+    }
+
+    fn place_isolating(
+        tasks: i32,
+        ws: &[Worker],
+        current: &Placement,
+        standbys: usize,
+        isolated: &[i32],
+    ) -> Placement {
         next_placement(&Inputs {
             tasks,
             workers: ws,
@@ -237,7 +298,51 @@ mod tests {
             standby_replicas: standbys,
             stateful: false,
             caught_up: &BTreeMap::new(),
+            isolated,
         })
+    }
+
+    #[test]
+    fn a_heavy_task_gets_its_worker_to_itself() {
+        let ws = workers(&["a", "b", "c"]);
+        let p = place(16, &ws, &Placement::default(), 0);
+        let owner = p.active_owner(3).unwrap().to_string();
+        let q = place_isolating(16, &ws, &p, 0, &[3]);
+        assert_eq!(q.active_owner(3), Some(owner.as_str()), "it does not move");
+        assert_eq!(q.workers[&owner].active, BTreeSet::from([3]));
+        let others: Vec<usize> = q
+            .workers
+            .iter()
+            .filter(|(w, _)| **w != owner)
+            .map(|(_, a)| a.active.len())
+            .collect();
+        assert_eq!(others, [8, 7], "the other 15 share the other workers");
+        assert!((0..16).all(|t| q.active_owner(t).is_some()));
+        // Released: counts balance again.
+        let r = place(16, &ws, &q, 0);
+        assert_eq!(actives(&r), [6, 5, 5]);
+    }
+
+    #[test]
+    fn isolation_leaves_the_others_a_worker_and_prefers_an_empty_one() {
+        let one = workers(&["a"]);
+        let p = place_isolating(4, &one, &Placement::default(), 0, &[0]);
+        assert_eq!(actives(&p), [4], "one worker: nothing to isolate onto");
+        let ab = workers(&["a", "b"]);
+        let p = place_isolating(4, &ab, &Placement::default(), 0, &[0, 1, 2]);
+        assert_eq!(p.workers["a"].active, BTreeSet::from([0]), "only n − 1");
+        assert_eq!(p.workers["b"].active.len(), 3);
+        // Two heavy tasks on one worker: the second goes to the new pod.
+        let p = place(4, &ab, &Placement::default(), 0);
+        let abc = workers(&["a", "b", "c"]);
+        let (x, y) = {
+            let mut on_a = p.workers["a"].active.iter();
+            (*on_a.next().unwrap(), *on_a.next().unwrap())
+        };
+        let q = place_isolating(4, &abc, &p, 0, &[x, y]);
+        assert_eq!(q.workers["a"].active, BTreeSet::from([x]));
+        assert_eq!(q.workers["c"].active, BTreeSet::from([y]));
+        assert_eq!(q.workers["b"].active.len(), 2);
     }
 
     fn actives(p: &Placement) -> Vec<usize> {
@@ -284,6 +389,7 @@ mod tests {
             standby_replicas: 0,
             stateful: true,
             caught_up: &none,
+            isolated: &[],
         });
         assert_eq!(
             cold.workers["a"].active.len(),
@@ -303,6 +409,7 @@ mod tests {
             standby_replicas: 0,
             stateful: true,
             caught_up: &warm,
+            isolated: &[],
         });
         assert_eq!(actives(&moved), [2, 2]);
         assert!(moved.workers["b"].warmup.is_empty());
@@ -397,6 +504,7 @@ mod tests {
             let mut ws: Vec<Worker> = Vec::new();
             let mut current = Placement::default();
             for step in 0..30 {
+                let isolated: Vec<i32> = (0..rand(3)).map(|_| rand(tasks as u64) as i32).collect();
                 match rand(3) {
                     0 if ws.len() < 8 => ws.push(Worker {
                         name: format!("w{step}"),
@@ -414,7 +522,7 @@ mod tests {
                     _ => {}
                 }
                 let previous = current.clone();
-                current = place(tasks, &ws, &previous, standbys);
+                current = place_isolating(tasks, &ws, &previous, standbys, &isolated);
                 let ready: BTreeSet<&str> = ws
                     .iter()
                     .filter(|w| w.ready)
@@ -440,9 +548,12 @@ mod tests {
                         );
                     }
                     // Sticky: a task whose worker is still ready and within
-                    // share does not move.
+                    // share, and not given to a heavy task, does not move.
                     if let Some(old) = previous.active_owner(t) {
-                        if ready.contains(old) && owners[0] != old {
+                        let taken = isolated
+                            .iter()
+                            .any(|i| current.active_owner(*i) == Some(old));
+                        if ready.contains(old) && owners[0] != old && !taken {
                             assert!(
                                 previous.workers[old].active.len()
                                     > current.workers.get(old).map_or(0, |a| a.active.len()),
@@ -451,8 +562,23 @@ mod tests {
                         }
                     }
                 }
+                // The first n − 1 distinct heavy tasks are alone; the other
+                // workers are balanced within one.
+                let mut alone = BTreeSet::new();
+                for t in &isolated {
+                    if alone.len() + 1 < ready.len() && !alone.contains(t) {
+                        let owner = current.active_owner(*t).unwrap();
+                        assert_eq!(current.workers[owner].active, BTreeSet::from([*t]));
+                        alone.insert(*t);
+                    }
+                }
                 if !ready.is_empty() {
-                    let counts = actives(&current);
+                    let counts: Vec<usize> = current
+                        .workers
+                        .values()
+                        .filter(|a| !a.active.iter().any(|t| alone.contains(t)))
+                        .map(|a| a.active.len())
+                        .collect();
                     assert!(
                         counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 1,
                         "balanced within one: {counts:?}"

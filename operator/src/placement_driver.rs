@@ -17,7 +17,7 @@ use kube::api::{ListParams, PostParams};
 use kube::runtime::events::{EventType, Reporter};
 use kube::{Api, Client, Resource, ResourceExt};
 use millrace_crds::placement::{placement_config_map, PlacementDoc, PLACEMENT_KEY};
-use millrace_crds::{PlacementSummary, StreamApp};
+use millrace_crds::{AutoscalingMode, PlacementSummary, StreamApp};
 use millrace_runtime::metrics::WorkerStatus;
 
 use crate::build::ADMIN_PORT_NAME;
@@ -150,6 +150,8 @@ async fn drive(driver: &Driver, app: &StreamApp) -> anyhow::Result<bool> {
         .as_ref()
         .map_or(0, |s| s.standby_replicas.max(0) as usize);
 
+    let isolated = isolated_tasks(app);
+
     let config_maps: Api<ConfigMap> = Api::namespaced(driver.client.clone(), &namespace);
     let cm_name = placement_config_map(&name);
     let (mut doc, mut version) = match config_maps.get_opt(&cm_name).await? {
@@ -177,6 +179,7 @@ async fn drive(driver: &Driver, app: &StreamApp) -> anyhow::Result<bool> {
             standby_replicas: standbys,
             stateful: false,
             caught_up: &BTreeMap::new(),
+            isolated: &isolated,
         });
         let observation = Observation {
             acknowledged: &acknowledged,
@@ -522,4 +525,18 @@ pub fn unix_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// The autoscaler's heavy tasks, which get a worker each; only under
+/// `Lag`, since `DryRun` changes nothing.
+fn isolated_tasks(app: &StreamApp) -> Vec<i32> {
+    let acting = app
+        .spec
+        .autoscaling
+        .as_ref()
+        .is_some_and(|a| a.mode == AutoscalingMode::Lag);
+    match app.status.as_ref().and_then(|s| s.autoscaling.as_ref()) {
+        Some(a) if acting => a.isolated_tasks.clone(),
+        _ => Vec::new(),
+    }
 }

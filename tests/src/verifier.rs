@@ -103,6 +103,20 @@ pub fn generate(topics: &Topics, records: u64, over: Duration) {
 
 /// Writes the records with sequence numbers `seqs`, spread over about `over`.
 pub fn generate_seqs(topics: &Topics, seqs: std::ops::Range<u64>, over: Duration) {
+    write_records(topics, seqs, over, None);
+}
+
+/// Writes `records` records, all into one partition (a hot partition).
+pub fn generate_into(topics: &Topics, records: u64, partition: i32) {
+    write_records(topics, 0..records, Duration::ZERO, Some(partition));
+}
+
+fn write_records(
+    topics: &Topics,
+    seqs: std::ops::Range<u64>,
+    over: Duration,
+    partition: Option<i32>,
+) {
     let started = Instant::now();
     let (first, records) = (seqs.start, seqs.end - seqs.start);
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
@@ -126,6 +140,9 @@ pub fn generate_seqs(topics: &Topics, seqs: std::ops::Range<u64>, over: Duration
             format!(r#"{{"seq":{seq},"pad":"{}"}}"#, "x".repeat(64))
         };
         let mut record = BaseRecord::to(&topics.input).key(&key).payload(&value);
+        if let Some(p) = partition {
+            record = record.partition(p);
+        }
         loop {
             match producer.send(record) {
                 Ok(()) => break,
@@ -351,6 +368,8 @@ pub fn drained(group: &str, topics: &Topics) -> bool {
     };
     (0..partitions).all(|p| {
         let end = consumer.fetch_watermarks(input, p, Duration::from_secs(10)).map(|w| w.1).unwrap_or(i64::MAX);
-        matches!(committed.find_partition(input, p).map(|e| e.offset()), Some(Offset::Offset(o)) if o >= end)
+        // A partition nothing was written to has no committed offset.
+        end == 0
+            || matches!(committed.find_partition(input, p).map(|e| e.offset()), Some(Offset::Offset(o)) if o >= end)
     })
 }

@@ -3,12 +3,14 @@
 //! offset and deciding replicas. An idle app goes to zero; a backlog wakes
 //! it and replicas rise (never past the task count); the backlog drains;
 //! replicas fall after the scale-down window, to zero again; the
-//! exactly-once verifier checks every record. `DryRun` reports the same
-//! kind of decisions and changes nothing.
+//! exactly-once verifier checks every record. A backlog in one partition
+//! gets that partition a worker of its own until it drains. `DryRun`
+//! reports the same kind of decisions and changes nothing.
 
 use std::time::{Duration, Instant};
 
-use millrace_tests::verifier::{self, generate, verify, Topics};
+use millrace_crds::placement::PlacementDoc;
+use millrace_tests::verifier::{self, generate, generate_into, verify, Topics};
 use millrace_tests::{install_chart, kubectl, unique, wait_until, TestNamespace};
 
 const PARTITIONS: i32 = 8;
@@ -171,4 +173,65 @@ fn dry_run_reports_decisions_and_changes_nothing() {
         would.first()
     );
     assert!(!would.is_empty());
+}
+
+/// Tasks per worker in the app's placement ConfigMap.
+fn placement(ns: &str, app: &str) -> Option<PlacementDoc> {
+    let json = get(
+        ns,
+        &format!("configmap/{app}-placement"),
+        "{.data.placement\\.json}",
+    );
+    PlacementDoc::parse(&json).ok()
+}
+
+#[test]
+fn a_heavy_partition_gets_a_worker_of_its_own_until_it_drains() {
+    let (ns, topics, app_id) = setup("heavy", "heavy", "Lag", 2);
+    let ns = ns.0.as_str();
+    let app = "streamapp/heavy";
+    wait_until("two workers ready", Duration::from_secs(90), || {
+        (number(ns, app, "{.status.readyReplicas}") == 2).then_some(())
+    });
+    // 3,000 records in partition 0: 150/s to drain in the 20 s target, one
+    // and a half workers' worth, while the other seven partitions are idle.
+    let records = 3_000;
+    generate_into(&topics, records, 0);
+    let produced = Instant::now();
+    let alone = wait_until(
+        "partition 0 alone on its worker",
+        Duration::from_secs(60),
+        || {
+            let isolated = get(ns, app, "{.status.autoscaling.isolatedTasks}");
+            let doc = placement(ns, "heavy")?;
+            let (owner, a) = doc.workers.iter().find(|(_, a)| a.active.contains(&0))?;
+            (isolated.contains('0') && a.active.len() == 1 && doc.moves.is_empty())
+                .then(|| (owner.clone(), doc.workers.len()))
+        },
+    );
+    println!(
+        "partition 0 alone on {} (of {} workers) {:.1?} after the backlog appeared",
+        alone.0,
+        alone.1,
+        produced.elapsed()
+    );
+    assert_eq!(
+        number(ns, app, "{.status.desiredReplicas}"),
+        2,
+        "one worker for the heavy task, one for the seven idle ones"
+    );
+    wait_until("the backlog to drain", Duration::from_secs(120), || {
+        verifier::drained(&app_id, &topics).then_some(())
+    });
+    wait_until(
+        "the placement to balance again",
+        Duration::from_secs(60),
+        || {
+            let doc = placement(ns, "heavy")?;
+            let counts: Vec<usize> = doc.workers.values().map(|a| a.active.len()).collect();
+            (counts == [4, 4]).then_some(())
+        },
+    );
+    println!("drained and balanced 4/4 {:.1?} after", produced.elapsed());
+    verify(&topics, records).assert_exactly_once("heavy-partition verifier");
 }

@@ -87,7 +87,16 @@ async fn poll(a: &Autoscaler, app: &StreamApp) -> anyhow::Result<()> {
         .as_ref()
         .filter(|s| s.mode != AutoscalingMode::Off);
     let mut problems = Vec::new();
-    let settings = spec.map(|s| model::autoscaling_settings(&mut problems, s));
+    let settings = spec.map(|s| {
+        let mut settings = model::autoscaling_settings(&mut problems, s);
+        settings.policy.rate_limit = app
+            .spec
+            .pipeline
+            .as_ref()
+            .and_then(|p| p.max_records_per_second)
+            .map(|r| r as f64);
+        settings
+    });
     if !problems.is_empty() {
         // The reconcile reports them as Degraded.
         return Ok(());
@@ -270,12 +279,13 @@ async fn decide_and_report(
         processing_rate: (processed * 10.0).round() / 10.0,
         capacity_per_replica: memory.capacity.map(|c| (c * 10.0).round() / 10.0),
         last_poll_time: Some(Time(Timestamp::now())),
+        isolated_tasks: decision.isolated.clone(),
         memory: serde_json::to_string(&memory).ok(),
     };
     crate::events::patch_status(
         &a.client,
         app,
-        serde_json::json!({ "autoscaling": report, "lag": total_lag }),
+        serde_json::json!({ "autoscaling": merge_patch_of(&report), "lag": total_lag }),
     )
     .await?;
 
@@ -310,6 +320,19 @@ async fn decide_and_report(
     Ok(())
 }
 
+/// A merge patch keeps every field it does not mention: fields that are
+/// empty now are named as null, so a cleared `limited` (and with it the
+/// ScalingLimited condition) or `isolatedTasks` does not linger.
+fn merge_patch_of(report: &AutoscalingStatus) -> serde_json::Value {
+    let mut value = serde_json::to_value(report).unwrap_or_default();
+    if let Some(fields) = value.as_object_mut() {
+        for key in ["limited", "capacityPerReplica", "isolatedTasks"] {
+            fields.entry(key).or_insert(serde_json::Value::Null);
+        }
+    }
+    value
+}
+
 async fn publish(a: &Autoscaler, app: &StreamApp, type_: EventType, reason: &str, note: String) {
     crate::events::publish(
         &a.client,
@@ -320,4 +343,24 @@ async fn publish(a: &Autoscaler, app: &StreamApp, type_: EventType, reason: &str
         note,
     )
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_patch_clears_what_is_no_longer_set() {
+        let cleared = merge_patch_of(&AutoscalingStatus::default());
+        assert_eq!(cleared["limited"], serde_json::Value::Null);
+        assert_eq!(cleared["isolatedTasks"], serde_json::Value::Null);
+        assert!(cleared.as_object().unwrap().contains_key("limited"));
+        let set = merge_patch_of(&AutoscalingStatus {
+            limited: Some("stuck".into()),
+            isolated_tasks: vec![3],
+            ..Default::default()
+        });
+        assert_eq!(set["limited"], "stuck");
+        assert_eq!(set["isolatedTasks"], serde_json::json!([3]));
+    }
 }

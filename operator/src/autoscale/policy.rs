@@ -44,6 +44,9 @@ pub struct Policy {
     /// Seconds from a decision to new workers processing: the poll
     /// interval, the scale-up window and a pod's start.
     pub reaction_s: f64,
+    /// A worker's rate limit (`spec.pipeline.maxRecordsPerSecond`): no
+    /// worker processes more, whatever its busy time suggests.
+    pub rate_limit: Option<f64>,
 }
 
 /// What a pod takes to start and take tasks, when nothing better is known.
@@ -66,6 +69,7 @@ impl Default for Policy {
             down_max_step: None,
             cooldown_s: 30.0,
             reaction_s: 10.0 + POD_START_S,
+            rate_limit: None,
         }
     }
 }
@@ -114,9 +118,15 @@ pub struct Memory {
     /// The last scale-up: (time, from, to, total processing rate before).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scale_up: Option<(f64, i32, i32, f64)>,
+    /// Since when the stuck-looking partitions have looked stuck.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stuck_since_s: Option<f64>,
     /// Scale-ups are held until this time after an ineffective one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ineffective_until_s: Option<f64>,
+    /// Heavy tasks, each to get a worker of its own, most loaded first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub isolated: Vec<i32>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -128,6 +138,8 @@ pub struct Decision {
     pub reason: String,
     /// Set when more replicas would not help.
     pub limited: Option<String>,
+    /// Tasks that each get a worker of their own (most loaded first).
+    pub isolated: Vec<i32>,
 }
 
 /// Fewest replicas with the same busiest-pod task count as `r`.
@@ -146,6 +158,16 @@ pub fn decide(p: &Policy, s: &Sample, m: &mut Memory) -> Decision {
     let input = Sample::total(&s.input_rate);
     let processed = Sample::total(&s.processing_rate);
     learn(s, m, processed);
+    if let (Some(limit), Some(c)) = (p.rate_limit, m.capacity) {
+        // Busy time counts a loop waiting for records as idle, but under a
+        // worker-wide rate limit an idle loop adds no capacity.
+        m.capacity = Some(c.min(limit));
+    }
+    m.isolated = match m.capacity {
+        Some(c) if s.current > 0 => heavy_tasks(p, s, c, &m.isolated),
+        _ => Vec::new(),
+    };
+    let isolated = m.isolated.len() as i32;
     let mut limited = None;
 
     // 1. The raw recommendation.
@@ -153,7 +175,7 @@ pub fn decide(p: &Policy, s: &Sample, m: &mut Memory) -> Decision {
         if lag >= p.activation_lag.max(1) {
             let want = m
                 .capacity
-                .map_or(1, |c| within_budget(p, s, c, 1, needed(p, s, c)))
+                .map_or(1, |c| within_budget(p, s, lag, c, 1, needed(p, s, c)))
                 .max(1);
             (
                 want,
@@ -166,10 +188,13 @@ pub fn decide(p: &Policy, s: &Sample, m: &mut Memory) -> Decision {
             )
         }
     } else if lag == 0 && input < 0.5 {
+        m.isolated.clear();
         (floor, "idle: no lag and no input".to_string())
     } else if let Some(c) = m.capacity {
-        let want = within_budget(p, s, c, s.current, needed(p, s, c));
-        let have = effective(s.tasks, s.current, c);
+        // Heavy tasks take a worker each; the others share the rest.
+        let rest = without(s, &m.isolated);
+        let want = isolated + within_budget(p, &rest, lag, c, rest.current, needed(p, &rest, c));
+        let have = effective(rest.tasks, rest.current, c) + f64::from(isolated) * c;
         let need = need_rate(p, s, c);
         if want == s.current {
             (s.current, format!("need {need:.0}/s, have {have:.0}/s"))
@@ -200,7 +225,14 @@ pub fn decide(p: &Policy, s: &Sample, m: &mut Memory) -> Decision {
             raw = raw.min(s.current);
         }
     }
-    raw = align(s.tasks, raw.clamp(floor, cap.max(floor)));
+    let align = |r: i32| {
+        if isolated > 0 && r > isolated {
+            isolated + align(s.tasks - isolated, r - isolated)
+        } else {
+            align(s.tasks, r)
+        }
+    };
+    raw = align(raw.clamp(floor, cap.max(floor)));
     let recommended = raw;
 
     // 3. Stabilise, limit the step, respect the cooldown.
@@ -222,7 +254,7 @@ pub fn decide(p: &Policy, s: &Sample, m: &mut Memory) -> Decision {
             .unwrap_or(raw);
         if lowest > s.current {
             let step = p.up_max_step.unwrap_or(s.current.max(4)).max(1);
-            desired = align(s.tasks, lowest.min(s.current + step));
+            desired = align(lowest.min(s.current + step));
         }
     } else if raw < s.current {
         let highest = in_window(p.down_window_s)
@@ -231,11 +263,7 @@ pub fn decide(p: &Policy, s: &Sample, m: &mut Memory) -> Decision {
             .unwrap_or(raw);
         if highest < s.current {
             let stepped = highest.max(s.current - p.down_max_step.unwrap_or(s.current).max(1));
-            desired = if stepped == 0 {
-                0
-            } else {
-                align(s.tasks, stepped)
-            };
+            desired = if stepped == 0 { 0 } else { align(stepped) };
         } else {
             reason = format!(
                 "{reason}; holding for the scale-down window ({:.0} s)",
@@ -261,11 +289,79 @@ pub fn decide(p: &Policy, s: &Sample, m: &mut Memory) -> Decision {
             m.last_scale_up = Some((s.now_s, s.current, desired, processed));
         }
     }
+    if !m.isolated.is_empty() {
+        reason = format!(
+            "{reason}; tasks {:?} each on a worker of their own",
+            m.isolated
+        );
+    }
     Decision {
         desired,
         recommended,
         reason,
         limited,
+        isolated: m.isolated.clone(),
+    }
+}
+
+/// Tasks that alone need half a worker or more (their input plus draining
+/// their backlog within the target) and are moving: a stuck partition needs
+/// no worker, but a busy one needs its worker to itself, since a worker
+/// shares its time among its tasks and balancing by count would give the
+/// heavy task's worker as many others as the rest. A task stays heavy until
+/// it needs under a quarter, so one near the line does not move back and
+/// forth. Most loaded first; none when more than half the tasks are heavy,
+/// because then balancing by count is already right.
+fn heavy_tasks(p: &Policy, s: &Sample, capacity: f64, before: &[i32]) -> Vec<i32> {
+    let over_the_line: Vec<(f64, i32, bool)> = (0..s.lag.len())
+        .filter_map(|i| {
+            let input = s.input_rate.get(i).copied().unwrap_or(0.0);
+            let moving = s.lag[i] == 0 || s.processing_rate.get(i).is_some_and(|r| *r >= 0.5);
+            let load = input + s.lag[i] as f64 / p.target_drain_s.max(1.0);
+            let line = if before.contains(&(i as i32)) {
+                0.25
+            } else {
+                0.5
+            };
+            (load >= line * capacity).then_some((load, i as i32, moving))
+        })
+        .collect();
+    // Counted moving or not: a backlog spread over every task, some of
+    // them not started yet, is not a few heavy tasks.
+    if over_the_line.len() * 2 > s.lag.len() {
+        return Vec::new();
+    }
+    let mut heavy: Vec<(f64, i32)> = over_the_line
+        .into_iter()
+        .filter(|(_, _, moving)| *moving)
+        .map(|(load, i, _)| (load, i))
+        .collect();
+    heavy.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    heavy.into_iter().map(|(_, i)| i).collect()
+}
+
+/// The sample without the isolated tasks and their workers.
+fn without(s: &Sample, isolated: &[i32]) -> Sample {
+    let keep = |v: &[f64]| -> Vec<f64> {
+        v.iter()
+            .enumerate()
+            .filter(|(i, _)| !isolated.contains(&(*i as i32)))
+            .map(|(_, x)| *x)
+            .collect()
+    };
+    Sample {
+        tasks: s.tasks - isolated.len() as i32,
+        current: (s.current - isolated.len() as i32).max(0),
+        lag: s
+            .lag
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !isolated.contains(&(*i as i32)))
+            .map(|(_, x)| *x)
+            .collect(),
+        input_rate: keep(&s.input_rate),
+        processing_rate: keep(&s.processing_rate),
+        ..s.clone()
     }
 }
 
@@ -309,11 +405,14 @@ fn backlog_budget(p: &Policy, capacity: f64) -> f64 {
 /// the pod `reaction_s` before the budget runs out. This budget is also the
 /// hysteresis of the scale-down: a count that only just keeps up is safe to
 /// return to, because noise above it grows the backlog, not the replicas.
-fn within_budget(p: &Policy, s: &Sample, capacity: f64, from: i32, want: i32) -> i32 {
+///
+/// `backlog` is the whole app's: the isolated tasks' backlog uses the
+/// budget too, so the others may only add to it while it has room.
+fn within_budget(p: &Policy, s: &Sample, backlog: i64, capacity: f64, from: i32, want: i32) -> i32 {
     if want <= from {
         return want;
     }
-    let lag = s.total_lag() as f64;
+    let lag = backlog as f64;
     let input = Sample::total(&s.input_rate);
     let budget = backlog_budget(p, capacity);
     (from..want)
@@ -382,7 +481,17 @@ fn cannot_help(p: &Policy, s: &Sample, m: &mut Memory) -> Option<String> {
         .collect();
     let stuck_lag: i64 = stuck.iter().map(|&i| s.lag[i]).sum();
     let others_moving = s.processing_rate.iter().any(|r| *r > 0.0);
-    if !stuck.is_empty() && stuck_lag as f64 >= 0.8 * lag && others_moving {
+    // Right after a change, moved and newly placed tasks have not
+    // committed yet: that is a pause, not a stuck consumer.
+    let settled = m
+        .last_change_s
+        .is_none_or(|t| s.now_s - t >= p.cooldown_s.max(p.reaction_s));
+    // And for the reaction time: a worker draining a fetched batch of one
+    // partition leaves its others uncommitted for a poll or two.
+    let looks_stuck = !stuck.is_empty() && stuck_lag as f64 >= 0.8 * lag && others_moving;
+    if !(looks_stuck && settled) {
+        m.stuck_since_s = None;
+    } else if s.now_s - *m.stuck_since_s.get_or_insert(s.now_s) >= p.reaction_s {
         return Some(format!(
             "partitions {stuck:?} hold {stuck_lag} of the lag and commit nothing while others progress: a stuck consumer, not a lack of workers"
         ));

@@ -209,6 +209,12 @@ fn a_stuck_partition_is_reported_not_scaled_for() {
     s.lag = vec![90_000, 0, 0, 0];
     s.processing_rate = vec![0.0, 100.0, 100.0, 100.0];
     let d = decide(&p, &s, &mut m);
+    assert_eq!(
+        d.limited, None,
+        "not yet: stuck for less than the reaction time"
+    );
+    s.now_s = p.reaction_s;
+    let d = decide(&p, &s, &mut m);
     assert_eq!(d.desired, 2);
     assert!(d.limited.unwrap().contains("stuck consumer"));
 }
@@ -321,4 +327,95 @@ fn scale_down_returns_to_a_count_that_just_keeps_up_and_noise_does_not_flap() {
         let d = decide(&p, &sample(t, 16, 2, lag, input, 1000.0), &mut m);
         assert_eq!(d.desired, 2, "t={t}: {}", d.reason);
     }
+}
+
+/// 16 tasks at 40/s each; task 3 has `lag` behind it and commits `rate`.
+fn one_heavy(now_s: f64, current: i32, lag: i64, rate: f64) -> Sample {
+    let mut s = sample(now_s, 16, current, 0, 640.0, 600.0);
+    s.lag[3] = lag;
+    s.processing_rate[3] = rate;
+    s
+}
+
+#[test]
+fn a_heavy_task_gets_a_worker_of_its_own_and_the_others_are_sized_apart() {
+    let p = Policy::default();
+    let mut m = learned(500.0);
+    // Task 3 needs 40 + 48000/60 = 840/s: heavy. The other 15 need 600/s:
+    // two workers. The app's backlog is over budget, so they may not fall
+    // behind: 1 + 2 = 3.
+    let d = decide(&p, &one_heavy(0.0, 2, 48_000, 300.0), &mut m);
+    assert_eq!(d.isolated, [3]);
+    assert_eq!(d.desired, 3, "{}", d.reason);
+    assert!(
+        d.reason.contains("tasks [3] each on a worker"),
+        "{}",
+        d.reason
+    );
+    // Still heavy at a third of a worker (under half: it would not enter).
+    let d = decide(&p, &one_heavy(10.0, 3, 6_600, 480.0), &mut m);
+    assert_eq!(d.isolated, [3], "{}", d.reason);
+    // Under a quarter: released.
+    let d = decide(&p, &one_heavy(20.0, 3, 3_000, 480.0), &mut m);
+    assert!(d.isolated.is_empty(), "{}", d.reason);
+}
+
+#[test]
+fn a_stuck_task_or_a_uniformly_busy_app_isolates_nothing() {
+    let p = Policy::default();
+    let d = decide(&p, &one_heavy(0.0, 2, 48_000, 0.0), &mut learned(500.0));
+    assert!(d.isolated.is_empty(), "a stuck task needs no worker");
+    // Every task needs 300/s of a 500/s worker: balancing by count is right.
+    let d = decide(
+        &p,
+        &sample(0.0, 16, 8, 0, 4800.0, 4000.0),
+        &mut learned(500.0),
+    );
+    assert!(d.isolated.is_empty(), "{:?}", d.isolated);
+    let d = decide(&p, &one_heavy(0.0, 0, 48_000, 0.0), &mut learned(500.0));
+    assert!(d.isolated.is_empty(), "nothing to isolate at zero workers");
+}
+
+#[test]
+fn tasks_just_placed_are_not_stuck_and_a_spread_backlog_is_not_heavy() {
+    let p = Policy::default();
+    let mut m = learned(100.0);
+    m.last_change_s = Some(0.0);
+    // 5 s after a scale-up, seven of eight tasks have not committed yet.
+    let mut s = sample(5.0, 8, 2, 6_000, 0.0, 150.0);
+    s.processing_rate = vec![0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 150.0];
+    let d = decide(&p, &s, &mut m);
+    assert_eq!(d.limited, None, "a pause after a change: {}", d.reason);
+    // 750 behind each task needs 37.5/s over 20 s, over half of a 70/s
+    // worker, but every task does: counted whether moving or not, none is
+    // isolated.
+    let p20 = Policy {
+        target_drain_s: 20.0,
+        ..Default::default()
+    };
+    let d = decide(&p20, &s, &mut learned(70.0));
+    assert!(d.isolated.is_empty(), "{:?}", d.isolated);
+    // Later, the same picture held for the reaction time is a stuck consumer.
+    let mut late = s.clone();
+    for now_s in [100.0, 100.0 + p.reaction_s] {
+        late.now_s = now_s;
+        let d = decide(&p, &late, &mut m);
+        assert_eq!(d.limited.is_some(), now_s > 100.0, "{}", d.reason);
+    }
+    let d = decide(&p, &late, &mut m);
+    assert!(d.limited.is_some_and(|l| l.contains("stuck")));
+}
+
+#[test]
+fn capacity_never_exceeds_the_rate_limit() {
+    let p = Policy {
+        rate_limit: Some(100.0),
+        ..Default::default()
+    };
+    let mut m = Memory::default();
+    // One of two loops busy: busy time alone says 200/s.
+    let mut s = sample(0.0, 8, 1, 5_000, 0.0, 100.0);
+    s.busy = Some(0.5);
+    decide(&p, &s, &mut m);
+    assert_eq!(m.capacity, Some(100.0));
 }

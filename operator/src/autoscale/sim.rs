@@ -129,6 +129,10 @@ pub trait Scaler {
     fn name(&self) -> &'static str;
     fn interval_s(&self) -> u32;
     fn decide(&mut self, now_s: u32, view: &View<'_>) -> i32;
+    /// Tasks the scaler wants on a worker of their own.
+    fn isolated(&self) -> Vec<i32> {
+        Vec::new()
+    }
 }
 
 /// What a scaler can measure at a poll.
@@ -169,6 +173,9 @@ impl Scaler for Millrace {
             busy: v.busy,
         };
         decide(&self.policy, &sample, &mut self.memory).desired
+    }
+    fn isolated(&self) -> Vec<i32> {
+        self.memory.isolated.clone()
     }
 }
 
@@ -279,6 +286,7 @@ pub fn run(trace: &Trace, world: &World, scaler: &mut dyn Scaler) -> Score {
     }
     let mut placement = Placement::default();
     let mut paused_until = vec![0u32; n];
+    let mut isolated: Vec<i32> = Vec::new();
     let mut score = Score::default();
     let mut last_direction = 0i32;
     for t in 0..trace.seconds {
@@ -298,6 +306,7 @@ pub fn run(trace: &Trace, world: &World, scaler: &mut dyn Scaler) -> Score {
             standby_replicas: 0,
             stateful: false,
             caught_up: &BTreeMap::new(),
+            isolated: &isolated,
         });
         for (task, until) in paused_until.iter_mut().enumerate() {
             let (before, after) = (
@@ -390,6 +399,7 @@ pub fn run(trace: &Trace, world: &World, scaler: &mut dyn Scaler) -> Score {
                 busy,
             };
             let desired = scaler.decide(t, &view).max(0);
+            isolated = scaler.isolated();
             let current = pods.len() as i32;
             if desired != current {
                 score.scale_events += 1;

@@ -48,6 +48,29 @@ fn a_step_burst_is_absorbed_with_fewer_changes_and_less_time_behind() {
     assert!(m.replica_seconds <= k.replica_seconds, "{m:?} vs {k:?}");
 }
 
+/// The bar: on every trace, no more direction changes (fewer
+/// where KEDA has more than the one a rise and fall needs), no more
+/// replica-seconds, and no more time above target.
+#[test]
+fn millrace_meets_the_bar_on_every_trace() {
+    for t in traces() {
+        let (m, k) = scores(&t);
+        let reversals_ok = m.direction_changes < k.direction_changes
+            || m.direction_changes == k.direction_changes && k.direction_changes <= 1;
+        assert!(reversals_ok, "{}: {m:?} vs {k:?}", t.name);
+        assert!(
+            m.replica_seconds <= k.replica_seconds,
+            "{}: {m:?} vs {k:?}",
+            t.name
+        );
+        assert!(
+            m.above_target_s <= k.above_target_s,
+            "{}: {m:?} vs {k:?}",
+            t.name
+        );
+    }
+}
+
 /// The report in docs/autoscaling.md is this simulator's output; the test
 /// fails when they drift. `MILLRACE_UPDATE_GOLDEN=1` (or `make
 /// autoscale-report`) rewrites it.

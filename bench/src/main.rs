@@ -41,6 +41,16 @@ enum Cmd {
         #[arg(long, default_value = "bench/results")]
         results: PathBuf,
     },
+    /// Create `topic` (16 partitions) and fill it with the benchmark's
+    /// orders, for profiling one contender by hand (bench/README.md).
+    Fill {
+        #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+        bootstrap: String,
+        #[arg(long)]
+        topic: String,
+        #[arg(long, default_value_t = 1_000_000)]
+        records: u64,
+    },
     /// The raw-limit contender (started by `run`).
     Pipe {
         #[arg(long)]
@@ -65,6 +75,14 @@ fn main() -> anyhow::Result<()> {
             group,
             transactional,
         } => pipe::run(&bootstrap, &input, &output, &group, transactional),
+        Cmd::Fill {
+            bootstrap,
+            topic,
+            records,
+        } => {
+            kafka::create_topics(&bootstrap, std::slice::from_ref(&topic), PARTITIONS)?;
+            kafka::fill(&bootstrap, &topic, records, None)
+        }
         Cmd::Run {
             bootstrap,
             records,

@@ -251,10 +251,15 @@ impl Engine {
                         };
                         let started = Instant::now();
                         core.handle(consumer, &record)?;
-                        busy += started.elapsed();
+                        // One clock read serves the busy time and the deadline.
+                        now = Instant::now();
+                        busy += now - started;
                     }
-                    Some(Err(e)) => tracing::warn!("consume: {e}"),
-                    None => {}
+                    Some(Err(e)) => {
+                        tracing::warn!("consume: {e}");
+                        now = Instant::now();
+                    }
+                    None => now = Instant::now(),
                 }
                 // Serving delivery reports takes librdkafka's queue lock:
                 // every 64 records is often enough.
@@ -262,7 +267,6 @@ impl Engine {
                 if served.is_multiple_of(64) {
                     core.producer.poll(Duration::ZERO);
                 }
-                now = Instant::now();
             }
             let started = Instant::now();
             core.commit(consumer)?;

@@ -1,18 +1,21 @@
 //! Running a compiled pipeline on one record.
 //!
-//! A record is decoded once; each expression sees `key`, `value`, `headers`,
-//! `topic`, `partition`, `offset` and `timestamp`, but only the variables
-//! some expression of the pipeline uses are bound. Keys and values that no
-//! `map` step changed are written out as the original bytes.
+//! A record is decoded once, into CEL values that borrow its bytes; each
+//! expression sees `key`, `value`, `headers`, `topic`, `partition`, `offset`
+//! and `timestamp`, resolved by reference when it reads them (nothing is
+//! copied into a context). Keys and values that no `map` step changed are
+//! written out as the original bytes.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use cel::objects::{Key, Map};
+use cel::common::types::{CelInt, CelMap, CelMapKey, CelString};
+use cel::common::value::CowVal;
+use cel::context::VariableResolver;
 use cel::{Context, Env, Value};
 use millrace_crds::{Format, RouteMode, TopicName};
 
-use super::value::{decode, encode};
+use super::value::{bind, decode, encode, Bound};
 use super::{CompiledPipeline, CompiledStep, Destination, Expr};
 
 /// A consumed record, borrowed from the consumer's buffer.
@@ -57,35 +60,62 @@ pub struct Processed {
 pub struct Evaluator {
     pipeline: Arc<CompiledPipeline>,
     env: Arc<Env>,
-    uses: BTreeSet<String>,
 }
 
-/// The record's current key and value: original bytes until a map step
-/// replaces them.
+/// The variables expressions see, resolved by reference on access: a
+/// `map` step replaces only what it changed, and a variable no expression
+/// reads (the headers, say) is never built.
+struct Vars<'a> {
+    topic: &'a str,
+    partition: i32,
+    offset: i64,
+    timestamp: Option<i64>,
+    key: Bound<'a>,
+    value: Bound<'a>,
+    headers: Vec<(String, Vec<u8>)>,
+}
+
+impl VariableResolver for Vars<'_> {
+    fn resolve<'b>(&'b self, variable: &str) -> Option<CowVal<'b, 'b>> {
+        Some(match variable {
+            "key" => CowVal::Borrowed(self.key.as_ref()),
+            "value" => CowVal::Borrowed(self.value.as_ref()),
+            "topic" => CowVal::owned(CelString::from(self.topic)),
+            "partition" => CowVal::owned(CelInt::from(i64::from(self.partition))),
+            "offset" => CowVal::owned(CelInt::from(self.offset)),
+            "timestamp" => CowVal::owned(CelInt::from(self.timestamp.unwrap_or(-1))),
+            "headers" => {
+                let map: HashMap<CelMapKey<'b>, Bound<'b>> = self
+                    .headers
+                    .iter()
+                    .map(|(k, v)| {
+                        let text = String::from_utf8_lossy(v);
+                        (
+                            CelMapKey::from(k.as_str()),
+                            Box::new(CelString::from(text)) as Bound<'b>,
+                        )
+                    })
+                    .collect();
+                CowVal::owned(CelMap::from(map))
+            }
+            _ => return None,
+        })
+    }
+}
+
+/// The record's current variables, and its key and value bytes: the
+/// original bytes until a map step replaces them.
 struct Current<'a> {
-    key: Value,
-    value: Value,
+    vars: Vars<'a>,
     key_bytes: Option<std::borrow::Cow<'a, [u8]>>,
     value_bytes: Option<std::borrow::Cow<'a, [u8]>>,
-    headers: Vec<(String, Vec<u8>)>,
 }
 
 impl Evaluator {
     pub fn new(pipeline: Arc<CompiledPipeline>) -> Self {
-        let mut uses = BTreeSet::new();
-        for e in pipeline.expressions() {
-            uses.extend(
-                e.program
-                    .references()
-                    .variables()
-                    .into_iter()
-                    .map(str::to_string),
-            );
-        }
         Self {
             pipeline,
             env: Arc::new(Env::stdlib()),
-            uses,
         }
     }
 
@@ -100,24 +130,29 @@ impl Evaluator {
             message: format!("{what} {m}"),
         };
         let mut current = Current {
-            key: decode(record.key, p.key_format).map_err(|m| source_error("key", m))?,
-            value: decode(record.value, p.value_format).map_err(|m| source_error("value", m))?,
+            vars: Vars {
+                topic: record.topic,
+                partition: record.partition,
+                offset: record.offset,
+                timestamp: record.timestamp,
+                key: decode(record.key, p.key_format).map_err(|m| source_error("key", m))?,
+                value: decode(record.value, p.value_format)
+                    .map_err(|m| source_error("value", m))?,
+                headers: record
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_vec()))
+                    .collect(),
+            },
             key_bytes: record.key.map(std::borrow::Cow::Borrowed),
             value_bytes: record.value.map(std::borrow::Cow::Borrowed),
-            headers: record
-                .headers
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_vec()))
-                .collect(),
         };
         let mut processed = Processed::default();
-        // One context per record, rebuilt only when a map step changes the
-        // record: building it is a large part of an evaluation's cost.
-        let mut ctx = self.context(record, &current);
         for step in &p.steps {
+            let vars = &current.vars;
             match step {
                 CompiledStep::Filter { name, condition } => {
-                    if !self.truth(name, condition, &ctx)? {
+                    if !self.truth(name, condition, vars)? {
                         processed.filtered = true;
                         return Ok(processed);
                     }
@@ -132,32 +167,37 @@ impl Evaluator {
                         step: name.clone(),
                         message: m,
                     };
-                    let new_key = key.as_ref().map(|e| self.eval(name, e, &ctx)).transpose()?;
+                    // Every expression of the step sees the record as it came
+                    // in; the changes apply together afterwards.
+                    let new_key = key.as_ref().map(|e| self.eval(name, e, vars)).transpose()?;
                     let new_value = value
                         .as_ref()
-                        .map(|e| self.eval(name, e, &ctx))
+                        .map(|e| self.eval(name, e, vars))
                         .transpose()?;
+                    let mut new_headers = Vec::with_capacity(headers.len());
                     for (header, e) in headers {
-                        let v = self.eval(name, e, &ctx)?;
+                        let v = self.eval(name, e, vars)?;
                         let bytes = encode(&v, Format::String)
                             .map_err(|m| err(format!("header '{header}': {m}")))?
                             .unwrap_or_default();
-                        current.headers.retain(|(k, _)| k != header);
-                        current.headers.push((header.clone(), bytes));
+                        new_headers.push((header.clone(), bytes));
+                    }
+                    for (header, bytes) in new_headers {
+                        current.vars.headers.retain(|(k, _)| *k != header);
+                        current.vars.headers.push((header, bytes));
                     }
                     if let Some(k) = new_key {
                         current.key_bytes = encode(&k, p.key_format)
                             .map_err(|m| err(format!("key: {m}")))?
                             .map(std::borrow::Cow::Owned);
-                        current.key = k;
+                        current.vars.key = bind(k).map_err(|m| err(format!("key: {m}")))?;
                     }
                     if let Some(v) = new_value {
                         current.value_bytes = encode(&v, p.value_format)
                             .map_err(|m| err(format!("value: {m}")))?
                             .map(std::borrow::Cow::Owned);
-                        current.value = v;
+                        current.vars.value = bind(v).map_err(|m| err(format!("value: {m}")))?;
                     }
-                    ctx = self.context(record, &current);
                 }
                 CompiledStep::Route {
                     name,
@@ -168,7 +208,7 @@ impl Evaluator {
                     let mut topics: Vec<String> = Vec::new();
                     for rule in rules {
                         let matched = match &rule.when {
-                            Some(when) => self.truth(name, when, &ctx)?,
+                            Some(when) => self.truth(name, when, vars)?,
                             None => true,
                         };
                         if !matched {
@@ -176,7 +216,7 @@ impl Evaluator {
                         }
                         topics.push(match &rule.to {
                             Destination::Topic(t) => t.0.clone(),
-                            Destination::Computed(e) => self.topic(name, e, &ctx)?,
+                            Destination::Computed(e) => self.topic(name, e, vars)?,
                         });
                         if *mode == RouteMode::FirstMatch {
                             break;
@@ -195,7 +235,7 @@ impl Evaluator {
                             topic,
                             key: current.key_bytes.as_deref().map(<[u8]>::to_vec),
                             value: current.value_bytes.as_deref().map(<[u8]>::to_vec),
-                            headers: current.headers.clone(),
+                            headers: current.vars.headers.clone(),
                         })
                         .collect();
                     return Ok(processed);
@@ -205,56 +245,18 @@ impl Evaluator {
         Ok(processed)
     }
 
-    fn context(
-        &self,
-        record: &InputRecord<'_>,
-        current: &Current<'_>,
-    ) -> Context<'static, 'static> {
+    fn eval(&self, step: &str, e: &Expr, vars: &Vars<'_>) -> Result<Value, RecordError> {
+        // A context is an `Arc` clone and empty maps: cheap per expression.
         let mut ctx = Context::with_env(self.env.clone());
-        let uses = |v: &str| self.uses.contains(v);
-        if uses("key") {
-            ctx.add_variable_from_value("key", current.key.clone());
-        }
-        if uses("value") {
-            ctx.add_variable_from_value("value", current.value.clone());
-        }
-        if uses("topic") {
-            ctx.add_variable_from_value("topic", Value::String(Arc::new(record.topic.to_string())));
-        }
-        if uses("partition") {
-            ctx.add_variable_from_value("partition", Value::Int(record.partition.into()));
-        }
-        if uses("offset") {
-            ctx.add_variable_from_value("offset", Value::Int(record.offset));
-        }
-        if uses("timestamp") {
-            ctx.add_variable_from_value("timestamp", Value::Int(record.timestamp.unwrap_or(-1)));
-        }
-        if uses("headers") {
-            let map: HashMap<Key, Value> = current
-                .headers
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        Key::String(Arc::new(k.clone())),
-                        Value::String(Arc::new(String::from_utf8_lossy(v).into_owned())),
-                    )
-                })
-                .collect();
-            ctx.add_variable_from_value("headers", Value::Map(Map { map: Arc::new(map) }));
-        }
-        ctx
-    }
-
-    fn eval(&self, step: &str, e: &Expr, ctx: &Context<'_, '_>) -> Result<Value, RecordError> {
-        e.program.execute(ctx).map_err(|err| RecordError {
+        ctx.set_variable_resolver(vars);
+        e.program.execute(&ctx).map_err(|err| RecordError {
             step: step.into(),
             message: format!("`{}`: {err:?}", e.source),
         })
     }
 
-    fn truth(&self, step: &str, e: &Expr, ctx: &Context<'_, '_>) -> Result<bool, RecordError> {
-        match self.eval(step, e, ctx)? {
+    fn truth(&self, step: &str, e: &Expr, vars: &Vars<'_>) -> Result<bool, RecordError> {
+        match self.eval(step, e, vars)? {
             Value::Bool(b) => Ok(b),
             other => Err(RecordError {
                 step: step.into(),
@@ -263,8 +265,8 @@ impl Evaluator {
         }
     }
 
-    fn topic(&self, step: &str, e: &Expr, ctx: &Context<'_, '_>) -> Result<String, RecordError> {
-        match self.eval(step, e, ctx)? {
+    fn topic(&self, step: &str, e: &Expr, vars: &Vars<'_>) -> Result<String, RecordError> {
+        match self.eval(step, e, vars)? {
             Value::String(s) if !s.is_empty() => Ok(s.to_string()),
             other => Err(RecordError {
                 step: step.into(),

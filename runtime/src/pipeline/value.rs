@@ -4,9 +4,12 @@
 //! CEL has no implicit uint/int arithmetic), else `uint`, else `double`.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
-use cel::objects::{Key, Map};
+use cel::common::types::{
+    CelBool, CelBytes, CelDouble, CelInt, CelList, CelMap, CelMapKey, CelNull, CelString, CelUInt,
+};
+use cel::common::value::Val;
+use cel::objects::Key;
 use cel::Value;
 use millrace_crds::Format;
 
@@ -42,87 +45,128 @@ pub fn cel_to_json(v: &Value) -> Result<serde_json::Value, String> {
     })
 }
 
-/// Parses JSON straight into CEL values, without an intermediate
-/// `serde_json::Value` (half the allocations of going through one).
-struct CelSeed;
+/// A key or value bound to an expression's variable: it may borrow the
+/// record's bytes.
+pub type Bound<'a> = Box<dyn Val + 'a>;
 
-impl<'de> serde::de::DeserializeSeed<'de> for CelSeed {
-    type Value = Value;
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-        d.deserialize_any(CelVisitor)
+/// Parses JSON straight into the CEL values expressions read, with no
+/// intermediate `serde_json::Value` or `cel::Value`: strings without escapes
+/// (and map keys) borrow the record's bytes, so a field no expression reads
+/// costs a map slot, not a copy.
+struct ValSeed;
+
+impl<'de> serde::de::DeserializeSeed<'de> for ValSeed {
+    type Value = Bound<'de>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Bound<'de>, D::Error> {
+        d.deserialize_any(ValVisitor)
     }
 }
 
-struct CelVisitor;
+struct ValVisitor;
 
-impl<'de> serde::de::Visitor<'de> for CelVisitor {
-    type Value = Value;
+impl<'de> serde::de::Visitor<'de> for ValVisitor {
+    type Value = Bound<'de>;
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("JSON")
     }
-    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
+    fn visit_bool<E>(self, v: bool) -> Result<Bound<'de>, E> {
+        Ok(Box::new(CelBool::from(v)))
     }
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::Int(v))
+    fn visit_i64<E>(self, v: i64) -> Result<Bound<'de>, E> {
+        Ok(Box::new(CelInt::from(v)))
     }
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-        Ok(i64::try_from(v).map(Value::Int).unwrap_or(Value::UInt(v)))
+    fn visit_u64<E>(self, v: u64) -> Result<Bound<'de>, E> {
+        Ok(match i64::try_from(v) {
+            Ok(i) => Box::new(CelInt::from(i)),
+            Err(_) => Box::new(CelUInt::from(v)),
+        })
     }
-    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
-        Ok(Value::Float(v))
+    fn visit_f64<E>(self, v: f64) -> Result<Bound<'de>, E> {
+        Ok(Box::new(CelDouble::from(v)))
     }
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::String(Arc::new(v.to_string())))
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Bound<'de>, E> {
+        Ok(Box::new(CelString::from(v)))
     }
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
-        Ok(Value::String(Arc::new(v)))
+    fn visit_str<E>(self, v: &str) -> Result<Bound<'de>, E> {
+        Ok(Box::new(CelString::from(v.to_string())))
     }
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
+    fn visit_string<E>(self, v: String) -> Result<Bound<'de>, E> {
+        Ok(Box::new(CelString::from(v)))
     }
-    fn visit_none<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
+    fn visit_unit<E>(self) -> Result<Bound<'de>, E> {
+        Ok(Box::new(CelNull))
     }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+    fn visit_none<E>(self) -> Result<Bound<'de>, E> {
+        Ok(Box::new(CelNull))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Bound<'de>, A::Error> {
         let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-        while let Some(v) = seq.next_element_seed(CelSeed)? {
+        while let Some(v) = seq.next_element_seed(ValSeed)? {
             items.push(v);
         }
-        Ok(Value::List(Arc::new(items)))
+        Ok(Box::new(CelList::from(items)))
     }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Bound<'de>, A::Error> {
         let mut fields = HashMap::with_capacity(map.size_hint().unwrap_or(8));
-        while let Some(k) = map.next_key::<String>()? {
-            let v = map.next_value_seed(CelSeed)?;
-            fields.insert(Key::String(Arc::new(k)), v);
+        while let Some(k) = map.next_key_seed(KeySeed)? {
+            let v = map.next_value_seed(ValSeed)?;
+            fields.insert(k, v);
         }
-        Ok(Value::Map(Map {
-            map: Arc::new(fields),
-        }))
+        Ok(Box::new(CelMap::from(fields)))
     }
 }
 
-fn parse_json(bytes: &[u8]) -> Result<Value, serde_json::Error> {
+/// A JSON object key, borrowed when it has no escapes.
+struct KeySeed;
+
+impl<'de> serde::de::DeserializeSeed<'de> for KeySeed {
+    type Value = CelMapKey<'de>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<CelMapKey<'de>, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for KeySeed {
+    type Value = CelMapKey<'de>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object key")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<CelMapKey<'de>, E> {
+        Ok(CelMapKey::from(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<CelMapKey<'de>, E> {
+        Ok(CelMapKey::from(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<CelMapKey<'de>, E> {
+        Ok(CelMapKey::from(v))
+    }
+}
+
+fn parse_json(bytes: &[u8]) -> Result<Bound<'_>, serde_json::Error> {
     use serde::de::DeserializeSeed;
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let v = CelSeed.deserialize(&mut de)?;
+    let v = ValSeed.deserialize(&mut de)?;
     de.end()?;
     Ok(v)
 }
 
 /// Reads a key or value in its declared format.
-pub fn decode(bytes: Option<&[u8]>, format: Format) -> Result<Value, String> {
+pub fn decode(bytes: Option<&[u8]>, format: Format) -> Result<Bound<'_>, String> {
     let Some(bytes) = bytes else {
-        return Ok(Value::Null);
+        return Ok(Box::new(CelNull));
     };
     match format {
-        Format::Bytes => Ok(Value::Bytes(Arc::new(bytes.to_vec()))),
+        Format::Bytes => Ok(Box::new(CelBytes::from(bytes))),
         Format::String => std::str::from_utf8(bytes)
-            .map(|s| Value::String(Arc::new(s.to_string())))
+            .map(|s| Box::new(CelString::from(s)) as Bound<'_>)
             .map_err(|e| format!("not UTF-8: {e}")),
         Format::Json => parse_json(bytes).map_err(|e| format!("not JSON: {e}")),
     }
+}
+
+/// A computed key or value, to bind in place of the record's.
+pub fn bind(v: Value) -> Result<Bound<'static>, String> {
+    Bound::try_from(v).map_err(|e| format!("{e:?}"))
 }
 
 /// Writes a key or value in the source's format.
@@ -146,11 +190,16 @@ pub fn encode(v: &Value, format: Format) -> Result<Option<Vec<u8>>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
+    fn decoded(bytes: &[u8], format: Format) -> Result<Value, String> {
+        decode(Some(bytes), format).map(|v| v.as_ref().try_into().unwrap())
+    }
 
     #[test]
     fn json_integers_are_ints_so_arithmetic_works() {
-        let v = decode(
-            Some(br#"{"n": 5, "big": 18446744073709551615, "f": 1.5}"#),
+        let v = decoded(
+            br#"{"n": 5, "big": 18446744073709551615, "f": 1.5}"#,
             Format::Json,
         )
         .unwrap();
@@ -165,15 +214,15 @@ mod tests {
 
     #[test]
     fn round_trips_and_errors() {
-        let v = decode(Some(br#"{"a": [1, "x", null, true]}"#), Format::Json).unwrap();
+        let v = decoded(br#"{"a": [1, "x\u0041", null, true]}"#, Format::Json).unwrap();
         assert_eq!(
             cel_to_json(&v).unwrap(),
-            serde_json::json!({"a": [1, "x", null, true]})
+            serde_json::json!({"a": [1, "xA", null, true]})
         );
-        assert!(decode(Some(b"{nope"), Format::Json)
+        assert!(decoded(b"{nope", Format::Json)
             .unwrap_err()
             .starts_with("not JSON"));
-        assert!(decode(Some(&[0xff, 0xfe]), Format::String)
+        assert!(decoded(&[0xff, 0xfe], Format::String)
             .unwrap_err()
             .starts_with("not UTF-8"));
         assert_eq!(

@@ -286,7 +286,12 @@ fn apply_changes(
     consumer: &BaseConsumer,
     tasks: &mut dyn TaskSource,
 ) -> Result<(), EngineError> {
+    let mut settled = false;
     while let Some(change) = tasks.poll_change() {
+        if !settled {
+            core.settle_offsets(consumer)?;
+            settled = true;
+        }
         let epoch = core.apply(consumer, change)?;
         tasks.acknowledge(epoch);
     }

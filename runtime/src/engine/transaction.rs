@@ -171,7 +171,38 @@ impl Core {
             self.failed_at_last_commit = failed;
             return Err(EngineError::Undelivered(failed));
         }
-        consumer.commit(&self.offsets()?, CommitMode::Sync)?;
+        // The outputs are acknowledged, so these offsets lose nothing; not
+        // waiting for the coordinator lets the loop go on processing. A
+        // commit that fails is superseded by the next batch's, and before a
+        // task is handed over or the worker stops the offsets are committed
+        // again, waiting (`settle_offsets`): at worst a batch is processed
+        // twice, which at-least-once allows.
+        let mode = if self.shutdown.load(Ordering::Relaxed) {
+            CommitMode::Sync
+        } else {
+            CommitMode::Async
+        };
+        consumer.commit(&self.offsets()?, mode)?;
+        Ok(())
+    }
+
+    /// Under at-least-once, commits the owned partitions' offsets again and
+    /// waits for the coordinator, so that a task's next owner starts where
+    /// this loop finished rather than a batch earlier. Under exactly-once
+    /// every commit already waited.
+    pub(super) fn settle_offsets(&self, consumer: &BaseConsumer) -> Result<(), EngineError> {
+        if self.eos {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), offset) in &self.resume {
+            if let Offset::Offset(o) = offset {
+                tpl.add_partition_offset(topic, *partition, Offset::Offset(*o))?;
+            }
+        }
+        if tpl.count() > 0 {
+            consumer.commit(&tpl, CommitMode::Sync)?;
+        }
         Ok(())
     }
 

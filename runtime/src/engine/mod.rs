@@ -5,6 +5,7 @@
 
 mod assignment;
 pub mod clients;
+mod in_flight;
 pub mod kube_tasks;
 pub mod rate_limit;
 pub mod tasks;
@@ -22,7 +23,7 @@ use millrace_crds::{ErrorPolicy, ProcessingGuarantee};
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::Offset;
 
 use crate::config::WorkerConfig;
@@ -92,6 +93,8 @@ struct Core {
     /// Partitions per source topic.
     task_count: i32,
     failed_at_last_commit: u64,
+    /// At-least-once batches waiting for their outputs' acknowledgements.
+    in_flight: in_flight::InFlight,
     metrics: Arc<Metrics>,
     records_in: TopicCounters,
     records_out: TopicCounters,
@@ -163,6 +166,7 @@ impl Engine {
             rate_limit: None,
             task_count: 0,
             failed_at_last_commit: 0,
+            in_flight: in_flight::InFlight::default(),
             published: Vec::new(),
             records_in: TopicCounters::new(&metrics.records_in),
             records_out: TopicCounters::new(&metrics.records_out),
@@ -259,13 +263,19 @@ impl Engine {
                         tracing::warn!("consume: {e}");
                         now = Instant::now();
                     }
-                    None => now = Instant::now(),
+                    None => {
+                        now = Instant::now();
+                        // Idle: the next record may be far off, so commit
+                        // what has been acknowledged now.
+                        served = 63;
+                    }
                 }
                 // Serving delivery reports takes librdkafka's queue lock:
                 // every 64 records is often enough.
                 served = served.wrapping_add(1);
                 if served.is_multiple_of(64) {
-                    core.producer.poll(Duration::ZERO);
+                    core.serve_deliveries();
+                    core.commit_acknowledged(consumer)?;
                 }
             }
             let started = Instant::now();
@@ -391,20 +401,27 @@ impl Core {
     }
 
     fn send(&mut self, out: &OutputRecord) -> Result<(), EngineError> {
-        let mut headers = OwnedHeaders::new();
-        for (k, v) in &out.headers {
-            headers = headers.insert(Header {
-                key: k,
-                value: Some(v),
-            });
+        let batch = self.in_flight.current();
+        let mut record: BaseRecord<'_, [u8], [u8], usize> =
+            BaseRecord::with_opaque_to(&out.topic, batch);
+        if !out.headers.is_empty() {
+            let mut headers = OwnedHeaders::new_with_capacity(out.headers.len());
+            for (k, v) in &out.headers {
+                headers = headers.insert(Header {
+                    key: k,
+                    value: Some(v),
+                });
+            }
+            record = record.headers(headers);
         }
-        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&out.topic).headers(headers);
         if let Some(k) = &out.key {
             record = record.key(k.as_slice());
         }
         if let Some(v) = &out.value {
             record = record.payload(v.as_slice());
         }
+        // Counted before it is sent: its delivery report may come first.
+        self.producer.context().unacknowledged.sent(batch);
         loop {
             match self.producer.send(record) {
                 Ok(()) => break,
@@ -413,7 +430,10 @@ impl Core {
                     record = r;
                     self.producer.poll(Duration::from_millis(50));
                 }
-                Err((e, _)) => return Err(e.into()),
+                Err((e, _)) => {
+                    self.producer.context().unacknowledged.acknowledged(batch);
+                    return Err(e.into());
+                }
             }
         }
         self.records_out.inc(&out.topic);

@@ -1,6 +1,6 @@
 //! Transactions: begin, commit with the input offsets, abort and replay,
-//! and re-initialise a fenced producer. At-least-once commits offsets after
-//! a flush instead.
+//! and re-initialise a fenced producer. At-least-once commits a batch's
+//! offsets once its outputs are acknowledged instead (see `in_flight`).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -14,25 +14,33 @@ use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{BaseProducer, Producer, ProducerContext};
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::in_flight::Unacknowledged;
 use super::{clients, Core, EngineError, Tp, KAFKA_TIMEOUT};
 use crate::config::WorkerConfig;
 
-/// Counts failed deliveries: under at-least-once a failure means the batch's
-/// offsets must not be committed (its records are replayed instead).
+/// Counts failed deliveries, and each batch's records not yet acknowledged
+/// (the opaque of a record is its batch): under at-least-once a failure
+/// means no later offset may be committed (the records are replayed
+/// instead), and a batch's offsets wait for its acknowledgements.
 #[derive(Default)]
 pub struct DeliveryCounter {
     failed: AtomicU64,
+    /// Delivery reports served, failed or not.
+    reports: AtomicU64,
+    pub unacknowledged: Unacknowledged,
 }
 
 impl ClientContext for DeliveryCounter {}
 
 impl ProducerContext for DeliveryCounter {
-    type DeliveryOpaque = ();
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+    type DeliveryOpaque = usize;
+    fn delivery(&self, result: &DeliveryResult<'_>, batch: usize) {
         if let Err((e, _)) = result {
             tracing::warn!("delivery failed: {e}");
             self.failed.fetch_add(1, Ordering::Relaxed);
         }
+        self.unacknowledged.acknowledged(batch);
+        self.reports.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -50,8 +58,12 @@ impl Core {
     }
 
     pub(super) fn offsets(&self) -> Result<TopicPartitionList, EngineError> {
+        Self::offset_list(&self.positions)
+    }
+
+    fn offset_list(offsets: &BTreeMap<Tp, i64>) -> Result<TopicPartitionList, EngineError> {
         let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), offset) in &self.positions {
+        for ((topic, partition), offset) in offsets {
             tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
         }
         Ok(tpl)
@@ -97,7 +109,7 @@ impl Core {
     /// Commits exactly what was processed (no position absorbed): used when
     /// stopping at a failed record, which the consumer's position has passed.
     pub(super) fn commit_processed(&mut self, consumer: &BaseConsumer) -> Result<(), EngineError> {
-        if self.positions.is_empty() {
+        if self.positions.is_empty() && self.in_flight.is_empty() {
             return Ok(());
         }
         if self.eos && !self.in_transaction && !self.begin()? {
@@ -107,18 +119,15 @@ impl Core {
         let started = Instant::now();
         let outcome = if self.eos {
             self.commit_transaction(consumer)
+                .map(|()| Some(std::mem::take(&mut self.positions)))
         } else {
             self.commit_at_least_once(consumer)
         };
         match outcome {
-            Ok(()) => {
-                self.status
-                    .record_commit(self.positions.keys().map(|(_, p)| *p), unix_ms());
-                for (tp, offset) in std::mem::take(&mut self.positions) {
-                    self.resume.insert(tp, Offset::Offset(offset));
+            Ok(committed) => {
+                if let Some(committed) = committed {
+                    self.committed(committed);
                 }
-                self.metrics.commits.inc();
-                self.publish_committed();
                 self.metrics
                     .commit_seconds
                     .observe(started.elapsed().as_secs_f64());
@@ -129,10 +138,29 @@ impl Core {
                     "commit failed: {e}; replaying the batch from the last committed offsets"
                 );
                 self.metrics.aborts.inc();
-                self.positions.clear();
-                self.assign_resume_points(consumer)
+                self.replay(consumer)
             }
         }
+    }
+
+    /// Offsets now committed: where a replay resumes from.
+    fn committed(&mut self, committed: BTreeMap<Tp, i64>) {
+        self.status
+            .record_commit(committed.keys().map(|(_, p)| *p), unix_ms());
+        for (tp, offset) in committed {
+            self.resume.insert(tp, Offset::Offset(offset));
+        }
+        self.metrics.commits.inc();
+        self.publish_committed();
+    }
+
+    /// Starts over from the committed offsets: what was processed since
+    /// (this batch, and under at-least-once the batches in flight) is
+    /// processed again.
+    fn replay(&mut self, consumer: &BaseConsumer) -> Result<(), EngineError> {
+        self.positions.clear();
+        self.in_flight.abandon();
+        self.assign_resume_points(consumer)
     }
 
     pub(super) fn commit_transaction(
@@ -161,38 +189,125 @@ impl Core {
         Ok(())
     }
 
+    /// Closes the batch and commits the offsets of the batches whose outputs
+    /// are all acknowledged, without flushing unless too many wait (or the
+    /// worker stops). Returns the offsets committed.
     pub(super) fn commit_at_least_once(
         &mut self,
         consumer: &BaseConsumer,
+    ) -> Result<Option<BTreeMap<Tp, i64>>, EngineError> {
+        let stopping = self.shutdown.load(Ordering::Relaxed);
+        self.in_flight.close(std::mem::take(&mut self.positions));
+        if stopping || self.in_flight.full() {
+            self.producer.flush(KAFKA_TIMEOUT)?;
+        } else {
+            self.serve_deliveries();
+        }
+        self.check_deliveries()?;
+        self.commit_acknowledged_batches(consumer, stopping)
+    }
+
+    /// Between commits (every few records): commits the batches whose
+    /// outputs were acknowledged since, so a crash replays less.
+    pub(super) fn commit_acknowledged(
+        &mut self,
+        consumer: &BaseConsumer,
     ) -> Result<(), EngineError> {
-        self.producer.flush(KAFKA_TIMEOUT)?;
+        if self.eos || self.in_flight.is_empty() {
+            return Ok(());
+        }
+        let outcome = self
+            .check_deliveries()
+            .and_then(|()| self.commit_acknowledged_batches(consumer, false));
+        match outcome {
+            Ok(Some(done)) => {
+                self.committed(done);
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(e) => {
+                tracing::warn!("{e}; replaying from the last committed offsets");
+                self.metrics.aborts.inc();
+                self.replay(consumer)
+            }
+        }
+    }
+
+    fn commit_acknowledged_batches(
+        &mut self,
+        consumer: &BaseConsumer,
+        stopping: bool,
+    ) -> Result<Option<BTreeMap<Tp, i64>>, EngineError> {
+        let Some(done) = self
+            .in_flight
+            .completed(&self.producer.context().unacknowledged)
+        else {
+            return Ok(None);
+        };
+        // The outputs are acknowledged, so these offsets lose nothing; not
+        // waiting for the coordinator lets the loop go on processing. A
+        // commit that fails is superseded by the next one, and before a
+        // task is handed over or the worker stops the offsets are committed
+        // again, waiting (`settle_offsets`): at worst records are processed
+        // twice, which at-least-once allows.
+        let mode = if stopping {
+            CommitMode::Sync
+        } else {
+            CommitMode::Async
+        };
+        consumer.commit(&Self::offset_list(&done)?, mode)?;
+        Ok(Some(done))
+    }
+
+    /// Serves every delivery report waiting. A poll serves one event (of
+    /// one produce response's records), so one poll per few records lets
+    /// reports pile up: polled until one serves nothing.
+    pub(super) fn serve_deliveries(&self) {
+        let reports = &self.producer.context().reports;
+        loop {
+            let before = reports.load(Ordering::Relaxed);
+            self.producer.poll(Duration::ZERO);
+            if reports.load(Ordering::Relaxed) == before {
+                break;
+            }
+        }
+    }
+
+    /// A failed delivery since the last check: nothing after the last
+    /// committed offsets may be committed; the caller replays.
+    fn check_deliveries(&mut self) -> Result<(), EngineError> {
         let failed = self.producer.context().failed.load(Ordering::Relaxed);
         if failed != self.failed_at_last_commit {
             self.failed_at_last_commit = failed;
             return Err(EngineError::Undelivered(failed));
         }
-        // The outputs are acknowledged, so these offsets lose nothing; not
-        // waiting for the coordinator lets the loop go on processing. A
-        // commit that fails is superseded by the next batch's, and before a
-        // task is handed over or the worker stops the offsets are committed
-        // again, waiting (`settle_offsets`): at worst a batch is processed
-        // twice, which at-least-once allows.
-        let mode = if self.shutdown.load(Ordering::Relaxed) {
-            CommitMode::Sync
-        } else {
-            CommitMode::Async
-        };
-        consumer.commit(&self.offsets()?, mode)?;
         Ok(())
     }
 
-    /// Under at-least-once, commits the owned partitions' offsets again and
-    /// waits for the coordinator, so that a task's next owner starts where
-    /// this loop finished rather than a batch earlier. Under exactly-once
-    /// every commit already waited.
-    pub(super) fn settle_offsets(&self, consumer: &BaseConsumer) -> Result<(), EngineError> {
+    /// Under at-least-once, waits for the batches in flight and commits the
+    /// owned partitions' offsets, waiting for the coordinator, so that a
+    /// task's next owner starts where this loop finished rather than a few
+    /// batches earlier. Under exactly-once every commit already waited.
+    pub(super) fn settle_offsets(&mut self, consumer: &BaseConsumer) -> Result<(), EngineError> {
         if self.eos {
             return Ok(());
+        }
+        if !self.in_flight.is_empty() {
+            self.producer.flush(KAFKA_TIMEOUT)?;
+            match self.check_deliveries() {
+                Ok(()) => {
+                    let acks = &self.producer.context().unacknowledged;
+                    if let Some(done) = self.in_flight.completed(acks) {
+                        self.committed(done);
+                    }
+                }
+                Err(e) => {
+                    // The next owner (or this loop) resumes from the last
+                    // offsets whose outputs were all acknowledged.
+                    tracing::warn!("{e}; replaying from the last committed offsets");
+                    self.replay(consumer)?;
+                }
+            }
         }
         let mut tpl = TopicPartitionList::new();
         for ((topic, partition), offset) in &self.resume {

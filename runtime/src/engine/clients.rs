@@ -47,10 +47,11 @@ fn base(kafka: &KafkaClientConfig, tuning: &[(&str, &str)]) -> anyhow::Result<Cl
 pub fn consumer(config: &WorkerConfig) -> anyhow::Result<ClientConfig> {
     // Prefetch per consumer: librdkafka's defaults (a 64 MB queue, fetches
     // of up to 50 MB) made most of a worker's memory, one consumer per loop.
-    // 8 MB is still several commit intervals of input at 100k records/s;
-    // 4 MB cost a third of the throughput (bench/README.md).
+    // The queue must hold two fetches: with room for one, the consumer stops
+    // fetching until the loop has drained it, and a 8 MB queue with 8 MB
+    // fetches ran at half the throughput of 16 MB (bench/README.md).
     let tuning = [
-        ("queued.max.messages.kbytes", "8192"),
+        ("queued.max.messages.kbytes", "16384"),
         ("fetch.max.bytes", "8388608"),
         ("max.partition.fetch.bytes", "524288"),
     ];
@@ -136,7 +137,7 @@ mod tests {
     #[test]
     fn buffer_sizes_are_defaults_the_user_may_change_but_owned_settings_are_not() {
         let c = consumer(&config(&[])).unwrap();
-        assert_eq!(c.get("queued.max.messages.kbytes"), Some("8192"));
+        assert_eq!(c.get("queued.max.messages.kbytes"), Some("16384"));
         let c = consumer(&config(&[
             ("queued.max.messages.kbytes", "32768"),
             ("isolation.level", "read_uncommitted"),

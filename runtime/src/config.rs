@@ -31,6 +31,10 @@ pub struct WorkerConfig {
     /// Directory of the worker's local state volume, when it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_dir: Option<String>,
+    /// The worker's processing loops, which share its prefetch budget (set
+    /// by the worker, not configured).
+    #[serde(skip)]
+    pub loops: usize,
 }
 
 /// Client settings; secrets are never here, only where to find them.

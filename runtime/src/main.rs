@@ -46,7 +46,8 @@ enum Command {
         worker_id: String,
         #[arg(long, default_value = "127.0.0.1:8080")]
         admin_addr: SocketAddr,
-        /// Processing loops (default: one per core, at most 8).
+        /// Processing loops (default: one per core, one more under
+        /// ExactlyOnce; at most 8).
         #[arg(long, env = "MILLRACE_LOOPS")]
         loops: Option<usize>,
     },
@@ -62,7 +63,8 @@ enum Command {
         pod_namespace: String,
         #[arg(long, env = "MILLRACE_POD_IP", default_value = "0.0.0.0")]
         pod_ip: String,
-        /// Processing loops (default: one per core, at most 8).
+        /// Processing loops (default: one per core, one more under
+        /// ExactlyOnce; at most 8).
         #[arg(long, env = "MILLRACE_LOOPS")]
         loops: Option<usize>,
     },
@@ -84,11 +86,11 @@ fn main() {
                 manifest::worker_config(&app, bootstrap.as_deref(), admin_addr.port())
             }) {
                 Ok(config) => serve(
+                    loops.unwrap_or_else(|| default_loops(config.processing_guarantee)),
                     config,
                     worker_id,
                     admin_addr,
                     Tasks::Standalone,
-                    loops.unwrap_or_else(default_loops),
                 ),
                 Err(e) => config_error(e),
             }
@@ -105,6 +107,7 @@ fn main() {
             match read_config(&path) {
                 Ok(config) => match format!("{pod_ip}:{}", config.admin_port).parse() {
                     Ok(addr) => serve(
+                        loops.unwrap_or_else(|| default_loops(config.processing_guarantee)),
                         config.clone(),
                         pod_name,
                         addr,
@@ -115,7 +118,6 @@ fn main() {
                             },
                             None => Tasks::OrdinalZero,
                         },
-                        loops.unwrap_or_else(default_loops),
                     ),
                     Err(e) => config_error(anyhow::anyhow!("MILLRACE_POD_IP '{pod_ip}': {e}")),
                 },
@@ -171,12 +173,16 @@ fn validate(path: &std::path::Path) -> i32 {
     }
 }
 
-/// Default loops: one per core (Kafka Streams' one stream thread per core).
-fn default_loops() -> usize {
-    std::thread::available_parallelism()
+/// Default loops: one per core (Kafka Streams' one stream thread per
+/// core), and one more under ExactlyOnce, where a loop waits for its
+/// transaction's commit for part of every interval: the extra loop keeps
+/// the cores busy meanwhile (bench/README.md).
+fn default_loops(guarantee: millrace_crds::ProcessingGuarantee) -> usize {
+    let cores = std::thread::available_parallelism()
         .map(|n| n.get())
-        .unwrap_or(1)
-        .min(MAX_LOOPS)
+        .unwrap_or(1);
+    let waiting = usize::from(guarantee == millrace_crds::ProcessingGuarantee::ExactlyOnce);
+    (cores + waiting).min(MAX_LOOPS)
 }
 
 /// Fences the unused loop ids in the background, one thread each. The loops
@@ -216,13 +222,15 @@ enum Tasks {
 /// consumer, transactional producer and share of the tasks, so one loop
 /// processes while another commits) until SIGTERM/SIGINT or an error.
 fn serve(
+    loops: usize,
     config: WorkerConfig,
     worker_id: String,
     admin_addr: SocketAddr,
     tasks: Tasks,
-    loops: usize,
 ) -> i32 {
     let loops = loops.clamp(1, MAX_LOOPS);
+    let mut config = config;
+    config.loops = loops;
     let compiled = match config.pipeline.as_ref().map(pipeline::compile) {
         Some(Ok(p)) => Arc::new(p),
         Some(Err(errors)) => return config_error(anyhow::anyhow!("{errors}")),

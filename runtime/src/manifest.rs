@@ -91,5 +91,6 @@ pub fn worker_config(
         admin_port,
         placement_config_map: None,
         state_dir: None,
+        loops: 0,
     })
 }

@@ -42,19 +42,31 @@ fn base(kafka: &KafkaClientConfig, tuning: &[(&str, &str)]) -> anyhow::Result<Cl
     Ok(c)
 }
 
+/// A worker's prefetch, shared by its loops' consumers (librdkafka's
+/// defaults, a 64 MB queue and fetches of up to 50 MB per consumer, made
+/// most of a worker's memory).
+const PREFETCH_BUDGET_KB: usize = 36 * 1024;
+const MIN_QUEUE_KB: usize = 8 * 1024;
+
+/// (queue KB, fetch bytes) of one loop's consumer. The queue holds three
+/// fetches: with room for only one, a consumer stops fetching until its
+/// loop has drained the queue, and an 8 MB queue with 8 MB fetches ran at
+/// half the throughput of a 16 MB one (bench/README.md).
+pub fn prefetch(loops: usize) -> (usize, usize) {
+    let queue_kb = (PREFETCH_BUDGET_KB / loops.max(1)).max(MIN_QUEUE_KB);
+    (queue_kb, queue_kb * 1024 / 3)
+}
+
 /// The consumer: in the app's group (for committed offsets) but never
 /// joining it: tasks are assigned, not balanced. read_committed in both modes.
 pub fn consumer(config: &WorkerConfig) -> anyhow::Result<ClientConfig> {
-    // Prefetch per consumer: librdkafka's defaults (a 64 MB queue, fetches
-    // of up to 50 MB) made most of a worker's memory, one consumer per loop.
-    // The queue must hold two fetches: with room for one, the consumer stops
-    // fetching until the loop has drained it, and a 8 MB queue with 8 MB
-    // fetches ran at half the throughput of 16 MB (bench/README.md).
+    let (queue_kb, fetch_bytes) = prefetch(config.loops);
     let tuning = [
-        ("queued.max.messages.kbytes", "16384"),
-        ("fetch.max.bytes", "8388608"),
-        ("max.partition.fetch.bytes", "524288"),
+        ("queued.max.messages.kbytes", queue_kb.to_string()),
+        ("fetch.max.bytes", fetch_bytes.to_string()),
+        ("max.partition.fetch.bytes", "524288".to_string()),
     ];
+    let tuning: Vec<(&str, &str)> = tuning.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mut c = base(&config.kafka, &tuning)?;
     c.set("group.id", &config.application_id)
         .set("enable.auto.commit", "false")
@@ -118,6 +130,14 @@ pub fn loop_id(worker_id: &str, index: usize) -> String {
 mod tests {
     use super::*;
 
+    #[test]
+    fn loops_share_the_prefetch_budget_and_each_queue_holds_three_fetches() {
+        assert_eq!(prefetch(2), (18 * 1024, 6 * 1024 * 1024));
+        assert_eq!(prefetch(3), (12 * 1024, 4 * 1024 * 1024));
+        assert_eq!(prefetch(8).0, 8 * 1024, "never below 8 MB");
+        assert_eq!(prefetch(0), prefetch(1));
+    }
+
     fn config(properties: &[(&str, &str)]) -> WorkerConfig {
         serde_json::from_value(serde_json::json!({
             "applicationId": "app",
@@ -136,8 +156,11 @@ mod tests {
 
     #[test]
     fn buffer_sizes_are_defaults_the_user_may_change_but_owned_settings_are_not() {
-        let c = consumer(&config(&[])).unwrap();
-        assert_eq!(c.get("queued.max.messages.kbytes"), Some("16384"));
+        let mut two_loops = config(&[]);
+        two_loops.loops = 2;
+        let c = consumer(&two_loops).unwrap();
+        assert_eq!(c.get("queued.max.messages.kbytes"), Some("18432"));
+        assert_eq!(c.get("fetch.max.bytes"), Some("6291456"));
         let c = consumer(&config(&[
             ("queued.max.messages.kbytes", "32768"),
             ("isolation.level", "read_uncommitted"),

@@ -45,7 +45,7 @@ fn base(kafka: &KafkaClientConfig, tuning: &[(&str, &str)]) -> anyhow::Result<Cl
 /// A worker's prefetch, shared by its loops' consumers (librdkafka's
 /// defaults, a 64 MB queue and fetches of up to 50 MB per consumer, made
 /// most of a worker's memory).
-const PREFETCH_BUDGET_KB: usize = 36 * 1024;
+const PREFETCH_BUDGET_KB: usize = 30 * 1024;
 const MIN_QUEUE_KB: usize = 8 * 1024;
 
 /// (queue KB, fetch bytes) of one loop's consumer. The queue holds three
@@ -132,8 +132,8 @@ mod tests {
 
     #[test]
     fn loops_share_the_prefetch_budget_and_each_queue_holds_three_fetches() {
-        assert_eq!(prefetch(2), (18 * 1024, 6 * 1024 * 1024));
-        assert_eq!(prefetch(3), (12 * 1024, 4 * 1024 * 1024));
+        assert_eq!(prefetch(2), (15 * 1024, 5 * 1024 * 1024));
+        assert_eq!(prefetch(3), (10 * 1024, 10 * 1024 * 1024 / 3));
         assert_eq!(prefetch(8).0, 8 * 1024, "never below 8 MB");
         assert_eq!(prefetch(0), prefetch(1));
     }
@@ -159,8 +159,8 @@ mod tests {
         let mut two_loops = config(&[]);
         two_loops.loops = 2;
         let c = consumer(&two_loops).unwrap();
-        assert_eq!(c.get("queued.max.messages.kbytes"), Some("18432"));
-        assert_eq!(c.get("fetch.max.bytes"), Some("6291456"));
+        assert_eq!(c.get("queued.max.messages.kbytes"), Some("15360"));
+        assert_eq!(c.get("fetch.max.bytes"), Some("5242880"));
         let c = consumer(&config(&[
             ("queued.max.messages.kbytes", "32768"),
             ("isolation.level", "read_uncommitted"),

@@ -233,7 +233,9 @@ impl Engine {
                 let wait = deadline
                     .saturating_duration_since(now)
                     .min(Duration::from_millis(100));
-                match consumer.poll(wait) {
+                let polled = consumer.poll(wait);
+                let idle = polled.is_none();
+                match polled {
                     Some(Ok(message)) => {
                         let record = InputRecord {
                             topic: message.topic(),
@@ -263,17 +265,13 @@ impl Engine {
                         tracing::warn!("consume: {e}");
                         now = Instant::now();
                     }
-                    None => {
-                        now = Instant::now();
-                        // Idle: the next record may be far off, so commit
-                        // what has been acknowledged now.
-                        served = 63;
-                    }
+                    None => now = Instant::now(),
                 }
                 // Serving delivery reports takes librdkafka's queue lock:
-                // every 64 records is often enough.
+                // every 64 records is often enough, and when idle (the next
+                // record may be far off) at once.
                 served = served.wrapping_add(1);
-                if served.is_multiple_of(64) {
+                if idle || served.is_multiple_of(64) {
                     core.serve_deliveries();
                     core.commit_acknowledged(consumer)?;
                 }

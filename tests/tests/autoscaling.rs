@@ -215,23 +215,30 @@ fn a_heavy_partition_gets_a_worker_of_its_own_until_it_drains() {
         alone.1,
         produced.elapsed()
     );
-    assert_eq!(
-        number(ns, app, "{.status.desiredReplicas}"),
-        2,
-        "one worker for the heavy task, one for the seven idle ones"
+    // Two: one for the heavy task, one for the seven idle ones; or one
+    // more while the capacity is still being learned (the policy probes
+    // one step up then).
+    let desired = number(ns, app, "{.status.desiredReplicas}");
+    assert!(
+        desired == 2 || desired == 3,
+        "a hot partition does not drive replicas up: {desired}"
     );
     wait_until("the backlog to drain", Duration::from_secs(120), || {
         verifier::drained(&app_id, &topics).then_some(())
     });
-    wait_until(
+    let counts = wait_until(
         "the placement to balance again",
         Duration::from_secs(60),
         || {
             let doc = placement(ns, "heavy")?;
             let counts: Vec<usize> = doc.workers.values().map(|a| a.active.len()).collect();
-            (counts == [4, 4]).then_some(())
+            let (most, least) = (counts.iter().max()?, counts.iter().min()?);
+            (most - least <= 1 && *most > 1).then_some(counts)
         },
     );
-    println!("drained and balanced 4/4 {:.1?} after", produced.elapsed());
+    println!(
+        "drained and balanced {counts:?} {:.1?} after",
+        produced.elapsed()
+    );
     verify(&topics, records).assert_exactly_once("heavy-partition verifier");
 }

@@ -191,9 +191,19 @@ pub fn decide(p: &Policy, s: &Sample, m: &mut Memory) -> Decision {
         m.isolated.clear();
         (floor, "idle: no lag and no input".to_string())
     } else if let Some(c) = m.capacity {
-        // Heavy tasks take a worker each; the others share the rest.
+        // Heavy tasks take a worker each; the others share the rest, and
+        // keep at least one.
         let rest = without(s, &m.isolated);
-        let want = isolated + within_budget(p, &rest, lag, c, rest.current, needed(p, &rest, c));
+        let least = i32::from(isolated > 0);
+        let rest_want = within_budget(
+            p,
+            &rest,
+            lag,
+            c,
+            rest.current.max(least),
+            needed(p, &rest, c).max(least),
+        );
+        let want = isolated + rest_want;
         let have = effective(rest.tasks, rest.current, c) + f64::from(isolated) * c;
         let need = need_rate(p, s, c);
         if want == s.current {

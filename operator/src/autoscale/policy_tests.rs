@@ -358,6 +358,13 @@ fn a_heavy_task_gets_a_worker_of_its_own_and_the_others_are_sized_apart() {
     // Under a quarter: released.
     let d = decide(&p, &one_heavy(20.0, 3, 3_000, 480.0), &mut m);
     assert!(d.isolated.is_empty(), "{}", d.reason);
+    // One worker holding a heavy task: the others still need one of their
+    // own, however little they need.
+    let mut idle_rest = one_heavy(0.0, 1, 48_000, 300.0);
+    idle_rest.input_rate = vec![0.0; 16];
+    let d = decide(&p, &idle_rest, &mut learned(500.0));
+    assert_eq!(d.isolated, [3]);
+    assert!(d.desired >= 2, "{}", d.reason);
 }
 
 #[test]

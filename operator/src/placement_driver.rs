@@ -282,14 +282,8 @@ async fn fence(
     namespace: &str,
     workers: &BTreeSet<String>,
 ) -> anyhow::Result<()> {
-    let secrets = crate::reconcile::read_secrets(
-        &driver.client,
-        namespace,
-        &kafka::secret_names(&app.spec.kafka),
-    )
-    .await
-    .map_err(|d| anyhow::anyhow!(d.message))?;
-    let props = kafka::admin_properties(&app.spec.kafka, &secrets)
+    let props = crate::reconcile::kafka_properties(&driver.client, namespace, &app.spec.kafka)
+        .await
         .map_err(|d| anyhow::anyhow!(d.message))?;
     let application_id = model::application_id(app);
     for worker in workers {

@@ -13,7 +13,7 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client, Resource, ResourceExt};
-use millrace_crds::{DeletionPolicy, StreamApp, StreamAppStatus};
+use millrace_crds::{DeletionPolicy, KafkaSpec, StreamApp, StreamAppStatus};
 
 use crate::apply::{apply_all, FIELD_MANAGER};
 use crate::autoscale::policy::Mode;
@@ -281,9 +281,7 @@ async fn check_kafka(client: &Client, model: &AppModel) -> Result<Option<i32>, D
     if sources.is_empty() {
         return Ok(None);
     }
-    let secrets =
-        read_secrets(client, &model.namespace, &kafka::secret_names(&model.kafka)).await?;
-    let props = kafka::admin_properties(&model.kafka, &secrets)?;
+    let props = kafka_properties(client, &model.namespace, &model.kafka).await?;
     let mut topics = sources.clone();
     topics.extend(model.output_topics());
     let counts = tokio::task::spawn_blocking(move || kafka::partition_counts(&props, &topics))
@@ -300,6 +298,17 @@ async fn check_kafka(client: &Client, model: &AppModel) -> Result<Option<i32>, D
             ),
         })?;
     kafka::check_topics(&sources, &model.output_topics(), &counts)
+}
+
+/// The admin client properties of `spec`, with the Secrets it names read
+/// from `namespace`.
+pub(crate) async fn kafka_properties(
+    client: &Client,
+    namespace: &str,
+    spec: &KafkaSpec,
+) -> Result<BTreeMap<String, String>, Degradation> {
+    let secrets = read_secrets(client, namespace, &kafka::secret_names(spec)).await?;
+    kafka::admin_properties(spec, &secrets)
 }
 
 pub(crate) async fn read_secrets(
@@ -447,14 +456,8 @@ async fn finalize(apps: &Api<StreamApp>, app: &StreamApp, ctx: &Context) -> Resu
         return Ok(Action::await_change());
     }
     let namespace = app.namespace().unwrap_or_default();
-    let secrets = read_secrets(
-        &ctx.client,
-        &namespace,
-        &kafka::secret_names(&app.spec.kafka),
-    )
-    .await
-    .map_err(|d| Error::Finalizer(d.message))?;
-    let props = kafka::admin_properties(&app.spec.kafka, &secrets)
+    let props = kafka_properties(&ctx.client, &namespace, &app.spec.kafka)
+        .await
         .map_err(|d| Error::Finalizer(d.message))?;
     let application_id = model::application_id(app);
     let deleted = kafka::delete_app_data(&props, &application_id)

@@ -22,7 +22,7 @@ use super::measure::{self, Reading};
 use super::policy::{decide, Memory, Mode, Sample};
 use crate::metrics::Metrics;
 use crate::placement_driver::admin_port;
-use crate::{kafka, model};
+use crate::model;
 
 pub struct Autoscaler {
     pub client: Client,
@@ -121,14 +121,8 @@ async fn poll(a: &Autoscaler, app: &StreamApp) -> anyhow::Result<()> {
 
     let namespace = app.namespace().unwrap_or_else(|| "default".into());
     let name = app.name_any();
-    let secrets = crate::reconcile::read_secrets(
-        &a.client,
-        &namespace,
-        &kafka::secret_names(&app.spec.kafka),
-    )
-    .await
-    .map_err(|d| anyhow::anyhow!(d.message))?;
-    let props = kafka::admin_properties(&app.spec.kafka, &secrets)
+    let props = crate::reconcile::kafka_properties(&a.client, &namespace, &app.spec.kafka)
+        .await
         .map_err(|d| anyhow::anyhow!(d.message))?;
     let group = model::application_id(app);
     let topics: Vec<String> = app

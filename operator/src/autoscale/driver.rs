@@ -21,8 +21,8 @@ use millrace_crds::{AutoscalingMode, AutoscalingStatus, StreamApp};
 use super::measure::{self, Reading};
 use super::policy::{decide, Memory, Mode, Sample};
 use crate::metrics::Metrics;
-use crate::placement_driver::admin_port;
 use crate::model;
+use crate::placement_driver::admin_port;
 
 pub struct Autoscaler {
     pub client: Client,

@@ -46,8 +46,7 @@ enum Command {
         worker_id: String,
         #[arg(long, default_value = "127.0.0.1:8080")]
         admin_addr: SocketAddr,
-        /// Processing loops (default: one per core, one more under
-        /// ExactlyOnce; at most 8).
+        /// Processing loops (default: one per core; at most 8).
         #[arg(long, env = "MILLRACE_LOOPS")]
         loops: Option<usize>,
     },
@@ -63,8 +62,7 @@ enum Command {
         pod_namespace: String,
         #[arg(long, env = "MILLRACE_POD_IP", default_value = "0.0.0.0")]
         pod_ip: String,
-        /// Processing loops (default: one per core, one more under
-        /// ExactlyOnce; at most 8).
+        /// Processing loops (default: one per core; at most 8).
         #[arg(long, env = "MILLRACE_LOOPS")]
         loops: Option<usize>,
     },
@@ -86,7 +84,7 @@ fn main() {
                 manifest::worker_config(&app, bootstrap.as_deref(), admin_addr.port())
             }) {
                 Ok(config) => serve(
-                    loops.unwrap_or_else(|| default_loops(config.processing_guarantee)),
+                    loops.unwrap_or_else(default_loops),
                     config,
                     worker_id,
                     admin_addr,
@@ -107,7 +105,7 @@ fn main() {
             match read_config(&path) {
                 Ok(config) => match format!("{pod_ip}:{}", config.admin_port).parse() {
                     Ok(addr) => serve(
-                        loops.unwrap_or_else(|| default_loops(config.processing_guarantee)),
+                        loops.unwrap_or_else(default_loops),
                         config.clone(),
                         pod_name,
                         addr,
@@ -174,15 +172,13 @@ fn validate(path: &std::path::Path) -> i32 {
 }
 
 /// Default loops: one per core (Kafka Streams' one stream thread per
-/// core), and one more under ExactlyOnce, where a loop waits for its
-/// transaction's commit for part of every interval: the extra loop keeps
-/// the cores busy meanwhile (bench/README.md).
-fn default_loops(guarantee: millrace_crds::ProcessingGuarantee) -> usize {
-    let cores = std::thread::available_parallelism()
+/// core). An exactly-once loop goes on processing while its batch commits
+/// (`engine::closing`), so it needs no extra loop to keep the cores busy.
+fn default_loops() -> usize {
+    std::thread::available_parallelism()
         .map(|n| n.get())
-        .unwrap_or(1);
-    let waiting = usize::from(guarantee == millrace_crds::ProcessingGuarantee::ExactlyOnce);
-    (cores + waiting).min(MAX_LOOPS)
+        .unwrap_or(1)
+        .min(MAX_LOOPS)
 }
 
 /// Fences the unused loop ids in the background, one thread each. The loops

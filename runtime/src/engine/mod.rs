@@ -5,6 +5,7 @@
 
 mod assignment;
 pub mod clients;
+mod closing;
 mod in_flight;
 pub mod kube_tasks;
 pub mod rate_limit;
@@ -85,6 +86,10 @@ struct Core {
     /// Next offset per partition of what this transaction has processed.
     positions: BTreeMap<Tp, i64>,
     in_transaction: bool,
+    /// The batch committing while the loop goes on (`closing`), and the
+    /// outputs held back meanwhile.
+    closing: Option<closing::Closing>,
+    stash: Vec<OutputRecord>,
     /// The producer was re-initialised (fenced): the placement must be read
     /// again before anything more is processed.
     placement_stale: bool,
@@ -162,6 +167,8 @@ impl Engine {
             resume: BTreeMap::new(),
             positions: BTreeMap::new(),
             in_transaction: false,
+            closing: None,
+            stash: Vec::new(),
             placement_stale: false,
             rate_limit: None,
             task_count: 0,
@@ -230,9 +237,7 @@ impl Engine {
                     tracing::info!("shut down cleanly");
                     return Ok(());
                 }
-                let wait = deadline
-                    .saturating_duration_since(now)
-                    .min(Duration::from_millis(100));
+                let wait = core.poll_wait(deadline.saturating_duration_since(now));
                 let polled = consumer.poll(wait);
                 let idle = polled.is_none();
                 match polled {
@@ -274,10 +279,15 @@ impl Engine {
                 if idle || served.is_multiple_of(64) {
                     core.serve_deliveries();
                     core.commit_acknowledged(consumer)?;
+                    core.advance_closing(consumer)?;
                 }
             }
             let started = Instant::now();
-            core.commit(consumer)?;
+            if core.eos {
+                core.close_batch(consumer)?;
+            } else {
+                core.commit(consumer)?;
+            }
             // A fenced commit leaves the changes to the fresh read above.
             if !core.placement_stale {
                 apply_changes(core, consumer, tasks.as_mut())?;
@@ -329,7 +339,10 @@ impl Core {
                 if processed.unrouted {
                     self.metrics.unrouted.inc();
                 }
-                processed.outputs.iter().try_for_each(|out| self.send(out))
+                processed
+                    .outputs
+                    .into_iter()
+                    .try_for_each(|out| self.send(out))
             }
             Err(error) => self.failed(consumer, record, error),
         };
@@ -338,15 +351,21 @@ impl Core {
                 self.advance(record.topic, record.partition, record.offset + 1);
                 Ok(())
             }
-            // Fenced while processing (noticed on a send): the transaction
-            // is lost; start over from the committed offsets once the
-            // placement has been read again.
-            Err(EngineError::Kafka(KafkaError::MessageProduction(RDKafkaErrorCode::Fatal))) => {
+            Err(e) => self.send_failed(consumer, e),
+        }
+    }
+
+    /// Fenced while processing (noticed on a send): the transaction is
+    /// lost; start over from the committed offsets once the placement has
+    /// been read again. Any other error stops the loop.
+    fn send_failed(&mut self, consumer: &BaseConsumer, e: EngineError) -> Result<(), EngineError> {
+        match e {
+            EngineError::Kafka(KafkaError::MessageProduction(RDKafkaErrorCode::Fatal)) => {
                 self.reinitialise()?;
-                self.positions.clear();
+                self.discard_uncommitted();
                 self.assign_resume_points(consumer)
             }
-            Err(e) => Err(e),
+            e => Err(e),
         }
     }
 
@@ -380,7 +399,7 @@ impl Core {
                     value: record.value.map(<[u8]>::to_vec),
                     headers: dead_letter_headers(&error, record),
                 };
-                self.send(&out)?;
+                self.send(out)?;
                 self.metrics.dead_lettered.inc();
                 Ok(())
             }
@@ -398,7 +417,7 @@ impl Core {
         }
     }
 
-    fn send(&mut self, out: &OutputRecord) -> Result<(), EngineError> {
+    fn send_now(&mut self, out: &OutputRecord) -> Result<(), EngineError> {
         let batch = self.in_flight.current();
         let mut record: BaseRecord<'_, [u8], [u8], usize> =
             BaseRecord::with_opaque_to(&out.topic, batch);

@@ -57,10 +57,6 @@ impl Core {
         Ok(true)
     }
 
-    pub(super) fn offsets(&self) -> Result<TopicPartitionList, EngineError> {
-        Self::offset_list(&self.positions)
-    }
-
     fn offset_list(offsets: &BTreeMap<Tp, i64>) -> Result<TopicPartitionList, EngineError> {
         let mut tpl = TopicPartitionList::new();
         for ((topic, partition), offset) in offsets {
@@ -109,6 +105,7 @@ impl Core {
     /// Commits exactly what was processed (no position absorbed): used when
     /// stopping at a failed record, which the consumer's position has passed.
     pub(super) fn commit_processed(&mut self, consumer: &BaseConsumer) -> Result<(), EngineError> {
+        self.settle_closing(consumer)?;
         if self.positions.is_empty() && self.in_flight.is_empty() {
             return Ok(());
         }
@@ -118,8 +115,9 @@ impl Core {
         }
         let started = Instant::now();
         let outcome = if self.eos {
-            self.commit_transaction(consumer)
-                .map(|()| Some(std::mem::take(&mut self.positions)))
+            let positions = std::mem::take(&mut self.positions);
+            self.commit_transaction(consumer, &positions)
+                .map(|()| Some(positions))
         } else {
             self.commit_at_least_once(consumer)
         };
@@ -144,7 +142,7 @@ impl Core {
     }
 
     /// Offsets now committed: where a replay resumes from.
-    fn committed(&mut self, committed: BTreeMap<Tp, i64>) {
+    pub(super) fn committed(&mut self, committed: BTreeMap<Tp, i64>) {
         self.status
             .record_commit(committed.keys().map(|(_, p)| *p), unix_ms());
         for (tp, offset) in committed {
@@ -157,17 +155,19 @@ impl Core {
     /// Starts over from the committed offsets: what was processed since
     /// (this batch, and under at-least-once the batches in flight) is
     /// processed again.
-    fn replay(&mut self, consumer: &BaseConsumer) -> Result<(), EngineError> {
-        self.positions.clear();
-        self.in_flight.abandon();
+    pub(super) fn replay(&mut self, consumer: &BaseConsumer) -> Result<(), EngineError> {
+        self.discard_uncommitted();
         self.assign_resume_points(consumer)
     }
 
+    /// Commits the open transaction with `offsets`; on failure it is
+    /// aborted (or the producer re-initialised) and the caller replays.
     pub(super) fn commit_transaction(
         &mut self,
         consumer: &BaseConsumer,
+        offsets: &BTreeMap<Tp, i64>,
     ) -> Result<(), EngineError> {
-        let offsets = self.offsets()?;
+        let offsets = Self::offset_list(offsets)?;
         let group = consumer
             .group_metadata()
             .ok_or_else(|| EngineError::Config("the consumer has no group metadata".into()))?;
@@ -284,13 +284,14 @@ impl Core {
         Ok(())
     }
 
-    /// Under at-least-once, waits for the batches in flight and commits the
-    /// owned partitions' offsets, waiting for the coordinator, so that a
-    /// task's next owner starts where this loop finished rather than a few
-    /// batches earlier. Under exactly-once every commit already waited.
+    /// Before a task is handed over: under at-least-once, waits for the
+    /// batches in flight and commits the owned partitions' offsets, waiting
+    /// for the coordinator, so that a task's next owner starts where this
+    /// loop finished rather than a few batches earlier. Under exactly-once,
+    /// commits the closing batch and whatever was processed since.
     pub(super) fn settle_offsets(&mut self, consumer: &BaseConsumer) -> Result<(), EngineError> {
         if self.eos {
-            return Ok(());
+            return self.commit_processed(consumer);
         }
         if !self.in_flight.is_empty() {
             self.producer.flush(KAFKA_TIMEOUT)?;

@@ -1,0 +1,141 @@
+//! Exactly-once without stopping for the commit.
+//!
+//! A transaction commits only once every output it holds is acknowledged
+//! (librdkafka flushes first), and under load that wait took about half of
+//! each loop's time (bench/README.md). So at the end of a commit interval
+//! the batch is *closed* instead: its offsets are set aside and the loop
+//! goes on consuming and evaluating, holding the next batch's outputs back
+//! (the stash). Once the closed batch's outputs are all acknowledged, its
+//! transaction commits (offsets and end marker: nothing left to flush), a
+//! new one begins, and the stash is sent into it.
+//!
+//! Why held back rather than sent at once: sent into the open transaction,
+//! they would commit with offsets that do not cover their input yet (after
+//! a crash, replayed into duplicates); sent by a second producer, they could
+//! overtake the closed batch's outputs still in flight to the same
+//! partition.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::BaseConsumer;
+use rdkafka::producer::Producer;
+
+use super::{Core, EngineError, Tp};
+use crate::pipeline::eval::OutputRecord;
+
+/// Outputs held back while a batch closes, at most: past it the loop waits
+/// for the commit (bounds memory when the broker is slow to acknowledge).
+const STASH_LIMIT: usize = 10_000;
+
+/// A batch whose records are all processed and sent, waiting for its
+/// outputs' acknowledgements before its transaction commits.
+pub(super) struct Closing {
+    offsets: BTreeMap<Tp, i64>,
+    since: Instant,
+}
+
+impl Core {
+    /// Ends the batch at a commit interval. A batch still closing from the
+    /// interval before is committed first (waiting): one closes at a time,
+    /// so offsets always commit in order.
+    pub(super) fn close_batch(&mut self, consumer: &BaseConsumer) -> Result<(), EngineError> {
+        self.settle_closing(consumer)?;
+        self.absorb_positions(consumer);
+        if self.positions.is_empty() {
+            return Ok(());
+        }
+        // Only skipped markers moved the offsets: an empty transaction
+        // carries them.
+        if !self.in_transaction && !self.begin()? {
+            self.positions.clear();
+            return self.assign_resume_points(consumer);
+        }
+        self.closing = Some(Closing {
+            offsets: std::mem::take(&mut self.positions),
+            since: Instant::now(),
+        });
+        Ok(())
+    }
+
+    /// How long the loop may wait for a record: briefly while a batch
+    /// closes, so its commit is not held up by an idle input.
+    pub(super) fn poll_wait(&self, until_deadline: Duration) -> Duration {
+        let most = if self.closing.is_some() {
+            Duration::from_millis(5)
+        } else {
+            Duration::from_millis(100)
+        };
+        until_deadline.min(most)
+    }
+
+    /// Between records: commits the closing batch once its outputs are all
+    /// acknowledged (delivery reports served just before), or waits for it
+    /// when the stash is full.
+    pub(super) fn advance_closing(&mut self, consumer: &BaseConsumer) -> Result<(), EngineError> {
+        if self.closing.is_none() {
+            return Ok(());
+        }
+        if self.producer.in_flight_count() == 0 || self.stash.len() >= STASH_LIMIT {
+            self.settle_closing(consumer)?;
+        }
+        Ok(())
+    }
+
+    /// Commits the closing batch, waiting for its acknowledgements, then
+    /// sends the stash into a new transaction. Afterwards the loop is where
+    /// it would be had it committed without closing: every other path
+    /// (shutdown, a placement change, a failing record) calls this first.
+    pub(super) fn settle_closing(&mut self, consumer: &BaseConsumer) -> Result<(), EngineError> {
+        let Some(closing) = self.closing.take() else {
+            return Ok(());
+        };
+        if let Err(e) = self.commit_transaction(consumer, &closing.offsets) {
+            tracing::warn!(
+                "commit failed: {e}; replaying the batch from the last committed offsets"
+            );
+            self.metrics.aborts.inc();
+            // The stash is dropped with the rest: its records come again.
+            return self.replay(consumer);
+        }
+        self.committed(closing.offsets);
+        self.metrics
+            .commit_seconds
+            .observe(closing.since.elapsed().as_secs_f64());
+        if self.stash.is_empty() {
+            return Ok(());
+        }
+        if !self.begin()? {
+            self.discard_uncommitted();
+            return self.assign_resume_points(consumer);
+        }
+        let stash = std::mem::take(&mut self.stash);
+        for out in &stash {
+            if let Err(e) = self.send_now(out) {
+                return self.send_failed(consumer, e);
+            }
+        }
+        // Keep the allocation for the next close.
+        self.stash = stash;
+        self.stash.clear();
+        Ok(())
+    }
+
+    /// Sends an output, or holds it back while a batch closes.
+    pub(super) fn send(&mut self, out: OutputRecord) -> Result<(), EngineError> {
+        if self.closing.is_some() {
+            self.stash.push(out);
+            return Ok(());
+        }
+        self.send_now(&out)
+    }
+
+    /// Forgets everything processed since the last commit: the caller
+    /// rewinds to the committed offsets.
+    pub(super) fn discard_uncommitted(&mut self) {
+        self.positions.clear();
+        self.closing = None;
+        self.stash.clear();
+        self.in_flight.abandon();
+    }
+}

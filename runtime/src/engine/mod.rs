@@ -89,7 +89,7 @@ struct Core {
     /// The batch committing while the loop goes on (`closing`), and the
     /// outputs held back meanwhile.
     closing: Option<closing::Closing>,
-    stash: Vec<OutputRecord>,
+    stash: closing::Stash,
     /// The producer was re-initialised (fenced): the placement must be read
     /// again before anything more is processed.
     placement_stale: bool,
@@ -168,7 +168,7 @@ impl Engine {
             positions: BTreeMap::new(),
             in_transaction: false,
             closing: None,
-            stash: Vec::new(),
+            stash: closing::Stash::default(),
             placement_stale: false,
             rate_limit: None,
             task_count: 0,

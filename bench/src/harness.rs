@@ -70,6 +70,9 @@ pub struct Measurement {
     pub records_per_second: f64,
     pub cpu_seconds: f64,
     pub peak_rss_mb: f64,
+    /// The broker's CPU seconds over the same span (it shares the cores);
+    /// `None` when the broker is not one local process.
+    pub broker_cpu_seconds: Option<f64>,
 }
 
 pub fn output_topics(setup: &Setup, c: Contender, round: usize) -> Vec<String> {
@@ -192,6 +195,8 @@ pub fn launch(
                 &app_id,
                 "--bootstrap",
                 &setup.bootstrap,
+                "--threads",
+                &setup.threads.to_string(),
             ]);
             if c == Contender::RawPipeTransactional {
                 cmd.arg("--transactional");
@@ -232,6 +237,19 @@ fn process_usage(pid: u32) -> (f64, f64) {
     (ticks / 100.0, hwm_kb / 1024.0)
 }
 
+/// The local broker's process (a JVM running `kafka.Kafka`), when there is
+/// exactly one.
+fn broker_pid() -> Option<u32> {
+    let mut found = std::fs::read_dir("/proc").ok()?.filter_map(|entry| {
+        let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        args.iter().any(|a| *a == b"kafka.Kafka").then_some(pid)
+    });
+    let first = found.next()?;
+    found.next().is_none().then_some(first)
+}
+
 pub fn stop(mut child: Child) {
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -254,13 +272,22 @@ pub fn measure(
     input: &str,
     records: u64,
 ) -> anyhow::Result<Measurement> {
+    let broker = broker_pid();
+    let broker_before = broker.map(|pid| process_usage(pid).0);
     let started = Instant::now();
     let (mut child, group) = launch(setup, c, round, input)?;
+    let watch = match kafka::DrainWatch::new(&setup.bootstrap, &group, input, PARTITIONS) {
+        Ok(watch) => watch,
+        Err(e) => {
+            stop(child);
+            return Err(e);
+        }
+    };
     loop {
         if let Some(status) = child.try_wait()? {
             anyhow::bail!("{} exited early: {status}", c.name());
         }
-        if kafka::drained(&setup.bootstrap, &group, input, PARTITIONS) {
+        if watch.drained() {
             break;
         }
         anyhow::ensure!(
@@ -273,6 +300,9 @@ pub fn measure(
     let seconds = started.elapsed().as_secs_f64();
     // CPU time and VmHWM only grow: reading them once, at the end, is the peak.
     let (cpu, rss) = process_usage(child.id());
+    let broker_cpu = broker
+        .zip(broker_before)
+        .map(|(pid, before)| process_usage(pid).0 - before);
     stop(child);
     Ok(Measurement {
         contender: c,
@@ -280,6 +310,7 @@ pub fn measure(
         records_per_second: records as f64 / seconds,
         cpu_seconds: cpu,
         peak_rss_mb: rss,
+        broker_cpu_seconds: broker_cpu,
     })
 }
 

@@ -86,27 +86,53 @@ pub fn fill(bootstrap: &str, topic: &str, records: u64, rate: Option<u64>) -> an
     Ok(())
 }
 
-/// True once `group` has committed the end of every partition of `topic`.
-pub fn drained(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> bool {
-    let Ok(consumer): Result<BaseConsumer, _> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", group)
-        .set("isolation.level", "read_committed")
-        .create()
-    else {
-        return false;
-    };
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition(topic, p);
+/// Watches a group's committed offsets reach the end of a topic that no
+/// longer grows. One client for the whole run and the end offsets read once:
+/// polled every 100 ms, it costs the broker (which shares the cores with
+/// the contender) one request per poll, not a new connection and a request
+/// per partition.
+pub struct DrainWatch {
+    consumer: BaseConsumer,
+    topic: String,
+    ends: Vec<i64>,
+}
+
+impl DrainWatch {
+    pub fn new(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> anyhow::Result<Self> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", group)
+            .set("isolation.level", "read_committed")
+            .create()?;
+        let ends = (0..partitions)
+            .map(|p| {
+                Ok(consumer
+                    .fetch_watermarks(topic, p, Duration::from_secs(10))?
+                    .1)
+            })
+            .collect::<anyhow::Result<Vec<i64>>>()?;
+        Ok(Self {
+            consumer,
+            topic: topic.to_string(),
+            ends,
+        })
     }
-    let Ok(committed) = consumer.committed_offsets(tpl, Duration::from_secs(10)) else {
-        return false;
-    };
-    (0..partitions).all(|p| {
-        let end = consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).map(|w| w.1).unwrap_or(i64::MAX);
-        matches!(committed.find_partition(topic, p).map(|e| e.offset()), Some(Offset::Offset(o)) if o >= end)
-    })
+
+    pub fn drained(&self) -> bool {
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..self.ends.len() {
+            tpl.add_partition(&self.topic, p as i32);
+        }
+        let Ok(committed) = self
+            .consumer
+            .committed_offsets(tpl, Duration::from_secs(10))
+        else {
+            return false;
+        };
+        self.ends.iter().enumerate().all(|(p, end)| {
+            matches!(committed.find_partition(&self.topic, p as i32).map(|e| e.offset()), Some(Offset::Offset(o)) if o >= *end)
+        })
+    }
 }
 
 /// Latency of committed outputs: for every record seen by a read_committed

@@ -63,6 +63,9 @@ enum Cmd {
         group: String,
         #[arg(long)]
         transactional: bool,
+        /// Threads, each owning every n-th partition.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
     },
 }
 
@@ -74,7 +77,17 @@ fn main() -> anyhow::Result<()> {
             output,
             group,
             transactional,
-        } => pipe::run(&bootstrap, &input, &output, &group, transactional),
+            threads,
+        } => pipe::run(
+            &pipe::Pipe {
+                bootstrap: &bootstrap,
+                input: &input,
+                output: &output,
+                group: &group,
+                transactional,
+            },
+            threads,
+        ),
         Cmd::Fill {
             bootstrap,
             topic,
@@ -144,13 +157,14 @@ fn run(
         for c in Contender::ALL {
             let m = harness::measure(&setup, c, round, &input, records)?;
             eprintln!(
-                "round {}: {:32} {:>7.1} s {:>10.0} records/s  {:>6.1} CPU s  {:>6.0} MB",
+                "round {}: {:32} {:>7.1} s {:>10.0} records/s  {:>6.1} CPU s  {:>6.0} MB  broker {:>5.1} CPU s",
                 round + 1,
                 c.name(),
                 m.seconds,
                 m.records_per_second,
                 m.cpu_seconds,
-                m.peak_rss_mb
+                m.peak_rss_mb,
+                m.broker_cpu_seconds.unwrap_or(f64::NAN)
             );
             all.push(m);
         }
@@ -252,16 +266,38 @@ fn report(
         setup.threads
     );
     let _ = writeln!(out, "Input: {records} JSON orders (~200 B) on {PARTITIONS} partitions, each contender from the beginning under a fresh application id; {rounds} round(s), contenders interleaved; medians.\n");
-    let _ = writeln!(out, "| contender | records/s | CPU s | records per CPU s | peak RSS MB |\n|---|---:|---:|---:|---:|");
+    let _ = writeln!(out, "| contender | records/s | CPU s | records per CPU s | peak RSS MB | broker CPU s | cores busy (contender + broker) |\n|---|---:|---:|---:|---:|---:|---:|");
     for c in Contender::ALL {
         let rps = med(c, |m| m.records_per_second);
         let cpu = med(c, |m| m.cpu_seconds);
         let per_cpu = if cpu > 0.0 { records as f64 / cpu } else { 0.0 };
+        let broker = all
+            .iter()
+            .filter(|m| m.contender == c)
+            .map(|m| m.broker_cpu_seconds)
+            .collect::<Option<Vec<f64>>>()
+            .map(harness::median);
+        // Both processes' CPU over the contender's wall time: near the
+        // core count, the machine (not the contender) is the limit.
+        let cores_busy = all
+            .iter()
+            .filter(|m| m.contender == c)
+            .map(|m| {
+                m.broker_cpu_seconds
+                    .map(|b| (m.cpu_seconds + b) / m.seconds)
+            })
+            .collect::<Option<Vec<f64>>>()
+            .map(harness::median);
+        let shown = |v: Option<f64>, digits: usize| {
+            v.map_or_else(|| "—".to_string(), |v| format!("{v:.digits$}"))
+        };
         let _ = writeln!(
             out,
-            "| {} | {rps:.0} | {cpu:.1} | {per_cpu:.0} | {:.0} |",
+            "| {} | {rps:.0} | {cpu:.1} | {per_cpu:.0} | {:.0} | {} | {} |",
             c.name(),
-            med(c, |m| m.peak_rss_mb)
+            med(c, |m| m.peak_rss_mb),
+            shown(broker, 1),
+            shown(cores_busy, 2)
         );
     }
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };

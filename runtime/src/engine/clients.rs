@@ -57,11 +57,11 @@ pub fn prefetch(loops: usize) -> (usize, usize) {
     (queue_kb, queue_kb * 1024 / 3)
 }
 
-/// The consumer: in the app's group (for committed offsets) but never
-/// joining it: tasks are assigned, not balanced. read_committed in both modes.
-pub fn consumer(config: &WorkerConfig) -> anyhow::Result<ClientConfig> {
-    let (queue_kb, fetch_bytes) = prefetch(config.loops);
-    let tuning = [
+/// Consumer defaults the user's properties may override; the benchmark's
+/// raw pipe uses them too, so it is not starved where Millrace is not.
+pub fn consumer_tuning(loops: usize) -> Vec<(&'static str, String)> {
+    let (queue_kb, fetch_bytes) = prefetch(loops);
+    vec![
         ("queued.max.messages.kbytes", queue_kb.to_string()),
         ("fetch.max.bytes", fetch_bytes.to_string()),
         ("max.partition.fetch.bytes", "524288".to_string()),
@@ -69,7 +69,13 @@ pub fn consumer(config: &WorkerConfig) -> anyhow::Result<ClientConfig> {
         // queue was full; a loop drains a full queue in well under that and
         // then starved (idle a third of the time while its commits waited).
         ("fetch.queue.backoff.ms", "10".to_string()),
-    ];
+    ]
+}
+
+/// The consumer: in the app's group (for committed offsets) but never
+/// joining it: tasks are assigned, not balanced. read_committed in both modes.
+pub fn consumer(config: &WorkerConfig) -> anyhow::Result<ClientConfig> {
+    let tuning = consumer_tuning(config.loops);
     let tuning: Vec<(&str, &str)> = tuning.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mut c = base(&config.kafka, &tuning)?;
     c.set("group.id", &config.application_id)
@@ -90,6 +96,12 @@ pub fn producer(config: &WorkerConfig, worker_id: &str) -> anyhow::Result<Client
     let tuning = [
         ("queue.buffering.max.messages", "20000"),
         ("queue.buffering.max.kbytes", "8192"),
+        // librdkafka's 5 ms made produce requests of a few records per
+        // partition; at 20 ms the broker used about a third less CPU per
+        // record, which on a shared machine is throughput (bench/README.md).
+        // Kafka Streams' default is 100 ms. Under exactly-once it adds at
+        // most this much to a commit (which waits for acknowledgements).
+        ("linger.ms", "20"),
     ];
     let mut c = base(&config.kafka, &tuning)?;
     c.set("enable.idempotence", "true")
@@ -176,5 +188,6 @@ mod tests {
         let p = producer(&config(&[("queue.buffering.max.messages", "50000")]), "w").unwrap();
         assert_eq!(p.get("queue.buffering.max.messages"), Some("50000"));
         assert_eq!(p.get("transactional.id"), Some("app-w"));
+        assert_eq!(p.get("linger.ms"), Some("20"));
     }
 }

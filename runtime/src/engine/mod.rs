@@ -15,7 +15,7 @@ mod transaction;
 use transaction::new_producer;
 pub use transaction::DeliveryCounter;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -110,22 +110,23 @@ struct Core {
 }
 
 /// Per-topic counters of one family, looked up by `&str`: no label is
-/// allocated per record.
+/// allocated per record. A list, not a map: an app has a few topics, and
+/// hashing each record's topic showed in the profile (about 3 %).
 struct TopicCounters {
     family: Family<TopicLabel, Counter>,
-    by_topic: HashMap<String, Counter>,
+    by_topic: Vec<(String, Counter)>,
 }
 
 impl TopicCounters {
     fn new(family: &Family<TopicLabel, Counter>) -> Self {
         Self {
             family: family.clone(),
-            by_topic: HashMap::new(),
+            by_topic: Vec::new(),
         }
     }
 
     fn inc(&mut self, topic: &str) {
-        if let Some(c) = self.by_topic.get(topic) {
+        if let Some((_, c)) = self.by_topic.iter().find(|(t, _)| t == topic) {
             c.inc();
             return;
         }
@@ -136,7 +137,7 @@ impl TopicCounters {
             })
             .clone();
         counter.inc();
-        self.by_topic.insert(topic.to_string(), counter);
+        self.by_topic.push((topic.to_string(), counter));
     }
 }
 

@@ -62,11 +62,14 @@ impl Stash {
 }
 
 impl Core {
-    /// Ends the batch at a commit interval. A batch still closing from the
-    /// interval before is committed first (waiting): one closes at a time,
-    /// so offsets always commit in order.
+    /// Ends the batch at a commit interval. One batch closes at a time, so
+    /// offsets commit in order: while the one before is still closing (its
+    /// acknowledgements late), this batch goes on, its outputs held back,
+    /// and closes at the next interval instead of waiting now.
     pub(super) fn close_batch(&mut self, consumer: &BaseConsumer) -> Result<(), EngineError> {
-        self.settle_closing(consumer)?;
+        if self.closing.is_some() {
+            return Ok(());
+        }
         self.absorb_positions(consumer);
         if self.positions.is_empty() {
             return Ok(());

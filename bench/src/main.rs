@@ -32,6 +32,11 @@ enum Cmd {
         /// Rounds; contenders are interleaved within each round.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// Rounds run first and not counted: a freshly started broker's JVM
+        /// is still compiling its hot paths (its first round used 2-3x the
+        /// CPU of later ones).
+        #[arg(long, default_value_t = 1)]
+        warmup_rounds: usize,
         /// Records/s for the latency mode (0: skip it).
         #[arg(long, default_value_t = 20_000)]
         latency_rate: u64,
@@ -100,13 +105,17 @@ fn main() -> anyhow::Result<()> {
             bootstrap,
             records,
             rounds,
+            warmup_rounds,
             latency_rate,
             latency_seconds,
             results,
         } => run(
             bootstrap,
             records,
-            rounds,
+            Rounds {
+                counted: rounds,
+                warmup: warmup_rounds,
+            },
             latency_rate,
             latency_seconds,
             results,
@@ -114,10 +123,15 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+struct Rounds {
+    counted: usize,
+    warmup: usize,
+}
+
 fn run(
     bootstrap: String,
     records: u64,
-    rounds: usize,
+    rounds: Rounds,
     latency_rate: u64,
     latency_seconds: u64,
     results: PathBuf,
@@ -153,11 +167,13 @@ fn run(
     );
 
     let mut all: Vec<Measurement> = Vec::new();
-    for round in 0..rounds {
+    for round in 0..rounds.warmup + rounds.counted {
+        let warmup = round < rounds.warmup;
         for c in Contender::ALL {
             let m = harness::measure(&setup, c, round, &input, records)?;
             eprintln!(
-                "round {}: {:32} {:>7.1} s {:>10.0} records/s  {:>6.1} CPU s  {:>6.0} MB  broker {:>5.1} CPU s",
+                "{} {}: {:32} {:>7.1} s {:>10.0} records/s  {:>6.1} CPU s  {:>6.0} MB  broker {:>5.1} CPU s",
+                if warmup { "warm-up" } else { "round" },
                 round + 1,
                 c.name(),
                 m.seconds,
@@ -166,7 +182,9 @@ fn run(
                 m.peak_rss_mb,
                 m.broker_cpu_seconds.unwrap_or(f64::NAN)
             );
-            all.push(m);
+            if !warmup {
+                all.push(m);
+            }
         }
     }
 
@@ -182,7 +200,7 @@ fn run(
             );
         }
     }
-    let report = report(&setup, records, rounds, &all, &latency);
+    let report = report(&setup, records, &rounds, &all, &latency);
     println!("{report}");
     std::fs::create_dir_all(&results)?;
     let file = results.join(format!("{}.md", setup.run_id));
@@ -232,7 +250,7 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 fn report(
     setup: &Setup,
     records: u64,
-    rounds: usize,
+    rounds: &Rounds,
     all: &[Measurement],
     latency: &BTreeMap<&str, Vec<u64>>,
 ) -> String {
@@ -265,8 +283,8 @@ fn report(
         meminfo(),
         setup.threads
     );
-    let _ = writeln!(out, "Input: {records} JSON orders (~200 B) on {PARTITIONS} partitions, each contender from the beginning under a fresh application id; {rounds} round(s), contenders interleaved; medians.\n");
-    let _ = writeln!(out, "| contender | records/s | CPU s | records per CPU s | peak RSS MB | broker CPU s | cores busy (contender + broker) |\n|---|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(out, "Input: {records} JSON orders (~200 B) on {PARTITIONS} partitions, each contender from the beginning under a fresh application id; {} round(s) after {} warm-up round(s) not counted, contenders interleaved; medians, and the range of records/s over the rounds.\n", rounds.counted, rounds.warmup);
+    let _ = writeln!(out, "| contender | records/s | range | CPU s | records per CPU s | peak RSS MB | broker CPU s | cores busy (contender + broker) |\n|---|---:|---:|---:|---:|---:|---:|---:|");
     for c in Contender::ALL {
         let rps = med(c, |m| m.records_per_second);
         let cpu = med(c, |m| m.cpu_seconds);
@@ -291,9 +309,14 @@ fn report(
         let shown = |v: Option<f64>, digits: usize| {
             v.map_or_else(|| "—".to_string(), |v| format!("{v:.digits$}"))
         };
+        let (low, high) = all
+            .iter()
+            .filter(|m| m.contender == c)
+            .map(|m| m.records_per_second)
+            .fold((f64::MAX, 0.0_f64), |(l, h), v| (l.min(v), h.max(v)));
         let _ = writeln!(
             out,
-            "| {} | {rps:.0} | {cpu:.1} | {per_cpu:.0} | {:.0} | {} | {} |",
+            "| {} | {rps:.0} | {low:.0}–{high:.0} | {cpu:.1} | {per_cpu:.0} | {:.0} | {} | {} |",
             c.name(),
             med(c, |m| m.peak_rss_mb),
             shown(broker, 1),

@@ -15,7 +15,7 @@ use cel::context::VariableResolver;
 use cel::{Context, Env, Value};
 use millrace_crds::{Format, RouteMode, TopicName};
 
-use super::value::{bind, decode, encode, Bound};
+use super::value::{bind, decode, decode_fields, encode, Bound};
 use super::{CompiledPipeline, CompiledStep, Destination, Expr};
 
 /// A consumed record, borrowed from the consumer's buffer.
@@ -136,7 +136,7 @@ impl Evaluator {
                 offset: record.offset,
                 timestamp: record.timestamp,
                 key: decode(record.key, p.key_format).map_err(|m| source_error("key", m))?,
-                value: decode(record.value, p.value_format)
+                value: decode_fields(record.value, p.value_format, p.value_fields.as_deref())
                     .map_err(|m| source_error("value", m))?,
                 headers: record
                     .headers

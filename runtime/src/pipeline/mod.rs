@@ -6,6 +6,7 @@
 
 mod check;
 pub mod eval;
+mod fields;
 pub mod value;
 
 use cel::Program;
@@ -104,6 +105,9 @@ pub struct CompiledPipeline {
     pub steps: Vec<CompiledStep>,
     pub error_policy: ErrorPolicy,
     pub dead_letter_topic: Option<TopicName>,
+    /// The top-level fields of a JSON value that expressions read; `None`:
+    /// all of them (see `fields`).
+    pub value_fields: Option<Vec<String>>,
 }
 
 impl CompiledPipeline {
@@ -184,14 +188,22 @@ pub fn compile(spec: &PipelineSpec) -> Result<CompiledPipeline, CompileErrors> {
     if !c.errors.is_empty() {
         return Err(CompileErrors(c.errors));
     }
-    Ok(CompiledPipeline {
+    let mut pipeline = CompiledPipeline {
         source_topics: spec.source.topics.clone(),
         key_format: spec.source.key_format,
         value_format: spec.source.value_format,
         steps: steps.into_iter().flatten().collect(),
         error_policy: spec.on_error.policy,
         dead_letter_topic: spec.on_error.dead_letter_topic.clone(),
-    })
+        value_fields: None,
+    };
+    pipeline.value_fields = fields::value_fields(
+        pipeline
+            .expressions()
+            .into_iter()
+            .map(|e| e.program.expression()),
+    );
+    Ok(pipeline)
 }
 
 pub fn step_name(index: usize, step: &Step) -> String {

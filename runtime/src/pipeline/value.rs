@@ -51,20 +51,21 @@ pub type Bound<'a> = Box<dyn Val + 'a>;
 
 /// Parses JSON straight into the CEL values expressions read, with no
 /// intermediate `serde_json::Value` or `cel::Value`: strings without escapes
-/// (and map keys) borrow the record's bytes, so a field no expression reads
-/// costs a map slot, not a copy.
-struct ValSeed;
+/// (and map keys) borrow the record's bytes. With a field list, an object
+/// builds only those fields; the others are parsed (validated) and dropped.
+/// Nested values are built whole.
+struct ValSeed<'f>(Option<&'f [String]>);
 
-impl<'de> serde::de::DeserializeSeed<'de> for ValSeed {
+impl<'de> serde::de::DeserializeSeed<'de> for ValSeed<'_> {
     type Value = Bound<'de>;
     fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Bound<'de>, D::Error> {
-        d.deserialize_any(ValVisitor)
+        d.deserialize_any(ValVisitor(self.0))
     }
 }
 
-struct ValVisitor;
+struct ValVisitor<'f>(Option<&'f [String]>);
 
-impl<'de> serde::de::Visitor<'de> for ValVisitor {
+impl<'de> serde::de::Visitor<'de> for ValVisitor<'_> {
     type Value = Bound<'de>;
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("JSON")
@@ -101,16 +102,25 @@ impl<'de> serde::de::Visitor<'de> for ValVisitor {
     }
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Bound<'de>, A::Error> {
         let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-        while let Some(v) = seq.next_element_seed(ValSeed)? {
+        while let Some(v) = seq.next_element_seed(ValSeed(None))? {
             items.push(v);
         }
         Ok(Box::new(CelList::from(items)))
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Bound<'de>, A::Error> {
-        let mut fields = HashMap::with_capacity(map.size_hint().unwrap_or(8));
+        let wanted = |k: &CelMapKey<'_>| {
+            self.0
+                .is_none_or(|only| only.iter().any(|f| *k == CelMapKey::from(f.as_str())))
+        };
+        let capacity = self.0.map_or(map.size_hint().unwrap_or(8), <[String]>::len);
+        let mut fields = HashMap::with_capacity(capacity);
         while let Some(k) = map.next_key_seed(KeySeed)? {
-            let v = map.next_value_seed(ValSeed)?;
-            fields.insert(k, v);
+            if wanted(&k) {
+                let v = map.next_value_seed(ValSeed(None))?;
+                fields.insert(k, v);
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
         }
         Ok(Box::new(CelMap::from(fields)))
     }
@@ -142,16 +152,29 @@ impl<'de> serde::de::Visitor<'de> for KeySeed {
     }
 }
 
-fn parse_json(bytes: &[u8]) -> Result<Bound<'_>, serde_json::Error> {
+fn parse_json<'a>(
+    bytes: &'a [u8],
+    fields: Option<&[String]>,
+) -> Result<Bound<'a>, serde_json::Error> {
     use serde::de::DeserializeSeed;
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let v = ValSeed.deserialize(&mut de)?;
+    let v = ValSeed(fields).deserialize(&mut de)?;
     de.end()?;
     Ok(v)
 }
 
 /// Reads a key or value in its declared format.
 pub fn decode(bytes: Option<&[u8]>, format: Format) -> Result<Bound<'_>, String> {
+    decode_fields(bytes, format, None)
+}
+
+/// Reads a key or value in its declared format; of a JSON object, only
+/// `fields` (all when `None`).
+pub fn decode_fields<'a>(
+    bytes: Option<&'a [u8]>,
+    format: Format,
+    fields: Option<&[String]>,
+) -> Result<Bound<'a>, String> {
     let Some(bytes) = bytes else {
         return Ok(Box::new(CelNull));
     };
@@ -160,7 +183,7 @@ pub fn decode(bytes: Option<&[u8]>, format: Format) -> Result<Bound<'_>, String>
         Format::String => std::str::from_utf8(bytes)
             .map(|s| Box::new(CelString::from(s)) as Bound<'_>)
             .map_err(|e| format!("not UTF-8: {e}")),
-        Format::Json => parse_json(bytes).map_err(|e| format!("not JSON: {e}")),
+        Format::Json => parse_json(bytes, fields).map_err(|e| format!("not JSON: {e}")),
     }
 }
 
@@ -194,6 +217,43 @@ mod tests {
 
     fn decoded(bytes: &[u8], format: Format) -> Result<Value, String> {
         decode(Some(bytes), format).map(|v| v.as_ref().try_into().unwrap())
+    }
+
+    #[test]
+    fn a_field_list_builds_only_those_fields_and_still_validates_the_rest() {
+        let only = ["amount".to_string(), "customer".to_string()];
+        let bytes = br#"{"id": "a\"b", "amount": 5, "customer": {"tier": "gold"}, "items": [1, {"x": null}]}"#;
+        let v: Value = decode_fields(Some(bytes), Format::Json, Some(&only))
+            .unwrap()
+            .as_ref()
+            .try_into()
+            .unwrap();
+        let Value::Map(m) = &v else { panic!("{v:?}") };
+        let mut keys: Vec<String> = m.map.keys().map(|k| format!("{k:?}")).collect();
+        keys.sort();
+        assert_eq!(keys.len(), 2, "{keys:?}");
+        assert_eq!(
+            m.map[&Key::String(Arc::new("amount".into()))],
+            Value::Int(5)
+        );
+        let Value::Map(customer) = &m.map[&Key::String(Arc::new("customer".into()))] else {
+            panic!("a nested value is built whole")
+        };
+        assert_eq!(customer.map.len(), 1);
+
+        for malformed in [&br#"{"amount": 5, "id": [1, }"#[..], br#"{"amount": 5} x"#] {
+            let err = decode_fields(Some(malformed), Format::Json, Some(&only)).err();
+            assert!(
+                err.is_some_and(|e| e.starts_with("not JSON")),
+                "{malformed:?}"
+            );
+        }
+        let scalar: Value = decode_fields(Some(b"7"), Format::Json, Some(&only))
+            .unwrap()
+            .as_ref()
+            .try_into()
+            .unwrap();
+        assert_eq!(scalar, Value::Int(7), "not an object: built as is");
     }
 
     #[test]

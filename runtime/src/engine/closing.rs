@@ -5,12 +5,9 @@
 //! each loop's time (bench/README.md). So at the end of a commit interval
 //! the batch is *closed* instead: its offsets are set aside and the loop
 //! goes on consuming and evaluating, holding the next batch's outputs back
-//! (the stash). Once the closed batch's outputs are all acknowledged, a
-//! thread sends its offsets and ends its transaction (a few round trips to
-//! the coordinator, nothing left to flush) while the loop goes on; then a
-//! new transaction begins and the stash is sent into it. The thread starts
-//! only after the acknowledgements: a commit started at once flushes, which
-//! sends the batch's last records without lingering and ran slower.
+//! (the stash). Once the closed batch's outputs are all acknowledged, its
+//! transaction commits (offsets and end marker: nothing left to flush), a
+//! new one begins, and the stash is sent into it.
 //!
 //! Why held back rather than sent at once: sent into the open transaction,
 //! they would commit with offsets that do not cover their input yet (after
@@ -19,15 +16,11 @@
 //! partition.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::BaseConsumer;
-use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::producer::Producer;
 
-use super::transaction::end_transaction;
 use super::{Core, EngineError, Tp};
 use crate::pipeline::eval::OutputRecord;
 
@@ -39,20 +32,10 @@ const STASH_RECORDS: usize = 30_000;
 const STASH_BYTES: usize = 8 << 20;
 
 /// A batch whose records are all processed and sent, waiting for its
-/// outputs' acknowledgements, then for its commit.
+/// outputs' acknowledgements before its transaction commits.
 pub(super) struct Closing {
     offsets: BTreeMap<Tp, i64>,
     since: Instant,
-    /// The commit's round trips, once the acknowledgements are in.
-    commit: Option<JoinHandle<KafkaResult<()>>>,
-}
-
-/// A commit thread that panicked left the transaction in an unknown state:
-/// treated as fatal, so the producer is replaced (which aborts it).
-fn joined(commit: JoinHandle<KafkaResult<()>>) -> KafkaResult<()> {
-    commit
-        .join()
-        .unwrap_or(Err(KafkaError::MessageProduction(RDKafkaErrorCode::Fatal)))
 }
 
 /// Outputs of the next batch, held back while one closes.
@@ -100,7 +83,6 @@ impl Core {
         self.closing = Some(Closing {
             offsets: std::mem::take(&mut self.positions),
             since: Instant::now(),
-            commit: None,
         });
         Ok(())
     }
@@ -116,50 +98,28 @@ impl Core {
         until_deadline.min(most)
     }
 
-    /// Between records: starts the closing batch's commit once its outputs
-    /// are all acknowledged (delivery reports served just before), takes
-    /// the commit once it is done, or waits for it when the stash is full.
+    /// Between records: commits the closing batch once its outputs are all
+    /// acknowledged (delivery reports served just before), or waits for it
+    /// when the stash is full.
     pub(super) fn advance_closing(&mut self, consumer: &BaseConsumer) -> Result<(), EngineError> {
-        let Some(closing) = &self.closing else {
+        if self.closing.is_none() {
             return Ok(());
-        };
-        match &closing.commit {
-            Some(commit) if commit.is_finished() => self.settle_closing(consumer),
-            None if self.producer.in_flight_count() == 0 => self.start_commit(consumer),
-            _ if self.stash.full() => self.settle_closing(consumer),
-            _ => Ok(()),
         }
-    }
-
-    fn start_commit(&mut self, consumer: &BaseConsumer) -> Result<(), EngineError> {
-        let Some(closing) = &mut self.closing else {
-            return Ok(());
-        };
-        let offsets = Self::offset_list(&closing.offsets)?;
-        let group = Self::group(consumer)?;
-        let producer = Arc::clone(&self.producer);
-        let commit = std::thread::Builder::new()
-            .name("millrace-commit".into())
-            .spawn(move || end_transaction(&producer, &offsets, &group))
-            .map_err(|e| EngineError::Config(format!("cannot start a commit thread: {e}")))?;
-        closing.commit = Some(commit);
+        if self.producer.in_flight_count() == 0 || self.stash.full() {
+            self.settle_closing(consumer)?;
+        }
         Ok(())
     }
 
-    /// Commits the closing batch (waiting for its acknowledgements and its
-    /// commit), then sends the stash into a new transaction. Afterwards the
-    /// loop is where it would be had it committed without closing: every
-    /// other path (shutdown, a placement change, a failing record) calls
-    /// this first.
+    /// Commits the closing batch, waiting for its acknowledgements, then
+    /// sends the stash into a new transaction. Afterwards the loop is where
+    /// it would be had it committed without closing: every other path
+    /// (shutdown, a placement change, a failing record) calls this first.
     pub(super) fn settle_closing(&mut self, consumer: &BaseConsumer) -> Result<(), EngineError> {
         let Some(closing) = self.closing.take() else {
             return Ok(());
         };
-        let outcome = match closing.commit {
-            Some(commit) => self.transaction_ended(joined(commit)),
-            None => self.commit_transaction(consumer, &closing.offsets),
-        };
-        if let Err(e) = outcome {
+        if let Err(e) = self.commit_transaction(consumer, &closing.offsets) {
             tracing::warn!(
                 "commit failed: {e}; replaying the batch from the last committed offsets"
             );
@@ -203,17 +163,7 @@ impl Core {
     /// rewinds to the committed offsets.
     pub(super) fn discard_uncommitted(&mut self) {
         self.positions.clear();
-        if let Some(Closing {
-            offsets,
-            commit: Some(commit),
-            ..
-        }) = self.closing.take()
-        {
-            // Its commit may still succeed: the rewind must start after it.
-            if self.transaction_ended(joined(commit)).is_ok() {
-                self.committed(offsets);
-            }
-        }
+        self.closing = None;
         self.stash.clear();
         self.in_flight.abandon();
     }

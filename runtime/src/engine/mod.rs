@@ -78,8 +78,7 @@ struct Core {
     config: WorkerConfig,
     worker_id: String,
     evaluator: Evaluator,
-    /// Shared with the thread sending a closed batch's commit (`closing`).
-    producer: Arc<BaseProducer<DeliveryCounter>>,
+    producer: BaseProducer<DeliveryCounter>,
     eos: bool,
     /// Where each assigned partition resumes after a rewind: the last
     /// committed position, or where it started.
@@ -159,7 +158,7 @@ impl Engine {
         let consumer: BaseConsumer = clients::consumer(&config)
             .map_err(|e| EngineError::Config(e.to_string()))?
             .create()?;
-        let producer = Arc::new(new_producer(&config, &worker_id, &shutdown)?);
+        let producer = new_producer(&config, &worker_id, &shutdown)?;
         let mut core = Core {
             config,
             worker_id,

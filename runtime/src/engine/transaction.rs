@@ -4,13 +4,12 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use millrace_crds::ProcessingGuarantee;
 use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerGroupMetadata};
-use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{BaseProducer, Producer, ProducerContext};
 use rdkafka::{Offset, TopicPartitionList};
@@ -58,9 +57,7 @@ impl Core {
         Ok(true)
     }
 
-    pub(super) fn offset_list(
-        offsets: &BTreeMap<Tp, i64>,
-    ) -> Result<TopicPartitionList, EngineError> {
+    fn offset_list(offsets: &BTreeMap<Tp, i64>) -> Result<TopicPartitionList, EngineError> {
         let mut tpl = TopicPartitionList::new();
         for ((topic, partition), offset) in offsets {
             tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
@@ -171,26 +168,20 @@ impl Core {
         offsets: &BTreeMap<Tp, i64>,
     ) -> Result<(), EngineError> {
         let offsets = Self::offset_list(offsets)?;
-        let group = Self::group(consumer)?;
-        let result = end_transaction(&self.producer, &offsets, &group);
-        self.transaction_ended(result)
-    }
-
-    pub(super) fn group(consumer: &BaseConsumer) -> Result<ConsumerGroupMetadata, EngineError> {
-        consumer
+        let group = consumer
             .group_metadata()
-            .ok_or_else(|| EngineError::Config("the consumer has no group metadata".into()))
-    }
-
-    /// After a transaction's commit: on failure it is aborted, or, fenced
-    /// (another incarnation of this worker took over) or with the producer
-    /// unusable, a new producer is started, which aborts whatever this one
-    /// left open.
-    pub(super) fn transaction_ended(&mut self, result: KafkaResult<()>) -> Result<(), EngineError> {
+            .ok_or_else(|| EngineError::Config("the consumer has no group metadata".into()))?;
+        let result = self
+            .producer
+            .send_offsets_to_transaction(&offsets, &group, KAFKA_TIMEOUT)
+            .and_then(|()| self.producer.commit_transaction(KAFKA_TIMEOUT));
         self.in_transaction = false;
         if let Err(e) = result {
             let fatal = matches!(&e, KafkaError::Transaction(rd) if rd.is_fatal());
             if fatal || self.producer.abort_transaction(KAFKA_TIMEOUT).is_err() {
+                // Fenced (another incarnation of this worker took over) or
+                // the producer is unusable: start a new one, which aborts
+                // whatever this one left open.
                 self.reinitialise()?;
             }
             return Err(e.into());
@@ -333,7 +324,7 @@ impl Core {
 
     pub(super) fn reinitialise(&mut self) -> Result<(), EngineError> {
         tracing::warn!("re-initialising the producer (fenced or unusable); the placement is read again before processing");
-        self.producer = Arc::new(new_producer(&self.config, &self.worker_id, &self.shutdown)?);
+        self.producer = new_producer(&self.config, &self.worker_id, &self.shutdown)?;
         self.in_transaction = false;
         self.placement_stale = true;
         Ok(())
@@ -357,18 +348,6 @@ impl Core {
         self.published = committed.keys().cloned().collect();
         shared.extend(committed);
     }
-}
-
-/// Sends the offsets into the open transaction and commits it (librdkafka
-/// first waits for any output not yet acknowledged).
-pub(super) fn end_transaction(
-    producer: &BaseProducer<DeliveryCounter>,
-    offsets: &TopicPartitionList,
-    group: &ConsumerGroupMetadata,
-) -> KafkaResult<()> {
-    producer
-        .send_offsets_to_transaction(offsets, group, KAFKA_TIMEOUT)
-        .and_then(|()| producer.commit_transaction(KAFKA_TIMEOUT))
 }
 
 pub(super) fn unix_ms() -> u64 {

@@ -184,6 +184,20 @@ fn dispatch(
     if finished && pod.metadata.deletion_timestamp.is_none() {
         return;
     }
+    if pod.metadata.deletion_timestamp.is_some() {
+        // Being deleted and run by no worker (its worker has just stopped
+        // it, and this is a late update; or the runner restarted): nothing
+        // of it runs, so only the final delete is left. Starting a worker
+        // here ran the containers of a pod being deleted, and nothing
+        // deleted it again.
+        let (client, namespace, name) = (
+            client.clone(),
+            pod.metadata.namespace.clone().unwrap_or_default(),
+            pod.metadata.name.clone().unwrap_or_default(),
+        );
+        tokio::spawn(async move { pod::final_delete(&client, &namespace, &name, &uid).await });
+        return;
+    }
     let previous_ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
     let Some(pod_ip) = ips.lock().unwrap().allocate(previous_ip.as_deref()) else {
         tracing::error!(pod = ?pod.metadata.name, "no free loopback address for the pod");

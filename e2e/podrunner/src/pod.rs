@@ -224,22 +224,8 @@ impl PodWorker {
         Ok(())
     }
 
-    /// The kubelet's last word on a pod: delete it with grace 0 once its
-    /// containers have stopped. The uid precondition keeps a new pod of the
-    /// same name (a StatefulSet's replacement) safe.
     async fn delete_from_api(&self) {
-        let api = Api::<Pod>::namespaced(self.client.clone(), &self.namespace);
-        let params = DeleteParams {
-            grace_period_seconds: Some(0),
-            preconditions: Some(Preconditions {
-                uid: Some(self.uid.clone()),
-                resource_version: None,
-            }),
-            ..Default::default()
-        };
-        if let Err(e) = api.delete(&self.name, &params).await {
-            tracing::debug!(pod = %self.key(), "final delete: {e}");
-        }
+        final_delete(&self.client, &self.namespace, &self.name, &self.uid).await;
     }
 
     async fn fetch_sources(&self, pod: &Pod) -> anyhow::Result<Sources> {
@@ -402,6 +388,36 @@ impl PodHost for PodWorker {
 }
 
 /// Deletion grace: the one the deletion set, else the pod's, else 30 s.
+/// The kubelet's last word on a pod: delete it with grace 0 once its
+/// containers have stopped. The uid precondition keeps a new pod of the
+/// same name (a StatefulSet's replacement) safe. Retried: a pod left
+/// behind keeps `kubectl delete --wait` (and a StatefulSet's replacement)
+/// waiting forever.
+pub async fn final_delete(client: &Client, namespace: &str, name: &str, uid: &str) {
+    let api = Api::<Pod>::namespaced(client.clone(), namespace);
+    let params = DeleteParams {
+        grace_period_seconds: Some(0),
+        preconditions: Some(Preconditions {
+            uid: Some(uid.to_string()),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    let mut backoff = Duration::from_millis(200);
+    for attempt in 1..=5 {
+        match api.delete(name, &params).await {
+            Ok(_) => return,
+            // Gone already, or replaced by a pod with another uid.
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => return,
+            Err(e) => {
+                tracing::warn!(pod = %format!("{namespace}/{name}"), attempt, "final delete: {e}");
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+            }
+        }
+    }
+}
+
 fn grace_period(pod: &Pod) -> Duration {
     let secs = pod
         .metadata

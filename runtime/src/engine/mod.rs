@@ -38,6 +38,8 @@ use tasks::TaskSource;
 
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
 const MISSING_TOPIC_GRACE: Duration = Duration::from_secs(5);
+/// Longest a loop goes without serving delivery reports and closing work.
+const SERVICE_INTERVAL: Duration = Duration::from_millis(5);
 
 /// Why the engine stopped other than by a clean shutdown.
 #[derive(Debug, thiserror::Error)]
@@ -220,6 +222,7 @@ impl Engine {
             let deadline = Instant::now() + interval + first.take().unwrap_or_default();
             let mut now = Instant::now();
             let mut served: u32 = 0;
+            let mut next_service = now + SERVICE_INTERVAL;
             // Time processing (not waiting for records), summed here and
             // published once per commit: no shared counter per record.
             let mut busy = Duration::ZERO;
@@ -275,9 +278,13 @@ impl Engine {
                 }
                 // Serving delivery reports takes librdkafka's queue lock:
                 // every 64 records is often enough, and when idle (the next
-                // record may be far off) at once.
+                // record may be far off) at once. At least every few ms too:
+                // a rate-limited loop takes 64 records a long time, and a
+                // closing batch's commit (and the lag the autoscaler sees)
+                // would wait that long.
                 served = served.wrapping_add(1);
-                if idle || served.is_multiple_of(64) {
+                if idle || served.is_multiple_of(64) || now >= next_service {
+                    next_service = now + SERVICE_INTERVAL;
                     core.serve_deliveries();
                     core.commit_acknowledged(consumer)?;
                     core.advance_closing(consumer)?;

@@ -160,7 +160,10 @@ impl Core {
     }
 
     /// Forgets everything processed since the last commit: the caller
-    /// rewinds to the committed offsets.
+    /// rewinds to the committed offsets. Only once the transaction holding
+    /// it has ended (aborted, or its producer replaced): a closing batch
+    /// dropped here with its transaction still open would commit with the
+    /// next one's offsets.
     pub(super) fn discard_uncommitted(&mut self) {
         self.positions.clear();
         self.closing = None;

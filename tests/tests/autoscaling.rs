@@ -147,14 +147,20 @@ fn replicas_follow_lag_down_to_zero_and_back_exactly_once() {
     verify(&topics, records).assert_exactly_once("autoscaling verifier");
 }
 
+fn workers_ready(ns: &str, app: &str, workers: i64) {
+    wait_until(
+        &format!("{workers} worker(s) ready"),
+        Duration::from_secs(90),
+        || (number(ns, app, "{.status.readyReplicas}") == workers).then_some(()),
+    );
+}
+
 #[test]
 fn dry_run_reports_decisions_and_changes_nothing() {
     let (ns, topics, _) = setup("dry", "dry", "DryRun", 1);
     let ns = ns.0.as_str();
     let app = "streamapp/dry";
-    wait_until("one worker ready", Duration::from_secs(90), || {
-        (number(ns, app, "{.status.readyReplicas}") == 1).then_some(())
-    });
+    workers_ready(ns, app, 1);
     generate(&topics, 4_000, Duration::ZERO);
     wait_until("a decision to scale up", Duration::from_secs(60), || {
         (number(ns, app, "{.status.autoscaling.decided}") > 1).then_some(())
@@ -190,9 +196,7 @@ fn a_heavy_partition_gets_a_worker_of_its_own_until_it_drains() {
     let (ns, topics, app_id) = setup("heavy", "heavy", "Lag", 2);
     let ns = ns.0.as_str();
     let app = "streamapp/heavy";
-    wait_until("two workers ready", Duration::from_secs(90), || {
-        (number(ns, app, "{.status.readyReplicas}") == 2).then_some(())
-    });
+    workers_ready(ns, app, 2);
     // 3,000 records in partition 0: 150/s to drain in the 20 s target, one
     // and a half workers' worth, while the other seven partitions are idle.
     let records = 3_000;

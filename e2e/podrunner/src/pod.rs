@@ -387,7 +387,6 @@ impl PodHost for PodWorker {
     }
 }
 
-/// Deletion grace: the one the deletion set, else the pod's, else 30 s.
 /// The kubelet's last word on a pod: delete it with grace 0 once its
 /// containers have stopped. The uid precondition keeps a new pod of the
 /// same name (a StatefulSet's replacement) safe. Retried: a pod left
@@ -418,6 +417,7 @@ pub async fn final_delete(client: &Client, namespace: &str, name: &str, uid: &st
     }
 }
 
+/// Deletion grace: the one the deletion set, else the pod's, else 30 s.
 fn grace_period(pod: &Pod) -> Duration {
     let secs = pod
         .metadata

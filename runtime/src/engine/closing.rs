@@ -120,12 +120,8 @@ impl Core {
             return Ok(());
         };
         if let Err(e) = self.commit_transaction(consumer, &closing.offsets) {
-            tracing::warn!(
-                "commit failed: {e}; replaying the batch from the last committed offsets"
-            );
-            self.metrics.aborts.inc();
             // The stash is dropped with the rest: its records come again.
-            return self.replay(consumer);
+            return self.commit_failed(consumer, e);
         }
         self.committed(closing.offsets);
         self.metrics

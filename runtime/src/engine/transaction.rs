@@ -131,14 +131,20 @@ impl Core {
                     .observe(started.elapsed().as_secs_f64());
                 Ok(())
             }
-            Err(e) => {
-                tracing::warn!(
-                    "commit failed: {e}; replaying the batch from the last committed offsets"
-                );
-                self.metrics.aborts.inc();
-                self.replay(consumer)
-            }
+            Err(e) => self.commit_failed(consumer, e),
         }
+    }
+
+    /// A commit failed (and was aborted): the batch is processed again from
+    /// the last committed offsets.
+    pub(super) fn commit_failed(
+        &mut self,
+        consumer: &BaseConsumer,
+        e: EngineError,
+    ) -> Result<(), EngineError> {
+        tracing::warn!("commit failed: {e}; replaying the batch from the last committed offsets");
+        self.metrics.aborts.inc();
+        self.replay(consumer)
     }
 
     /// Offsets now committed: where a replay resumes from.

@@ -3,8 +3,10 @@
 //! transaction by a consumer that never joins its group, and the last stable
 //! offset as the end of a partition for lag.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use millrace_runtime::engine::flusher::Flusher;
 use millrace_tests::{kafka_bootstrap, unique, wait_until};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -330,4 +332,41 @@ fn committed_offsets_inside_an_open_transaction_are_not_read_as_absent() {
         stable.find_partition(&input, 0).unwrap().offset(),
         Offset::Offset(2)
     );
+}
+
+/// The exactly-once loop lingers 50 ms and, at each close, has the flusher
+/// thread send what lingers at once (docs/runtime.md). That rests on
+/// librdkafka ignoring `linger.ms` while `rd_kafka_flush` waits: checked
+/// here with a linger far longer than the test.
+#[test]
+fn the_flusher_sends_lingering_records_at_once_without_blocking_the_caller() {
+    let topic = unique("flusher");
+    create_topic(&topic, 1);
+    let producer: Arc<BaseProducer> = Arc::new(
+        ClientConfig::new()
+            .set("bootstrap.servers", kafka_bootstrap())
+            .set("linger.ms", "60000")
+            .create()
+            .expect("producer"),
+    );
+    send(&producer, &topic, &["lingering"]);
+    std::thread::sleep(Duration::from_secs(2));
+    producer.poll(Duration::ZERO);
+    assert_eq!(producer.in_flight_count(), 1, "the record still lingers");
+
+    let flusher = Flusher::spawn();
+    let asked = Instant::now();
+    flusher.flush(&producer);
+    assert!(
+        asked.elapsed() < Duration::from_millis(100),
+        "flush() only asks"
+    );
+    // The caller serves its delivery reports, as a loop does.
+    wait_until("the record delivered", Duration::from_secs(20), || {
+        producer.poll(Duration::from_millis(50));
+        (producer.in_flight_count() == 0).then_some(())
+    });
+    let reader = consumer(&unique("g"), "read_committed");
+    assign_from(&reader, &topic, Offset::Beginning);
+    assert_eq!(read_values(&reader, 1), ["lingering"]);
 }

@@ -101,9 +101,10 @@ pub fn producer(config: &WorkerConfig, worker_id: &str) -> anyhow::Result<Client
         // librdkafka's 5 ms made produce requests of a few records per
         // partition; at 20 ms the broker used about a third less CPU per
         // record, which on a shared machine is throughput (bench/README.md).
-        // Kafka Streams' default is 100 ms. Under exactly-once it adds at
-        // most this much to a commit (which waits for acknowledgements).
-        ("linger.ms", "20"),
+        // Kafka Streams' default is 100 ms. Under exactly-once outputs are
+        // visible only at the commit, and a closed batch is flushed at once
+        // (`flusher`), so lingering longer costs no latency there.
+        ("linger.ms", linger_ms(config.processing_guarantee)),
     ];
     let mut c = base(&config.kafka, &tuning)?;
     c.set("enable.idempotence", "true")
@@ -122,6 +123,15 @@ pub fn producer(config: &WorkerConfig, worker_id: &str) -> anyhow::Result<Client
         );
     }
     Ok(c)
+}
+
+/// Producer `linger.ms`: longer under exactly-once, where a batch's
+/// outputs wait for its commit anyway.
+pub fn linger_ms(guarantee: ProcessingGuarantee) -> &'static str {
+    match guarantee {
+        ProcessingGuarantee::ExactlyOnce => "50",
+        ProcessingGuarantee::AtLeastOnce => "20",
+    }
 }
 
 pub fn transactional_id(application_id: &str, worker_id: &str) -> String {
@@ -190,6 +200,11 @@ mod tests {
         let p = producer(&config(&[("queue.buffering.max.messages", "50000")]), "w").unwrap();
         assert_eq!(p.get("queue.buffering.max.messages"), Some("50000"));
         assert_eq!(p.get("transactional.id"), Some("app-w"));
+        assert_eq!(p.get("linger.ms"), Some("50"), "exactly-once");
+        let mut at_least_once = config(&[]);
+        at_least_once.processing_guarantee = ProcessingGuarantee::AtLeastOnce;
+        let p = producer(&at_least_once, "w").unwrap();
         assert_eq!(p.get("linger.ms"), Some("20"));
+        assert_eq!(p.get("transactional.id"), None);
     }
 }

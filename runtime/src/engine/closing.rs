@@ -84,6 +84,9 @@ impl Core {
             offsets: std::mem::take(&mut self.positions),
             since: Instant::now(),
         });
+        if let Some(flusher) = &self.flusher {
+            flusher.flush(&self.producer);
+        }
         Ok(())
     }
 

@@ -6,6 +6,7 @@
 mod assignment;
 pub mod clients;
 mod closing;
+pub mod flusher;
 mod in_flight;
 pub mod kube_tasks;
 pub mod rate_limit;
@@ -80,8 +81,10 @@ struct Core {
     config: WorkerConfig,
     worker_id: String,
     evaluator: Evaluator,
-    producer: BaseProducer<DeliveryCounter>,
+    producer: Arc<BaseProducer<DeliveryCounter>>,
     eos: bool,
+    /// Exactly-once: sends a closed batch's last records without lingering.
+    flusher: Option<flusher::Flusher<DeliveryCounter>>,
     /// Where each assigned partition resumes after a rewind: the last
     /// committed position, or where it started.
     resume: BTreeMap<Tp, Offset>,
@@ -160,13 +163,14 @@ impl Engine {
         let consumer: BaseConsumer = clients::consumer(&config)
             .map_err(|e| EngineError::Config(e.to_string()))?
             .create()?;
-        let producer = new_producer(&config, &worker_id, &shutdown)?;
+        let producer = Arc::new(new_producer(&config, &worker_id, &shutdown)?);
         let mut core = Core {
             config,
             worker_id,
             evaluator,
             producer,
             eos,
+            flusher: eos.then(flusher::Flusher::spawn),
             resume: BTreeMap::new(),
             positions: BTreeMap::new(),
             in_transaction: false,

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use millrace_crds::ProcessingGuarantee;
@@ -330,7 +331,7 @@ impl Core {
 
     pub(super) fn reinitialise(&mut self) -> Result<(), EngineError> {
         tracing::warn!("re-initialising the producer (fenced or unusable); the placement is read again before processing");
-        self.producer = new_producer(&self.config, &self.worker_id, &self.shutdown)?;
+        self.producer = Arc::new(new_producer(&self.config, &self.worker_id, &self.shutdown)?);
         self.in_transaction = false;
         self.placement_stale = true;
         Ok(())

@@ -377,6 +377,12 @@ pub(super) fn new_producer(
     if config.processing_guarantee != ProcessingGuarantee::ExactlyOnce {
         return Ok(producer);
     }
+    // librdkafka looks for the transaction coordinator through a broker it
+    // is connected to; called before any connection is up, it retries only
+    // after 500 ms, which was most of a worker's start (bench/README.md). A
+    // metadata request waits for the first connection. Its error, if any,
+    // is init_transactions' to report.
+    let _ = producer.client().fetch_metadata(None, KAFKA_TIMEOUT);
     let mut backoff = Duration::from_millis(200);
     loop {
         match producer.init_transactions(KAFKA_TIMEOUT) {

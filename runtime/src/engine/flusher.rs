@@ -16,8 +16,13 @@ use std::sync::Arc;
 
 use rdkafka::producer::{BaseProducer, Producer, ProducerContext};
 
-/// Longest one flush waits; the commit's own flush covers the rest.
-const FLUSH_TIMEOUT_MS: i32 = 30_000;
+/// How long a flush holds linger off. Enough for librdkafka's broker
+/// threads to wake and send what lingers; not much longer, because a flush
+/// that outlives the commit (it ends only when nothing is in flight, and
+/// the next batch may already be sending) would send that batch without
+/// lingering too. Records still lingering past it wait for the commit's own
+/// flush: nothing is lost either way.
+const FLUSH_TIMEOUT_MS: i32 = 20;
 
 pub struct Flusher<C: ProducerContext + 'static> {
     requests: mpsc::Sender<Arc<BaseProducer<C>>>,
@@ -35,8 +40,8 @@ impl<C: ProducerContext + 'static> Flusher<C> {
                     // handle) alive for the call; librdkafka's flush is
                     // thread-safe. It returns once every record sent is
                     // acknowledged and its report served (by the loop), or at
-                    // the timeout: either way nothing is lost, the commit
-                    // still waits for the acknowledgements.
+                    // the timeout; the commit waits for the acknowledgements
+                    // either way.
                     unsafe {
                         rdkafka::bindings::rd_kafka_flush(
                             producer.client().native_ptr(),

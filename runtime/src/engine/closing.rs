@@ -5,9 +5,9 @@
 //! each loop's time (bench/README.md). So at the end of a commit interval
 //! the batch is *closed* instead: its offsets are set aside and the loop
 //! goes on consuming and evaluating, holding the next batch's outputs back
-//! (the stash). Once the closed batch's outputs are all acknowledged, its
-//! transaction commits (offsets and end marker: nothing left to flush), a
-//! new one begins, and the stash is sent into it.
+//! (the stash, `stash.rs`). Once the closed batch's outputs are all
+//! acknowledged, its transaction commits (offsets and end marker: nothing
+//! left to flush), a new one begins, and the stash is sent into it.
 //!
 //! Why held back rather than sent at once: sent into the open transaction,
 //! they would commit with offsets that do not cover their input yet (after
@@ -24,41 +24,11 @@ use rdkafka::producer::Producer;
 use super::{Core, EngineError, Tp};
 use crate::pipeline::eval::OutputRecord;
 
-/// Outputs held back while a batch closes, at most (records, and bytes of
-/// keys and values): past either the loop waits for the commit, which
-/// bounds memory when the broker is slow to acknowledge. At 10,000 records
-/// a loop of the benchmark waited for a fifth of its time.
-const STASH_RECORDS: usize = 30_000;
-const STASH_BYTES: usize = 8 << 20;
-
 /// A batch whose records are all processed and sent, waiting for its
 /// outputs' acknowledgements before its transaction commits.
 pub(super) struct Closing {
     offsets: BTreeMap<Tp, i64>,
     since: Instant,
-}
-
-/// Outputs of the next batch, held back while one closes.
-#[derive(Default)]
-pub(super) struct Stash {
-    records: Vec<OutputRecord>,
-    bytes: usize,
-}
-
-impl Stash {
-    fn push(&mut self, out: OutputRecord) {
-        self.bytes += out.key.as_ref().map_or(0, Vec::len) + out.value.as_ref().map_or(0, Vec::len);
-        self.records.push(out);
-    }
-
-    fn full(&self) -> bool {
-        self.records.len() >= STASH_RECORDS || self.bytes >= STASH_BYTES
-    }
-
-    pub(super) fn clear(&mut self) {
-        self.records.clear();
-        self.bytes = 0;
-    }
 }
 
 impl Core {
@@ -130,7 +100,7 @@ impl Core {
         self.metrics
             .commit_seconds
             .observe(closing.since.elapsed().as_secs_f64());
-        if self.stash.records.is_empty() {
+        if self.stash.is_empty() {
             return Ok(());
         }
         if !self.begin()? {
@@ -138,12 +108,13 @@ impl Core {
             return self.assign_resume_points(consumer);
         }
         let mut stash = std::mem::take(&mut self.stash);
-        for out in &stash.records {
-            if let Err(e) = self.send_now(out) {
+        for held in stash.iter() {
+            let sent = self.send_record(held.topic, held.key, held.value, held.headers);
+            if let Err(e) = sent {
                 return self.send_failed(consumer, e);
             }
         }
-        // Keep the allocation for the next close.
+        // Keep the buffers for the next close.
         stash.clear();
         self.stash = stash;
         Ok(())
@@ -168,39 +139,5 @@ impl Core {
         self.closing = None;
         self.stash.clear();
         self.in_flight.abandon();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn output(bytes: usize) -> OutputRecord {
-        OutputRecord {
-            topic: "out".into(),
-            key: Some(vec![0; 8]),
-            value: Some(vec![0; bytes - 8]),
-            headers: Vec::new(),
-        }
-    }
-
-    #[test]
-    fn the_stash_is_full_at_its_record_or_byte_limit_and_empties_on_clear() {
-        let mut small = Stash::default();
-        for _ in 0..STASH_RECORDS - 1 {
-            small.push(output(100));
-        }
-        assert!(!small.full());
-        small.push(output(100));
-        assert!(small.full(), "by records");
-
-        let mut large = Stash::default();
-        large.push(output(STASH_BYTES - 1));
-        assert!(!large.full());
-        large.push(output(8));
-        assert!(large.full(), "by bytes of keys and values");
-
-        large.clear();
-        assert!(!large.full() && large.records.is_empty() && large.bytes == 0);
     }
 }

@@ -10,6 +10,7 @@ pub mod flusher;
 mod in_flight;
 pub mod kube_tasks;
 pub mod rate_limit;
+mod stash;
 pub mod tasks;
 mod transaction;
 
@@ -94,7 +95,7 @@ struct Core {
     /// The batch committing while the loop goes on (`closing`), and the
     /// outputs held back meanwhile.
     closing: Option<closing::Closing>,
-    stash: closing::Stash,
+    stash: stash::Stash,
     /// The producer was re-initialised (fenced): the placement must be read
     /// again before anything more is processed.
     placement_stale: bool,
@@ -175,7 +176,7 @@ impl Engine {
             positions: BTreeMap::new(),
             in_transaction: false,
             closing: None,
-            stash: closing::Stash::default(),
+            stash: stash::Stash::default(),
             placement_stale: false,
             rate_limit: None,
             task_count: 0,
@@ -430,24 +431,39 @@ impl Core {
     }
 
     fn send_now(&mut self, out: &OutputRecord) -> Result<(), EngineError> {
+        self.send_record(
+            &out.topic,
+            out.key.as_deref(),
+            out.value.as_deref(),
+            &out.headers,
+        )
+    }
+
+    fn send_record(
+        &mut self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[(String, Vec<u8>)],
+    ) -> Result<(), EngineError> {
         let batch = self.in_flight.current();
         let mut record: BaseRecord<'_, [u8], [u8], usize> =
-            BaseRecord::with_opaque_to(&out.topic, batch);
-        if !out.headers.is_empty() {
-            let mut headers = OwnedHeaders::new_with_capacity(out.headers.len());
-            for (k, v) in &out.headers {
-                headers = headers.insert(Header {
+            BaseRecord::with_opaque_to(topic, batch);
+        if !headers.is_empty() {
+            let mut owned = OwnedHeaders::new_with_capacity(headers.len());
+            for (k, v) in headers {
+                owned = owned.insert(Header {
                     key: k,
                     value: Some(v),
                 });
             }
-            record = record.headers(headers);
+            record = record.headers(owned);
         }
-        if let Some(k) = &out.key {
-            record = record.key(k.as_slice());
+        if let Some(k) = key {
+            record = record.key(k);
         }
-        if let Some(v) = &out.value {
-            record = record.payload(v.as_slice());
+        if let Some(v) = value {
+            record = record.payload(v);
         }
         // Counted before it is sent: its delivery report may come first.
         self.producer.context().unacknowledged.sent(batch);
@@ -465,7 +481,7 @@ impl Core {
                 }
             }
         }
-        self.records_out.inc(&out.topic);
+        self.records_out.inc(topic);
         Ok(())
     }
 }

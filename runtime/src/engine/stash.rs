@@ -20,11 +20,14 @@ use crate::pipeline::eval::OutputRecord;
 const STASH_RECORDS: usize = 30_000;
 const STASH_BYTES: usize = 8 << 20;
 
+/// Topics looked up when holding a record.
+const INTERNED_TOPICS: usize = 16;
+
 #[derive(Default)]
 pub(super) struct Stash {
     /// Keys and values, back to back.
     bytes: Vec<u8>,
-    /// The topics held records go to: an app has a few.
+    /// The topics held records go to: an app usually has a few.
     topics: Vec<String>,
     records: Vec<Held>,
 }
@@ -47,7 +50,13 @@ pub(super) struct HeldRecord<'a> {
 
 impl Stash {
     pub fn push(&mut self, out: OutputRecord) {
-        let topic = match self.topics.iter().position(|t| *t == out.topic) {
+        // A computed destination (`to` as an expression) may name many
+        // topics: past a few, each held record keeps its own name rather
+        // than every push searching a long list.
+        let known = self.topics[..self.topics.len().min(INTERNED_TOPICS)]
+            .iter()
+            .position(|t| *t == out.topic);
+        let topic = match known {
             Some(i) => i,
             None => {
                 self.topics.push(out.topic);
@@ -92,6 +101,7 @@ impl Stash {
     pub fn clear(&mut self) {
         self.records.clear();
         self.bytes.clear();
+        self.topics.clear();
     }
 }
 
@@ -168,5 +178,23 @@ mod tests {
         stash.clear();
         stash.push(output("a", 20));
         assert_eq!(stash.iter().count(), 1, "cleared, then reused");
+    }
+
+    #[test]
+    fn many_computed_topics_are_held_without_searching_them_all() {
+        let mut stash = Stash::default();
+        for round in 0..2 {
+            for t in 0..100 {
+                stash.push(output(&format!("t{t}"), 20));
+            }
+            let names: Vec<&str> = stash.iter().map(|r| r.topic).collect();
+            assert_eq!(names.len(), 100 * (round + 1));
+            assert_eq!(names[99 + 100 * round], "t99");
+        }
+        assert_eq!(
+            stash.topics.len(),
+            100 + 100 - INTERNED_TOPICS,
+            "only the first few are looked up"
+        );
     }
 }

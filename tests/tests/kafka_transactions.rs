@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use millrace_runtime::engine::committer::Committer;
 use millrace_runtime::engine::flusher::Flusher;
 use millrace_tests::{kafka_bootstrap, unique, wait_until};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -376,4 +377,64 @@ fn the_flusher_sends_lingering_records_at_once_without_blocking_the_caller() {
     let reader = consumer(&unique("g"), "read_committed");
     assign_from(&reader, &topic, Offset::Beginning);
     assert_eq!(read_values(&reader, 1), ["lingering"]);
+}
+
+/// The exactly-once loop has its closed batch committed on a helper thread
+/// (docs/runtime.md): the call only asks, the commit waits for the
+/// outputs' acknowledgements (which the caller serves, as a loop does), and
+/// outputs and offsets become visible together.
+#[test]
+fn the_committer_commits_outputs_and_offsets_while_the_caller_goes_on() {
+    let input = unique("committer-in");
+    let output = unique("committer-out");
+    create_topic(&input, 1);
+    create_topic(&output, 1);
+    let group = unique("app");
+    let source = consumer(&group, "read_committed");
+    let metadata = source.group_metadata().expect("group metadata");
+    let producer: Arc<BaseProducer> = Arc::new(
+        ClientConfig::new()
+            .set("bootstrap.servers", kafka_bootstrap())
+            .set("transactional.id", unique("committer"))
+            .set("transaction.timeout.ms", "60000")
+            // Longer than the commit may take: its flush must send them.
+            .set("linger.ms", "20000")
+            .create()
+            .expect("producer"),
+    );
+    producer.init_transactions(TIMEOUT).unwrap();
+    producer.begin_transaction().unwrap();
+    send(&producer, &output, &["o1", "o2", "o3"]);
+    let mut offsets = TopicPartitionList::new();
+    offsets
+        .add_partition_offset(&input, 0, Offset::Offset(7))
+        .unwrap();
+
+    let committer = Committer::spawn(TIMEOUT);
+    let asked = Instant::now();
+    let outcome = committer.commit(&producer, offsets, metadata);
+    assert!(
+        asked.elapsed() < Duration::from_millis(100),
+        "commit() only asks"
+    );
+    let result = wait_until("the commit's outcome", Duration::from_secs(10), || {
+        producer.poll(Duration::ZERO);
+        outcome.recv_timeout(Duration::from_millis(10)).ok()
+    });
+    result.expect("the commit succeeds");
+
+    let reader = consumer(&unique("g"), "read_committed");
+    assign_from(&reader, &output, Offset::Beginning);
+    assert_eq!(read_values(&reader, 3), ["o1", "o2", "o3"]);
+    let mut wanted = TopicPartitionList::new();
+    wanted.add_partition(&input, 0);
+    let committed = consumer(&group, "read_committed")
+        .committed_offsets(wanted, TIMEOUT)
+        .unwrap();
+    assert_eq!(
+        committed.find_partition(&input, 0).unwrap().offset(),
+        Offset::Offset(7)
+    );
+    // The producer is ready for the next transaction.
+    producer.begin_transaction().unwrap();
 }

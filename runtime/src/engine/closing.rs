@@ -16,12 +16,13 @@
 //! partition.
 
 use std::collections::BTreeMap;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::BaseConsumer;
-use rdkafka::producer::Producer;
+use rdkafka::error::{KafkaError, KafkaResult};
 
-use super::{Core, EngineError, Tp};
+use super::{committer, Core, EngineError, Tp};
 use crate::pipeline::eval::OutputRecord;
 
 /// A batch whose records are all processed and sent, waiting for its
@@ -29,6 +30,8 @@ use crate::pipeline::eval::OutputRecord;
 pub(super) struct Closing {
     offsets: BTreeMap<Tp, i64>,
     since: Instant,
+    /// The commit under way on the committer thread.
+    outcome: committer::Pending,
 }
 
 impl Core {
@@ -50,13 +53,21 @@ impl Core {
             self.positions.clear();
             return self.assign_resume_points(consumer);
         }
+        let offsets = std::mem::take(&mut self.positions);
+        let (list, group) = Self::commit_arguments(consumer, &offsets)?;
+        let (Some(committer), Some(flusher)) = (&self.committer, &self.flusher) else {
+            return Err(EngineError::Config(
+                "closing a batch needs exactly-once's committer".into(),
+            ));
+        };
+        // Both at once: the flush sends the outputs still lingering while
+        // the committer sends the offsets.
+        flusher.flush(&self.producer);
         self.closing = Some(Closing {
-            offsets: std::mem::take(&mut self.positions),
+            outcome: committer.commit(&self.producer, list, group),
+            offsets,
             since: Instant::now(),
         });
-        if let Some(flusher) = &self.flusher {
-            flusher.flush(&self.producer);
-        }
         Ok(())
     }
 
@@ -71,28 +82,51 @@ impl Core {
         until_deadline.min(most)
     }
 
-    /// Between records: commits the closing batch once its outputs are all
-    /// acknowledged (delivery reports served just before), or waits for it
-    /// when the stash is full.
+    /// Between records (delivery reports served just before): finishes the
+    /// closing batch once its commit is over, or waits for it when the
+    /// stash is full.
     pub(super) fn advance_closing(&mut self, consumer: &BaseConsumer) -> Result<(), EngineError> {
-        if self.closing.is_none() {
+        let Some(closing) = &self.closing else {
             return Ok(());
+        };
+        match closing.outcome.try_recv() {
+            Ok(outcome) => {
+                let closing = self.closing.take().expect("checked above");
+                self.closed(consumer, closing, outcome)
+            }
+            Err(mpsc::TryRecvError::Empty) if !self.stash.full() => Ok(()),
+            Err(_) => self.settle_closing(consumer),
         }
-        if self.producer.in_flight_count() == 0 || self.stash.full() {
-            self.settle_closing(consumer)?;
-        }
-        Ok(())
     }
 
-    /// Commits the closing batch, waiting for its acknowledgements, then
-    /// sends the stash into a new transaction. Afterwards the loop is where
-    /// it would be had it committed without closing: every other path
-    /// (shutdown, a placement change, a failing record) calls this first.
+    /// Waits for the closing batch's commit, then sends the stash into a
+    /// new transaction. Afterwards the loop is where it would be had it
+    /// committed without closing: every other path (shutdown, a placement
+    /// change, a failing record) calls this first.
     pub(super) fn settle_closing(&mut self, consumer: &BaseConsumer) -> Result<(), EngineError> {
         let Some(closing) = self.closing.take() else {
             return Ok(());
         };
-        if let Err(e) = self.commit_transaction(consumer, &closing.offsets) {
+        // The commit waits for the outputs' acknowledgements, which count
+        // once their reports are served: serve them while waiting.
+        let outcome = loop {
+            self.serve_deliveries();
+            match closing.outcome.recv_timeout(Duration::from_millis(1)) {
+                Ok(outcome) => break outcome,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break Err(KafkaError::Canceled),
+            }
+        };
+        self.closed(consumer, closing, outcome)
+    }
+
+    fn closed(
+        &mut self,
+        consumer: &BaseConsumer,
+        closing: Closing,
+        outcome: KafkaResult<()>,
+    ) -> Result<(), EngineError> {
+        if let Err(e) = self.transaction_ended(outcome) {
             // The stash is dropped with the rest: its records come again.
             return self.commit_failed(consumer, e);
         }

@@ -6,6 +6,7 @@
 mod assignment;
 pub mod clients;
 mod closing;
+pub mod committer;
 pub mod flusher;
 mod in_flight;
 pub mod kube_tasks;
@@ -86,6 +87,8 @@ struct Core {
     eos: bool,
     /// Exactly-once: sends a closed batch's last records without lingering.
     flusher: Option<flusher::Flusher<DeliveryCounter>>,
+    /// Exactly-once: commits a closed batch while the loop goes on.
+    committer: Option<committer::Committer<DeliveryCounter>>,
     /// Where each assigned partition resumes after a rewind: the last
     /// committed position, or where it started.
     resume: BTreeMap<Tp, Offset>,
@@ -172,6 +175,7 @@ impl Engine {
             producer,
             eos,
             flusher: eos.then(flusher::Flusher::spawn),
+            committer: eos.then(|| committer::Committer::spawn(KAFKA_TIMEOUT)),
             resume: BTreeMap::new(),
             positions: BTreeMap::new(),
             in_transaction: false,

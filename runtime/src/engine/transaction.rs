@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use millrace_crds::ProcessingGuarantee;
 use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::error::KafkaError;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerGroupMetadata};
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{BaseProducer, Producer, ProducerContext};
 use rdkafka::{Offset, TopicPartitionList};
@@ -174,14 +174,28 @@ impl Core {
         consumer: &BaseConsumer,
         offsets: &BTreeMap<Tp, i64>,
     ) -> Result<(), EngineError> {
-        let offsets = Self::offset_list(offsets)?;
-        let group = consumer
-            .group_metadata()
-            .ok_or_else(|| EngineError::Config("the consumer has no group metadata".into()))?;
+        let (offsets, group) = Self::commit_arguments(consumer, offsets)?;
         let result = self
             .producer
             .send_offsets_to_transaction(&offsets, &group, KAFKA_TIMEOUT)
             .and_then(|()| self.producer.commit_transaction(KAFKA_TIMEOUT));
+        self.transaction_ended(result)
+    }
+
+    /// What a transaction's offsets are sent with.
+    pub(super) fn commit_arguments(
+        consumer: &BaseConsumer,
+        offsets: &BTreeMap<Tp, i64>,
+    ) -> Result<(TopicPartitionList, ConsumerGroupMetadata), EngineError> {
+        let group = consumer
+            .group_metadata()
+            .ok_or_else(|| EngineError::Config("the consumer has no group metadata".into()))?;
+        Ok((Self::offset_list(offsets)?, group))
+    }
+
+    /// The open transaction's commit is over: on failure it is aborted (or
+    /// the producer re-initialised) and the caller replays.
+    pub(super) fn transaction_ended(&mut self, result: KafkaResult<()>) -> Result<(), EngineError> {
         self.in_transaction = false;
         if let Err(e) = result {
             let fatal = matches!(&e, KafkaError::Transaction(rd) if rd.is_fatal());

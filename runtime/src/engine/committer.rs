@@ -1,0 +1,103 @@
+//! Commits a closed batch's transaction on a helper thread, so the loop
+//! goes on evaluating while the coordinator answers.
+//!
+//! A commit is three requests in a row: the offsets' partition added to the
+//! transaction (AddOffsetsToTxn), the offsets written (TxnOffsetCommit) and
+//! the end marker (EndTxn). Made by the loop itself, once its outputs were
+//! acknowledged, they stopped it for about 16 ms of every 100 ms commit
+//! interval in the benchmark (bench/README.md). Here the offsets are sent as
+//! soon as the batch closes, while its last outputs are still on their way,
+//! and the loop only picks the outcome up.
+//!
+//! Safe because nothing else touches the transaction meanwhile: while a
+//! batch closes the loop holds every new output back (the stash), and it
+//! begins the next transaction only once it has the outcome.
+
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::ConsumerGroupMetadata;
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::producer::{BaseProducer, Producer, ProducerContext};
+use rdkafka::TopicPartitionList;
+
+/// The outcome of one commit, once the thread has it.
+pub type Pending = mpsc::Receiver<KafkaResult<()>>;
+
+struct Request<C: ProducerContext + 'static> {
+    producer: Arc<BaseProducer<C>>,
+    offsets: TopicPartitionList,
+    group: ConsumerGroupMetadata,
+    done: mpsc::Sender<KafkaResult<()>>,
+}
+
+pub struct Committer<C: ProducerContext + 'static> {
+    requests: mpsc::Sender<Request<C>>,
+    timeout: Duration,
+}
+
+impl<C: ProducerContext + 'static> Committer<C> {
+    /// A thread that commits on request; it ends when the committer is
+    /// dropped. `timeout` bounds each of a commit's waits.
+    pub fn spawn(timeout: Duration) -> Self {
+        let (requests, pending) = mpsc::channel::<Request<C>>();
+        std::thread::Builder::new()
+            .name("committer".into())
+            .spawn(move || {
+                for request in pending {
+                    let outcome = commit(&request, timeout);
+                    // The loop may have stopped waiting (its producer was
+                    // replaced): the outcome is then nobody's concern.
+                    let _ = request.done.send(outcome);
+                }
+            })
+            .expect("spawning the committer thread");
+        Self { requests, timeout }
+    }
+
+    /// Starts committing `producer`'s open transaction with `offsets`. The
+    /// caller must keep serving the producer's delivery reports until the
+    /// outcome arrives: the commit waits for every output's acknowledgement,
+    /// and an acknowledgement counts once its report is served.
+    pub fn commit(
+        &self,
+        producer: &Arc<BaseProducer<C>>,
+        offsets: TopicPartitionList,
+        group: ConsumerGroupMetadata,
+    ) -> Pending {
+        let (done, pending) = mpsc::channel();
+        let request = Request {
+            producer: producer.clone(),
+            offsets,
+            group,
+            done,
+        };
+        if let Err(mpsc::SendError(request)) = self.requests.send(request) {
+            // Only if the thread panicked: commit here instead.
+            let _ = request.done.send(commit(&request, self.timeout));
+        }
+        pending
+    }
+}
+
+fn commit<C: ProducerContext>(request: &Request<C>, timeout: Duration) -> KafkaResult<()> {
+    let producer = &request.producer;
+    producer.send_offsets_to_transaction(&request.offsets, &request.group, timeout)?;
+    // rust-rdkafka's commit_transaction flushes by polling for delivery
+    // reports in 100 ms steps (and would take them from the loop); the
+    // loop serves them, so wait in librdkafka's own flush, which returns as
+    // soon as none is left.
+    // SAFETY: the Arc keeps the native handle alive for the call;
+    // rd_kafka_flush is thread-safe.
+    let flushed = unsafe {
+        rdkafka::bindings::rd_kafka_flush(
+            producer.client().native_ptr(),
+            timeout.as_millis().min(i32::MAX as u128) as i32,
+        )
+    };
+    if flushed != rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR {
+        return Err(KafkaError::Flush(RDKafkaErrorCode::from(flushed)));
+    }
+    producer.commit_transaction(timeout)
+}

@@ -264,6 +264,23 @@ pub fn stop(mut child: Child) {
     let _ = child.wait();
 }
 
+/// How long the broker gets to remove deleted topics' files before the next
+/// contender starts: the test bed's broker removes them after 1 s
+/// (`log.segment.delete.delay.ms`).
+const DELETION_SETTLE: Duration = Duration::from_secs(3);
+
+/// Deletes a finished run's topics and waits for the broker to remove them.
+/// Kept, a run's outputs filled the page cache within a few rounds; the
+/// kernel then evicted the input and zeroed pages during later runs, and
+/// the broker's CPU per run varied by 2x between runs of one contender
+/// (bench/README.md). Removed later than the pause (a broker with the
+/// default one-minute delay), they are removed during another run.
+pub fn clean_up(setup: &Setup, topics: &[String]) -> anyhow::Result<()> {
+    kafka::delete_topics(&setup.bootstrap, topics)?;
+    std::thread::sleep(DELETION_SETTLE);
+    Ok(())
+}
+
 /// Runs one contender over the whole input and measures it.
 pub fn measure(
     setup: &Setup,
@@ -304,6 +321,7 @@ pub fn measure(
         .zip(broker_before)
         .map(|(pid, before)| process_usage(pid).0 - before);
     stop(child);
+    clean_up(setup, &output_topics(setup, c, round))?;
     Ok(Measurement {
         contender: c,
         seconds,

@@ -31,6 +31,27 @@ pub fn create_topics(bootstrap: &str, names: &[String], partitions: i32) -> anyh
     Ok(())
 }
 
+/// Deletes topics (an absent one is no error). The broker removes their
+/// files after `log.segment.delete.delay.ms`.
+pub fn delete_topics(bootstrap: &str, names: &[String]) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    for r in rt.block_on(admin.delete_topics(&names, &AdminOptions::new()))? {
+        if let Err((t, code)) = r {
+            anyhow::ensure!(
+                code == RDKafkaErrorCode::UnknownTopicOrPartition,
+                "deleting {t}: {code}"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// An order of about 200 bytes; every 1000th record is malformed (it goes
 /// to the dead-letter topic). `ts` is the produce time for latency.
 pub fn order(i: u64, ts_ms: u128) -> String {

@@ -200,6 +200,7 @@ fn run(
             );
         }
     }
+    harness::clean_up(&setup, std::slice::from_ref(&input))?;
     let report = report(&setup, records, &rounds, &all, &latency);
     println!("{report}");
     std::fs::create_dir_all(&results)?;
@@ -236,6 +237,7 @@ fn measure_latency(
     kafka::fill(&setup.bootstrap, &input, rate * seconds, Some(rate))?;
     let mut samples = reader.join().expect("latency reader");
     harness::stop(child);
+    harness::clean_up(setup, &[outputs, vec![input]].concat())?;
     samples.sort_unstable();
     Ok(samples)
 }

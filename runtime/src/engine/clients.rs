@@ -3,6 +3,7 @@
 
 use rdkafka::ClientConfig;
 
+use super::stash::{STASH_BYTES, STASH_RECORDS};
 use crate::config::{KafkaClientConfig, WorkerConfig};
 use millrace_crds::ProcessingGuarantee;
 
@@ -92,12 +93,19 @@ pub fn consumer(config: &WorkerConfig) -> anyhow::Result<ClientConfig> {
 /// The producer; transactional under ExactlyOnce with `transactional.id =
 /// <applicationId>-<worker id>`, so a restarted worker fences its zombie.
 pub fn producer(config: &WorkerConfig, worker_id: &str) -> anyhow::Result<ClientConfig> {
-    // librdkafka queues up to 100,000 records (and 1 GB) per producer; a
-    // commit interval needs a few thousand. Past the cap, sends wait for
-    // deliveries instead of growing memory.
+    // librdkafka queues up to 100,000 records (and 1 GB) per producer.
+    // Past a smaller cap, sends wait for deliveries instead of growing
+    // memory; but a send that finds the queue full waits 50 ms, and at
+    // 20,000 records exactly-once loops did so 13–27 times per million
+    // records (after each commit the held-back outputs go out at once, into
+    // a transaction whose partitions are not registered yet). The cap takes
+    // the largest stash twice over: in interleaved runs exactly-once went
+    // from 351k to 390k records/s, at-least-once stayed at 389k–393k
+    // (bench/README.md, item 20).
+    let (max_messages, max_kbytes) = producer_queue_cap();
     let tuning = [
-        ("queue.buffering.max.messages", "20000"),
-        ("queue.buffering.max.kbytes", "8192"),
+        ("queue.buffering.max.messages", max_messages.as_str()),
+        ("queue.buffering.max.kbytes", max_kbytes.as_str()),
         // librdkafka's 5 ms made produce requests of a few records per
         // partition; at 20 ms the broker used about a third less CPU per
         // record, which on a shared machine is throughput (bench/README.md).
@@ -123,6 +131,15 @@ pub fn producer(config: &WorkerConfig, worker_id: &str) -> anyhow::Result<Client
         );
     }
     Ok(c)
+}
+
+/// The producer queue's cap (`queue.buffering.max.messages`, `.kbytes`):
+/// twice the most a loop holds back while a batch closes.
+pub fn producer_queue_cap() -> (String, String) {
+    (
+        (2 * STASH_RECORDS).to_string(),
+        (2 * STASH_BYTES / 1024).to_string(),
+    )
 }
 
 /// Producer `linger.ms`: longer under exactly-once, where a batch's
@@ -183,6 +200,15 @@ mod tests {
     }
 
     #[test]
+    fn the_producer_queue_takes_a_full_stash_and_what_is_in_flight() {
+        let (messages, kbytes) = producer_queue_cap();
+        let messages: usize = messages.parse().unwrap();
+        let kbytes: usize = kbytes.parse().unwrap();
+        assert!(messages >= 2 * STASH_RECORDS);
+        assert!(kbytes * 1024 >= 2 * STASH_BYTES);
+    }
+
+    #[test]
     fn buffer_sizes_are_defaults_the_user_may_change_but_owned_settings_are_not() {
         let mut two_loops = config(&[]);
         two_loops.loops = 2;
@@ -205,6 +231,8 @@ mod tests {
         at_least_once.processing_guarantee = ProcessingGuarantee::AtLeastOnce;
         let p = producer(&at_least_once, "w").unwrap();
         assert_eq!(p.get("linger.ms"), Some("20"));
+        assert_eq!(p.get("queue.buffering.max.messages"), Some("60000"));
+        assert_eq!(p.get("queue.buffering.max.kbytes"), Some("16384"));
         assert_eq!(p.get("transactional.id"), None);
     }
 }

@@ -17,8 +17,8 @@ use crate::pipeline::eval::OutputRecord;
 /// keys and values): past either the loop waits for the commit, which
 /// bounds memory when the broker is slow to acknowledge. At 10,000 records
 /// a loop of the benchmark waited for a fifth of its time.
-const STASH_RECORDS: usize = 30_000;
-const STASH_BYTES: usize = 8 << 20;
+pub(crate) const STASH_RECORDS: usize = 30_000;
+pub(crate) const STASH_BYTES: usize = 8 << 20;
 
 /// Topics looked up when holding a record.
 const INTERNED_TOPICS: usize = 16;

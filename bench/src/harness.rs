@@ -270,11 +270,12 @@ pub fn stop(mut child: Child) {
 const DELETION_SETTLE: Duration = Duration::from_secs(3);
 
 /// Deletes a finished run's topics and waits for the broker to remove them.
-/// Kept, a run's outputs filled the page cache within a few rounds; the
-/// kernel then evicted the input and zeroed pages during later runs, and
-/// the broker's CPU per run varied by 2x between runs of one contender
-/// (bench/README.md). Removed later than the pause (a broker with the
-/// default one-minute delay), they are removed during another run.
+/// Kept, the runs' outputs filled the page cache (12 GB of topics after one
+/// full run and a few dozen single ones), and the broker's CPU per run,
+/// much of it in the kernel, varied by 2x between runs of one contender
+/// (bench/README.md, item 18; the cause is not fully established). Removed
+/// later than the pause (a broker with the default one-minute delay), they
+/// are removed during another run.
 pub fn clean_up(setup: &Setup, topics: &[String]) -> anyhow::Result<()> {
     kafka::delete_topics(&setup.bootstrap, topics)?;
     std::thread::sleep(DELETION_SETTLE);

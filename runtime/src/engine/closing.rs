@@ -53,8 +53,8 @@ impl Core {
             self.positions.clear();
             return self.assign_resume_points(consumer);
         }
+        let (list, group) = Self::commit_arguments(consumer, &self.positions)?;
         let offsets = std::mem::take(&mut self.positions);
-        let (list, group) = Self::commit_arguments(consumer, &offsets)?;
         let (Some(committer), Some(flusher)) = (&self.committer, &self.flusher) else {
             return Err(EngineError::Config(
                 "closing a batch needs exactly-once's committer".into(),

@@ -10,43 +10,49 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 pub fn create_topics(bootstrap: &str, names: &[String], partitions: i32) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()?;
+    let (admin, rt) = admin(bootstrap)?;
     let topics: Vec<NewTopic> = names
         .iter()
         .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1)))
         .collect();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    for r in rt.block_on(admin.create_topics(&topics, &AdminOptions::new()))? {
-        if let Err((t, code)) = r {
-            anyhow::ensure!(
-                code == RDKafkaErrorCode::TopicAlreadyExists,
-                "creating {t}: {code}"
-            );
-        }
-    }
-    Ok(())
+    let results = rt.block_on(admin.create_topics(&topics, &AdminOptions::new()))?;
+    each_done_or(results, RDKafkaErrorCode::TopicAlreadyExists, "creating")
 }
 
 /// Deletes topics (an absent one is no error). The broker removes their
 /// files after `log.segment.delete.delay.ms`.
 pub fn delete_topics(bootstrap: &str, names: &[String]) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+    let (admin, rt) = admin(bootstrap)?;
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let results = rt.block_on(admin.delete_topics(&names, &AdminOptions::new()))?;
+    each_done_or(
+        results,
+        RDKafkaErrorCode::UnknownTopicOrPartition,
+        "deleting",
+    )
+}
+
+fn admin(
+    bootstrap: &str,
+) -> anyhow::Result<(AdminClient<DefaultClientContext>, tokio::runtime::Runtime)> {
+    let admin = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()?;
-    let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    for r in rt.block_on(admin.delete_topics(&names, &AdminOptions::new()))? {
+    Ok((admin, rt))
+}
+
+/// Every topic's operation succeeded, or failed with `harmless`.
+fn each_done_or(
+    results: Vec<Result<String, (String, RDKafkaErrorCode)>>,
+    harmless: RDKafkaErrorCode,
+    doing: &str,
+) -> anyhow::Result<()> {
+    for r in results {
         if let Err((t, code)) = r {
-            anyhow::ensure!(
-                code == RDKafkaErrorCode::UnknownTopicOrPartition,
-                "deleting {t}: {code}"
-            );
+            anyhow::ensure!(code == harmless, "{doing} {t}: {code}");
         }
     }
     Ok(())

@@ -36,12 +36,19 @@ fn create_topic(name: &str, partitions: i32) {
 }
 
 fn transactional_producer(id: &str) -> BaseProducer {
-    let producer: BaseProducer = ClientConfig::new()
+    transactional_producer_with(id, &[])
+}
+
+fn transactional_producer_with(id: &str, settings: &[(&str, &str)]) -> BaseProducer {
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", kafka_bootstrap())
         .set("transactional.id", id)
-        .set("transaction.timeout.ms", "60000")
-        .create()
-        .expect("producer");
+        .set("transaction.timeout.ms", "60000");
+    for (k, v) in settings {
+        config.set(*k, *v);
+    }
+    let producer: BaseProducer = config.create().expect("producer");
     producer
         .init_transactions(TIMEOUT)
         .expect("init_transactions");
@@ -392,17 +399,11 @@ fn the_committer_commits_outputs_and_offsets_while_the_caller_goes_on() {
     let group = unique("app");
     let source = consumer(&group, "read_committed");
     let metadata = source.group_metadata().expect("group metadata");
-    let producer: Arc<BaseProducer> = Arc::new(
-        ClientConfig::new()
-            .set("bootstrap.servers", kafka_bootstrap())
-            .set("transactional.id", unique("committer"))
-            .set("transaction.timeout.ms", "60000")
-            // Longer than the commit may take: its flush must send them.
-            .set("linger.ms", "20000")
-            .create()
-            .expect("producer"),
-    );
-    producer.init_transactions(TIMEOUT).unwrap();
+    // Lingering longer than the commit may take: its flush must send them.
+    let producer = Arc::new(transactional_producer_with(
+        &unique("committer"),
+        &[("linger.ms", "20000")],
+    ));
     producer.begin_transaction().unwrap();
     send(&producer, &output, &["o1", "o2", "o3"]);
     let mut offsets = TopicPartitionList::new();

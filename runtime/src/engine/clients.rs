@@ -135,7 +135,7 @@ pub fn producer(config: &WorkerConfig, worker_id: &str) -> anyhow::Result<Client
 
 /// The producer queue's cap (`queue.buffering.max.messages`, `.kbytes`):
 /// twice the most a loop holds back while a batch closes.
-pub fn producer_queue_cap() -> (String, String) {
+fn producer_queue_cap() -> (String, String) {
     (
         (2 * STASH_RECORDS).to_string(),
         (2 * STASH_BYTES / 1024).to_string(),
@@ -197,15 +197,6 @@ mod tests {
             },
         }))
         .unwrap()
-    }
-
-    #[test]
-    fn the_producer_queue_takes_a_full_stash_and_what_is_in_flight() {
-        let (messages, kbytes) = producer_queue_cap();
-        let messages: usize = messages.parse().unwrap();
-        let kbytes: usize = kbytes.parse().unwrap();
-        assert!(messages >= 2 * STASH_RECORDS);
-        assert!(kbytes * 1024 >= 2 * STASH_BYTES);
     }
 
     #[test]

@@ -5,9 +5,10 @@
 //! each loop's time (bench/README.md). So at the end of a commit interval
 //! the batch is *closed* instead: its offsets are set aside and the loop
 //! goes on consuming and evaluating, holding the next batch's outputs back
-//! (the stash, `stash.rs`). Once the closed batch's outputs are all
-//! acknowledged, its transaction commits (offsets and end marker: nothing
-//! left to flush), a new one begins, and the stash is sent into it.
+//! (the stash, `stash.rs`). The closed batch's transaction commits on a
+//! helper thread (`committer`): its offsets are sent at once, the end
+//! marker once its outputs are all acknowledged. When the loop sees the
+//! outcome, a new transaction begins and the stash is sent into it.
 //!
 //! Why held back rather than sent at once: sent into the open transaction,
 //! they would commit with offsets that do not cover their input yet (after
@@ -25,8 +26,8 @@ use rdkafka::error::{KafkaError, KafkaResult};
 use super::{committer, Core, EngineError, Tp};
 use crate::pipeline::eval::OutputRecord;
 
-/// A batch whose records are all processed and sent, waiting for its
-/// outputs' acknowledgements before its transaction commits.
+/// A batch whose records are all processed and sent, its transaction
+/// committing on the committer thread.
 pub(super) struct Closing {
     offsets: BTreeMap<Tp, i64>,
     since: Instant,

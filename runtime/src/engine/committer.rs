@@ -34,7 +34,6 @@ struct Request<C: ProducerContext + 'static> {
 
 pub struct Committer<C: ProducerContext + 'static> {
     requests: mpsc::Sender<Request<C>>,
-    timeout: Duration,
 }
 
 impl<C: ProducerContext + 'static> Committer<C> {
@@ -53,7 +52,7 @@ impl<C: ProducerContext + 'static> Committer<C> {
                 }
             })
             .expect("spawning the committer thread");
-        Self { requests, timeout }
+        Self { requests }
     }
 
     /// Starts committing `producer`'s open transaction with `offsets`. The
@@ -73,10 +72,10 @@ impl<C: ProducerContext + 'static> Committer<C> {
             group,
             done,
         };
-        if let Err(mpsc::SendError(request)) = self.requests.send(request) {
-            // Only if the thread panicked: commit here instead.
-            let _ = request.done.send(commit(&request, self.timeout));
-        }
+        // Fails only if the thread panicked: the request is then dropped
+        // with its sender, and the caller sees the outcome disconnected
+        // (aborts and replays) rather than waiting.
+        let _ = self.requests.send(request);
         pending
     }
 }

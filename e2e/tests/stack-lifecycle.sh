@@ -28,8 +28,9 @@ grep -q '^export KUBECONFIG=' <<<"$out" && grep -q '^export KAFKA_BOOTSTRAP=' <<
 pass "stack-up twice: same processes, exports printed"
 
 # A broker killed with SIGKILL leaves a pid file and a data dir behind.
-kill -KILL "$(cat "$PID_DIR/kafka-single-1.pid")"
-sleep 1
+broker_pid="$(cat "$PID_DIR/kafka-single-1.pid")"
+kill -KILL "$broker_pid"
+timeout 30 tail --pid="$broker_pid" -f /dev/null || fail "the SIGKILLed broker did not exit"
 bash "$E2E_DIR/stack.sh" up >/dev/null 2>&1 || fail "'up' did not recover from a killed broker"
 kcat -b 127.0.0.1:9092 -L -m 5 >/dev/null 2>&1 || fail "broker not answering after recovery"
 pass "recovered from a SIGKILLed broker"
@@ -46,9 +47,12 @@ left="$(stack_processes)"
 pass "stack-down left no process"
 
 # A port taken by something else is named, with the fix.
-python3 -c 'import socket,time; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1", 9092)); s.listen(); time.sleep(60)' &
-squatter=$!
-sleep 0.5
+# The squatter says "bound" only once it listens; reading that line (not a
+# sleep) is what orders the check after the bind on a loaded machine.
+coproc SQUAT { exec python3 -c 'import socket,sys,time; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1", 9092)); s.listen(); print("bound", flush=True); time.sleep(120)'; }
+squatter=$SQUAT_PID
+read -r -t 30 bound <&"${SQUAT[0]}" || true
+[[ "${bound:-}" == bound ]] || { kill "$squatter" 2>/dev/null; fail "the port squatter never bound 127.0.0.1:9092"; }
 if out="$(bash "$E2E_DIR/kafka/kafka.sh" up single 2>&1)"; then
   kill "$squatter"; bash "$E2E_DIR/kafka/kafka.sh" down all; fail "kafka started although 9092 was taken"
 fi

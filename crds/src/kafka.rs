@@ -147,3 +147,18 @@ pub const OWNED_KAFKA_PROPERTIES: &[&str] = &[
     "ssl.key.pem",
     "ssl.key.password",
 ];
+
+/// Every `spec.kafka.properties` key Millrace owns, as a problem each.
+pub fn owned_property_problems(kafka: &KafkaSpec) -> Vec<crate::Invalid> {
+    kafka
+        .properties
+        .keys()
+        .filter(|key| OWNED_KAFKA_PROPERTIES.contains(&key.as_str()))
+        .map(|key| {
+            crate::Invalid::new(
+                &format!("spec.kafka.properties['{key}']"),
+                "is set by Millrace and cannot be overridden",
+            )
+        })
+        .collect()
+}

@@ -8,13 +8,20 @@
 //! Kafka client property deny-list, topics) is checked by the operator and
 //! reported as a `Degraded` condition.
 
+pub mod durations;
+pub mod identity;
+mod invalid;
 pub mod kafka;
 pub mod pipeline;
 pub mod placement;
 pub mod status;
 pub mod streamapp;
+pub mod worker_config;
+pub mod worker_status;
 pub mod workers;
 
+pub use durations::parse_duration;
+pub use invalid::Invalid;
 pub use kafka::*;
 pub use pipeline::*;
 pub use status::*;
@@ -25,34 +32,6 @@ pub use workers::*;
 pub const GROUP: &str = "millrace.dev";
 /// The only served version so far.
 pub const VERSION: &str = "v1alpha1";
-
-/// Parses `100ms`, `5s`, `1m30s`, `2h`.
-pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
-    let mut total = std::time::Duration::ZERO;
-    let mut rest = text;
-    if rest.is_empty() {
-        return None;
-    }
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
-        let n: u64 = rest[..digits].parse().ok()?;
-        rest = &rest[digits..];
-        let (unit, len) = if rest.starts_with("ms") {
-            (std::time::Duration::from_millis(n), 2)
-        } else if rest.starts_with('s') {
-            (std::time::Duration::from_secs(n), 1)
-        } else if rest.starts_with('m') {
-            (std::time::Duration::from_secs(n * 60), 1)
-        } else if rest.starts_with('h') {
-            (std::time::Duration::from_secs(n * 3600), 1)
-        } else {
-            return None;
-        };
-        total += unit;
-        rest = &rest[len..];
-    }
-    Some(total)
-}
 
 /// The application id: the spec's, or `<namespace>.<name>`.
 pub fn application_id(app: &StreamApp) -> String {

@@ -7,7 +7,10 @@
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use crate::{AutoscalingSpec, KafkaSpec, PipelineSpec, StateSpec, StreamAppStatus, WorkerTemplate};
+use crate::{
+    AutoscalingSpec, KafkaSpec, OnError, PipelineSpec, SourceSpec, StateSpec, StreamAppStatus,
+    TopicName, WorkerTemplate,
+};
 
 /// A Kafka stream application run by Millrace: a zero-code CEL pipeline or a
 /// custom image built on the runtime library, processed exactly once by a
@@ -51,6 +54,8 @@ use crate::{AutoscalingSpec, KafkaSpec, PipelineSpec, StateSpec, StreamAppStatus
 #[x_kube(
     validation = Rule::new("has(self.pipeline) != has(self.image)").message("set exactly one of spec.pipeline (zero-code) or spec.image (custom runtime)"),
     validation = Rule::new("has(self.image) || (!has(self.command) && !has(self.args))").message("spec.command and spec.args apply only with spec.image"),
+    validation = Rule::new("has(self.image) == has(self.source)").message("spec.source is required with spec.image and applies only to it (a pipeline declares pipeline.source)"),
+    validation = Rule::new("has(self.image) || (!has(self.outputs) && !has(self.onError))").message("spec.outputs and spec.onError apply only with spec.image (a pipeline routes in its steps and declares pipeline.onError)"),
     validation = Rule::new("!has(self.commitInterval) || !has(self.transactionTimeout) || duration(self.commitInterval) < duration(self.transactionTimeout)").message("spec.commitInterval must be shorter than spec.transactionTimeout"),
     validation = Rule::new("has(self.applicationId) == has(oldSelf.applicationId) && (!has(self.applicationId) || self.applicationId == oldSelf.applicationId)").message("spec.applicationId is immutable: it names the consumer group, transactional ids and internal topics"),
 )]
@@ -93,6 +98,20 @@ pub struct StreamAppSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 1024))]
     pub image: Option<String>,
+    /// Custom images: the topics the processor reads (a pipeline declares
+    /// them in `pipeline.source`). Required with `image`. Partition N of
+    /// every source topic is one task, as for a pipeline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceSpec>,
+    /// Custom images: the topics the processor writes. Each must exist
+    /// before workers start (Millrace creates no user topic).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub outputs: Option<Vec<TopicName>>,
+    /// Custom images: what happens to a record the processor fails on
+    /// (`pipeline.onError` for a pipeline). Default `Stop`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_error: Option<OnError>,
     /// Entrypoint of the custom image (its own when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<Vec<String>>,
@@ -119,6 +138,18 @@ pub struct StreamAppSpec {
     /// re-created app resumes; `Delete` removes them.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+}
+
+impl StreamAppSpec {
+    /// The topics the app reads: its pipeline's source, or a custom image's
+    /// `spec.source`. Partition N of each is task N.
+    pub fn source_topics(&self) -> &[TopicName] {
+        match (&self.pipeline, &self.source) {
+            (Some(pipeline), _) => &pipeline.source.topics,
+            (None, Some(source)) => &source.topics,
+            (None, None) => &[],
+        }
+    }
 }
 
 /// Processing guarantee.

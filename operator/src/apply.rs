@@ -34,8 +34,11 @@ where
         .await?)
 }
 
-/// Applies in [`crate::build::APPLY_ORDER`]; returns the StatefulSet as the
-/// API server stored it (its status tells how the workers are doing).
+/// Applies everything an app owns, in the written-down order: identity and
+/// permissions before the pods that use them; configuration before the pods
+/// that read it; the StatefulSet last, so a pod never starts without what
+/// it needs. Returns the StatefulSet as the API server stored it (its
+/// status tells how the workers are doing).
 pub async fn apply_all(client: &Client, namespace: &str, d: &Desired) -> Result<StatefulSet> {
     apply(client, namespace, &d.service_account).await?;
     apply(client, namespace, &d.role).await?;

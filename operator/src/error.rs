@@ -1,4 +1,5 @@
-//! The operator's one error type; `metric_label` names the kind in metrics.
+//! The operator's one error type, for the reconcile and for the placement
+//! and autoscaling loops alike; `metric_label` names the kind in metrics.
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -10,6 +11,13 @@ pub enum Error {
     Serialization(#[from] serde_json::Error),
     #[error("finalizer: {0}")]
     Finalizer(String),
+    /// What the app's spec or Secrets do not provide (the reconcile reports
+    /// it as `Degraded`; the loops skip the app meanwhile).
+    #[error("{0}")]
+    App(String),
+    /// A placement document that does not parse, or a write that lost it.
+    #[error("placement: {0}")]
+    Placement(String),
     #[error("{0}")]
     Other(String),
 }
@@ -21,6 +29,8 @@ impl Error {
             Error::Kafka(_) => "kafka",
             Error::Serialization(_) => "serialization",
             Error::Finalizer(_) => "finalizer",
+            Error::App(_) => "app",
+            Error::Placement(_) => "placement",
             Error::Other(_) => "other",
         }
     }

@@ -136,11 +136,11 @@ pub fn fence_worker(
     application_id: &str,
     worker: &str,
 ) -> Result<(), String> {
-    use millrace_runtime::engine::clients::{loop_id, transactional_id, MAX_LOOPS};
+    use millrace_crds::identity::{loop_transactional_ids, MAX_LOOPS};
     use rdkafka::producer::{BaseProducer, Producer};
-    let threads: Vec<_> = (0..MAX_LOOPS)
-        .map(|index| {
-            let id = transactional_id(application_id, &loop_id(worker, index));
+    let threads: Vec<_> = loop_transactional_ids(application_id, worker, 0..MAX_LOOPS)
+        .into_iter()
+        .map(|id| {
             let mut config = client_config(props);
             config.set("transactional.id", &id);
             std::thread::spawn(move || -> Result<(), String> {
@@ -188,6 +188,7 @@ pub fn partition_counts(
 /// Tasks = the source topics' common partition count; every output topic
 /// must exist (Millrace creates nothing the user did not ask for).
 pub fn check_topics(
+    source_field: &str,
     sources: &[TopicName],
     outputs: &[TopicName],
     counts: &BTreeMap<TopicName, Option<i32>>,
@@ -229,7 +230,7 @@ pub fn check_topics(
             return Err(Degradation {
                 reason: "PartitionMismatch",
                 message: format!(
-                    "spec.pipeline.source.topics must have the same partition count (partition N of each is one task): {}",
+                    "{source_field} must have the same partition count (partition N of each is one task): {}",
                     listed.join(", ")
                 ),
             });
@@ -299,7 +300,12 @@ mod tests {
     fn tasks_are_the_common_partition_count() {
         let counts = BTreeMap::from([(t("a"), Some(8)), (t("b"), Some(8)), (t("out"), Some(1))]);
         assert_eq!(
-            check_topics(&[t("a"), t("b")], &[t("out")], &counts),
+            check_topics(
+                "spec.pipeline.source.topics",
+                &[t("a"), t("b")],
+                &[t("out")],
+                &counts
+            ),
             Ok(Some(8))
         );
     }
@@ -307,7 +313,13 @@ mod tests {
     #[test]
     fn missing_topics_are_named_with_their_role() {
         let counts = BTreeMap::from([(t("a"), None), (t("out"), None)]);
-        let d = check_topics(&[t("a")], &[t("out")], &counts).unwrap_err();
+        let d = check_topics(
+            "spec.pipeline.source.topics",
+            &[t("a")],
+            &[t("out")],
+            &counts,
+        )
+        .unwrap_err();
         assert_eq!(d.reason, "TopicMissing");
         assert!(
             d.message.contains("source topic 'a'") && d.message.contains("output topic 'out'"),
@@ -319,7 +331,13 @@ mod tests {
     #[test]
     fn different_partition_counts_are_refused() {
         let counts = BTreeMap::from([(t("a"), Some(8)), (t("b"), Some(4))]);
-        let d = check_topics(&[t("a"), t("b")], &[], &counts).unwrap_err();
+        let d = check_topics(
+            "spec.pipeline.source.topics",
+            &[t("a"), t("b")],
+            &[],
+            &counts,
+        )
+        .unwrap_err();
         assert_eq!(d.reason, "PartitionMismatch");
         assert!(
             d.message.contains("b=4") && d.message.contains("a=8"),

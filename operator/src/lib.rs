@@ -1,7 +1,8 @@
 //! The Millrace operator: reconciles StreamApps into workers.
 //!
 //! Reconcile is read → validate ([`model`], pure) → build ([`build`], pure)
-//! → apply ([`apply`], server-side apply in [`build::APPLY_ORDER`]) →
+//! → apply ([`apply`], server-side apply in the order [`apply::apply_all`]
+//! writes down) →
 //! status ([`conditions`], pure). Kubernetes and Kafka I/O stay in
 //! [`reconcile`], [`apply`] and [`kafka`].
 
@@ -20,4 +21,5 @@ pub mod model;
 pub mod placement;
 pub mod placement_driver;
 pub mod reconcile;
+pub mod supervise;
 pub mod worker_status;

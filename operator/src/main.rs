@@ -23,6 +23,7 @@ use millrace_operator::metrics::Metrics;
 use millrace_operator::model::Defaults;
 use millrace_operator::placement_driver::{self, Driver};
 use millrace_operator::reconcile::{error_policy, reconcile, Context};
+use millrace_operator::supervise::supervise;
 
 #[derive(Parser)]
 #[command(
@@ -145,12 +146,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics.clone(),
         args.handoff_timeout,
     ));
-    tokio::spawn(placement_driver::run(placement, args.placement_interval));
-    tokio::spawn(autoscale::driver::run(Arc::new(Autoscaler::new(
+    let interval = args.placement_interval;
+    tokio::spawn(supervise("placement", metrics.clone(), move || {
+        placement_driver::run(placement.clone(), interval)
+    }));
+    let autoscaler = Arc::new(Autoscaler::new(
         client.clone(),
         reporter.clone(),
         metrics.clone(),
-    ))));
+    ));
+    tokio::spawn(supervise("autoscaling", metrics.clone(), move || {
+        autoscale::driver::run(autoscaler.clone())
+    }));
     let context = Arc::new(Context {
         client: client.clone(),
         defaults,

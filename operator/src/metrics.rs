@@ -17,10 +17,24 @@ pub struct ErrorLabels {
     pub kind: String,
 }
 
+/// One of the operator's long-running loops (`placement`, `autoscaling`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DriverLabels {
+    pub driver: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DriverErrorLabels {
+    pub driver: String,
+    pub kind: String,
+}
+
 pub struct Metrics {
     pub registry: Registry,
     reconciles: Counter,
     failures: Family<ErrorLabels, Counter>,
+    driver_errors: Family<DriverErrorLabels, Counter>,
+    pub driver_restarts: Family<DriverLabels, Counter>,
     duration: Histogram,
     pub leader: Gauge<i64, AtomicI64>,
     /// Task handoffs finished.
@@ -49,6 +63,18 @@ impl Default for Metrics {
         let failures = Family::<ErrorLabels, Counter>::default();
         let duration = Histogram::new(exponential_buckets(0.005, 2.0, 12));
         let leader = Gauge::<i64, AtomicI64>::default();
+        let driver_errors = Family::<DriverErrorLabels, Counter>::default();
+        let driver_restarts = Family::<DriverLabels, Counter>::default();
+        registry.register(
+            "driver_errors",
+            "Failed polls of one app by the placement or autoscaling loop, by error kind",
+            driver_errors.clone(),
+        );
+        registry.register(
+            "driver_restarts",
+            "Placement or autoscaling loops restarted after a panic or an exit",
+            driver_restarts.clone(),
+        );
         registry.register("reconciles", "Reconciles started", reconciles.clone());
         registry.register(
             "reconcile_errors",
@@ -119,6 +145,8 @@ impl Default for Metrics {
             registry,
             reconciles,
             failures,
+            driver_errors,
+            driver_restarts,
             duration,
             leader,
             lag,
@@ -165,6 +193,16 @@ impl Metrics {
     pub fn reconcile_failed(&self, error: &Error) {
         self.failures
             .get_or_create(&ErrorLabels {
+                kind: error.metric_label().into(),
+            })
+            .inc();
+    }
+
+    /// A placement or autoscaling poll of one app failed.
+    pub fn driver_failed(&self, driver: &str, error: &Error) {
+        self.driver_errors
+            .get_or_create(&DriverErrorLabels {
+                driver: driver.into(),
                 kind: error.metric_label().into(),
             })
             .inc();

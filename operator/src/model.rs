@@ -10,9 +10,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use millrace_crds::durations;
+use millrace_crds::worker_config::CustomIo;
 use millrace_crds::{
-    parse_duration, AutoscalingMode, AutoscalingSpec, DeletionPolicy, KafkaSpec, PipelineSpec,
-    ProcessingGuarantee, StreamApp, TopicName, WorkerTemplate, OWNED_KAFKA_PROPERTIES,
+    owned_property_problems, AutoscalingMode, AutoscalingSpec, DeletionPolicy, ErrorPolicy,
+    KafkaSpec, PipelineSpec, ProcessingGuarantee, StreamApp, TopicName, WorkerTemplate,
 };
 
 /// Operator-wide settings that shape every app.
@@ -37,24 +39,10 @@ impl Default for Defaults {
     }
 }
 
-/// A field and what is wrong with it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Invalid {
-    pub field: String,
-    pub message: String,
-}
-
-impl std::fmt::Display for Invalid {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.field, self.message)
-    }
-}
+pub use millrace_crds::Invalid;
 
 fn invalid(field: &str, message: impl Into<String>) -> Invalid {
-    Invalid {
-        field: field.into(),
-        message: message.into(),
-    }
+    Invalid::new(field, message)
 }
 
 /// What the workers run.
@@ -67,6 +55,7 @@ pub enum Workload {
     Custom {
         command: Option<Vec<String>>,
         args: Option<Vec<String>>,
+        io: CustomIo,
     },
 }
 
@@ -104,14 +93,22 @@ impl AppModel {
     pub fn source_topics(&self) -> Vec<TopicName> {
         match &self.workload {
             Workload::Pipeline { spec, .. } => spec.source.topics.clone(),
-            Workload::Custom { .. } => Vec::new(),
+            Workload::Custom { io, .. } => io.source.topics.clone(),
+        }
+    }
+
+    /// Where the source topics are declared, for messages about them.
+    pub fn source_field(&self) -> &'static str {
+        match &self.workload {
+            Workload::Pipeline { .. } => "spec.pipeline.source.topics",
+            Workload::Custom { .. } => "spec.source.topics",
         }
     }
 
     pub fn output_topics(&self) -> Vec<TopicName> {
         match &self.workload {
             Workload::Pipeline { outputs, .. } => outputs.clone(),
-            Workload::Custom { .. } => Vec::new(),
+            Workload::Custom { io, .. } => io.output_topics(),
         }
     }
 }
@@ -141,45 +138,15 @@ pub fn validate(app: &StreamApp, defaults: &Defaults) -> Result<AppModel, Vec<In
             ));
         }
     }
-    for key in spec.kafka.properties.keys() {
-        if OWNED_KAFKA_PROPERTIES.contains(&key.as_str()) {
-            problems.push(invalid(
-                &format!("spec.kafka.properties['{key}']"),
-                "is set by Millrace and cannot be overridden",
-            ));
-        }
-    }
+    problems.extend(owned_property_problems(&spec.kafka));
 
     let guarantee = spec.processing_guarantee;
-    let default_commit = if guarantee == ProcessingGuarantee::ExactlyOnce {
-        "100ms"
-    } else {
-        "5s"
-    };
-    let commit_interval = duration_field(
-        &mut problems,
-        "spec.commitInterval",
-        spec.commit_interval.as_deref().unwrap_or(default_commit),
-    );
-    let transaction_timeout = duration_field(
-        &mut problems,
-        "spec.transactionTimeout",
-        spec.transaction_timeout.as_deref().unwrap_or("60s"),
-    );
-    if let (Some(c), Some(t)) = (commit_interval, transaction_timeout) {
-        if c >= t {
-            problems.push(invalid(
-                "spec.commitInterval",
-                format!("must be shorter than spec.transactionTimeout ({c:?} >= {t:?})"),
-            ));
-        }
-        if c.is_zero() {
-            problems.push(invalid("spec.commitInterval", "must be positive"));
-        }
-    }
+    let timing = durations::timing(spec)
+        .map_err(|timing_problems| problems.extend(timing_problems))
+        .ok();
 
     let workload = match (&spec.pipeline, &spec.image) {
-        (Some(pipeline), None) => match millrace_runtime::pipeline::compile(pipeline) {
+        (Some(pipeline), None) => match millrace_pipeline::compile(pipeline) {
             Ok(compiled) => Some(Workload::Pipeline {
                 spec: pipeline.clone(),
                 outputs: compiled.static_output_topics(),
@@ -199,10 +166,20 @@ pub fn validate(app: &StreamApp, defaults: &Defaults) -> Result<AppModel, Vec<In
                 None
             }
         },
-        (None, Some(_)) => Some(Workload::Custom {
-            command: spec.command.clone(),
-            args: spec.args.clone(),
-        }),
+        (None, Some(_)) => match CustomIo::from_spec(spec) {
+            Some(io) => Some(Workload::Custom {
+                command: spec.command.clone(),
+                args: spec.args.clone(),
+                io,
+            }),
+            None => {
+                problems.push(invalid(
+                    "spec.source",
+                    "is required with spec.image: the topics the custom processor reads",
+                ));
+                None
+            }
+        },
         _ => {
             problems.push(invalid(
                 "spec",
@@ -216,6 +193,28 @@ pub fn validate(app: &StreamApp, defaults: &Defaults) -> Result<AppModel, Vec<In
             "spec.command",
             "spec.command and spec.args apply only with spec.image",
         ));
+    }
+    if spec.pipeline.is_some() {
+        for (field, set) in [
+            ("spec.source", spec.source.is_some()),
+            ("spec.outputs", spec.outputs.is_some()),
+            ("spec.onError", spec.on_error.is_some()),
+        ] {
+            if set {
+                problems.push(invalid(
+                    field,
+                    "applies only with spec.image (a pipeline declares its source, routes and onError under spec.pipeline)",
+                ));
+            }
+        }
+    }
+    if let Some(on_error) = &spec.on_error {
+        if on_error.policy == ErrorPolicy::DeadLetter && on_error.dead_letter_topic.is_none() {
+            problems.push(invalid(
+                "spec.onError.deadLetterTopic",
+                "is required with policy DeadLetter",
+            ));
+        }
     }
 
     let replicas = spec.replicas.unwrap_or(1);
@@ -256,8 +255,8 @@ pub fn validate(app: &StreamApp, defaults: &Defaults) -> Result<AppModel, Vec<In
         uid: app.metadata.uid.clone().unwrap_or_default(),
         application_id: application_id(app),
         guarantee,
-        commit_interval: commit_interval.unwrap_or_default(),
-        transaction_timeout: transaction_timeout.unwrap_or_default(),
+        commit_interval: timing.map(|t| t.commit_interval).unwrap_or_default(),
+        transaction_timeout: timing.map(|t| t.transaction_timeout).unwrap_or_default(),
         kafka: spec.kafka.clone(),
         workload: workload.expect("no problems means a workload"),
         image: spec
@@ -273,6 +272,9 @@ pub fn validate(app: &StreamApp, defaults: &Defaults) -> Result<AppModel, Vec<In
         deletion_policy: spec.deletion_policy,
     })
 }
+
+/// Longest `spec.autoscaling.pollInterval`: slower than this is not autoscaling.
+const MAX_POLL_S: f64 = 3600.0;
 
 /// The autoscaling settings, checked and with defaults applied.
 #[derive(Debug, Clone, PartialEq)]
@@ -350,27 +352,23 @@ pub fn autoscaling_settings(problems: &mut Vec<Invalid>, a: &AutoscalingSpec) ->
             "must be at least 1s",
         ));
     }
-    if poll < 1.0 {
+    if !(1.0..=MAX_POLL_S).contains(&poll) {
         problems.push(invalid(
             "spec.autoscaling.pollInterval",
-            "must be at least 1s",
+            "must be between 1s and 1h",
         ));
     }
     Autoscaling {
         policy,
-        poll_interval: Duration::from_secs_f64(poll.max(1.0)),
+        // Clamped: a refused value must still build (never a panic).
+        poll_interval: Duration::from_secs_f64(poll.clamp(1.0, MAX_POLL_S)),
     }
 }
 
 fn duration_field(problems: &mut Vec<Invalid>, field: &str, text: &str) -> Option<Duration> {
-    let parsed = parse_duration(text);
-    if parsed.is_none() {
-        problems.push(invalid(
-            field,
-            format!("'{text}' is not a duration such as 100ms, 5s or 1m"),
-        ));
-    }
-    parsed
+    durations::duration_field(field, text)
+        .map_err(|problem| problems.push(problem))
+        .ok()
 }
 
 /// Labels on every object of an app, and the subset that selects its pods.
@@ -445,16 +443,6 @@ mod tests {
     }
 
     #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("100ms"), Some(Duration::from_millis(100)));
-        assert_eq!(parse_duration("1m30s"), Some(Duration::from_secs(90)));
-        assert_eq!(parse_duration("2h"), Some(Duration::from_secs(7200)));
-        for bad in ["", "5", "fast", "1.5s", "10x"] {
-            assert_eq!(parse_duration(bad), None, "{bad}");
-        }
-    }
-
-    #[test]
     fn each_problem_names_its_field() {
         let cases: Vec<(serde_json::Value, &str)> = vec![
             (
@@ -486,16 +474,36 @@ mod tests {
                 "spec.command: spec.command and spec.args apply only with spec.image",
             ),
             (
-                serde_json::json!({"kafka": {"bootstrapServers": "k:1"}, "image": "x", "replicas": -2}),
+                serde_json::json!({"kafka": {"bootstrapServers": "k:1"}, "image": "x", "source": {"topics": ["in"]}, "replicas": -2}),
                 "spec.replicas: must not be negative",
             ),
             (
-                serde_json::json!({"kafka": {"bootstrapServers": "k:1"}, "image": "x", "autoscaling": {"minReplicas": 3, "maxReplicas": 1}}),
+                serde_json::json!({"kafka": {"bootstrapServers": "k:1"}, "image": "x", "source": {"topics": ["in"]}, "autoscaling": {"minReplicas": 3, "maxReplicas": 1}}),
                 "spec.autoscaling.minReplicas: must not exceed",
             ),
             (
-                serde_json::json!({"kafka": {"bootstrapServers": "k:1"}, "image": "x", "template": {"env": [{"name": "MILLRACE_CONFIG", "value": "x"}]}}),
+                serde_json::json!({"kafka": {"bootstrapServers": "k:1"}, "image": "x", "source": {"topics": ["in"]}, "template": {"env": [{"name": "MILLRACE_CONFIG", "value": "x"}]}}),
                 "spec.template.env[0].name: 'MILLRACE_CONFIG' is reserved",
+            ),
+            (
+                serde_json::json!({"kafka": {"bootstrapServers": "k:1"}, "image": "x"}),
+                "spec.source: is required with spec.image",
+            ),
+            (
+                serde_json::json!({"kafka": {"bootstrapServers": "k:1"}, "pipeline": pipeline(), "outputs": ["x"]}),
+                "spec.outputs: applies only with spec.image",
+            ),
+            (
+                serde_json::json!({"kafka": {"bootstrapServers": "k:1"}, "image": "x", "source": {"topics": ["in"]}, "onError": {"policy": "DeadLetter"}}),
+                "spec.onError.deadLetterTopic: is required with policy DeadLetter",
+            ),
+            (
+                serde_json::json!({"kafka": {"bootstrapServers": "k:1"}, "pipeline": pipeline(), "commitInterval": "18446744073709551615s1s"}),
+                "spec.commitInterval: '18446744073709551615s1s' is not a duration",
+            ),
+            (
+                serde_json::json!({"kafka": {"bootstrapServers": "k:1"}, "pipeline": pipeline(), "autoscaling": {"pollInterval": "5124095576030431h"}}),
+                "spec.autoscaling.pollInterval: must be between 1s and 1h",
             ),
             (
                 serde_json::json!({"kafka": {"bootstrapServers": "k:1"}, "pipeline": {"source": {"topics": ["a"]}, "steps": [{"filter": "nope == 1"}, {"route": {"default": "b"}}]}}),

@@ -14,8 +14,9 @@
 //!   copy; otherwise the target first gets a warm-up copy and the task moves
 //!   once that copy has caught up.
 //!
-//! This is the function only; driving handoffs (revoke, acknowledge, fence)
-//! is the placement issue's state machine, and not built yet.
+//! This is the function only; the handoffs it implies (revoke, wait for the
+//! acknowledgement or fence, then place) are sequenced by [`crate::handoff`]
+//! and driven by [`crate::placement_driver`].
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -17,10 +17,12 @@ use kube::api::{ListParams, PostParams};
 use kube::runtime::events::{EventType, Reporter};
 use kube::{Api, Client, Resource, ResourceExt};
 use millrace_crds::placement::{placement_config_map, PlacementDoc, PLACEMENT_KEY};
+use millrace_crds::worker_status::unix_ms;
+use millrace_crds::worker_status::WorkerStatus;
 use millrace_crds::{AutoscalingMode, PlacementSummary, StreamApp};
-use millrace_runtime::metrics::WorkerStatus;
 
 use crate::build::ADMIN_PORT_NAME;
+use crate::error::{Error, Result};
 use crate::handoff::{self, Happening, Observation};
 use crate::metrics::Metrics;
 use crate::placement::{next_placement, Inputs, Worker};
@@ -95,7 +97,10 @@ pub async fn run(driver: Arc<Driver>, interval: Duration) {
                 for app in list {
                     match drive(&driver, &app).await {
                         Ok(m) => moving |= m,
-                        Err(e) => tracing::warn!(app = %app.name_any(), "placement: {e}"),
+                        Err(e) => {
+                            driver.metrics.driver_failed("placement", &e);
+                            tracing::warn!(app = %app.name_any(), kind = e.metric_label(), "placement: {e}")
+                        }
                     }
                 }
             }
@@ -112,7 +117,7 @@ pub async fn run(driver: Arc<Driver>, interval: Duration) {
 }
 
 /// One poll of one app; `true` while moves are in flight.
-async fn drive(driver: &Driver, app: &StreamApp) -> anyhow::Result<bool> {
+async fn drive(driver: &Driver, app: &StreamApp) -> Result<bool> {
     let Some(tasks) = app.status.as_ref().and_then(|s| s.tasks) else {
         return Ok(false);
     };
@@ -163,7 +168,7 @@ async fn drive(driver: &Driver, app: &StreamApp) -> anyhow::Result<bool> {
                 .cloned()
                 .unwrap_or_default();
             let doc = PlacementDoc::parse(&json)
-                .map_err(|e| anyhow::anyhow!("ConfigMap {cm_name}: {e}"))?;
+                .map_err(|e| Error::Placement(format!("ConfigMap {cm_name}: {e}")))?;
             (doc, cm.resource_version())
         }
         None => (adopt(&seen), None),
@@ -203,7 +208,7 @@ async fn drive(driver: &Driver, app: &StreamApp) -> anyhow::Result<bool> {
     Ok(!doc.moves.is_empty())
 }
 
-async fn observe_workers(driver: &Driver, namespace: &str, app: &str) -> anyhow::Result<Vec<Seen>> {
+async fn observe_workers(driver: &Driver, namespace: &str, app: &str) -> Result<Vec<Seen>> {
     let pods: Api<Pod> = Api::namespaced(driver.client.clone(), namespace);
     let list = pods
         .list(&ListParams::default().labels(&model::selector_string(app)))
@@ -281,17 +286,18 @@ async fn fence(
     app: &StreamApp,
     namespace: &str,
     workers: &BTreeSet<String>,
-) -> anyhow::Result<()> {
+) -> Result<()> {
     let props = crate::reconcile::kafka_properties(&driver.client, namespace, &app.spec.kafka)
         .await
-        .map_err(|d| anyhow::anyhow!(d.message))?;
+        .map_err(|d| Error::App(d.message))?;
     let application_id = model::application_id(app);
     for worker in workers {
         let (props, id, w) = (props.clone(), application_id.clone(), worker.clone());
         let started = std::time::Instant::now();
         tokio::task::spawn_blocking(move || kafka::fence_worker(&props, &id, &w))
-            .await?
-            .map_err(|e| anyhow::anyhow!("fencing {worker}: {e}"))?;
+            .await
+            .map_err(|e| Error::Other(format!("fencing {worker}: {e}")))?
+            .map_err(|e| Error::Kafka(format!("fencing {worker}: {e}")))?;
         driver.metrics.fences.inc();
         tracing::info!(app = %app.name_any(), %worker, ms = started.elapsed().as_millis() as u64, "fenced");
     }
@@ -306,7 +312,7 @@ async fn write(
     name: &str,
     doc: &PlacementDoc,
     version: Option<String>,
-) -> anyhow::Result<String> {
+) -> Result<String> {
     let mut cm = ConfigMap {
         data: Some(BTreeMap::from([(
             PLACEMENT_KEY.to_string(),
@@ -334,9 +340,11 @@ async fn write(
             api.replace(name, &PostParams::default(), &cm).await?
         }
     };
-    written
-        .resource_version()
-        .ok_or_else(|| anyhow::anyhow!("ConfigMap {name} written without a resourceVersion"))
+    written.resource_version().ok_or_else(|| {
+        Error::Placement(format!(
+            "ConfigMap {name} written without a resourceVersion"
+        ))
+    })
 }
 
 /// Events, metrics and pause tracking for one step.
@@ -469,7 +477,7 @@ async fn measure_pauses(driver: &Driver, app: &StreamApp, namespace: &str, seen:
     }
 }
 
-async fn write_summary(driver: &Driver, app: &StreamApp, doc: &PlacementDoc) -> anyhow::Result<()> {
+async fn write_summary(driver: &Driver, app: &StreamApp, doc: &PlacementDoc) -> Result<()> {
     let summary = PlacementSummary {
         epoch: doc.epoch as i64,
         tasks_per_worker: doc
@@ -511,14 +519,6 @@ async fn publish(driver: &Driver, app: &StreamApp, type_: EventType, reason: &st
         note,
     )
     .await;
-}
-
-/// Milliseconds since the Unix epoch: the clock of placement documents.
-pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// The autoscaler's heavy tasks, which get a worker each; only under

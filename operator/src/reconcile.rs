@@ -297,7 +297,12 @@ async fn check_kafka(client: &Client, model: &AppModel) -> Result<Option<i32>, D
                 model.kafka.bootstrap_servers
             ),
         })?;
-    kafka::check_topics(&sources, &model.output_topics(), &counts)
+    kafka::check_topics(
+        model.source_field(),
+        &sources,
+        &model.output_topics(),
+        &counts,
+    )
 }
 
 /// The admin client properties of `spec`, with the Secrets it names read
@@ -488,7 +493,7 @@ mod tests {
         let app: StreamApp = serde_json::from_value(serde_json::json!({
             "apiVersion": "millrace.dev/v1alpha1", "kind": "StreamApp",
             "metadata": {"name": "a", "namespace": "n"},
-            "spec": {"kafka": {"bootstrapServers": "k:9092"}, "image": "x", "replicas": replicas}
+            "spec": {"kafka": {"bootstrapServers": "k:9092"}, "image": "x", "source": {"topics": ["in"]}, "replicas": replicas}
         }))
         .unwrap();
         let mut m = model::validate(&app, &Defaults::default()).unwrap();

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use millrace_runtime::metrics::WorkerStatus;
+use millrace_crds::worker_status::WorkerStatus;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -7,11 +7,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use millrace_crds::worker_status::partition_lag;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
-use crate::config::WorkerConfig;
 use crate::engine::clients;
 use crate::metrics::{Metrics, Status, TaskLabel, TaskPartition};
+use millrace_crds::worker_config::WorkerConfig;
 
 const EVERY: Duration = Duration::from_secs(5);
 
@@ -34,7 +35,7 @@ pub fn spawn(
                     let lag = consumer
                         .fetch_watermarks(&topic, partition, Duration::from_secs(5))
                         .ok()
-                        .map(|(_, lso)| (lso - offset).max(0));
+                        .map(|(log_start, lso)| partition_lag(lso, log_start, Some(offset)));
                     if let Some(lag) = lag {
                         metrics
                             .lag

@@ -1,11 +1,14 @@
-//! The Millrace runtime library: the pipeline compiler (shared with the
-//! operator) and evaluator, the exactly-once engine, the worker
-//! configuration contract, and the admin endpoint.
+//! The Millrace runtime library: the worker ([`worker`]) that runs a
+//! [`processor::Processor`] exactly once over the tasks the operator places
+//! on it, the engine behind it, and the admin endpoint. The zero-code
+//! pipeline (`millrace_pipeline`, re-exported as [`pipeline`]) is one
+//! processor; a custom image brings its own and calls [`worker::main`].
 
 pub mod admin;
-pub mod config;
 pub mod engine;
 pub mod lag;
 pub mod manifest;
 pub mod metrics;
-pub mod pipeline;
+pub use millrace_pipeline as pipeline;
+pub mod processor;
+pub mod worker;

@@ -1,9 +1,9 @@
 //! `millrace-runtime run --manifest app.yaml`: the worker configuration of a
 //! StreamApp manifest, for running without Kubernetes.
 
-use millrace_crds::{parse_duration, ProcessingGuarantee, StreamApp};
+use millrace_crds::{durations, owned_property_problems, Invalid, StreamApp};
 
-use crate::config::{KafkaClientConfig, WorkerConfig};
+use millrace_crds::worker_config::{CustomIo, KafkaClientConfig, WorkerConfig};
 
 /// Environment variables that carry SASL credentials in standalone mode.
 pub const SASL_USERNAME_ENV: &str = "MILLRACE_SASL_USERNAME";
@@ -30,47 +30,24 @@ pub fn worker_config(
     admin_port: u16,
 ) -> anyhow::Result<WorkerConfig> {
     let spec = &app.spec;
-    let Some(pipeline) = spec.pipeline.clone() else {
-        anyhow::bail!(
-            "spec.pipeline: `run` executes pipelines; an app with spec.image runs its own binary"
-        );
-    };
+    let custom = CustomIo::from_spec(spec);
+    if spec.pipeline.is_none() && custom.is_none() {
+        anyhow::bail!("spec.source: an app with spec.image must name the topics it reads");
+    }
     if spec.kafka.tls.as_ref().is_some_and(|t| t.enabled) {
         anyhow::bail!("spec.kafka.tls: TLS material comes from Kubernetes Secrets, which standalone mode cannot read; run it under the operator");
     }
-    let eos = spec.processing_guarantee == ProcessingGuarantee::ExactlyOnce;
-    let duration = |field: &str, text: Option<&str>, default: &str| {
-        let text = text.unwrap_or(default);
-        parse_duration(text).ok_or_else(|| {
-            anyhow::anyhow!("{field}: '{text}' is not a duration such as 100ms, 5s or 1m")
-        })
-    };
-    let commit = duration(
-        "spec.commitInterval",
-        spec.commit_interval.as_deref(),
-        if eos { "100ms" } else { "5s" },
-    )?;
-    let timeout = duration(
-        "spec.transactionTimeout",
-        spec.transaction_timeout.as_deref(),
-        "60s",
-    )?;
-    if commit >= timeout {
-        anyhow::bail!("spec.commitInterval must be shorter than spec.transactionTimeout");
-    }
-    for key in spec.kafka.properties.keys() {
-        if millrace_crds::OWNED_KAFKA_PROPERTIES.contains(&key.as_str()) {
-            anyhow::bail!(
-                "spec.kafka.properties['{key}'] is set by Millrace and cannot be overridden"
-            );
-        }
+    let timing = durations::timing(spec).map_err(one_line)?;
+    let owned = owned_property_problems(&spec.kafka);
+    if !owned.is_empty() {
+        return Err(one_line(owned));
     }
     let sasl = spec.kafka.sasl.as_ref();
     Ok(WorkerConfig {
         application_id: millrace_crds::application_id(app),
         processing_guarantee: spec.processing_guarantee,
-        commit_interval_ms: commit.as_millis() as u64,
-        transaction_timeout_ms: timeout.as_millis() as u64,
+        commit_interval_ms: timing.commit_interval.as_millis() as u64,
+        transaction_timeout_ms: timing.transaction_timeout.as_millis() as u64,
         kafka: KafkaClientConfig {
             bootstrap_servers: bootstrap
                 .map(str::to_string)
@@ -87,10 +64,16 @@ pub fn worker_config(
             sasl_password_env: sasl.map(|_| SASL_PASSWORD_ENV.to_string()),
             ..Default::default()
         },
-        pipeline: Some(pipeline),
+        pipeline: spec.pipeline.clone(),
+        custom: spec.pipeline.is_none().then_some(custom).flatten(),
         admin_port,
         placement_config_map: None,
         state_dir: None,
         loops: 0,
     })
+}
+
+fn one_line(problems: Vec<Invalid>) -> anyhow::Error {
+    let lines: Vec<String> = problems.iter().map(Invalid::to_string).collect();
+    anyhow::anyhow!("{}", lines.join("; "))
 }

@@ -10,9 +10,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+pub use millrace_crds::worker_status::{TaskCommits, TaskPartition, WorkerStatus};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TopicLabel {
@@ -111,17 +110,6 @@ impl Metrics {
     }
 }
 
-/// One task partition as the admin endpoint reports it.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct TaskPartition {
-    pub topic: String,
-    pub partition: i32,
-    /// Next offset to process after the last commit.
-    pub committed_offset: Option<i64>,
-    pub lag: Option<i64>,
-}
-
 /// What the worker is doing, for `/readyz` and `/tasks`.
 #[derive(Default)]
 pub struct Status {
@@ -133,42 +121,6 @@ pub struct Status {
     /// Nanoseconds the loops spent processing and committing (not waiting
     /// for records), summed over loops: the operator's busy time.
     pub busy_nanos: AtomicU64,
-}
-
-/// `/tasks`: what the worker does, read by the operator and by people.
-#[derive(Serialize, Deserialize, Clone, Debug, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct WorkerStatus {
-    pub worker_id: String,
-    pub application_id: String,
-    pub placement: String,
-    /// The placement epoch every loop has applied (releases committed and
-    /// stopped, takes started): the acknowledgement the operator waits for.
-    #[serde(default)]
-    pub applied_epoch: Option<u64>,
-    pub tasks: Vec<i32>,
-    pub partitions: Vec<TaskPartition>,
-    /// Per owned task, its first and last commit since this worker took it.
-    #[serde(default)]
-    pub commits: BTreeMap<i32, TaskCommits>,
-    /// Per task released by this worker, the time of its last commit here.
-    #[serde(default)]
-    pub released: BTreeMap<i32, u64>,
-    /// Processing loops (each one thread).
-    #[serde(default)]
-    pub loops: u32,
-    /// Nanoseconds spent processing and committing since start, over all
-    /// loops: busy fraction = Δ / (Δt × loops).
-    #[serde(default)]
-    pub busy_nanos: u64,
-}
-
-/// Commit times of one task on this worker (Unix milliseconds).
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct TaskCommits {
-    pub first_ms: u64,
-    pub last_ms: u64,
 }
 
 impl Status {

@@ -6,6 +6,7 @@
 //! how to start it.
 
 pub mod verifier;
+pub mod workers;
 
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -134,11 +134,7 @@ fn write_records(
             }
         }
         let key = format!("k{}", seq % 997);
-        let value = if seq.is_multiple_of(MALFORMED_EVERY) {
-            format!("not-json-{seq}")
-        } else {
-            format!(r#"{{"seq":{seq},"pad":"{}"}}"#, "x".repeat(64))
-        };
+        let value = input_value(seq);
         let mut record = BaseRecord::to(&topics.input).key(&key).payload(&value);
         if let Some(p) = partition {
             record = record.partition(p);
@@ -154,6 +150,16 @@ fn write_records(
         }
     }
     producer.flush(Duration::from_secs(60)).unwrap();
+}
+
+/// The value of input record `seq`: JSON, except every
+/// [`MALFORMED_EVERY`]th, which must be dead-lettered.
+pub fn input_value(seq: u64) -> String {
+    if seq.is_multiple_of(MALFORMED_EVERY) {
+        format!("not-json-{seq}")
+    } else {
+        format!(r#"{{"seq":{seq},"pad":"{}"}}"#, "x".repeat(64))
+    }
 }
 
 pub fn reader(group: &str) -> BaseConsumer {

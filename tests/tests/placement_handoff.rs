@@ -11,13 +11,13 @@
 use std::time::{Duration, Instant};
 
 use millrace_tests::verifier::{self, drained, env_or, generate, verify, Topics};
-use millrace_tests::{
-    install_chart, kubectl, pod_processes, repo_root, unique, wait_until, TestNamespace,
+use millrace_tests::workers::{
+    apply_yaml, get, pod_log, pod_pids, signal, tasks_per_worker, wait_settled, worker_pods,
 };
+use millrace_tests::{install_chart, kubectl, unique, wait_until, TestNamespace};
 
 const PARTITIONS: i32 = 16;
 const HANDOFF_TIMEOUT: &str = "6s";
-const SETTLE: Duration = Duration::from_secs(180);
 
 fn chart() {
     install_chart(&[
@@ -38,45 +38,6 @@ fn manifest(name: &str, app_id: &str, topics: &Topics, replicas: i32) -> String 
     )
 }
 
-fn get(ns: &str, what: &str, jsonpath: &str) -> String {
-    kubectl(&["-n", ns, "get", what, "-o", &format!("jsonpath={jsonpath}")]).unwrap_or_default()
-}
-
-/// Active tasks per worker, from the StreamApp's placement summary.
-fn tasks_per_worker(ns: &str, app: &str) -> std::collections::BTreeMap<String, i32> {
-    let json = get(ns, &format!("streamapp/{app}"), "{.status.placement}");
-    let v: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
-    v["tasksPerWorker"]
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| (k.clone(), v.as_i64().unwrap_or(0) as i32))
-                .filter(|(_, n)| *n > 0)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// All tasks placed, balanced over exactly `replicas` workers, no move open.
-fn wait_settled(ns: &str, app: &str, replicas: i32) {
-    let what = format!("{PARTITIONS} tasks settled on {replicas} worker(s)");
-    wait_until(&what, SETTLE, || {
-        let per = tasks_per_worker(ns, app);
-        let moves = get(
-            ns,
-            &format!("streamapp/{app}"),
-            "{.status.placement.movesInProgress}",
-        );
-        let total: i32 = per.values().sum();
-        let (lo, hi) = (per.values().min().copied(), per.values().max().copied());
-        (per.len() == replicas as usize
-            && total == PARTITIONS
-            && moves == "0"
-            && hi.zip(lo).is_some_and(|(h, l)| h - l <= 1))
-        .then_some(())
-    });
-}
-
 fn scale(ns: &str, app: &str, replicas: i32) {
     kubectl(&[
         "-n",
@@ -87,30 +48,6 @@ fn scale(ns: &str, app: &str, replicas: i32) {
     ])
     .unwrap();
     eprintln!("scaled to {replicas}");
-}
-
-fn pod_pids(ns: &str, pod: &str) -> Vec<u32> {
-    let uid = get(ns, &format!("pod/{pod}"), "{.metadata.uid}");
-    if uid.is_empty() {
-        return Vec::new();
-    }
-    pod_processes(&uid)
-}
-
-fn signal(pids: &[u32], signal: &str) {
-    for pid in pids {
-        let _ = std::process::Command::new("kill")
-            .args([&format!("-{signal}"), &pid.to_string()])
-            .status();
-    }
-}
-
-fn worker_pods(ns: &str, app: &str) -> Vec<String> {
-    get(ns, "pods", "{.items[*].metadata.name}")
-        .split_whitespace()
-        .filter(|p| p.starts_with(&format!("{app}-")))
-        .map(str::to_string)
-        .collect()
 }
 
 /// A fault on a random live worker: SIGKILL of its process, or deletion of
@@ -159,9 +96,7 @@ fn events(ns: &str, reason: &str) -> usize {
 }
 
 fn apply_app(ns: &str, name: &str, topics: &Topics, app_id: &str, replicas: i32) {
-    let path = std::env::temp_dir().join(format!("{}.yaml", unique(name)));
-    std::fs::write(&path, manifest(name, app_id, topics, replicas)).unwrap();
-    kubectl(&["-n", ns, "apply", "-f", path.to_str().unwrap()]).unwrap();
+    apply_yaml(ns, name, &manifest(name, app_id, topics, replicas));
 }
 
 #[test]
@@ -177,7 +112,7 @@ fn exactly_once_holds_while_rescaling_and_losing_pods() {
     let app_id = format!("{prefix}-app");
     let app = "verifier";
     apply_app(ns, app, &topics, &app_id, 1);
-    wait_settled(ns, app, 1);
+    wait_settled(ns, app, 1, PARTITIONS);
 
     let started = Instant::now();
     let generating = Duration::from_secs(20 + 8 * faults);
@@ -197,17 +132,17 @@ fn exactly_once_holds_while_rescaling_and_losing_pods() {
     let mut done = 0;
     for (i, replicas) in plan.iter().enumerate() {
         scale(ns, app, *replicas);
-        wait_settled(ns, app, *replicas);
+        wait_settled(ns, app, *replicas, PARTITIONS);
         let share = (faults - done) / (plan.len() - i) as u64;
         for _ in 0..share {
             std::thread::sleep(Duration::from_millis(500 + rand() % 1500));
             fault(ns, app, done, rand());
             done += 1;
         }
-        wait_settled(ns, app, *replicas);
+        wait_settled(ns, app, *replicas, PARTITIONS);
     }
     scale(ns, app, 1);
-    wait_settled(ns, app, 1);
+    wait_settled(ns, app, 1, PARTITIONS);
     generator.join().unwrap();
     wait_until(
         "the app to commit the whole input",
@@ -231,21 +166,6 @@ fn exactly_once_holds_while_rescaling_and_losing_pods() {
     s.assert_exactly_once("placement verifier");
 }
 
-/// The log of a worker pod's container, as the pod runner writes it.
-fn pod_log(ns: &str, pod: &str) -> String {
-    let stack = std::env::var("MILLRACE_STACK_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| repo_root().join(".stack"));
-    let dir = stack.join("logs/pods").join(ns).join(pod);
-    std::fs::read_dir(&dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
-        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
-        .collect()
-}
-
 #[test]
 fn a_stopped_worker_is_fenced_and_commits_nothing_it_lost() {
     chart();
@@ -257,7 +177,7 @@ fn a_stopped_worker_is_fenced_and_commits_nothing_it_lost() {
     let app_id = format!("{prefix}-app");
     let app = "stopped";
     apply_app(ns, app, &topics, &app_id, 2);
-    wait_settled(ns, app, 2);
+    wait_settled(ns, app, 2, PARTITIONS);
 
     let records = 30_000;
     let generator = {
@@ -299,7 +219,7 @@ fn a_stopped_worker_is_fenced_and_commits_nothing_it_lost() {
         },
     );
     generator.join().unwrap();
-    wait_settled(ns, app, 2);
+    wait_settled(ns, app, 2, PARTITIONS);
     wait_until(
         "the app to commit the whole input",
         Duration::from_secs(300),

@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use millrace_runtime::engine::tasks::{PlacementChange, TaskSource};
-use millrace_runtime::engine::Engine;
-use millrace_runtime::metrics::Status;
+use millrace_runtime::engine::{Engine, Shared};
 use millrace_runtime::pipeline::eval::Evaluator;
+use millrace_runtime::processor::Io;
 use millrace_tests::{committed_values, ensure_topics, kafka_bootstrap, unique, wait_until};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -88,15 +88,18 @@ fn released_tasks_stop_and_taken_tasks_resume_at_their_committed_offsets() {
     let engine = {
         let (source, shutdown) = (source.clone(), shutdown.clone());
         std::thread::spawn(move || {
+            let io = Io::of_pipeline(&compiled, None);
             let evaluator = Evaluator::new(Arc::new(compiled));
+            let shared = Shared {
+                shutdown,
+                ..Shared::default()
+            };
             let mut engine = Engine::start(
                 config,
                 "seam-0".into(),
-                evaluator,
+                (io, evaluator),
                 Box::new(source),
-                Arc::default(),
-                Arc::new(Status::default()),
-                shutdown,
+                shared,
             )
             .unwrap();
             engine.run().unwrap();

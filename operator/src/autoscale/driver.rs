@@ -18,6 +18,8 @@ use kube::runtime::events::{EventType, Reporter};
 use kube::{Api, Client, ResourceExt};
 use millrace_crds::{AutoscalingMode, AutoscalingStatus, StreamApp};
 
+use crate::error::{Error, Result};
+
 use super::measure::{self, Reading};
 use super::policy::{decide, Memory, Mode, Sample};
 use crate::metrics::Metrics;
@@ -56,7 +58,8 @@ pub async fn run(autoscaler: Arc<Autoscaler>) {
             Ok(list) => {
                 for app in list {
                     if let Err(e) = poll(&autoscaler, &app).await {
-                        tracing::warn!(app = %app.name_any(), "autoscaling: {e}");
+                        autoscaler.metrics.driver_failed("autoscaling", &e);
+                        tracing::warn!(app = %app.name_any(), kind = e.metric_label(), "autoscaling: {e}");
                     }
                 }
             }
@@ -67,14 +70,14 @@ pub async fn run(autoscaler: Arc<Autoscaler>) {
 }
 
 fn now_s() -> f64 {
-    crate::placement_driver::unix_ms() as f64 / 1000.0
+    millrace_crds::worker_status::unix_ms() as f64 / 1000.0
 }
 
 /// Lag of apps without autoscaling is measured this often (for
 /// `kubectl get streamapps` and the metrics).
 const OFF_INTERVAL_S: f64 = 10.0;
 
-async fn poll(a: &Autoscaler, app: &StreamApp) -> anyhow::Result<()> {
+async fn poll(a: &Autoscaler, app: &StreamApp) -> Result<()> {
     let Some(tasks) = app.status.as_ref().and_then(|s| s.tasks) else {
         return Ok(());
     };
@@ -123,21 +126,22 @@ async fn poll(a: &Autoscaler, app: &StreamApp) -> anyhow::Result<()> {
     let name = app.name_any();
     let props = crate::reconcile::kafka_properties(&a.client, &namespace, &app.spec.kafka)
         .await
-        .map_err(|d| anyhow::anyhow!(d.message))?;
+        .map_err(|d| Error::App(d.message))?;
     let group = model::application_id(app);
     let topics: Vec<String> = app
         .spec
-        .pipeline
-        .as_ref()
-        .map(|p| p.source.topics.iter().map(|t| t.0.clone()).collect())
-        .unwrap_or_default();
+        .source_topics()
+        .iter()
+        .map(|t| t.0.clone())
+        .collect();
     if topics.is_empty() {
         return Ok(());
     }
     let reading =
         tokio::task::spawn_blocking(move || measure::read(&props, &group, &topics, tasks, now))
-            .await?
-            .map_err(|e| anyhow::anyhow!(e))?;
+            .await
+            .map_err(|e| Error::Other(format!("measuring lag: {e}")))?
+            .map_err(Error::Kafka)?;
     let before = a.readings.lock().unwrap().insert(key, reading.clone());
     let Some(settings) = settings else {
         // No autoscaling: report the lag only.
@@ -225,7 +229,7 @@ async fn decide_and_report(
     busy: Option<f64>,
     current: i32,
     previous: Option<AutoscalingStatus>,
-) -> anyhow::Result<()> {
+) -> Result<()> {
     let n = reading.lag.len();
     let (input_rate, processing_rate) = match before {
         Some(b) => measure::rates(b, reading),

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use millrace_crds::worker_status::partition_lag;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
@@ -25,13 +26,6 @@ pub struct Reading {
     /// Σ committed offsets (log start without one): its growth is the
     /// processing.
     pub done: Vec<i64>,
-}
-
-/// Lag of one partition. Without a committed offset the runtime starts at
-/// the beginning (`earliest`), so everything retained is lag.
-pub fn partition_lag(lso: i64, log_start: i64, committed: Option<i64>) -> i64 {
-    let from = committed.unwrap_or(log_start).max(log_start);
-    (lso - from).max(0)
 }
 
 /// Per-task records/s between two readings: (input, processing).
@@ -116,23 +110,6 @@ pub fn read(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn lag_is_from_the_committed_offset_or_the_log_start() {
-        assert_eq!(partition_lag(100, 0, Some(60)), 40);
-        assert_eq!(
-            partition_lag(100, 20, None),
-            80,
-            "no commit yet: all retained records"
-        );
-        assert_eq!(
-            partition_lag(100, 20, Some(5)),
-            80,
-            "committed below the log start"
-        );
-        assert_eq!(partition_lag(100, 0, Some(100)), 0);
-        assert_eq!(partition_lag(100, 0, Some(120)), 0, "never negative");
-    }
 
     #[test]
     fn rates_are_growth_over_time_and_reset_when_partitions_change() {

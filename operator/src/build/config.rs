@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ConfigMap;
-use millrace_runtime::config::{KafkaClientConfig, WorkerConfig, CONFIG_DIR, CONFIG_FILE};
+use millrace_crds::worker_config::{KafkaClientConfig, WorkerConfig, CONFIG_DIR, CONFIG_FILE};
 use sha2::{Digest, Sha256};
 
 use super::{config_map_name, meta, STATE_MOUNT};
@@ -45,6 +45,10 @@ pub fn worker_config(model: &AppModel) -> WorkerConfig {
         pipeline: match &model.workload {
             Workload::Pipeline { spec, .. } => Some(spec.clone()),
             Workload::Custom { .. } => None,
+        },
+        custom: match &model.workload {
+            Workload::Pipeline { .. } => None,
+            Workload::Custom { io, .. } => Some(io.clone()),
         },
         admin_port: model.admin_port,
         placement_config_map: Some(millrace_crds::placement::placement_config_map(&model.name)),

@@ -1,5 +1,5 @@
 //! Build: the objects an app owns, from its model. Pure; applied by the
-//! reconciler in the order of [`Desired::in_apply_order`].
+//! reconciler in the order written down in [`crate::apply::apply_all`].
 
 mod config;
 mod rbac;
@@ -36,19 +36,6 @@ pub struct Desired {
     pub pod_disruption_budget: PodDisruptionBudget,
     pub stateful_set: StatefulSet,
 }
-
-/// The written-down apply order: identity and permissions before the pods
-/// that use them; configuration before the pods that read it; the
-/// StatefulSet last, so a pod never starts without what it needs.
-pub const APPLY_ORDER: &[&str] = &[
-    "ServiceAccount",
-    "Role",
-    "RoleBinding",
-    "ConfigMap",
-    "Service",
-    "PodDisruptionBudget",
-    "StatefulSet",
-];
 
 pub fn desired(model: &AppModel, replicas: i32) -> Desired {
     let config = worker_config(model);

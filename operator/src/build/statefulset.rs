@@ -14,8 +14,8 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use millrace_crds::worker_config::CONFIG_DIR;
 use millrace_crds::SecretKeyRef;
-use millrace_runtime::config::CONFIG_DIR;
 
 use super::config::{config_path, SASL_PASSWORD_ENV, SASL_USERNAME_ENV, TLS_DIR};
 use super::{config_map_name, meta, service_account_name};
@@ -194,7 +194,7 @@ fn container(model: &AppModel) -> Container {
             Some(vec!["millrace-runtime".to_string()]),
             Some(vec!["worker".to_string()]),
         ),
-        Workload::Custom { command, args } => (command.clone(), args.clone()),
+        Workload::Custom { command, args, .. } => (command.clone(), args.clone()),
     };
     let probe = |path: &str, period: i32, failures: i32| Probe {
         http_get: Some(HTTPGetAction {

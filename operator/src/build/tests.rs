@@ -54,7 +54,6 @@ fn every_object_is_owned_by_the_app_and_labelled() {
         &d.pod_disruption_budget.metadata,
         &d.stateful_set.metadata,
     ];
-    assert_eq!(metas.len(), APPLY_ORDER.len());
     for m in metas {
         let owner = &m.owner_references.as_ref().unwrap()[0];
         assert_eq!(
@@ -134,7 +133,7 @@ fn statefulset_defaults() {
 
 #[test]
 fn replicas_and_image_and_command() {
-    let d = build("kafka: {bootstrapServers: 'k:9092'}\nimage: registry/me/custom:1\ncommand: [/app]\nargs: [--fast]\nreplicas: 3\n");
+    let d = build("kafka: {bootstrapServers: 'k:9092'}\nimage: registry/me/custom:1\nsource: {topics: [in]}\noutputs: [out]\ncommand: [/app]\nargs: [--fast]\nreplicas: 3\n");
     assert_eq!(d.stateful_set.spec.as_ref().unwrap().replicas, Some(3));
     let c = &pod(&d).containers[0];
     assert_eq!(c.image.as_deref(), Some("registry/me/custom:1"));
@@ -145,6 +144,28 @@ fn replicas_and_image_and_command() {
     assert!(
         config.get("pipeline").is_none(),
         "custom images bring their own processing"
+    );
+    assert_eq!(
+        config["custom"],
+        serde_json::json!({"source": {"topics": ["in"], "keyFormat": "String", "valueFormat": "Json"}, "outputs": ["out"], "onError": {"policy": "Stop"}}),
+        "their topics reach the worker"
+    );
+    let model = validate(
+        &app("kafka: {bootstrapServers: 'k:9092'}\nimage: x\nsource: {topics: [in]}\noutputs: [out]\nonError: {policy: DeadLetter, deadLetterTopic: dlq}\n"),
+        &Defaults::default(),
+    )
+    .unwrap();
+    let names =
+        |topics: Vec<millrace_crds::TopicName>| topics.into_iter().map(|t| t.0).collect::<Vec<_>>();
+    assert_eq!(
+        names(model.source_topics()),
+        ["in"],
+        "its tasks come from its source"
+    );
+    assert_eq!(
+        names(model.output_topics()),
+        ["dlq", "out"],
+        "its outputs and dead-letter topic are checked to exist like a pipeline's"
     );
 }
 

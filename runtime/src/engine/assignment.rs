@@ -14,12 +14,11 @@ use super::{Core, EngineError, KAFKA_TIMEOUT, MISSING_TOPIC_GRACE};
 impl Core {
     /// Source topics exist with one partition count; static outputs exist.
     pub(super) fn check_topics(&self, consumer: &BaseConsumer) -> Result<i32, EngineError> {
-        let pipeline = self.evaluator.pipeline();
         let mut counts = Vec::new();
-        for topic in &pipeline.source_topics {
+        for topic in &self.io.source_topics {
             counts.push((topic.0.clone(), self.partition_count(consumer, &topic.0)?));
         }
-        for topic in pipeline.static_output_topics() {
+        for topic in &self.io.output_topics {
             self.partition_count(consumer, &topic.0)?;
         }
         let first = counts.first().map(|(_, n)| *n).unwrap_or(0);
@@ -80,7 +79,7 @@ impl Core {
     ) -> Result<(), EngineError> {
         let owned = tasks.tasks(self.task_count);
         let mut wanted = TopicPartitionList::new();
-        for t in &self.evaluator.pipeline().source_topics {
+        for t in &self.io.source_topics {
             for p in &owned {
                 wanted.add_partition(&t.0, *p);
             }
@@ -124,13 +123,7 @@ impl Core {
         consumer: &BaseConsumer,
         change: PlacementChange,
     ) -> Result<u64, EngineError> {
-        let sources: Vec<String> = self
-            .evaluator
-            .pipeline()
-            .source_topics
-            .iter()
-            .map(|t| t.0.clone())
-            .collect();
+        let sources: Vec<String> = self.io.source_topics.iter().map(|t| t.0.clone()).collect();
         let (epoch, taken) = match change {
             PlacementChange::Release { epoch, tasks } => {
                 self.resume.retain(|(_, p), _| !tasks.contains(p));

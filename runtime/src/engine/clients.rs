@@ -4,7 +4,8 @@
 use rdkafka::ClientConfig;
 
 use super::stash::{STASH_BYTES, STASH_RECORDS};
-use crate::config::{KafkaClientConfig, WorkerConfig};
+use millrace_crds::identity::transactional_id;
+use millrace_crds::worker_config::{KafkaClientConfig, WorkerConfig};
 use millrace_crds::ProcessingGuarantee;
 
 /// `tuning` are defaults the user's `spec.kafka.properties` may override.
@@ -148,26 +149,6 @@ pub fn linger_ms(guarantee: ProcessingGuarantee) -> &'static str {
     match guarantee {
         ProcessingGuarantee::ExactlyOnce => "50",
         ProcessingGuarantee::AtLeastOnce => "20",
-    }
-}
-
-pub fn transactional_id(application_id: &str, worker_id: &str) -> String {
-    format!("{application_id}-{worker_id}")
-}
-
-/// Most processing loops a worker runs. At start the transactional ids of
-/// loops beyond the current count are fenced, so a previous incarnation that
-/// ran more loops leaves no open transaction behind to block its partitions;
-/// the operator fences all of them when it fences a worker.
-pub const MAX_LOOPS: usize = 8;
-
-/// The worker id of loop `index` of worker `worker_id` (the pod name in a
-/// pod); [`transactional_id`] prefixes it with the application id.
-pub fn loop_id(worker_id: &str, index: usize) -> String {
-    if index == 0 {
-        worker_id.to_string()
-    } else {
-        format!("{worker_id}-{index}")
     }
 }
 

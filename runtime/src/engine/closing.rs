@@ -24,7 +24,7 @@ use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::{KafkaError, KafkaResult};
 
 use super::{committer, Core, EngineError, Tp};
-use crate::pipeline::eval::OutputRecord;
+use crate::pipeline::record::OutputRecord;
 
 /// A batch whose records are all processed and sent, its transaction
 /// committing on the committer thread.

@@ -30,11 +30,10 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::Offset;
 
-use crate::config::WorkerConfig;
 use crate::metrics::{Metrics, Status, TopicLabel};
-use crate::pipeline::eval::{
-    dead_letter_headers, Evaluator, InputRecord, OutputRecord, RecordError,
-};
+use crate::pipeline::record::dead_letter_headers;
+use crate::processor::{InputRecord, Io, OutputRecord, Processor, RecordError};
+use millrace_crds::worker_config::WorkerConfig;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use tasks::TaskSource;
@@ -69,10 +68,20 @@ pub enum EngineError {
 
 type Tp = (String, i32);
 
-pub struct Engine {
+/// What a worker's loops share: its metrics, its `/tasks` status and the
+/// shutdown flag its signal handler sets.
+#[derive(Clone, Default)]
+pub struct Shared {
+    pub metrics: Arc<Metrics>,
+    pub status: Arc<Status>,
+    pub shutdown: Arc<AtomicBool>,
+}
+
+pub struct Engine<P> {
     /// Apart from the rest: a consumed record borrows the consumer while the
     /// rest of the engine processes it.
     consumer: BaseConsumer,
+    processor: P,
     core: Core,
     tasks: Box<dyn TaskSource>,
     /// Fraction of a commit interval this loop's cycle is shifted by.
@@ -82,7 +91,7 @@ pub struct Engine {
 struct Core {
     config: WorkerConfig,
     worker_id: String,
-    evaluator: Evaluator,
+    io: Io,
     producer: Arc<BaseProducer<DeliveryCounter>>,
     eos: bool,
     /// Exactly-once: sends a closed batch's last records without lingering.
@@ -150,19 +159,22 @@ impl TopicCounters {
     }
 }
 
-impl Engine {
+impl<P: Processor> Engine<P> {
     /// Connects and, under ExactlyOnce, initialises transactions (fencing a
     /// previous incarnation of this worker and aborting its open
     /// transaction) BEFORE reading committed offsets: only then are they final.
     pub fn start(
         config: WorkerConfig,
         worker_id: String,
-        evaluator: Evaluator,
+        (io, processor): (Io, P),
         mut tasks: Box<dyn TaskSource>,
-        metrics: Arc<Metrics>,
-        status: Arc<Status>,
-        shutdown: Arc<AtomicBool>,
+        shared: Shared,
     ) -> Result<Self, EngineError> {
+        let Shared {
+            metrics,
+            status,
+            shutdown,
+        } = shared;
         let eos = config.processing_guarantee == ProcessingGuarantee::ExactlyOnce;
         let consumer: BaseConsumer = clients::consumer(&config)
             .map_err(|e| EngineError::Config(e.to_string()))?
@@ -171,7 +183,7 @@ impl Engine {
         let mut core = Core {
             config,
             worker_id,
-            evaluator,
+            io,
             producer,
             eos,
             flusher: eos.then(flusher::Flusher::spawn),
@@ -197,6 +209,7 @@ impl Engine {
         core.assign(&consumer, tasks.as_mut())?;
         Ok(Self {
             consumer,
+            processor,
             core,
             tasks,
             phase: 0.0,
@@ -219,6 +232,7 @@ impl Engine {
     pub fn run(&mut self) -> Result<(), EngineError> {
         let Self {
             consumer,
+            processor,
             core,
             tasks,
             phase,
@@ -274,7 +288,7 @@ impl Engine {
                                 .unwrap_or_default(),
                         };
                         let started = Instant::now();
-                        core.handle(consumer, &record)?;
+                        core.handle(consumer, processor, &record)?;
                         // One clock read serves the busy time and the deadline.
                         now = Instant::now();
                         busy += now - started;
@@ -337,6 +351,7 @@ impl Core {
     fn handle(
         &mut self,
         consumer: &BaseConsumer,
+        processor: &mut impl Processor,
         record: &InputRecord<'_>,
     ) -> Result<(), EngineError> {
         if self.eos && !self.in_transaction && !self.begin()? {
@@ -348,7 +363,7 @@ impl Core {
             limit.acquire();
         }
         self.records_in.inc(record.topic);
-        let outcome = match self.evaluator.process(record) {
+        let outcome = match processor.process(record) {
             Ok(processed) => {
                 if processed.filtered {
                     self.metrics.filtered.inc();
@@ -407,8 +422,7 @@ impl Core {
         record: &InputRecord<'_>,
         error: RecordError,
     ) -> Result<(), EngineError> {
-        let pipeline = self.evaluator.pipeline();
-        match (pipeline.error_policy, &pipeline.dead_letter_topic) {
+        match (self.io.error_policy, &self.io.dead_letter_topic) {
             (ErrorPolicy::DeadLetter, Some(dlq)) => {
                 let out = OutputRecord {
                     topic: dlq.0.clone(),

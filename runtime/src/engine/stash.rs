@@ -11,7 +11,7 @@
 
 use std::ops::Range;
 
-use crate::pipeline::eval::OutputRecord;
+use crate::pipeline::record::OutputRecord;
 
 /// Outputs held back while a batch closes, at most (records, and bytes of
 /// keys and values): past either the loop waits for the commit, which

@@ -1,10 +1,10 @@
 //! The placement seam: which tasks this worker owns.
 //!
-//! A task is one partition index across the source topics. The operator's
-//! placement (issue #6) will implement [`TaskSource`] from its placement
-//! object; until then a worker alone owns every task, and in a StatefulSet
-//! only the pod with ordinal 0 does (the others stand by), so no two
-//! workers ever process one partition.
+//! A task is one partition index across the source topics. In a pod the
+//! operator's placement decides (`kube_tasks` implements [`TaskSource`] from
+//! the placement ConfigMap); standalone, a worker owns every task; a pod
+//! without a placement (a configuration from before placement) owns them
+//! only as ordinal 0, so no two workers ever process one partition.
 
 /// A change of this worker's tasks, in placement epoch order.
 #[derive(Debug, Clone, PartialEq, Eq)]

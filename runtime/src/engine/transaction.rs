@@ -17,7 +17,8 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::in_flight::Unacknowledged;
 use super::{clients, Core, EngineError, Tp, KAFKA_TIMEOUT};
-use crate::config::WorkerConfig;
+use millrace_crds::worker_config::WorkerConfig;
+use millrace_crds::worker_status::unix_ms;
 
 /// Counts failed deliveries, and each batch's records not yet acknowledged
 /// (the opaque of a record is its batch): under at-least-once a failure
@@ -369,13 +370,6 @@ impl Core {
         self.published = committed.keys().cloned().collect();
         shared.extend(committed);
     }
-}
-
-pub(super) fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// A producer ready to work: under ExactlyOnce, `init_transactions` has

@@ -1,12 +1,15 @@
-//! The pipeline compiler: a StreamApp's `pipeline` → checked CEL programs.
+//! Zero-code pipelines: a StreamApp's `pipeline` compiled into checked CEL
+//! programs, and the evaluator that runs them on records.
 //!
 //! One compiler serves the operator (which refuses to start workers for a
 //! pipeline that does not compile, and reports why on the StreamApp) and the
 //! runtime (which executes what it returns), so the two can never disagree.
+//! No I/O: records in, outputs out.
 
 mod check;
 pub mod eval;
 mod fields;
+pub mod record;
 pub mod value;
 
 use cel::Program;

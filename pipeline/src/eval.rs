@@ -17,44 +17,7 @@ use millrace_crds::{Format, RouteMode, TopicName};
 
 use super::value::{bind, decode, decode_fields, encode, Bound};
 use super::{CompiledPipeline, CompiledStep, Destination, Expr};
-
-/// A consumed record, borrowed from the consumer's buffer.
-pub struct InputRecord<'a> {
-    pub topic: &'a str,
-    pub partition: i32,
-    pub offset: i64,
-    pub timestamp: Option<i64>,
-    pub key: Option<&'a [u8]>,
-    pub value: Option<&'a [u8]>,
-    pub headers: Vec<(&'a str, &'a [u8])>,
-}
-
-/// A record to produce.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutputRecord {
-    pub topic: String,
-    pub key: Option<Vec<u8>>,
-    pub value: Option<Vec<u8>>,
-    pub headers: Vec<(String, Vec<u8>)>,
-}
-
-/// Why a record could not be processed, and where.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RecordError {
-    /// The step's name, or `source` when the record did not decode.
-    pub step: String,
-    pub message: String,
-}
-
-/// What became of a record.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Processed {
-    pub outputs: Vec<OutputRecord>,
-    /// A filter dropped it.
-    pub filtered: bool,
-    /// No route rule matched and there is no default.
-    pub unrouted: bool,
-}
+use crate::record::{InputRecord, OutputRecord, Processed, RecordError};
 
 /// Evaluates a pipeline; one per processing thread.
 pub struct Evaluator {
@@ -276,45 +239,11 @@ impl Evaluator {
     }
 }
 
-/// Headers a dead-lettered record carries, so it can be traced and replayed.
-pub fn dead_letter_headers(
-    error: &RecordError,
-    record: &InputRecord<'_>,
-) -> Vec<(String, Vec<u8>)> {
-    let mut headers: Vec<(String, Vec<u8>)> = record
-        .headers
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_vec()))
-        .collect();
-    headers.extend([
-        (
-            "millrace.error".to_string(),
-            error.message.clone().into_bytes(),
-        ),
-        (
-            "millrace.error.step".to_string(),
-            error.step.clone().into_bytes(),
-        ),
-        (
-            "millrace.source.topic".to_string(),
-            record.topic.as_bytes().to_vec(),
-        ),
-        (
-            "millrace.source.partition".to_string(),
-            record.partition.to_string().into_bytes(),
-        ),
-        (
-            "millrace.source.offset".to_string(),
-            record.offset.to_string().into_bytes(),
-        ),
-    ]);
-    headers
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::compile;
+    use crate::compile;
+    use crate::record::dead_letter_headers;
 
     fn evaluator(yaml: &str) -> Evaluator {
         let spec = serde_saphyr::from_str(yaml).unwrap();

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use millrace_crds::{PipelineSpec, ProcessingGuarantee};
+use crate::{OnError, PipelineSpec, ProcessingGuarantee, SourceSpec, TopicName};
 use serde::{Deserialize, Serialize};
 
 pub const CONFIG_FILE: &str = "config.json";
@@ -22,6 +22,10 @@ pub struct WorkerConfig {
     /// The pipeline to run; `None` for custom images, which bring their own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pipeline: Option<PipelineSpec>,
+    /// Custom images: what the processor reads and writes (a pipeline
+    /// carries its own in `pipeline`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom: Option<CustomIo>,
     /// Port of the worker's admin HTTP endpoint (health, metrics, tasks).
     pub admin_port: u16,
     /// The ConfigMap holding the operator's task placement (pods only; a
@@ -63,4 +67,37 @@ pub struct KafkaClientConfig {
     pub ssl_certificate_location: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssl_key_location: Option<String>,
+}
+
+/// A custom image's topics and error policy (`spec.source`, `spec.outputs`,
+/// `spec.onError`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CustomIo {
+    pub source: SourceSpec,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<TopicName>,
+    #[serde(default)]
+    pub on_error: OnError,
+}
+
+impl CustomIo {
+    /// The custom image's part of a spec; `None` without `spec.source`.
+    pub fn from_spec(spec: &crate::StreamAppSpec) -> Option<Self> {
+        Some(Self {
+            source: spec.source.clone()?,
+            outputs: spec.outputs.clone().unwrap_or_default(),
+            on_error: spec.on_error.clone().unwrap_or_default(),
+        })
+    }
+
+    /// Every topic the processor may write: its outputs and the dead-letter
+    /// topic, sorted, once each.
+    pub fn output_topics(&self) -> Vec<TopicName> {
+        let mut topics = self.outputs.clone();
+        topics.extend(self.on_error.dead_letter_topic.iter().cloned());
+        topics.sort();
+        topics.dedup();
+        topics
+    }
 }

@@ -1,0 +1,156 @@
+//! Durations in a StreamApp (`100ms`, `5s`, `1m30s`, `2h`) and the commit
+//! timing every worker runs with, resolved once for the operator and for
+//! standalone mode.
+
+use std::time::Duration;
+
+use crate::{Invalid, ProcessingGuarantee, StreamAppSpec};
+
+/// `spec.transactionTimeout` when unset (Kafka Streams uses 10 s; a longer
+/// default leaves room for a slow commit on a loaded broker).
+pub const DEFAULT_TRANSACTION_TIMEOUT: &str = "60s";
+
+/// `spec.commitInterval` when unset: Kafka Streams' defaults per guarantee.
+pub fn default_commit_interval(guarantee: ProcessingGuarantee) -> &'static str {
+    match guarantee {
+        ProcessingGuarantee::ExactlyOnce => "100ms",
+        ProcessingGuarantee::AtLeastOnce => "5s",
+    }
+}
+
+/// Parses `100ms`, `5s`, `1m30s`, `2h`. `None` for anything else, including
+/// a total that does not fit a `Duration` (never a panic: the text comes
+/// from a user).
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    if text.is_empty() {
+        return None;
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let (unit, len) = if rest.starts_with("ms") {
+            (Duration::from_millis(n), 2)
+        } else if rest.starts_with('s') {
+            (Duration::from_secs(n), 1)
+        } else if rest.starts_with('m') {
+            (Duration::from_secs(n.checked_mul(60)?), 1)
+        } else if rest.starts_with('h') {
+            (Duration::from_secs(n.checked_mul(3600)?), 1)
+        } else {
+            return None;
+        };
+        total = total.checked_add(unit)?;
+        rest = &rest[len..];
+    }
+    Some(total)
+}
+
+/// A duration field, or what is wrong with it.
+pub fn duration_field(field: &str, text: &str) -> Result<Duration, Invalid> {
+    parse_duration(text).ok_or_else(|| {
+        Invalid::new(
+            field,
+            format!("'{text}' is not a duration such as 100ms, 5s or 1m"),
+        )
+    })
+}
+
+/// How often a worker commits and how long a transaction may stay open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    pub commit_interval: Duration,
+    pub transaction_timeout: Duration,
+}
+
+/// The spec's timing with defaults applied, or every problem with it.
+pub fn timing(spec: &StreamAppSpec) -> Result<Timing, Vec<Invalid>> {
+    let commit = duration_field(
+        "spec.commitInterval",
+        spec.commit_interval
+            .as_deref()
+            .unwrap_or(default_commit_interval(spec.processing_guarantee)),
+    );
+    let timeout = duration_field(
+        "spec.transactionTimeout",
+        spec.transaction_timeout
+            .as_deref()
+            .unwrap_or(DEFAULT_TRANSACTION_TIMEOUT),
+    );
+    let (commit_interval, transaction_timeout) = match (commit, timeout) {
+        (Ok(c), Ok(t)) => (c, t),
+        (c, t) => return Err(c.err().into_iter().chain(t.err()).collect()),
+    };
+    let mut problems = Vec::new();
+    if commit_interval.is_zero() {
+        problems.push(Invalid::new("spec.commitInterval", "must be positive"));
+    } else if commit_interval >= transaction_timeout {
+        problems.push(Invalid::new(
+            "spec.commitInterval",
+            format!(
+                "must be shorter than spec.transactionTimeout ({commit_interval:?} >= {transaction_timeout:?})"
+            ),
+        ));
+    }
+    if problems.is_empty() {
+        Ok(Timing {
+            commit_interval,
+            transaction_timeout,
+        })
+    } else {
+        Err(problems)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_and_overflow_is_refused_not_a_panic() {
+        assert_eq!(parse_duration("1m30s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("100ms"), Some(Duration::from_millis(100)));
+        assert_eq!(parse_duration(""), None);
+        assert_eq!(parse_duration("5"), None);
+        assert_eq!(parse_duration("18446744073709551615s1s"), None);
+        assert_eq!(parse_duration("5124095576030432h"), None);
+        assert_eq!(parse_duration("307445734561825861m"), None);
+    }
+
+    fn spec(commit: Option<&str>, timeout: Option<&str>, g: ProcessingGuarantee) -> StreamAppSpec {
+        StreamAppSpec {
+            commit_interval: commit.map(str::to_string),
+            transaction_timeout: timeout.map(str::to_string),
+            processing_guarantee: g,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn timing_applies_defaults_per_guarantee_and_names_the_field() {
+        let eos = timing(&spec(None, None, ProcessingGuarantee::ExactlyOnce)).unwrap();
+        assert_eq!(eos.commit_interval, Duration::from_millis(100));
+        assert_eq!(eos.transaction_timeout, Duration::from_secs(60));
+        let alo = timing(&spec(None, None, ProcessingGuarantee::AtLeastOnce)).unwrap();
+        assert_eq!(alo.commit_interval, Duration::from_secs(5));
+        let both = timing(&spec(
+            Some("x"),
+            Some("y"),
+            ProcessingGuarantee::ExactlyOnce,
+        ))
+        .unwrap_err();
+        let fields: Vec<_> = both.iter().map(|i| i.field.as_str()).collect();
+        assert_eq!(fields, ["spec.commitInterval", "spec.transactionTimeout"]);
+        let long = timing(&spec(Some("2m"), None, ProcessingGuarantee::ExactlyOnce)).unwrap_err();
+        assert!(
+            long[0]
+                .message
+                .contains("shorter than spec.transactionTimeout"),
+            "{long:?}"
+        );
+        let zero = timing(&spec(Some("0s"), None, ProcessingGuarantee::ExactlyOnce)).unwrap_err();
+        assert_eq!(zero[0].to_string(), "spec.commitInterval: must be positive");
+    }
+}

@@ -1,0 +1,93 @@
+//! `/tasks`, the worker's report to the operator: its placement epoch, its
+//! tasks with their offsets and lag, commit times and busy time. The worker
+//! serves it, the operator's placement and autoscaling loops read it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// `/tasks`: what the worker does, read by the operator and by people.
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerStatus {
+    pub worker_id: String,
+    pub application_id: String,
+    pub placement: String,
+    /// The placement epoch every loop has applied (releases committed and
+    /// stopped, takes started): the acknowledgement the operator waits for.
+    #[serde(default)]
+    pub applied_epoch: Option<u64>,
+    pub tasks: Vec<i32>,
+    pub partitions: Vec<TaskPartition>,
+    /// Per owned task, its first and last commit since this worker took it.
+    #[serde(default)]
+    pub commits: BTreeMap<i32, TaskCommits>,
+    /// Per task released by this worker, the time of its last commit here.
+    #[serde(default)]
+    pub released: BTreeMap<i32, u64>,
+    /// Processing loops (each one thread).
+    #[serde(default)]
+    pub loops: u32,
+    /// Nanoseconds spent processing and committing since start, over all
+    /// loops: busy fraction = Δ / (Δt × loops).
+    #[serde(default)]
+    pub busy_nanos: u64,
+}
+
+/// Commit times of one task on this worker (Unix milliseconds).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskCommits {
+    pub first_ms: u64,
+    pub last_ms: u64,
+}
+
+/// One task partition as the admin endpoint reports it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskPartition {
+    pub topic: String,
+    pub partition: i32,
+    /// Next offset to process after the last commit.
+    pub committed_offset: Option<i64>,
+    pub lag: Option<i64>,
+}
+
+/// Lag of one partition against the last stable offset (what a
+/// read_committed client sees as the end, so transaction markers and aborted
+/// records are not lag). Without a committed offset a worker starts at the
+/// beginning (`earliest`), so everything retained is lag.
+pub fn partition_lag(last_stable: i64, log_start: i64, committed: Option<i64>) -> i64 {
+    let from = committed.unwrap_or(log_start).max(log_start);
+    (last_stable - from).max(0)
+}
+
+/// Now as Unix milliseconds: the clock of every time in `/tasks`.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_is_from_the_committed_offset_or_the_log_start() {
+        assert_eq!(partition_lag(100, 0, Some(60)), 40);
+        assert_eq!(
+            partition_lag(100, 20, None),
+            80,
+            "no commit yet: all retained records"
+        );
+        assert_eq!(
+            partition_lag(100, 20, Some(5)),
+            80,
+            "committed below the log start"
+        );
+        assert_eq!(partition_lag(100, 0, Some(100)), 0);
+        assert_eq!(partition_lag(100, 0, Some(120)), 0, "never negative");
+    }
+}

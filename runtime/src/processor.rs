@@ -1,0 +1,81 @@
+//! What a worker runs on each record: a [`Processor`]. The zero-code
+//! pipeline's evaluator is one; a custom image brings its own and keeps
+//! everything else of the worker (exactly-once commits, placement and
+//! fencing, `/tasks`, metrics, autoscaling, the error policy).
+//!
+//! A processor never commits, produces or seeks: it turns one record into
+//! the records to produce. The engine sends them inside the loop's open
+//! transaction, so under exactly-once a record's outputs appear exactly once
+//! whatever crashes or moves, and under at-least-once at least once.
+
+use millrace_crds::worker_config::WorkerConfig;
+use millrace_crds::{ErrorPolicy, OnError, TopicName};
+
+use crate::pipeline::eval::Evaluator;
+pub use crate::pipeline::record::{InputRecord, OutputRecord, Processed, RecordError};
+use crate::pipeline::CompiledPipeline;
+
+/// Record in, outputs out. One instance per processing loop (a loop is one
+/// thread), so a processor may keep caches without locks; it must not keep
+/// state that has to survive a crash, since replayed records after a crash
+/// reach a fresh instance (durable state stores come with the runtime's
+/// state layer).
+pub trait Processor: Send + 'static {
+    /// The records to produce for `record` (none drops it). An `Err` is a
+    /// record failure: the app's `onError` policy applies (dead-lettered
+    /// with the error in headers, or the loop stops at the record with
+    /// everything before it committed).
+    fn process(&mut self, record: &InputRecord<'_>) -> Result<Processed, RecordError>;
+}
+
+impl Processor for Evaluator {
+    fn process(&mut self, record: &InputRecord<'_>) -> Result<Processed, RecordError> {
+        Evaluator::process(self, record)
+    }
+}
+
+/// What the engine needs to know of an app besides its processor: the
+/// topics it reads and may write, and what to do with a failed record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Io {
+    pub source_topics: Vec<TopicName>,
+    /// Topics checked to exist at start (computed destinations are not known
+    /// in advance).
+    pub output_topics: Vec<TopicName>,
+    pub error_policy: ErrorPolicy,
+    pub dead_letter_topic: Option<TopicName>,
+    /// `maxRecordsPerSecond` of the worker, over its loops.
+    pub max_records_per_second: Option<u64>,
+}
+
+impl Io {
+    pub fn of_pipeline(pipeline: &CompiledPipeline, max_records_per_second: Option<i64>) -> Self {
+        Self {
+            source_topics: pipeline.source_topics.clone(),
+            output_topics: pipeline.static_output_topics(),
+            error_policy: pipeline.error_policy,
+            dead_letter_topic: pipeline.dead_letter_topic.clone(),
+            max_records_per_second: max_records_per_second.map(|n| n.max(1) as u64),
+        }
+    }
+
+    /// A custom image's topics, from its configuration (`spec.source`,
+    /// `spec.outputs`, `spec.onError`).
+    pub fn of_custom(config: &WorkerConfig) -> Result<Self, String> {
+        let custom = config.custom.as_ref().ok_or(
+            "the configuration has no spec.source: this is a custom image, and its StreamApp must \
+             name the topics it reads in spec.source (a pipeline runs on the millrace-runtime image)",
+        )?;
+        let OnError {
+            policy,
+            dead_letter_topic,
+        } = custom.on_error.clone();
+        Ok(Self {
+            source_topics: custom.source.topics.clone(),
+            output_topics: custom.output_topics(),
+            error_policy: policy,
+            dead_letter_topic,
+            max_records_per_second: None,
+        })
+    }
+}

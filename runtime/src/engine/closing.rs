@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::{KafkaError, KafkaResult};
 
-use super::{committer, Core, EngineError, Tp};
+use super::{committer, Core, EngineError, Guarantee, Tp};
 use crate::pipeline::record::OutputRecord;
 
 /// A batch whose records are all processed and sent, its transaction
@@ -36,15 +36,30 @@ pub(super) struct Closing {
 }
 
 impl Core {
-    /// Ends the batch at a commit interval. One batch closes at a time, so
-    /// offsets commit in order: while the one before is still closing (its
+    /// Ends the batch at a commit interval: at-least-once commits it,
+    /// exactly-once closes it. One batch closes at a time, so offsets commit
+    /// in order: while the one before is still closing (its
     /// acknowledgements late), this batch goes on, its outputs held back,
     /// and closes at the next interval instead of waiting now.
-    pub(super) fn close_batch(&mut self, consumer: &BaseConsumer) -> Result<(), EngineError> {
+    pub(super) fn end_batch(&mut self, consumer: &BaseConsumer) -> Result<(), EngineError> {
+        if !self.guarantee.transactional() {
+            return self.commit(consumer);
+        }
         if self.closing.is_some() {
             return Ok(());
         }
         self.absorb_positions(consumer);
+        self.close(consumer)
+    }
+
+    /// Exactly-once's only commit path: the open transaction gets the
+    /// processed offsets and commits on the committer thread. Every other
+    /// commit (shutdown, a placement change, a failing record) is this
+    /// followed by `settle_closing`.
+    pub(super) fn close(&mut self, consumer: &BaseConsumer) -> Result<(), EngineError> {
+        if !self.guarantee.transactional() {
+            return self.commit_processed(consumer);
+        }
         if self.positions.is_empty() {
             return Ok(());
         }
@@ -54,13 +69,11 @@ impl Core {
             self.positions.clear();
             return self.assign_resume_points(consumer);
         }
+        let Guarantee::ExactlyOnce { flusher, committer } = &self.guarantee else {
+            return self.commit_processed(consumer); // not reached: checked above
+        };
         let (list, group) = Self::commit_arguments(consumer, &self.positions)?;
         let offsets = std::mem::take(&mut self.positions);
-        let (Some(committer), Some(flusher)) = (&self.committer, &self.flusher) else {
-            return Err(EngineError::Config(
-                "closing a batch needs exactly-once's committer".into(),
-            ));
-        };
         // Both at once: the flush sends the outputs still lingering while
         // the committer sends the offsets.
         flusher.flush(&self.producer);

@@ -68,6 +68,37 @@ pub enum EngineError {
 
 type Tp = (String, i32);
 
+/// How a loop commits, with what only that guarantee needs.
+enum Guarantee {
+    /// Each batch is one transaction, closed at the commit interval and
+    /// committed on a helper thread while the loop goes on (`closing`).
+    ExactlyOnce {
+        /// Sends a closed batch's last records without lingering.
+        flusher: flusher::Flusher<DeliveryCounter>,
+        /// Commits a closed batch while the loop goes on.
+        committer: committer::Committer<DeliveryCounter>,
+    },
+    /// A batch's offsets are committed once its outputs are acknowledged
+    /// (`in_flight`).
+    AtLeastOnce,
+}
+
+impl Guarantee {
+    fn of(guarantee: ProcessingGuarantee) -> Self {
+        match guarantee {
+            ProcessingGuarantee::ExactlyOnce => Guarantee::ExactlyOnce {
+                flusher: flusher::Flusher::spawn(),
+                committer: committer::Committer::spawn(KAFKA_TIMEOUT),
+            },
+            ProcessingGuarantee::AtLeastOnce => Guarantee::AtLeastOnce,
+        }
+    }
+
+    fn transactional(&self) -> bool {
+        matches!(self, Guarantee::ExactlyOnce { .. })
+    }
+}
+
 /// What a worker's loops share: its metrics, its `/tasks` status and the
 /// shutdown flag its signal handler sets.
 #[derive(Clone, Default)]
@@ -93,11 +124,7 @@ struct Core {
     worker_id: String,
     io: Io,
     producer: Arc<BaseProducer<DeliveryCounter>>,
-    eos: bool,
-    /// Exactly-once: sends a closed batch's last records without lingering.
-    flusher: Option<flusher::Flusher<DeliveryCounter>>,
-    /// Exactly-once: commits a closed batch while the loop goes on.
-    committer: Option<committer::Committer<DeliveryCounter>>,
+    guarantee: Guarantee,
     /// Where each assigned partition resumes after a rewind: the last
     /// committed position, or where it started.
     resume: BTreeMap<Tp, Offset>,
@@ -175,7 +202,7 @@ impl<P: Processor> Engine<P> {
             status,
             shutdown,
         } = shared;
-        let eos = config.processing_guarantee == ProcessingGuarantee::ExactlyOnce;
+        let guarantee = Guarantee::of(config.processing_guarantee);
         let consumer: BaseConsumer = clients::consumer(&config)
             .map_err(|e| EngineError::Config(e.to_string()))?
             .create()?;
@@ -185,9 +212,7 @@ impl<P: Processor> Engine<P> {
             worker_id,
             io,
             producer,
-            eos,
-            flusher: eos.then(flusher::Flusher::spawn),
-            committer: eos.then(|| committer::Committer::spawn(KAFKA_TIMEOUT)),
+            guarantee,
             resume: BTreeMap::new(),
             positions: BTreeMap::new(),
             in_transaction: false,
@@ -314,11 +339,7 @@ impl<P: Processor> Engine<P> {
                 }
             }
             let started = Instant::now();
-            if core.eos {
-                core.close_batch(consumer)?;
-            } else {
-                core.commit(consumer)?;
-            }
+            core.end_batch(consumer)?;
             // A fenced commit leaves the changes to the fresh read above.
             if !core.placement_stale {
                 apply_changes(core, consumer, tasks.as_mut())?;
@@ -354,7 +375,7 @@ impl Core {
         processor: &mut impl Processor,
         record: &InputRecord<'_>,
     ) -> Result<(), EngineError> {
-        if self.eos && !self.in_transaction && !self.begin()? {
+        if self.guarantee.transactional() && !self.in_transaction && !self.begin()? {
             // Re-initialised: rewind and let the loop re-read the placement
             // before this record (or any other) is processed.
             return self.assign_resume_points(consumer);

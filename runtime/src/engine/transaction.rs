@@ -106,24 +106,19 @@ impl Core {
 
     /// Commits exactly what was processed (no position absorbed): used when
     /// stopping at a failed record, which the consumer's position has passed.
+    /// Waits for the commit (exactly-once: the closing batch first, then
+    /// the rest through the same close).
     pub(super) fn commit_processed(&mut self, consumer: &BaseConsumer) -> Result<(), EngineError> {
-        self.settle_closing(consumer)?;
+        if self.guarantee.transactional() {
+            self.settle_closing(consumer)?;
+            self.close(consumer)?;
+            return self.settle_closing(consumer);
+        }
         if self.positions.is_empty() && self.in_flight.is_empty() {
             return Ok(());
         }
-        if self.eos && !self.in_transaction && !self.begin()? {
-            self.positions.clear();
-            return self.assign_resume_points(consumer);
-        }
         let started = Instant::now();
-        let outcome = if self.eos {
-            let positions = std::mem::take(&mut self.positions);
-            self.commit_transaction(consumer, &positions)
-                .map(|()| Some(positions))
-        } else {
-            self.commit_at_least_once(consumer)
-        };
-        match outcome {
+        match self.commit_at_least_once(consumer) {
             Ok(committed) => {
                 if let Some(committed) = committed {
                     self.committed(committed);
@@ -166,21 +161,6 @@ impl Core {
     pub(super) fn replay(&mut self, consumer: &BaseConsumer) -> Result<(), EngineError> {
         self.discard_uncommitted();
         self.assign_resume_points(consumer)
-    }
-
-    /// Commits the open transaction with `offsets`; on failure it is
-    /// aborted (or the producer re-initialised) and the caller replays.
-    pub(super) fn commit_transaction(
-        &mut self,
-        consumer: &BaseConsumer,
-        offsets: &BTreeMap<Tp, i64>,
-    ) -> Result<(), EngineError> {
-        let (offsets, group) = Self::commit_arguments(consumer, offsets)?;
-        let result = self
-            .producer
-            .send_offsets_to_transaction(&offsets, &group, KAFKA_TIMEOUT)
-            .and_then(|()| self.producer.commit_transaction(KAFKA_TIMEOUT));
-        self.transaction_ended(result)
     }
 
     /// What a transaction's offsets are sent with.
@@ -235,7 +215,7 @@ impl Core {
         &mut self,
         consumer: &BaseConsumer,
     ) -> Result<(), EngineError> {
-        if self.eos || self.in_flight.is_empty() {
+        if self.guarantee.transactional() || self.in_flight.is_empty() {
             return Ok(());
         }
         let outcome = self
@@ -312,7 +292,7 @@ impl Core {
     /// loop finished rather than a few batches earlier. Under exactly-once,
     /// commits the closing batch and whatever was processed since.
     pub(super) fn settle_offsets(&mut self, consumer: &BaseConsumer) -> Result<(), EngineError> {
-        if self.eos {
+        if self.guarantee.transactional() {
             return self.commit_processed(consumer);
         }
         if !self.in_flight.is_empty() {

@@ -5,6 +5,10 @@
 //! sends it, malformed ones dead-lettered), and every output carries the
 //! processor's enrichment, computed from its input record.
 //!
+//! Transactions last 2 s, as Kafka's EOS system test makes them long, so
+//! each kill lands inside an open one: a worker that were not exactly-once
+//! (run as at-least-once, say) would replay into duplicates.
+//!
 //! Size: `MILLRACE_CUSTOM_RECORDS` (default 20,000), `MILLRACE_CUSTOM_KILLS`
 //! (default 3).
 
@@ -30,7 +34,7 @@ spec:
   kafka: {{bootstrapServers: "{bootstrap}"}}
   applicationId: {app_id}
   processingGuarantee: ExactlyOnce
-  commitInterval: 200ms
+  commitInterval: 2s
   transactionTimeout: 30s
   replicas: {REPLICAS}
   image: {IMAGE}

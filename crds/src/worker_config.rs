@@ -91,6 +91,37 @@ impl CustomIo {
         })
     }
 
+    /// What is wrong with a custom image's topics and error policy, each
+    /// naming its field: a dead-letter policy without a topic, and a
+    /// dead-letter or output topic that is also a source (every record
+    /// written there would be read again: a loop without end).
+    pub fn problems(&self) -> Vec<crate::Invalid> {
+        let mut problems = Vec::new();
+        let dead_letter = self.on_error.dead_letter_topic.as_ref();
+        if self.on_error.policy == crate::ErrorPolicy::DeadLetter && dead_letter.is_none() {
+            problems.push(crate::Invalid::new(
+                "spec.onError.deadLetterTopic",
+                "is required with policy DeadLetter",
+            ));
+        }
+        let is_source = |t: &TopicName| self.source.topics.contains(t);
+        if let Some(t) = dead_letter.filter(|t| is_source(t)) {
+            problems.push(crate::Invalid::new(
+                "spec.onError.deadLetterTopic",
+                format!("'{t}' is a source topic: failed records would be read again"),
+            ));
+        }
+        for (i, t) in self.outputs.iter().enumerate() {
+            if is_source(t) {
+                problems.push(crate::Invalid::new(
+                    &format!("spec.outputs[{i}]"),
+                    format!("'{t}' is a source topic: every output would be read again"),
+                ));
+            }
+        }
+        problems
+    }
+
     /// Every topic the processor may write: its outputs and the dead-letter
     /// topic, sorted, once each.
     pub fn output_topics(&self) -> Vec<TopicName> {

@@ -18,6 +18,9 @@ pub enum Error {
     /// A placement document that does not parse, or a write that lost it.
     #[error("placement: {0}")]
     Placement(String),
+    /// A poll of one app panicked (a bug); the loop goes on with the others.
+    #[error("panicked: {0}")]
+    Panicked(String),
     #[error("{0}")]
     Other(String),
 }
@@ -31,6 +34,7 @@ impl Error {
             Error::Finalizer(_) => "finalizer",
             Error::App(_) => "app",
             Error::Placement(_) => "placement",
+            Error::Panicked(_) => "panic",
             Error::Other(_) => "other",
         }
     }

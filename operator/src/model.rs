@@ -13,8 +13,8 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use millrace_crds::durations;
 use millrace_crds::worker_config::CustomIo;
 use millrace_crds::{
-    owned_property_problems, AutoscalingMode, AutoscalingSpec, DeletionPolicy, ErrorPolicy,
-    KafkaSpec, PipelineSpec, ProcessingGuarantee, StreamApp, TopicName, WorkerTemplate,
+    owned_property_problems, AutoscalingMode, AutoscalingSpec, DeletionPolicy, KafkaSpec,
+    PipelineSpec, ProcessingGuarantee, StreamApp, TopicName, WorkerTemplate,
 };
 
 /// Operator-wide settings that shape every app.
@@ -167,6 +167,10 @@ pub fn validate(app: &StreamApp, defaults: &Defaults) -> Result<AppModel, Vec<In
             }
         },
         (None, Some(_)) => match CustomIo::from_spec(spec) {
+            Some(io) if !io.problems().is_empty() => {
+                problems.extend(io.problems());
+                None
+            }
             Some(io) => Some(Workload::Custom {
                 command: spec.command.clone(),
                 args: spec.args.clone(),
@@ -206,14 +210,6 @@ pub fn validate(app: &StreamApp, defaults: &Defaults) -> Result<AppModel, Vec<In
                     "applies only with spec.image (a pipeline declares its source, routes and onError under spec.pipeline)",
                 ));
             }
-        }
-    }
-    if let Some(on_error) = &spec.on_error {
-        if on_error.policy == ErrorPolicy::DeadLetter && on_error.dead_letter_topic.is_none() {
-            problems.push(invalid(
-                "spec.onError.deadLetterTopic",
-                "is required with policy DeadLetter",
-            ));
         }
     }
 
@@ -496,6 +492,14 @@ mod tests {
             (
                 serde_json::json!({"kafka": {"bootstrapServers": "k:1"}, "image": "x", "source": {"topics": ["in"]}, "onError": {"policy": "DeadLetter"}}),
                 "spec.onError.deadLetterTopic: is required with policy DeadLetter",
+            ),
+            (
+                serde_json::json!({"kafka": {"bootstrapServers": "k:1"}, "image": "x", "source": {"topics": ["in"]}, "onError": {"policy": "DeadLetter", "deadLetterTopic": "in"}}),
+                "spec.onError.deadLetterTopic: 'in' is a source topic",
+            ),
+            (
+                serde_json::json!({"kafka": {"bootstrapServers": "k:1"}, "image": "x", "source": {"topics": ["in"]}, "outputs": ["out", "in"]}),
+                "spec.outputs[1]: 'in' is a source topic",
             ),
             (
                 serde_json::json!({"kafka": {"bootstrapServers": "k:1"}, "pipeline": pipeline(), "commitInterval": "18446744073709551615s1s"}),

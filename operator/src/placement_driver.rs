@@ -26,6 +26,7 @@ use crate::error::{Error, Result};
 use crate::handoff::{self, Happening, Observation};
 use crate::metrics::Metrics;
 use crate::placement::{next_placement, Inputs, Worker};
+use crate::supervise::{guarded, lock};
 use crate::{kafka, model, worker_status};
 
 pub struct Driver {
@@ -95,7 +96,7 @@ pub async fn run(driver: Arc<Driver>, interval: Duration) {
         match apps.list(&ListParams::default()).await {
             Ok(list) => {
                 for app in list {
-                    match drive(&driver, &app).await {
+                    match guarded(drive(&driver, &app)).await {
                         Ok(m) => moving |= m,
                         Err(e) => {
                             driver.metrics.driver_failed("placement", &e);
@@ -106,7 +107,7 @@ pub async fn run(driver: Arc<Driver>, interval: Duration) {
             }
             Err(e) => tracing::warn!("placement: listing StreamApps: {e}"),
         }
-        let pauses_awaited = !driver.memory.lock().unwrap().pauses.is_empty();
+        let pauses_awaited = !lock(&driver.memory).pauses.is_empty();
         let wait = if moving || pauses_awaited {
             MOVING_INTERVAL.min(interval)
         } else {
@@ -236,7 +237,7 @@ async fn observe_workers(driver: &Driver, namespace: &str, app: &str) -> Result<
         }
     });
     let seen: Vec<Seen> = futures::future::join_all(polls).await;
-    let mut memory = driver.memory.lock().unwrap();
+    let mut memory = lock(&driver.memory);
     for s in &seen {
         if let Some(r) = &s.report {
             memory
@@ -388,7 +389,7 @@ async fn record(
                         doc.epoch
                     ),
                 ));
-                let memory = &mut driver.memory.lock().unwrap();
+                let memory = &mut lock(&driver.memory);
                 let report = memory.reports.get(&(namespace.to_string(), from.clone()));
                 let last_commit_ms = report.and_then(|r| {
                     r.released
@@ -429,7 +430,7 @@ async fn record(
 async fn measure_pauses(driver: &Driver, app: &StreamApp, namespace: &str, seen: &[Seen]) {
     let mut measured = Vec::new();
     {
-        let mut memory = driver.memory.lock().unwrap();
+        let mut memory = lock(&driver.memory);
         memory.pauses.retain(|p| {
             if p.namespace != namespace {
                 return true;

@@ -30,10 +30,25 @@ pub fn worker_config(
     admin_port: u16,
 ) -> anyhow::Result<WorkerConfig> {
     let spec = &app.spec;
-    let custom = CustomIo::from_spec(spec);
-    if spec.pipeline.is_none() && custom.is_none() {
-        anyhow::bail!("spec.source: an app with spec.image must name the topics it reads");
-    }
+    let custom = match (&spec.pipeline, &spec.image, CustomIo::from_spec(spec)) {
+        (Some(_), None, None) if spec.outputs.is_none() && spec.on_error.is_none() => None,
+        (None, Some(_), Some(custom)) => {
+            let problems = custom.problems();
+            if !problems.is_empty() {
+                return Err(one_line(problems));
+            }
+            Some(custom)
+        }
+        (None, Some(_), None) => anyhow::bail!(
+            "spec.source: an app with spec.image must name the topics it reads"
+        ),
+        (Some(_), None, _) => anyhow::bail!(
+            "spec.source, spec.outputs and spec.onError apply only with spec.image (a pipeline declares them under spec.pipeline)"
+        ),
+        _ => anyhow::bail!(
+            "spec: set exactly one of spec.pipeline (zero-code) or spec.image with spec.source (custom runtime)"
+        ),
+    };
     if spec.kafka.tls.as_ref().is_some_and(|t| t.enabled) {
         anyhow::bail!("spec.kafka.tls: TLS material comes from Kubernetes Secrets, which standalone mode cannot read; run it under the operator");
     }
@@ -65,7 +80,7 @@ pub fn worker_config(
             ..Default::default()
         },
         pipeline: spec.pipeline.clone(),
-        custom: spec.pipeline.is_none().then_some(custom).flatten(),
+        custom,
         admin_port,
         placement_config_map: None,
         state_dir: None,

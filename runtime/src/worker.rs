@@ -274,6 +274,14 @@ fn serve<P: Processor>(setup: Setup, start: &Start<'_, P>) -> i32 {
         Ok(started) => started,
         Err(e) => return config_error(anyhow::anyhow!(e)),
     };
+    // Tasks, placement acknowledgements and fencing are all per loop id:
+    // one processor per loop, no more and no fewer.
+    if processors.len() != loops {
+        return config_error(anyhow::anyhow!(
+            "{} processors for {loops} processing loops: start must return one per loop",
+            processors.len()
+        ));
+    }
     let metrics = Arc::new(Metrics::default());
     let status = Arc::new(Status::default());
     status.detail.lock().unwrap().loops = loops as u32;
@@ -361,12 +369,18 @@ fn serve<P: Processor>(setup: Setup, start: &Start<'_, P>) -> i32 {
             let share = source(index);
             std::thread::spawn(move || {
                 let shutdown = shared.shutdown.clone();
-                let result =
+                // A panic (a custom processor's unwrap, say) is this loop's
+                // error like any other: without this, the other loops would
+                // go on while its tasks stalled, unacknowledged.
+                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     Engine::start(config, id, (io, processor), share, shared).and_then(|mut e| {
                         e.stagger(index, loops);
                         e.limit(limit);
                         e.run()
-                    });
+                    })
+                }));
+                let result =
+                    run.unwrap_or_else(|panic| Err(EngineError::Panicked(panic_message(&*panic))));
                 if result.is_err() {
                     // One loop failing stops the worker: the others commit and exit.
                     shutdown.store(true, Ordering::Relaxed);
@@ -379,7 +393,7 @@ fn serve<P: Processor>(setup: Setup, start: &Start<'_, P>) -> i32 {
     for handle in handles {
         let result = handle
             .join()
-            .unwrap_or_else(|_| Err(EngineError::Config("a processing loop panicked".into())));
+            .unwrap_or_else(|panic| Err(EngineError::Panicked(panic_message(&*panic))));
         let this = match result {
             Ok(()) => 0,
             Err(EngineError::Config(m)) => config_error(anyhow::anyhow!(m)),
@@ -397,4 +411,59 @@ fn serve<P: Processor>(setup: Setup, start: &Start<'_, P>) -> i32 {
         }
     }
     code
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::processor::{InputRecord, Processed, RecordError};
+
+    struct Drop;
+    impl Processor for Drop {
+        fn process(&mut self, _: &InputRecord<'_>) -> Result<Processed, RecordError> {
+            Ok(Processed::default())
+        }
+    }
+
+    fn run_with(start: &Start<'_, Drop>) -> i32 {
+        let manifest =
+            std::env::temp_dir().join(format!("worker-test-{}.yaml", std::process::id()));
+        std::fs::write(
+            &manifest,
+            "apiVersion: millrace.dev/v1alpha1\nkind: StreamApp\nmetadata: {name: t}\nspec:\n  kafka: {bootstrapServers: '127.0.0.1:1'}\n  image: x\n  source: {topics: [in]}\n",
+        )
+        .unwrap();
+        Command::Run {
+            manifest,
+            bootstrap: None,
+            worker_id: "w".into(),
+            admin_addr: "127.0.0.1:0".parse().unwrap(),
+            loops: Some(2),
+        }
+        .execute(start)
+    }
+
+    #[test]
+    fn a_start_that_does_not_give_one_processor_per_loop_is_a_configuration_error() {
+        let io = |c: &WorkerConfig| Io::of_custom(c).unwrap();
+        assert_eq!(
+            run_with(&|c, _| Ok((io(c), vec![Drop]))),
+            2,
+            "one for two loops"
+        );
+        assert_eq!(
+            run_with(&|c, _| Ok((io(c), vec![Drop, Drop, Drop]))),
+            2,
+            "three for two loops"
+        );
+        assert_eq!(run_with(&|_, _| Err("no".into())), 2, "a refused start");
+    }
 }

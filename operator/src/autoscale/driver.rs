@@ -19,6 +19,7 @@ use kube::{Api, Client, ResourceExt};
 use millrace_crds::{AutoscalingMode, AutoscalingStatus, StreamApp};
 
 use crate::error::{Error, Result};
+use crate::supervise::{guarded, lock};
 
 use super::measure::{self, Reading};
 use super::policy::{decide, Memory, Mode, Sample};
@@ -57,7 +58,7 @@ pub async fn run(autoscaler: Arc<Autoscaler>) {
         match apps.list(&ListParams::default()).await {
             Ok(list) => {
                 for app in list {
-                    if let Err(e) = poll(&autoscaler, &app).await {
+                    if let Err(e) = guarded(poll(&autoscaler, &app)).await {
                         autoscaler.metrics.driver_failed("autoscaling", &e);
                         tracing::warn!(app = %app.name_any(), kind = e.metric_label(), "autoscaling: {e}");
                     }
@@ -113,7 +114,7 @@ async fn poll(a: &Autoscaler, app: &StreamApp) -> Result<()> {
             .as_ref()
             .and_then(|p| p.last_poll_time.as_ref())
             .map(|t| t.0.as_millisecond() as f64 / 1000.0),
-        None => a.readings.lock().unwrap().get(&key).map(|r| r.at_s),
+        None => lock(&a.readings).get(&key).map(|r| r.at_s),
     };
     let interval = settings
         .as_ref()
@@ -142,7 +143,7 @@ async fn poll(a: &Autoscaler, app: &StreamApp) -> Result<()> {
             .await
             .map_err(|e| Error::Other(format!("measuring lag: {e}")))?
             .map_err(Error::Kafka)?;
-    let before = a.readings.lock().unwrap().insert(key, reading.clone());
+    let before = lock(&a.readings).insert(key, reading.clone());
     let Some(settings) = settings else {
         // No autoscaling: report the lag only.
         let lag = reading.lag.iter().sum::<i64>();
@@ -210,7 +211,7 @@ async fn busy_fraction(a: &Autoscaler, namespace: &str, app: &str, now: f64) -> 
         };
         let key = (namespace.to_string(), pod.name_any());
         let entry = (now, report.busy_nanos, report.loops.max(1));
-        let before = a.busy.lock().unwrap().insert(key, entry);
+        let before = lock(&a.busy).insert(key, entry);
         if let Some((t, b, loops)) = before {
             if report.busy_nanos >= b && now > t {
                 busy_ns += (report.busy_nanos - b) as f64;

@@ -60,6 +60,10 @@ pub enum EngineError {
     },
     #[error("Kafka: {0}")]
     Kafka(#[from] KafkaError),
+    /// A processing loop panicked (a bug, or a custom processor's); the
+    /// worker stops (exit 1) with what the other loops processed committed.
+    #[error("a processing loop panicked: {0}")]
+    Panicked(String),
     /// At-least-once: records of the batch failed to deliver (total failed
     /// deliveries so far); the batch is replayed, its offsets not committed.
     #[error("{0} deliveries have failed so far; replaying the batch")]

@@ -67,18 +67,21 @@ impl Topics {
 
 /// Writes `records` records over about `over`, so the worker is busy (and
 /// killed) while input keeps arriving, as in Kafka's EOS system test.
+/// The start of a StreamApp on the test bed's broker, up to its own
+/// `spec:` fields.
+pub fn manifest_head(name: &str, app_id: &str) -> String {
+    format!(
+        "apiVersion: millrace.dev/v1alpha1\nkind: StreamApp\nmetadata: {{name: {name}}}\nspec:\n  kafka: {{bootstrapServers: \"{}\"}}\n  applicationId: {app_id}\n",
+        kafka_bootstrap()
+    )
+}
+
 /// A StreamApp routing the verifier's topics as [`Topics::expected`] says.
 /// `spec` is more YAML under `spec:` (each line indented two spaces),
 /// `pipeline` more under `spec.pipeline:` (four spaces).
 pub fn manifest(name: &str, app_id: &str, topics: &Topics, spec: &str, pipeline: &str) -> String {
     format!(
-        r#"apiVersion: millrace.dev/v1alpha1
-kind: StreamApp
-metadata: {{name: {name}}}
-spec:
-  kafka: {{bootstrapServers: "{bootstrap}"}}
-  applicationId: {app_id}
-{spec}  pipeline:
+        r#"{head}{spec}  pipeline:
 {pipeline}    source: {{topics: [{input}]}}
     steps:
     - route:
@@ -88,7 +91,7 @@ spec:
         default: {c}
     onError: {{policy: DeadLetter, deadLetterTopic: {dlq}}}
 "#,
-        bootstrap = kafka_bootstrap(),
+        head = manifest_head(name, app_id),
         input = topics.input,
         a = topics.outputs[0],
         b = topics.outputs[1],

@@ -15,10 +15,10 @@
 use std::time::Duration;
 
 use millrace_tests::verifier::{
-    drained, env_or, generate, input_value, read_all, seq_of, verify, Topics,
+    drained, env_or, generate, input_value, manifest_head, read_all, seq_of, verify, Topics,
 };
 use millrace_tests::workers::{apply_yaml, pod_pids, signal, wait_settled, worker_pods};
-use millrace_tests::{install_chart, kafka_bootstrap, unique, wait_until, TestNamespace};
+use millrace_tests::{install_chart, unique, wait_until, TestNamespace};
 
 const PARTITIONS: i32 = 8;
 const REPLICAS: i32 = 2;
@@ -27,13 +27,7 @@ const IMAGE: &str = "ghcr.io/millrace-dev/millrace-example-enricher:0.1.0";
 
 fn manifest(name: &str, app_id: &str, topics: &Topics) -> String {
     format!(
-        r#"apiVersion: millrace.dev/v1alpha1
-kind: StreamApp
-metadata: {{name: {name}}}
-spec:
-  kafka: {{bootstrapServers: "{bootstrap}"}}
-  applicationId: {app_id}
-  processingGuarantee: ExactlyOnce
+        r#"{head}  processingGuarantee: ExactlyOnce
   commitInterval: 2s
   transactionTimeout: 30s
   replicas: {REPLICAS}
@@ -42,7 +36,7 @@ spec:
   outputs: [{outputs}]
   onError: {{policy: DeadLetter, deadLetterTopic: {dlq}}}
 "#,
-        bootstrap = kafka_bootstrap(),
+        head = manifest_head(name, app_id),
         input = topics.input,
         outputs = topics.outputs.join(", "),
         dlq = topics.dlq,

@@ -9,6 +9,7 @@ pub mod engine;
 pub mod lag;
 pub mod manifest;
 pub mod metrics;
+pub mod placement;
 pub use millrace_pipeline as pipeline;
 pub mod processor;
 pub mod worker;

@@ -19,11 +19,11 @@ pub use millrace_crds::worker_config::WorkerConfig;
 use millrace_crds::worker_config::{CONFIG_DIR, CONFIG_FILE};
 use millrace_crds::ProcessingGuarantee;
 
-use crate::engine::kube_tasks::{KubeTasks, PlacementView};
 use crate::engine::rate_limit::RateLimit;
-use crate::engine::tasks::{OrdinalZero, Share, Standalone, TaskSource};
 use crate::engine::{clients, Engine, EngineError, Shared};
 use crate::metrics::{Metrics, Status};
+use crate::placement::watch::{PlacedTasks, PlacementView};
+use crate::placement::{OrdinalZero, Share, Standalone, TaskSource};
 use crate::processor::{Io, Processor};
 use crate::{admin, lag, manifest};
 
@@ -333,7 +333,7 @@ fn serve<P: Processor>(setup: Setup, start: &Start<'_, P>) -> i32 {
     let source = |index: usize| -> Box<dyn TaskSource> {
         let inner: Box<dyn TaskSource> = match (&tasks, &view) {
             (Tasks::Placement { .. }, Some(view)) => {
-                return Box::new(KubeTasks::new(view.clone(), index, loops))
+                return Box::new(PlacedTasks::new(view.clone(), index, loops))
             }
             (Tasks::OrdinalZero, _) => Box::new(OrdinalZero::from_pod_name(&worker_id)),
             _ => Box::new(Standalone),

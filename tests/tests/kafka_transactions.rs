@@ -6,8 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use millrace_runtime::engine::committer::Committer;
-use millrace_runtime::engine::flusher::Flusher;
+use millrace_runtime::engine::broker_tests::{Committer, Flusher};
 use millrace_tests::{kafka_bootstrap, unique, wait_until};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;

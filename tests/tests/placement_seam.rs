@@ -7,9 +7,9 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use millrace_runtime::engine::tasks::{PlacementChange, TaskSource};
 use millrace_runtime::engine::{Engine, Shared};
 use millrace_runtime::pipeline::eval::Evaluator;
+use millrace_runtime::placement::{PlacementChange, TaskSource};
 use millrace_runtime::processor::Io;
 use millrace_tests::{committed_values, ensure_topics, kafka_bootstrap, unique, wait_until};
 use rdkafka::consumer::{BaseConsumer, Consumer};

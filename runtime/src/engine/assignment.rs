@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::tasks::{PlacementChange, TaskSource};
 use super::{Core, EngineError, KAFKA_TIMEOUT, MISSING_TOPIC_GRACE};
+use crate::placement::{PlacementChange, TaskSource};
 
 impl Core {
     /// Source topics exist with one partition count; static outputs exist.
@@ -85,7 +85,7 @@ impl Core {
             }
         }
         let committed = self.committed_offsets(consumer, &wanted)?;
-        self.resume.clear();
+        self.checkpoint.forget();
         self.resume_from(&committed);
         self.assign_resume_points(consumer)?;
         let mut detail = self.status.detail.lock().unwrap();
@@ -100,7 +100,7 @@ impl Core {
         detail.tasks.dedup();
         drop(detail);
         self.status.ready.store(true, Ordering::Relaxed);
-        tracing::info!(partitions = self.resume.len(), placement = %tasks.describe(), "tasks assigned");
+        tracing::info!(partitions = self.checkpoint.owned_partitions().len(), placement = %tasks.describe(), "tasks assigned");
         Ok(())
     }
 
@@ -110,10 +110,7 @@ impl Core {
         consumer: &BaseConsumer,
         tasks: &mut dyn TaskSource,
     ) -> Result<(), EngineError> {
-        let held: Vec<i32> = self.resume.keys().map(|(_, p)| *p).collect();
-        self.status.release(&held);
-        self.positions.clear();
-        self.resume.clear();
+        self.status.release(&self.checkpoint.owned_partitions());
         self.assign(consumer, tasks)
     }
 
@@ -126,8 +123,7 @@ impl Core {
         let sources: Vec<String> = self.io.source_topics.iter().map(|t| t.0.clone()).collect();
         let (epoch, taken) = match change {
             PlacementChange::Release { epoch, tasks } => {
-                self.resume.retain(|(_, p), _| !tasks.contains(p));
-                self.positions.retain(|(_, p), _| !tasks.contains(p));
+                self.checkpoint.release(&tasks);
                 self.status.release(&tasks);
                 self.publish_committed();
                 tracing::info!(epoch, ?tasks, "released tasks");
@@ -159,8 +155,8 @@ impl Core {
                 Offset::Offset(o) => Offset::Offset(o),
                 _ => Offset::Beginning,
             };
-            self.resume
-                .insert((e.topic().to_string(), e.partition()), offset);
+            self.checkpoint
+                .resume_at((e.topic().to_string(), e.partition()), offset);
         }
     }
 
@@ -202,7 +198,7 @@ impl Core {
     pub(super) fn assign_resume_points(&self, consumer: &BaseConsumer) -> Result<(), EngineError> {
         consumer.unassign()?;
         let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), offset) in &self.resume {
+        for ((topic, partition), offset) in self.checkpoint.resume_points() {
             tpl.add_partition_offset(topic, *partition, *offset)?;
         }
         consumer.assign(&tpl)?;

@@ -16,24 +16,15 @@
 //! overtake the closed batch's outputs still in flight to the same
 //! partition.
 
-use std::collections::BTreeMap;
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::{KafkaError, KafkaResult};
 
-use super::{committer, Core, EngineError, Guarantee, Tp};
+use super::checkpoint::Closed;
+use super::{Core, EngineError, Guarantee};
 use crate::pipeline::record::OutputRecord;
-
-/// A batch whose records are all processed and sent, its transaction
-/// committing on the committer thread.
-pub(super) struct Closing {
-    offsets: BTreeMap<Tp, i64>,
-    since: Instant,
-    /// The commit under way on the committer thread.
-    outcome: committer::Pending,
-}
 
 impl Core {
     /// Ends the batch at a commit interval: at-least-once commits it,
@@ -45,7 +36,7 @@ impl Core {
         if !self.guarantee.transactional() {
             return self.commit(consumer);
         }
-        if self.closing.is_some() {
+        if self.checkpoint.closing().is_some() {
             return Ok(());
         }
         self.absorb_positions(consumer);
@@ -60,35 +51,33 @@ impl Core {
         if !self.guarantee.transactional() {
             return self.commit_processed(consumer);
         }
-        if self.positions.is_empty() {
+        if self.checkpoint.closing().is_some() || !self.checkpoint.has_open_offsets() {
             return Ok(());
         }
         // Only skipped markers moved the offsets: an empty transaction
         // carries them.
-        if !self.in_transaction && !self.begin()? {
-            self.positions.clear();
+        if !self.checkpoint.transaction_begun() && !self.begin()? {
+            self.checkpoint.discard();
             return self.assign_resume_points(consumer);
         }
         let Guarantee::ExactlyOnce { flusher, committer } = &self.guarantee else {
-            return self.commit_processed(consumer); // not reached: checked above
+            unreachable!("checked above: exactly-once");
         };
-        let (list, group) = Self::commit_arguments(consumer, &self.positions)?;
-        let offsets = std::mem::take(&mut self.positions);
-        // Both at once: the flush sends the outputs still lingering while
-        // the committer sends the offsets.
-        flusher.flush(&self.producer);
-        self.closing = Some(Closing {
-            outcome: committer.commit(&self.producer, list, group),
-            offsets,
-            since: Instant::now(),
-        });
+        let producer = &self.producer;
+        self.checkpoint.close(|offsets| {
+            let (list, group) = Self::commit_arguments(consumer, offsets)?;
+            // Both at once: the flush sends the outputs still lingering
+            // while the committer sends the offsets.
+            flusher.flush(producer);
+            Ok::<_, EngineError>(committer.commit(producer, list, group))
+        })?;
         Ok(())
     }
 
     /// How long the loop may wait for a record: briefly while a batch
     /// closes, so its commit is not held up by an idle input.
     pub(super) fn poll_wait(&self, until_deadline: Duration) -> Duration {
-        let most = if self.closing.is_some() {
+        let most = if self.checkpoint.closing().is_some() {
             Duration::from_millis(5)
         } else {
             Duration::from_millis(100)
@@ -100,15 +89,12 @@ impl Core {
     /// closing batch once its commit is over, or waits for it when the
     /// stash is full.
     pub(super) fn advance_closing(&mut self, consumer: &BaseConsumer) -> Result<(), EngineError> {
-        let Some(closing) = &self.closing else {
+        let Some(pending) = self.checkpoint.closing() else {
             return Ok(());
         };
-        match closing.outcome.try_recv() {
-            Ok(outcome) => {
-                let closing = self.closing.take().expect("checked above");
-                self.closed(consumer, closing, outcome)
-            }
-            Err(mpsc::TryRecvError::Empty) if !self.stash.full() => Ok(()),
+        match pending.try_recv() {
+            Ok(outcome) => self.closed(consumer, outcome),
+            Err(mpsc::TryRecvError::Empty) if !self.checkpoint.stash_full() => Ok(()),
             Err(_) => self.settle_closing(consumer),
         }
     }
@@ -118,74 +104,70 @@ impl Core {
     /// committed without closing: every other path (shutdown, a placement
     /// change, a failing record) calls this first.
     pub(super) fn settle_closing(&mut self, consumer: &BaseConsumer) -> Result<(), EngineError> {
-        let Some(closing) = self.closing.take() else {
+        let Some(pending) = self.checkpoint.closing() else {
             return Ok(());
         };
         // The commit waits for the outputs' acknowledgements, which count
         // once their reports are served: serve them while waiting.
         let outcome = loop {
             self.serve_deliveries();
-            match closing.outcome.recv_timeout(Duration::from_millis(1)) {
+            match pending.recv_timeout(Duration::from_millis(1)) {
                 Ok(outcome) => break outcome,
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => break Err(KafkaError::Canceled),
             }
         };
-        self.closed(consumer, closing, outcome)
+        self.closed(consumer, outcome)
     }
 
+    /// The closing batch's commit is over. Failed: the transaction is
+    /// aborted (or the producer replaced) before the checkpoint drops the
+    /// batch and what was held, and the loop replays. Committed: the held
+    /// outputs go into a new transaction.
     fn closed(
         &mut self,
         consumer: &BaseConsumer,
-        closing: Closing,
         outcome: KafkaResult<()>,
     ) -> Result<(), EngineError> {
         if let Err(e) = self.transaction_ended(outcome) {
-            // The stash is dropped with the rest: its records come again.
+            self.checkpoint.closed(false);
             return self.commit_failed(consumer, e);
         }
-        self.committed(closing.offsets);
+        let Some(Closed::Committed {
+            offsets,
+            since,
+            held,
+        }) = self.checkpoint.closed(true)
+        else {
+            return Ok(());
+        };
+        self.committed(&offsets);
         self.metrics
             .commit_seconds
-            .observe(closing.since.elapsed().as_secs_f64());
-        if self.stash.is_empty() {
+            .observe(since.elapsed().as_secs_f64());
+        if held.is_empty() {
+            self.checkpoint.reuse(held);
             return Ok(());
         }
         if !self.begin()? {
-            self.discard_uncommitted();
+            self.checkpoint.discard();
             return self.assign_resume_points(consumer);
         }
-        let mut stash = std::mem::take(&mut self.stash);
-        for held in stash.iter() {
-            let sent = self.send_record(held.topic, held.key, held.value, held.headers);
+        for record in held.iter() {
+            let sent = self.send_record(record.topic, record.key, record.value, record.headers);
             if let Err(e) = sent {
                 return self.send_failed(consumer, e);
             }
         }
-        // Keep the buffers for the next close.
-        stash.clear();
-        self.stash = stash;
+        self.checkpoint.reuse(held);
         Ok(())
     }
 
     /// Sends an output, or holds it back while a batch closes.
     pub(super) fn send(&mut self, out: OutputRecord) -> Result<(), EngineError> {
-        if self.closing.is_some() {
-            self.stash.push(out);
-            return Ok(());
+        match self.checkpoint.route(out) {
+            Some(out) => self.send_now(&out),
+            None => Ok(()),
         }
-        self.send_now(&out)
-    }
-
-    /// Forgets everything processed since the last commit: the caller
-    /// rewinds to the committed offsets. Only once the transaction holding
-    /// it has ended (aborted, or its producer replaced): a closing batch
-    /// dropped here with its transaction still open would commit with the
-    /// next one's offsets.
-    pub(super) fn discard_uncommitted(&mut self) {
-        self.positions.clear();
-        self.closing = None;
-        self.stash.clear();
-        self.in_flight.abandon();
     }
 }

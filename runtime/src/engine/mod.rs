@@ -4,21 +4,29 @@
 //! At-least-once is the same loop with a flush and an offset commit instead.
 
 mod assignment;
+mod checkpoint;
 pub mod clients;
 mod closing;
-pub mod committer;
-pub mod flusher;
+mod committer;
+mod flusher;
 mod in_flight;
-pub mod kube_tasks;
 pub mod rate_limit;
 mod stash;
-pub mod tasks;
 mod transaction;
+
+use checkpoint::Checkpoint;
+
+/// The commit threads, for the broker tests in `tests/` only: they are
+/// adapters over librdkafka, tested against a real broker there.
+#[cfg(feature = "broker-tests")]
+pub mod broker_tests {
+    pub use super::committer::Committer;
+    pub use super::flusher::Flusher;
+}
 
 use transaction::new_producer;
 pub use transaction::DeliveryCounter;
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,15 +36,14 @@ use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::Offset;
 
 use crate::metrics::{Metrics, Status, TopicLabel};
 use crate::pipeline::record::dead_letter_headers;
+use crate::placement::TaskSource;
 use crate::processor::{InputRecord, Io, OutputRecord, Processor, RecordError};
 use millrace_crds::worker_config::WorkerConfig;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use tasks::TaskSource;
 
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
 const MISSING_TOPIC_GRACE: Duration = Duration::from_secs(5);
@@ -101,6 +108,15 @@ impl Guarantee {
     fn transactional(&self) -> bool {
         matches!(self, Guarantee::ExactlyOnce { .. })
     }
+
+    /// What a loop of this guarantee keeps between a batch's end and its
+    /// commit.
+    fn checkpoint(&self) -> Checkpoint<committer::Pending> {
+        match self {
+            Guarantee::ExactlyOnce { .. } => Checkpoint::exactly_once(),
+            Guarantee::AtLeastOnce => Checkpoint::at_least_once(),
+        }
+    }
 }
 
 /// What a worker's loops share: its metrics, its `/tasks` status and the
@@ -129,16 +145,9 @@ struct Core {
     io: Io,
     producer: Arc<BaseProducer<DeliveryCounter>>,
     guarantee: Guarantee,
-    /// Where each assigned partition resumes after a rewind: the last
-    /// committed position, or where it started.
-    resume: BTreeMap<Tp, Offset>,
-    /// Next offset per partition of what this transaction has processed.
-    positions: BTreeMap<Tp, i64>,
-    in_transaction: bool,
-    /// The batch committing while the loop goes on (`closing`), and the
-    /// outputs held back meanwhile.
-    closing: Option<closing::Closing>,
-    stash: stash::Stash,
+    /// Resume points, the open batch and what waits for its commit: the
+    /// commit order (`checkpoint.rs`).
+    checkpoint: Checkpoint<committer::Pending>,
     /// The producer was re-initialised (fenced): the placement must be read
     /// again before anything more is processed.
     placement_stale: bool,
@@ -147,8 +156,6 @@ struct Core {
     /// Partitions per source topic.
     task_count: i32,
     failed_at_last_commit: u64,
-    /// At-least-once batches waiting for their outputs' acknowledgements.
-    in_flight: in_flight::InFlight,
     metrics: Arc<Metrics>,
     records_in: TopicCounters,
     records_out: TopicCounters,
@@ -216,17 +223,12 @@ impl<P: Processor> Engine<P> {
             worker_id,
             io,
             producer,
+            checkpoint: guarantee.checkpoint(),
             guarantee,
-            resume: BTreeMap::new(),
-            positions: BTreeMap::new(),
-            in_transaction: false,
-            closing: None,
-            stash: stash::Stash::default(),
             placement_stale: false,
             rate_limit: None,
             task_count: 0,
             failed_at_last_commit: 0,
-            in_flight: in_flight::InFlight::default(),
             published: Vec::new(),
             records_in: TopicCounters::new(&metrics.records_in),
             records_out: TopicCounters::new(&metrics.records_out),
@@ -379,7 +381,10 @@ impl Core {
         processor: &mut impl Processor,
         record: &InputRecord<'_>,
     ) -> Result<(), EngineError> {
-        if self.guarantee.transactional() && !self.in_transaction && !self.begin()? {
+        if self.guarantee.transactional()
+            && !self.checkpoint.transaction_begun()
+            && !self.begin()?
+        {
             // Re-initialised: rewind and let the loop re-read the placement
             // before this record (or any other) is processed.
             return self.assign_resume_points(consumer);
@@ -405,7 +410,8 @@ impl Core {
         };
         match outcome {
             Ok(()) => {
-                self.advance(record.topic, record.partition, record.offset + 1);
+                self.checkpoint
+                    .processed(record.topic, record.partition, record.offset + 1);
                 Ok(())
             }
             Err(e) => self.send_failed(consumer, e),
@@ -419,25 +425,10 @@ impl Core {
         match e {
             EngineError::Kafka(KafkaError::MessageProduction(RDKafkaErrorCode::Fatal)) => {
                 self.reinitialise()?;
-                self.discard_uncommitted();
+                self.checkpoint.discard();
                 self.assign_resume_points(consumer)
             }
             e => Err(e),
-        }
-    }
-
-    /// Records where a partition's processing got to. Looked up by `&str`
-    /// first: allocating the key for every record showed in the profile.
-    fn advance(&mut self, topic: &str, partition: i32, next: i64) {
-        let known = self
-            .positions
-            .iter_mut()
-            .find(|((t, p), _)| *p == partition && t == topic);
-        match known {
-            Some((_, offset)) => *offset = next,
-            None => {
-                self.positions.insert((topic.to_string(), partition), next);
-            }
         }
     }
 
@@ -489,7 +480,7 @@ impl Core {
         value: Option<&[u8]>,
         headers: &[(String, Vec<u8>)],
     ) -> Result<(), EngineError> {
-        let batch = self.in_flight.current();
+        let batch = self.checkpoint.batch_number();
         let mut record: BaseRecord<'_, [u8], [u8], usize> =
             BaseRecord::with_opaque_to(topic, batch);
         if !headers.is_empty() {

@@ -2,7 +2,6 @@
 //! and re-initialise a fenced producer. At-least-once commits a batch's
 //! offsets once its outputs are acknowledged instead (see `in_flight`).
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,8 +14,9 @@ use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{BaseProducer, Producer, ProducerContext};
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::checkpoint::Offsets;
 use super::in_flight::Unacknowledged;
-use super::{clients, Core, EngineError, Tp, KAFKA_TIMEOUT};
+use super::{clients, Core, EngineError, KAFKA_TIMEOUT};
 use millrace_crds::worker_config::WorkerConfig;
 use millrace_crds::worker_status::unix_ms;
 
@@ -55,11 +55,11 @@ impl Core {
             self.reinitialise()?;
             return Ok(false);
         }
-        self.in_transaction = true;
+        self.checkpoint.began();
         Ok(true)
     }
 
-    fn offset_list(offsets: &BTreeMap<Tp, i64>) -> Result<TopicPartitionList, EngineError> {
+    fn offset_list(offsets: &Offsets) -> Result<TopicPartitionList, EngineError> {
         let mut tpl = TopicPartitionList::new();
         for ((topic, partition), offset) in offsets {
             tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
@@ -75,33 +75,23 @@ impl Core {
         self.commit_processed(consumer)
     }
 
-    /// Moves each partition's offset to the consumer's position where that
-    /// is further: past transaction markers and aborted records, which the
-    /// consumer skips. Committed offsets then reach the last stable offset
-    /// and an idle app shows lag 0, not 1 per marker (KEDA #5675).
+    /// The consumer's positions, past markers it skipped, join the open
+    /// batch (`Checkpoint::absorb`).
     pub(super) fn absorb_positions(&mut self, consumer: &BaseConsumer) {
         let Ok(positions) = consumer.position() else {
             return;
         };
-        for e in positions.elements() {
-            let Offset::Offset(position) = e.offset() else {
-                continue;
-            };
-            let tp = (e.topic().to_string(), e.partition());
-            let known = self
-                .positions
-                .get(&tp)
-                .copied()
-                .or(match self.resume.get(&tp) {
-                    Some(Offset::Offset(o)) => Some(*o),
+        self.checkpoint.absorb(
+            positions
+                .elements()
+                .iter()
+                .filter_map(|e| match e.offset() {
+                    Offset::Offset(position) => {
+                        Some(((e.topic().to_string(), e.partition()), position))
+                    }
                     _ => None,
-                });
-            if known.is_none_or(|k| position > k)
-                && (known.is_some() || self.positions.contains_key(&tp))
-            {
-                self.positions.insert(tp, position);
-            }
-        }
+                }),
+        );
     }
 
     /// Commits exactly what was processed (no position absorbed): used when
@@ -114,14 +104,14 @@ impl Core {
             self.close(consumer)?;
             return self.settle_closing(consumer);
         }
-        if self.positions.is_empty() && self.in_flight.is_empty() {
+        if !self.checkpoint.has_open_offsets() && self.checkpoint.nothing_in_flight() {
             return Ok(());
         }
         let started = Instant::now();
         match self.commit_at_least_once(consumer) {
             Ok(committed) => {
                 if let Some(committed) = committed {
-                    self.committed(committed);
+                    self.committed(&committed);
                 }
                 self.metrics
                     .commit_seconds
@@ -144,13 +134,12 @@ impl Core {
         self.replay(consumer)
     }
 
-    /// Offsets now committed: where a replay resumes from.
-    pub(super) fn committed(&mut self, committed: BTreeMap<Tp, i64>) {
+    /// Offsets now committed: where a replay resumes from, and what
+    /// `/tasks` and the metrics report.
+    pub(super) fn committed(&mut self, committed: &Offsets) {
+        self.checkpoint.committed(committed);
         self.status
             .record_commit(committed.keys().map(|(_, p)| *p), unix_ms());
-        for (tp, offset) in committed {
-            self.resume.insert(tp, Offset::Offset(offset));
-        }
         self.metrics.commits.inc();
         self.publish_committed();
     }
@@ -159,14 +148,14 @@ impl Core {
     /// (this batch, and under at-least-once the batches in flight) is
     /// processed again.
     pub(super) fn replay(&mut self, consumer: &BaseConsumer) -> Result<(), EngineError> {
-        self.discard_uncommitted();
+        self.checkpoint.discard();
         self.assign_resume_points(consumer)
     }
 
     /// What a transaction's offsets are sent with.
     pub(super) fn commit_arguments(
         consumer: &BaseConsumer,
-        offsets: &BTreeMap<Tp, i64>,
+        offsets: &Offsets,
     ) -> Result<(TopicPartitionList, ConsumerGroupMetadata), EngineError> {
         let group = consumer
             .group_metadata()
@@ -177,7 +166,7 @@ impl Core {
     /// The open transaction's commit is over: on failure it is aborted (or
     /// the producer re-initialised) and the caller replays.
     pub(super) fn transaction_ended(&mut self, result: KafkaResult<()>) -> Result<(), EngineError> {
-        self.in_transaction = false;
+        self.checkpoint.transaction_ended();
         if let Err(e) = result {
             let fatal = matches!(&e, KafkaError::Transaction(rd) if rd.is_fatal());
             if fatal || self.producer.abort_transaction(KAFKA_TIMEOUT).is_err() {
@@ -197,10 +186,10 @@ impl Core {
     pub(super) fn commit_at_least_once(
         &mut self,
         consumer: &BaseConsumer,
-    ) -> Result<Option<BTreeMap<Tp, i64>>, EngineError> {
+    ) -> Result<Option<Offsets>, EngineError> {
         let stopping = self.shutdown.load(Ordering::Relaxed);
-        self.in_flight.close(std::mem::take(&mut self.positions));
-        if stopping || self.in_flight.full() {
+        self.checkpoint.end_batch();
+        if stopping || self.checkpoint.in_flight_full() {
             self.producer.flush(KAFKA_TIMEOUT)?;
         } else {
             self.serve_deliveries();
@@ -215,7 +204,7 @@ impl Core {
         &mut self,
         consumer: &BaseConsumer,
     ) -> Result<(), EngineError> {
-        if self.guarantee.transactional() || self.in_flight.is_empty() {
+        if self.guarantee.transactional() || self.checkpoint.nothing_in_flight() {
             return Ok(());
         }
         let outcome = self
@@ -223,7 +212,7 @@ impl Core {
             .and_then(|()| self.commit_acknowledged_batches(consumer, false));
         match outcome {
             Ok(Some(done)) => {
-                self.committed(done);
+                self.committed(&done);
                 Ok(())
             }
             Ok(None) => Ok(()),
@@ -239,10 +228,10 @@ impl Core {
         &mut self,
         consumer: &BaseConsumer,
         stopping: bool,
-    ) -> Result<Option<BTreeMap<Tp, i64>>, EngineError> {
+    ) -> Result<Option<Offsets>, EngineError> {
         let Some(done) = self
-            .in_flight
-            .completed(&self.producer.context().unacknowledged)
+            .checkpoint
+            .acknowledged(&self.producer.context().unacknowledged)
         else {
             return Ok(None);
         };
@@ -295,13 +284,13 @@ impl Core {
         if self.guarantee.transactional() {
             return self.commit_processed(consumer);
         }
-        if !self.in_flight.is_empty() {
+        if !self.checkpoint.nothing_in_flight() {
             self.producer.flush(KAFKA_TIMEOUT)?;
             match self.check_deliveries() {
                 Ok(()) => {
                     let acks = &self.producer.context().unacknowledged;
-                    if let Some(done) = self.in_flight.completed(acks) {
-                        self.committed(done);
+                    if let Some(done) = self.checkpoint.acknowledged(acks) {
+                        self.committed(&done);
                     }
                 }
                 Err(e) => {
@@ -312,12 +301,7 @@ impl Core {
                 }
             }
         }
-        let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), offset) in &self.resume {
-            if let Offset::Offset(o) = offset {
-                tpl.add_partition_offset(topic, *partition, Offset::Offset(*o))?;
-            }
-        }
+        let tpl = Self::offset_list(&self.checkpoint.committed_offsets())?;
         if tpl.count() > 0 {
             consumer.commit(&tpl, CommitMode::Sync)?;
         }
@@ -327,21 +311,14 @@ impl Core {
     pub(super) fn reinitialise(&mut self) -> Result<(), EngineError> {
         tracing::warn!("re-initialising the producer (fenced or unusable); the placement is read again before processing");
         self.producer = Arc::new(new_producer(&self.config, &self.worker_id, &self.shutdown)?);
-        self.in_transaction = false;
+        self.checkpoint.transaction_ended();
         self.placement_stale = true;
         Ok(())
     }
 
     /// Publishes the committed offsets for the lag watcher and `/tasks`.
     pub(super) fn publish_committed(&mut self) {
-        let committed: BTreeMap<Tp, i64> = self
-            .resume
-            .iter()
-            .filter_map(|(tp, o)| match o {
-                Offset::Offset(o) => Some((tp.clone(), *o)),
-                _ => None,
-            })
-            .collect();
+        let committed = self.checkpoint.committed_offsets();
         let mut shared = self.status.committed.lock().unwrap();
         // Only this loop's partitions: other loops publish theirs.
         for tp in &self.published {

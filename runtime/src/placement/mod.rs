@@ -1,10 +1,12 @@
-//! The placement seam: which tasks this worker owns.
+//! The worker's side of placement: which tasks this worker owns.
 //!
 //! A task is one partition index across the source topics. In a pod the
-//! operator's placement decides (`kube_tasks` implements [`TaskSource`] from
-//! the placement ConfigMap); standalone, a worker owns every task; a pod
+//! operator's placement decides ([`watch`] follows the placement ConfigMap
+//! and gives each loop its share as a [`TaskSource`]); standalone, a worker owns every task; a pod
 //! without a placement (a configuration from before placement) owns them
 //! only as ordinal 0, so no two workers ever process one partition.
+
+pub mod watch;
 
 /// A change of this worker's tasks, in placement epoch order.
 #[derive(Debug, Clone, PartialEq, Eq)]

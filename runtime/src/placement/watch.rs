@@ -22,7 +22,7 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::Api;
 use millrace_crds::placement::{PlacementDoc, PLACEMENT_KEY};
 
-use super::tasks::{PlacementChange, TaskSource};
+use super::{PlacementChange, TaskSource};
 use crate::metrics::Status;
 
 /// The newest placement document this worker has seen, and how far each
@@ -143,7 +143,7 @@ pub fn loop_of(task: i32, loops: usize) -> usize {
 }
 
 /// One loop's view of the placement.
-pub struct KubeTasks {
+pub struct PlacedTasks {
     pub view: Arc<PlacementView>,
     pub index: usize,
     pub loops: usize,
@@ -156,7 +156,7 @@ pub struct KubeTasks {
     queued_epoch: Option<u64>,
 }
 
-impl KubeTasks {
+impl PlacedTasks {
     pub fn new(view: Arc<PlacementView>, index: usize, loops: usize) -> Self {
         Self {
             view,
@@ -178,7 +178,7 @@ impl KubeTasks {
     }
 }
 
-impl TaskSource for KubeTasks {
+impl TaskSource for PlacedTasks {
     fn tasks(&mut self, task_count: i32) -> Vec<i32> {
         self.task_count = task_count;
         let doc = self.view.read();
@@ -285,7 +285,7 @@ mod tests {
             .build()
             .unwrap();
         let view = view(&runtime, 2);
-        let mut first = KubeTasks::new(view.clone(), 0, 2);
+        let mut first = PlacedTasks::new(view.clone(), 0, 2);
         first.task_count = 8;
         first.owned = [0, 2].into();
         first.epoch = 1;
@@ -321,7 +321,7 @@ mod tests {
             "the worker acknowledges what every loop applied"
         );
         // The second loop has nothing to change: it acknowledges at once.
-        let mut second = KubeTasks::new(view.clone(), 1, 2);
+        let mut second = PlacedTasks::new(view.clone(), 1, 2);
         second.task_count = 8;
         second.owned = [1, 5].into();
         second.epoch = 1;

@@ -140,8 +140,8 @@ async fn drive(driver: &Driver, app: &StreamApp) -> Result<bool> {
     // Pods past the desired count are leaving: nothing new is placed on
     // them and their tasks move away while they still answer, so a
     // scale-down hands tasks over instead of fencing.
-    let desired = app.status.as_ref().map_or(i32::MAX, |s| s.desired_replicas);
-    let staying = |w: &str| crate::placement::ordinal(&name, w).is_none_or(|o| o < desired);
+    let desired = app.status.as_ref().map(|s| s.desired_replicas);
+    let staying = |w: &str| crate::scale::stays(&name, w, desired);
     let workers: Vec<Worker> = seen
         .iter()
         .map(|s| Worker {
@@ -288,9 +288,10 @@ async fn fence(
     namespace: &str,
     workers: &BTreeSet<String>,
 ) -> Result<()> {
-    let props = crate::reconcile::kafka_properties(&driver.client, namespace, &app.spec.kafka)
-        .await
-        .map_err(|d| Error::App(d.message))?;
+    let props =
+        crate::reconcile::read::kafka_properties(&driver.client, namespace, &app.spec.kafka)
+            .await
+            .map_err(|d| Error::App(d.message))?;
     let application_id = model::application_id(app);
     for worker in workers {
         let (props, id, w) = (props.clone(), application_id.clone(), worker.clone());

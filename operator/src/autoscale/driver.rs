@@ -125,7 +125,7 @@ async fn poll(a: &Autoscaler, app: &StreamApp) -> Result<()> {
 
     let namespace = app.namespace().unwrap_or_else(|| "default".into());
     let name = app.name_any();
-    let props = crate::reconcile::kafka_properties(&a.client, &namespace, &app.spec.kafka)
+    let props = crate::reconcile::read::kafka_properties(&a.client, &namespace, &app.spec.kafka)
         .await
         .map_err(|d| Error::App(d.message))?;
     let group = model::application_id(app);

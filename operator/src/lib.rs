@@ -24,3 +24,4 @@ pub mod reconcile;
 pub mod scale;
 pub mod supervise;
 pub mod worker_status;
+pub mod workers;

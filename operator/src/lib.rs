@@ -1,9 +1,9 @@
 //! The Millrace operator: reconciles StreamApps into workers.
 //!
-//! Reconcile is read → validate ([`model`], pure) → build ([`build`], pure)
-//! → apply ([`apply`], server-side apply in the order [`apply::apply_all`]
-//! writes down) →
-//! status ([`conditions`], pure). Kubernetes and Kafka I/O stay in
+//! Reconcile is validate ([`model`], pure) → read ([`reconcile::read`]) →
+//! decide the replicas ([`scale`], pure) → build ([`build`], pure) → apply
+//! ([`apply`], server-side apply in the order [`apply::apply_all`] writes
+//! down) → status ([`conditions`], pure). Kubernetes and Kafka I/O stay in
 //! [`reconcile`], [`apply`] and [`kafka`].
 
 pub mod apply;
@@ -21,5 +21,7 @@ pub mod model;
 pub mod placement;
 pub mod placement_driver;
 pub mod reconcile;
+pub mod scale;
 pub mod supervise;
 pub mod worker_status;
+pub mod workers;

@@ -24,6 +24,7 @@ use millrace_operator::model::Defaults;
 use millrace_operator::placement_driver::{self, Driver};
 use millrace_operator::reconcile::{error_policy, reconcile, Context};
 use millrace_operator::supervise::supervise;
+use millrace_operator::workers::Observations;
 
 #[derive(Parser)]
 #[command(
@@ -140,11 +141,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         controller: "millrace-operator".into(),
         instance: Some(args.identity.clone()),
     };
+    // One observation of each app's workers per placement poll, reused by
+    // the autoscaler.
+    let workers = Arc::new(Observations::new(client.clone()));
     let placement = Arc::new(Driver::new(
         client.clone(),
         reporter.clone(),
         metrics.clone(),
         args.handoff_timeout,
+        workers.clone(),
     ));
     let interval = args.placement_interval;
     tokio::spawn(supervise("placement", metrics.clone(), move || {
@@ -154,6 +159,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         client.clone(),
         reporter.clone(),
         metrics.clone(),
+        workers,
     ));
     tokio::spawn(supervise("autoscaling", metrics.clone(), move || {
         autoscale::driver::run(autoscaler.clone())

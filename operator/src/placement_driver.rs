@@ -1,8 +1,9 @@
 //! Drives task placement for every StreamApp (design brief D1, D2): every
-//! poll it reads the worker pods, their `/tasks` reports and the placement
-//! ConfigMap, runs the placement function ([`crate::placement`]) and the
-//! handoff state machine ([`crate::handoff`]), fences workers when a step
-//! asks for it, and only then writes the next document.
+//! poll it observes the worker pods and their `/tasks` reports (shared with
+//! the autoscaler, [`crate::workers`]), reads the placement ConfigMap, runs
+//! the placement function ([`crate::placement`]) and the handoff state
+//! machine ([`crate::handoff`]), fences workers when a step asks for it,
+//! and only then writes the next document.
 //!
 //! Separate from the reconcile: placement reacts to pods and progress every
 //! second, while the reconcile reacts to the spec; neither re-triggers the
@@ -12,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{ListParams, PostParams};
 use kube::runtime::events::{EventType, Reporter};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -21,13 +22,13 @@ use millrace_crds::worker_status::unix_ms;
 use millrace_crds::worker_status::WorkerStatus;
 use millrace_crds::{AutoscalingMode, PlacementSummary, StreamApp};
 
-use crate::build::ADMIN_PORT_NAME;
 use crate::error::{Error, Result};
 use crate::handoff::{self, Happening, Observation};
 use crate::metrics::Metrics;
 use crate::placement::{next_placement, Inputs, Worker};
 use crate::supervise::{guarded, lock};
-use crate::{kafka, model, worker_status};
+use crate::workers::{Observations, ObservedPod};
+use crate::{kafka, model};
 
 pub struct Driver {
     pub client: Client,
@@ -36,6 +37,8 @@ pub struct Driver {
     /// How long an available worker may take to acknowledge a revoke
     /// before it is fenced.
     pub ack_timeout: Duration,
+    /// Where each poll's observation is left for the autoscaler.
+    workers: Arc<Observations>,
     memory: Mutex<Memory>,
 }
 
@@ -60,25 +63,20 @@ struct Pause {
     last_commit_ms: Option<u64>,
 }
 
-/// A worker pod as one poll saw it.
-struct Seen {
-    name: String,
-    ready: bool,
-    report: Option<WorkerStatus>,
-}
-
 impl Driver {
     pub fn new(
         client: Client,
         reporter: Reporter,
         metrics: Arc<Metrics>,
         ack_timeout: Duration,
+        workers: Arc<Observations>,
     ) -> Self {
         Self {
             client,
             reporter,
             metrics,
             ack_timeout,
+            workers,
             memory: Mutex::default(),
         }
     }
@@ -127,21 +125,24 @@ async fn drive(driver: &Driver, app: &StreamApp) -> Result<bool> {
     }
     let namespace = app.namespace().unwrap_or_else(|| "default".into());
     let name = app.name_any();
-    let seen = observe_workers(driver, &namespace, &name).await?;
+    // Always a fresh observation: moves wait on what workers acknowledge.
+    let observation = driver.workers.fresh(&namespace, &name).await?;
+    let seen = &observation.pods;
+    remember_reports(driver, &namespace, seen);
     let available: BTreeSet<String> = seen
         .iter()
-        .filter(|s| s.ready && s.report.is_some())
+        .filter(|s| s.ready && s.status().is_some())
         .map(|s| s.name.clone())
         .collect();
     let acknowledged: BTreeMap<String, u64> = seen
         .iter()
-        .filter_map(|s| Some((s.name.clone(), s.report.as_ref()?.applied_epoch?)))
+        .filter_map(|s| Some((s.name.clone(), s.status()?.applied_epoch?)))
         .collect();
     // Pods past the desired count are leaving: nothing new is placed on
     // them and their tasks move away while they still answer, so a
     // scale-down hands tasks over instead of fencing.
-    let desired = app.status.as_ref().map_or(i32::MAX, |s| s.desired_replicas);
-    let staying = |w: &str| crate::placement::ordinal(&name, w).is_none_or(|o| o < desired);
+    let desired = app.status.as_ref().map(|s| s.desired_replicas);
+    let staying = |w: &str| crate::scale::stays(&name, w, desired);
     let workers: Vec<Worker> = seen
         .iter()
         .map(|s| Worker {
@@ -172,7 +173,7 @@ async fn drive(driver: &Driver, app: &StreamApp) -> Result<bool> {
                 .map_err(|e| Error::Placement(format!("ConfigMap {cm_name}: {e}")))?;
             (doc, cm.resource_version())
         }
-        None => (adopt(&seen), None),
+        None => (adopt(seen), None),
     };
 
     // A few steps per poll: a revoke of a lost worker, its fence and the
@@ -204,70 +205,31 @@ async fn drive(driver: &Driver, app: &StreamApp) -> Result<bool> {
         record(driver, app, &namespace, &step.doc, &step.happenings).await;
         doc = step.doc;
     }
-    measure_pauses(driver, app, &namespace, &seen).await;
+    measure_pauses(driver, app, &namespace, seen).await;
     write_summary(driver, app, &doc).await?;
     Ok(!doc.moves.is_empty())
 }
 
-async fn observe_workers(driver: &Driver, namespace: &str, app: &str) -> Result<Vec<Seen>> {
-    let pods: Api<Pod> = Api::namespaced(driver.client.clone(), namespace);
-    let list = pods
-        .list(&ListParams::default().labels(&model::selector_string(app)))
-        .await?;
-    let polls = list.items.iter().map(|pod| async move {
-        let ready = pod.metadata.deletion_timestamp.is_none()
-            && pod
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-        let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
-        let port = admin_port(pod);
-        let report = match (ip, port) {
-            (Some(ip), Some(port)) => worker_status::poll(&ip, port)
-                .await
-                .map_err(|e| tracing::debug!("{e}"))
-                .ok(),
-            _ => None,
-        };
-        Seen {
-            name: pod.name_any(),
-            ready,
-            report,
-        }
-    });
-    let seen: Vec<Seen> = futures::future::join_all(polls).await;
+/// The last report of each worker: a task's pause is measured from its
+/// last commit there, even when the worker no longer answers.
+fn remember_reports(driver: &Driver, namespace: &str, seen: &[ObservedPod]) {
     let mut memory = lock(&driver.memory);
-    for s in &seen {
-        if let Some(r) = &s.report {
+    for s in seen {
+        if let Some(r) = s.status() {
             memory
                 .reports
                 .insert((namespace.to_string(), s.name.clone()), r.clone());
         }
     }
-    Ok(seen)
-}
-
-/// The worker container's admin port (`/tasks`).
-pub fn admin_port(pod: &Pod) -> Option<u16> {
-    pod.spec
-        .as_ref()?
-        .containers
-        .first()?
-        .ports
-        .as_ref()?
-        .iter()
-        .find(|p| p.name.as_deref() == Some(ADMIN_PORT_NAME))
-        .map(|p| p.container_port as u16)
 }
 
 /// Without a document (first placement, or the ConfigMap was deleted), the
 /// workers' own reports are the truth: what they process stays theirs, and
 /// the epoch starts past any they have seen, so they accept what follows.
-fn adopt(seen: &[Seen]) -> PlacementDoc {
+fn adopt(seen: &[ObservedPod]) -> PlacementDoc {
     let mut doc = PlacementDoc::default();
     for s in seen {
-        let Some(report) = &s.report else { continue };
+        let Some(report) = s.status() else { continue };
         doc.epoch = doc.epoch.max(report.applied_epoch.unwrap_or(0));
         let free: BTreeSet<i32> = report
             .tasks
@@ -288,9 +250,10 @@ async fn fence(
     namespace: &str,
     workers: &BTreeSet<String>,
 ) -> Result<()> {
-    let props = crate::reconcile::kafka_properties(&driver.client, namespace, &app.spec.kafka)
-        .await
-        .map_err(|d| Error::App(d.message))?;
+    let props =
+        crate::reconcile::read::kafka_properties(&driver.client, namespace, &app.spec.kafka)
+            .await
+            .map_err(|d| Error::App(d.message))?;
     let application_id = model::application_id(app);
     for worker in workers {
         let (props, id, w) = (props.clone(), application_id.clone(), worker.clone());
@@ -427,7 +390,7 @@ async fn record(
 
 /// Pause of a moved task: its last commit on the old worker → its first
 /// commit on the new one.
-async fn measure_pauses(driver: &Driver, app: &StreamApp, namespace: &str, seen: &[Seen]) {
+async fn measure_pauses(driver: &Driver, app: &StreamApp, namespace: &str, seen: &[ObservedPod]) {
     let mut measured = Vec::new();
     {
         let mut memory = lock(&driver.memory);
@@ -438,7 +401,9 @@ async fn measure_pauses(driver: &Driver, app: &StreamApp, namespace: &str, seen:
             let Some(s) = seen.iter().find(|s| s.name == p.to) else {
                 return false;
             };
-            let Some(report) = &s.report else { return true };
+            let Some(report) = s.status() else {
+                return true;
+            };
             if report.applied_epoch.unwrap_or(0) < p.epoch {
                 return true;
             }

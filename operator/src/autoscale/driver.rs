@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::ListParams;
@@ -25,12 +24,14 @@ use super::measure::{self, Reading};
 use super::policy::{decide, Memory, Mode, Sample};
 use crate::metrics::Metrics;
 use crate::model;
-use crate::placement_driver::admin_port;
+use crate::workers::{Observations, WorkerObservation};
 
 pub struct Autoscaler {
     pub client: Client,
     pub reporter: Reporter,
     pub metrics: Arc<Metrics>,
+    /// The placement driver's latest observation of the workers, reused.
+    workers: Arc<Observations>,
     /// The previous reading per app (namespace, name): rates need two.
     readings: Mutex<HashMap<(String, String), Reading>>,
     /// Per worker pod (namespace, pod): its busy counter at the previous poll.
@@ -38,11 +39,17 @@ pub struct Autoscaler {
 }
 
 impl Autoscaler {
-    pub fn new(client: Client, reporter: Reporter, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        client: Client,
+        reporter: Reporter,
+        metrics: Arc<Metrics>,
+        workers: Arc<Observations>,
+    ) -> Self {
         Self {
             client,
             reporter,
             metrics,
+            workers,
             readings: Mutex::default(),
             busy: Mutex::default(),
         }
@@ -125,7 +132,7 @@ async fn poll(a: &Autoscaler, app: &StreamApp) -> Result<()> {
 
     let namespace = app.namespace().unwrap_or_else(|| "default".into());
     let name = app.name_any();
-    let props = crate::reconcile::kafka_properties(&a.client, &namespace, &app.spec.kafka)
+    let props = crate::reconcile::read::kafka_properties(&a.client, &namespace, &app.spec.kafka)
         .await
         .map_err(|d| Error::App(d.message))?;
     let group = model::application_id(app);
@@ -156,7 +163,7 @@ async fn poll(a: &Autoscaler, app: &StreamApp) -> Result<()> {
         }
         return Ok(());
     };
-    let busy = busy_fraction(a, &namespace, &name, now).await;
+    let busy = busy_fraction(a, &namespace, &name).await;
     let current = previous
         .as_ref()
         .map_or(status.desired_replicas, |p| p.decided);
@@ -191,25 +198,25 @@ async fn poll(a: &Autoscaler, app: &StreamApp) -> Result<()> {
 
 /// The workers' mean busy fraction since the previous poll, from the busy
 /// time each reports on `/tasks` (pods that restarted or did not answer
-/// are left out).
-async fn busy_fraction(a: &Autoscaler, namespace: &str, app: &str, now: f64) -> Option<f64> {
-    let pods: Api<Pod> = Api::namespaced(a.client.clone(), namespace);
-    let list = pods
-        .list(&ListParams::default().labels(&model::selector_string(app)))
+/// are left out). Rates are taken between the observations' own times, so
+/// reusing the placement driver's observation does not skew them; one
+/// already used gives no rate, so a fresh one is taken instead.
+async fn busy_fraction(a: &Autoscaler, namespace: &str, app: &str) -> Option<f64> {
+    let mut observation = a
+        .workers
+        .recent(namespace, app, REUSED_OBSERVATION_MAX_AGE)
         .await
         .ok()?;
+    if already_used(a, namespace, &observation) {
+        observation = a.workers.fresh(namespace, app).await.ok()?;
+    }
+    let now = observation.at_s;
     let (mut busy_ns, mut capacity_ns) = (0.0f64, 0.0f64);
-    for pod in &list.items {
-        let (Some(ip), Some(port)) = (
-            pod.status.as_ref().and_then(|s| s.pod_ip.clone()),
-            admin_port(pod),
-        ) else {
+    for pod in &observation.pods {
+        let Some(report) = pod.status() else {
             continue;
         };
-        let Ok(report) = crate::worker_status::poll(&ip, port).await else {
-            continue;
-        };
-        let key = (namespace.to_string(), pod.name_any());
+        let key = (namespace.to_string(), pod.name.clone());
         let entry = (now, report.busy_nanos, report.loops.max(1));
         let before = lock(&a.busy).insert(key, entry);
         if let Some((t, b, loops)) = before {
@@ -220,6 +227,19 @@ async fn busy_fraction(a: &Autoscaler, namespace: &str, app: &str, now: f64) -> 
         }
     }
     (capacity_ns > 0.0).then(|| (busy_ns / capacity_ns).min(1.0))
+}
+
+/// The placement driver observes every second by default: an observation
+/// older than this means it is not observing the app, so the autoscaler
+/// does.
+const REUSED_OBSERVATION_MAX_AGE: Duration = Duration::from_secs(3);
+
+fn already_used(a: &Autoscaler, namespace: &str, observation: &WorkerObservation) -> bool {
+    let busy = lock(&a.busy);
+    observation.pods.iter().any(|pod| {
+        busy.get(&(namespace.to_string(), pod.name.clone()))
+            .is_some_and(|(t, _, _)| *t >= observation.at_s)
+    })
 }
 
 async fn decide_and_report(

@@ -19,6 +19,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::scale::align;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     Off,
@@ -140,15 +142,6 @@ pub struct Decision {
     pub limited: Option<String>,
     /// Tasks that each get a worker of their own (most loaded first).
     pub isolated: Vec<i32>,
-}
-
-/// Fewest replicas with the same busiest-pod task count as `r`.
-pub fn align(tasks: i32, r: i32) -> i32 {
-    if r <= 0 || tasks <= 0 {
-        return r.max(0);
-    }
-    let per_pod = (tasks + r - 1) / r;
-    (tasks + per_pod - 1) / per_pod
 }
 
 pub fn decide(p: &Policy, s: &Sample, m: &mut Memory) -> Decision {

@@ -21,17 +21,6 @@ fn learned(capacity: f64) -> Memory {
 }
 
 #[test]
-fn alignment_drops_pods_that_do_not_lower_the_busiest_pod() {
-    assert_eq!(align(16, 5), 4, "5 pods still leave one with 4 tasks");
-    assert_eq!(align(16, 7), 6);
-    assert_eq!(align(16, 9), 8);
-    assert_eq!(align(16, 16), 16);
-    assert_eq!(align(12, 5), 4);
-    assert_eq!(align(3, 2), 2);
-    assert_eq!(align(16, 0), 0);
-}
-
-#[test]
 fn a_backlog_scales_up_at_once_to_drain_within_the_target() {
     let p = Policy::default();
     let mut m = learned(500.0);

@@ -1,0 +1,165 @@
+//! One observation of an app's worker pods and their `/tasks` reports,
+//! shared by the placement driver and the autoscaler, so a poll lists the
+//! pods and asks each worker once.
+//!
+//! The loops keep their schedules: placement observes on every one of its
+//! polls (every second, faster while tasks move) and leaves the result
+//! here; the autoscaler, which polls every `pollInterval`, takes that one
+//! when it is recent ([`Observations::recent`]) and observes itself only
+//! when it is not (placement skipped the app or is being restarted).
+//!
+//! Why sharing cannot make placement move a task wrongly: placement never
+//! reads a cached observation, it always takes a fresh one
+//! ([`Observations::fresh`]). And even a stale one would be safe: a move
+//! completes only on the old owner's acknowledgement of the revoke epoch,
+//! which an older report can only understate (epochs only grow), or after
+//! fencing the old owner's producers in Kafka; documents are written
+//! compare-and-swap ([`crate::handoff`]). Staleness could delay a move or
+//! fence a worker that had let go, never give a task two committing owners.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::ListParams;
+use kube::{Api, Client, ResourceExt};
+use millrace_crds::worker_status::{unix_ms, WorkerStatus};
+
+use crate::build::ADMIN_PORT_NAME;
+use crate::error::Result;
+use crate::supervise::lock;
+use crate::{model, worker_status};
+
+/// An app's worker pods at one moment.
+#[derive(Debug)]
+pub struct WorkerObservation {
+    pub pods: Vec<ObservedPod>,
+    /// Unix seconds when the reports were asked for.
+    pub at_s: f64,
+    taken: Instant,
+}
+
+#[derive(Debug)]
+pub struct ObservedPod {
+    pub name: String,
+    /// Ready and not being deleted.
+    pub ready: bool,
+    /// Its `/tasks` report, or why there is none.
+    pub report: Result<WorkerStatus, String>,
+}
+
+impl ObservedPod {
+    pub fn status(&self) -> Option<&WorkerStatus> {
+        self.report.as_ref().ok()
+    }
+}
+
+impl WorkerObservation {
+    pub fn age(&self) -> Duration {
+        self.taken.elapsed()
+    }
+}
+
+/// Observations older than this are dropped when another is stored, so
+/// deleted apps do not stay behind.
+const FORGOTTEN_AFTER: Duration = Duration::from_secs(300);
+
+/// The latest observation per app (namespace, name).
+pub struct Observations {
+    client: Client,
+    latest: Mutex<HashMap<(String, String), Arc<WorkerObservation>>>,
+}
+
+impl Observations {
+    pub fn new(client: Client) -> Self {
+        Self {
+            client,
+            latest: Mutex::default(),
+        }
+    }
+
+    /// Observes now and keeps the result for [`Observations::recent`].
+    pub async fn fresh(&self, namespace: &str, app: &str) -> Result<Arc<WorkerObservation>> {
+        let observation = Arc::new(observe(&self.client, namespace, app).await?);
+        let mut latest = lock(&self.latest);
+        latest.retain(|_, o| o.age() < FORGOTTEN_AFTER);
+        latest.insert(
+            (namespace.to_string(), app.to_string()),
+            observation.clone(),
+        );
+        Ok(observation)
+    }
+
+    /// The latest observation when it is younger than `max_age`, else a
+    /// fresh one.
+    pub async fn recent(
+        &self,
+        namespace: &str,
+        app: &str,
+        max_age: Duration,
+    ) -> Result<Arc<WorkerObservation>> {
+        let key = (namespace.to_string(), app.to_string());
+        let cached = lock(&self.latest)
+            .get(&key)
+            .filter(|o| o.age() < max_age)
+            .cloned();
+        match cached {
+            Some(o) => Ok(o),
+            None => self.fresh(namespace, app).await,
+        }
+    }
+}
+
+/// Lists the app's pods and asks every one with an address for `/tasks`,
+/// all at once.
+pub async fn observe(client: &Client, namespace: &str, app: &str) -> Result<WorkerObservation> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let list = pods
+        .list(&ListParams::default().labels(&model::selector_string(app)))
+        .await?;
+    let (taken, at_s) = (Instant::now(), unix_ms() as f64 / 1000.0);
+    let polls = list.items.iter().map(|pod| async move {
+        let ready = pod.metadata.deletion_timestamp.is_none()
+            && pod
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
+        let report = match (ip, admin_port(pod)) {
+            (Some(ip), Some(port)) => worker_status::poll(&ip, port).await.inspect_err(|e| {
+                tracing::debug!("{e}");
+            }),
+            (None, _) => Err("no pod IP yet".to_string()),
+            (_, None) => Err("no admin port".to_string()),
+        };
+        ObservedPod {
+            name: pod.name_any(),
+            ready,
+            report,
+        }
+    });
+    Ok(WorkerObservation {
+        pods: futures::future::join_all(polls).await,
+        at_s,
+        taken,
+    })
+}
+
+/// The worker container's admin port (`/tasks`).
+pub fn admin_port(pod: &Pod) -> Option<u16> {
+    pod.spec
+        .as_ref()?
+        .containers
+        .first()?
+        .ports
+        .as_ref()?
+        .iter()
+        .find(|p| p.name.as_deref() == Some(ADMIN_PORT_NAME))
+        .map(|p| p.container_port as u16)
+}
+
+#[cfg(test)]
+#[path = "workers_tests.rs"]
+mod tests;

@@ -35,7 +35,7 @@ pub async fn read(client: &Client, model: &AppModel) -> Result<Observed> {
     Ok(Observed {
         statefulset: statefulset?,
         tasks,
-        placement,
+        placement: placement?,
     })
 }
 
@@ -48,15 +48,22 @@ pub async fn statefulset(
     Ok(api.get_opt(name).await?)
 }
 
-/// A document that cannot be read or parsed counts as none (as the drain
-/// floor always has): the placement driver reports it on its own poll.
-async fn placement(client: &Client, model: &AppModel) -> Option<PlacementDoc> {
+/// The placement document. Not reading it fails the reconcile (retried):
+/// taken as none, the drain floor would let a scale-down remove pods that
+/// still hold tasks, which would then be fenced instead of handed over. A
+/// document that does not parse (edited by hand) counts as none: the
+/// placement driver cannot move tasks by it either, and reports it as its
+/// error on every poll.
+async fn placement(client: &Client, model: &AppModel) -> Result<Option<PlacementDoc>> {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &model.namespace);
-    let cm = api
-        .get_opt(&placement_config_map(&model.name))
-        .await
-        .ok()??;
-    PlacementDoc::parse(cm.data.as_ref()?.get(PLACEMENT_KEY)?).ok()
+    let Some(cm) = api.get_opt(&placement_config_map(&model.name)).await? else {
+        return Ok(None);
+    };
+    Ok(cm
+        .data
+        .as_ref()
+        .and_then(|d| d.get(PLACEMENT_KEY))
+        .and_then(|json| PlacementDoc::parse(json).ok()))
 }
 
 /// The source topics exist and agree on their partition count (the task

@@ -10,6 +10,21 @@ use crate::{Invalid, ProcessingGuarantee, StreamAppSpec};
 /// default leaves room for a slow commit on a loaded broker).
 pub const DEFAULT_TRANSACTION_TIMEOUT: &str = "60s";
 
+/// Shortest `spec.commitInterval`: each commit is a transaction (or an
+/// offset commit) per loop, and at 1 ms a few apps would keep the
+/// transaction coordinator busy for every tenant of the cluster.
+pub const MIN_COMMIT_INTERVAL: Duration = Duration::from_millis(10);
+
+/// `spec.transactionTimeout` bounds: librdkafka refuses less than 1 s, and
+/// the broker's default `transaction.max.timeout.ms` is 15 minutes; past
+/// it `init_transactions` fails on every start.
+pub const MIN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(1);
+pub const MAX_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+
+/// The producer properties librdkafka requires to be at most
+/// `transaction.timeout.ms` in a transactional producer.
+const DELIVERY_TIMEOUTS: [&str; 2] = ["message.timeout.ms", "delivery.timeout.ms"];
+
 /// `spec.commitInterval` when unset: Kafka Streams' defaults per guarantee.
 pub fn default_commit_interval(guarantee: ProcessingGuarantee) -> &'static str {
     match guarantee {
@@ -84,8 +99,11 @@ pub fn timing(spec: &StreamAppSpec) -> Result<Timing, Vec<Invalid>> {
         (c, t) => return Err(c.err().into_iter().chain(t.err()).collect()),
     };
     let mut problems = Vec::new();
-    if commit_interval.is_zero() {
-        problems.push(Invalid::new("spec.commitInterval", "must be positive"));
+    if commit_interval < MIN_COMMIT_INTERVAL {
+        problems.push(Invalid::new(
+            "spec.commitInterval",
+            format!("must be at least {MIN_COMMIT_INTERVAL:?} (got {commit_interval:?})"),
+        ));
     } else if commit_interval >= transaction_timeout {
         problems.push(Invalid::new(
             "spec.commitInterval",
@@ -93,6 +111,33 @@ pub fn timing(spec: &StreamAppSpec) -> Result<Timing, Vec<Invalid>> {
                 "must be shorter than spec.transactionTimeout ({commit_interval:?} >= {transaction_timeout:?})"
             ),
         ));
+    }
+    if !(MIN_TRANSACTION_TIMEOUT..=MAX_TRANSACTION_TIMEOUT).contains(&transaction_timeout) {
+        problems.push(Invalid::new(
+            "spec.transactionTimeout",
+            format!(
+                "must be between {MIN_TRANSACTION_TIMEOUT:?} and {MAX_TRANSACTION_TIMEOUT:?} (the broker's default transaction.max.timeout.ms); got {transaction_timeout:?}"
+            ),
+        ));
+    }
+    if spec.processing_guarantee == ProcessingGuarantee::ExactlyOnce {
+        for key in DELIVERY_TIMEOUTS {
+            let Some(text) = spec.kafka.properties.get(key) else {
+                continue;
+            };
+            let too_long = text
+                .trim()
+                .parse::<u64>()
+                .is_ok_and(|ms| u128::from(ms) > transaction_timeout.as_millis());
+            if too_long {
+                problems.push(Invalid::new(
+                    &format!("spec.kafka.properties['{key}']"),
+                    format!(
+                        "{text} ms is longer than spec.transactionTimeout ({transaction_timeout:?}); librdkafka refuses a transactional producer with it"
+                    ),
+                ));
+            }
+        }
     }
     if problems.is_empty() {
         Ok(Timing {
@@ -151,6 +196,49 @@ mod tests {
             "{long:?}"
         );
         let zero = timing(&spec(Some("0s"), None, ProcessingGuarantee::ExactlyOnce)).unwrap_err();
-        assert_eq!(zero[0].to_string(), "spec.commitInterval: must be positive");
+        assert_eq!(
+            zero[0].to_string(),
+            "spec.commitInterval: must be at least 10ms (got 0ns)"
+        );
+    }
+
+    #[test]
+    fn intervals_and_timeouts_a_broker_or_librdkafka_would_refuse_are_refused_here() {
+        let eos = ProcessingGuarantee::ExactlyOnce;
+        let problem = |s: StreamAppSpec| {
+            timing(&s)
+                .unwrap_err()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        assert!(problem(spec(Some("1ms"), None, eos))
+            .contains("spec.commitInterval: must be at least 10ms"));
+        assert!(timing(&spec(Some("10ms"), None, eos)).is_ok());
+        assert!(problem(spec(Some("100ms"), Some("500ms"), eos))
+            .contains("spec.transactionTimeout: must be between 1s and 900s"));
+        assert!(problem(spec(None, Some("16m"), eos)).contains("spec.transactionTimeout"));
+        assert!(timing(&spec(None, Some("15m"), eos)).is_ok());
+
+        let with_property = |key: &str, ms: &str, g| {
+            let mut s = spec(None, Some("60s"), g);
+            s.kafka.properties.insert(key.into(), ms.into());
+            s
+        };
+        assert!(problem(with_property("message.timeout.ms", "120000", eos))
+            .contains("spec.kafka.properties['message.timeout.ms']: 120000 ms is longer than spec.transactionTimeout"));
+        assert!(problem(with_property("delivery.timeout.ms", "60001", eos))
+            .contains("spec.kafka.properties['delivery.timeout.ms']"));
+        assert!(timing(&with_property("message.timeout.ms", "60000", eos)).is_ok());
+        assert!(
+            timing(&with_property(
+                "message.timeout.ms",
+                "120000",
+                ProcessingGuarantee::AtLeastOnce
+            ))
+            .is_ok(),
+            "no transactions: no bound"
+        );
     }
 }

@@ -1,7 +1,8 @@
-//! Kafka identities of a worker: the transactional ids its processing loops
-//! use, which are also what fences it. One definition for the worker (which
-//! sets them and fences its own unused ones at start) and the operator
-//! (which fences a worker that does not let go of a task).
+//! Kafka identities of an app: the transactional ids its workers' loops
+//! use, which are also what fences a worker (one definition for the worker,
+//! which sets them and fences its own unused ones at start, and the
+//! operator, which fences a worker that does not let go of a task), and the
+//! names of the internal topics Millrace creates for it.
 
 use std::ops::Range;
 
@@ -37,6 +38,49 @@ pub fn loop_transactional_ids(
     loops
         .map(|index| transactional_id(application_id, &loop_id(worker_id, index)))
         .collect()
+}
+
+/// What an internal topic holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InternalTopic {
+    /// A state store's changes.
+    Changelog,
+    /// Records re-keyed by a step, for the next one.
+    Repartition,
+}
+
+impl InternalTopic {
+    const ALL: [InternalTopic; 2] = [InternalTopic::Changelog, InternalTopic::Repartition];
+
+    fn suffix(self) -> &'static str {
+        match self {
+            InternalTopic::Changelog => "changelog",
+            InternalTopic::Repartition => "repartition",
+        }
+    }
+}
+
+/// `<applicationId>-<step>-changelog` or `-repartition`: the only names
+/// Millrace gives topics it creates for an app.
+pub fn internal_topic(application_id: &str, step: &str, kind: InternalTopic) -> String {
+    format!("{application_id}-{step}-{}", kind.suffix())
+}
+
+/// Whether `topic` has the name of one of the app's internal topics. A name
+/// alone is not proof (a user may have such a topic): what may be deleted
+/// is what Millrace recorded creating *and* is named so.
+pub fn is_internal_topic(application_id: &str, topic: &str) -> bool {
+    let Some(rest) = topic
+        .strip_prefix(application_id)
+        .and_then(|r| r.strip_prefix('-'))
+    else {
+        return false;
+    };
+    InternalTopic::ALL.iter().any(|kind| {
+        rest.strip_suffix(kind.suffix())
+            .and_then(|step| step.strip_suffix('-'))
+            .is_some_and(|step| !step.is_empty())
+    })
 }
 
 #[cfg(test)]

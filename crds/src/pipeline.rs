@@ -67,9 +67,40 @@ impl JsonSchema for TopicName {
             "type": "string",
             "description": "A Kafka topic name: 1-249 letters, digits, '.', '_' or '-'.",
             "minLength": 1,
-            "maxLength": 249,
+            "maxLength": MAX_TOPIC_NAME,
             "pattern": "^[a-zA-Z0-9._-]+$"
         })
+    }
+}
+
+/// Longest topic name Kafka accepts.
+pub const MAX_TOPIC_NAME: usize = 249;
+
+impl TopicName {
+    /// Why `name` is not a topic Kafka accepts (the schema's rule, for names
+    /// computed at run time), or `None`.
+    pub fn problem(name: &str) -> Option<String> {
+        if name.is_empty() {
+            return Some("is empty".into());
+        }
+        if name.len() > MAX_TOPIC_NAME {
+            return Some(format!(
+                "is {} characters long; Kafka allows {MAX_TOPIC_NAME}",
+                name.len()
+            ));
+        }
+        if name == "." || name == ".." {
+            return Some("is reserved ('.' and '..' are not topic names)".into());
+        }
+        if let Some(c) = name
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        {
+            return Some(format!(
+                "contains {c:?}; only letters, digits, '.', '_' and '-'"
+            ));
+        }
+        None
     }
 }
 

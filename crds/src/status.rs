@@ -48,6 +48,13 @@ pub struct StreamAppStatus {
     /// The autoscaler's measurements and last decision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<AutoscalingStatus>,
+    /// Topics Millrace created for this app (changelogs, repartition
+    /// topics), recorded as they are created. `deletionPolicy: Delete`
+    /// deletes these, and only those named as internal topics
+    /// (`<applicationId>-<step>-changelog|repartition`); never a topic the
+    /// user made.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub internal_topics: Vec<String>,
 }
 
 /// What the autoscaler measured and decided at its last poll.

@@ -1,4 +1,5 @@
-//! Server-side apply of the desired objects, in the written-down order.
+//! Server-side apply of the desired objects, in the written-down order,
+//! after a dry run of them all.
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::NamespaceResourceScope;
@@ -8,12 +9,15 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::build::Desired;
-use crate::error::Result;
+use crate::conditions::Degradation;
+use crate::error::{Error, Result};
 
 /// The one field manager of everything the operator writes.
 pub const FIELD_MANAGER: &str = "millrace-operator";
 
-async fn apply<K>(client: &Client, namespace: &str, object: &K) -> Result<K>
+pub const APPLY_REJECTED: &str = "ApplyRejected";
+
+async fn apply<K>(client: &Client, namespace: &str, object: &K, dry_run: bool) -> Result<K>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
         + Clone
@@ -25,13 +29,30 @@ where
     let name = object.meta().name.clone().unwrap_or_default();
     // force: the operator owns these objects; a field another manager set
     // (a stray `kubectl edit`) is taken back rather than failing the reconcile.
-    Ok(api
-        .patch(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(object),
-        )
-        .await?)
+    let mut params = PatchParams::apply(FIELD_MANAGER).force();
+    params.dry_run = dry_run;
+    api.patch(&name, &params, &Patch::Apply(object))
+        .await
+        .map_err(|e| match rejection(&e) {
+            Some(message) => Error::Rejected {
+                object: format!("{} {name}", K::kind(&())),
+                message,
+            },
+            None => Error::Kube(e),
+        })
+}
+
+/// The API server refused the object itself (invalid, an immutable field
+/// changed, forbidden): trying again will not help until the spec changes.
+fn rejection(e: &kube::Error) -> Option<String> {
+    match e {
+        kube::Error::Api(status)
+            if (400..500).contains(&status.code) && ![404, 409, 429].contains(&status.code) =>
+        {
+            Some(status.message.clone())
+        }
+        _ => None,
+    }
 }
 
 /// Applies everything an app owns, in the written-down order: identity and
@@ -39,12 +60,47 @@ where
 /// that read it; the StatefulSet last, so a pod never starts without what
 /// it needs. Returns the StatefulSet as the API server stored it (its
 /// status tells how the workers are doing).
-pub async fn apply_all(client: &Client, namespace: &str, d: &Desired) -> Result<StatefulSet> {
-    apply(client, namespace, &d.service_account).await?;
-    apply(client, namespace, &d.role).await?;
-    apply(client, namespace, &d.role_binding).await?;
-    apply(client, namespace, &d.config_map).await?;
-    apply(client, namespace, &d.service).await?;
-    apply(client, namespace, &d.pod_disruption_budget).await?;
-    apply(client, namespace, &d.stateful_set).await
+///
+/// A dry run of the objects made from the user's spec comes first: when the
+/// API server refuses one (a change it does not allow, such as adding
+/// `spec.state` to a running app, which changes the StatefulSet's volume
+/// claims), nothing is written, so running workers never see a
+/// configuration their StatefulSet does not match. That comes back as the
+/// app's degradation, naming the object. The RBAC objects have one fixed
+/// shape and are not dry-run: a RoleBinding's dry run looks up its Role,
+/// which a dry run does not create, so a new app's would always fail.
+pub async fn apply_all(
+    client: &Client,
+    namespace: &str,
+    d: &Desired,
+) -> Result<Result<StatefulSet, Degradation>> {
+    match dry_run(client, namespace, d).await {
+        Ok(_) => {}
+        Err(Error::Rejected { object, message }) => {
+            return Ok(Err(Degradation {
+                reason: APPLY_REJECTED,
+                message: format!("the API server refused {object}: {message}"),
+            }))
+        }
+        Err(e) => return Err(e),
+    }
+    apply_each(client, namespace, d).await.map(Ok)
+}
+
+async fn dry_run(client: &Client, namespace: &str, d: &Desired) -> Result<()> {
+    apply(client, namespace, &d.config_map, true).await?;
+    apply(client, namespace, &d.service, true).await?;
+    apply(client, namespace, &d.pod_disruption_budget, true).await?;
+    apply(client, namespace, &d.stateful_set, true).await?;
+    Ok(())
+}
+
+async fn apply_each(client: &Client, namespace: &str, d: &Desired) -> Result<StatefulSet> {
+    apply(client, namespace, &d.service_account, false).await?;
+    apply(client, namespace, &d.role, false).await?;
+    apply(client, namespace, &d.role_binding, false).await?;
+    apply(client, namespace, &d.config_map, false).await?;
+    apply(client, namespace, &d.service, false).await?;
+    apply(client, namespace, &d.pod_disruption_budget, false).await?;
+    apply(client, namespace, &d.stateful_set, false).await
 }

@@ -18,6 +18,10 @@ pub enum Error {
     /// A placement document that does not parse, or a write that lost it.
     #[error("placement: {0}")]
     Placement(String),
+    /// The API server refused an object of the app as it is (the reconcile
+    /// reports it as `Degraded`, reason `ApplyRejected`).
+    #[error("{object}: {message}")]
+    Rejected { object: String, message: String },
     /// A poll of one app panicked (a bug); the loop goes on with the others.
     #[error("panicked: {0}")]
     Panicked(String),
@@ -34,6 +38,7 @@ impl Error {
             Error::Finalizer(_) => "finalizer",
             Error::App(_) => "app",
             Error::Placement(_) => "placement",
+            Error::Rejected { .. } => "rejected",
             Error::Panicked(_) => "panic",
             Error::Other(_) => "other",
         }

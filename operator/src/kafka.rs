@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
+use millrace_crds::identity::is_internal_topic;
 use millrace_crds::{KafkaSpec, SecretKeyRef, TopicName};
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
@@ -239,26 +240,33 @@ pub fn check_topics(
     Ok(partitions.first().map(|(_, n)| *n))
 }
 
-/// Deletes the app's internal topics (`<appId>-…`) and its consumer group:
-/// what `deletionPolicy: Delete` promises. Blocking.
+/// The recorded internal topics `deletionPolicy: Delete` may delete: those
+/// named as the app's internal topics. Any other recorded name (a status
+/// edited by hand) is left alone.
+pub fn deletable_topics(application_id: &str, recorded: &[String]) -> Vec<String> {
+    recorded
+        .iter()
+        .filter(|t| is_internal_topic(application_id, t))
+        .cloned()
+        .collect()
+}
+
+/// Deletes `internal` (see [`deletable_topics`]) and the app's consumer
+/// group: what `deletionPolicy: Delete` promises. Topics already gone are
+/// fine.
 pub async fn delete_app_data(
     props: &BTreeMap<String, String>,
     application_id: &str,
-) -> Result<Vec<String>, String> {
+    internal: &[String],
+) -> Result<(), String> {
     let admin: AdminClient<DefaultClientContext> =
         client_config(props).create().map_err(|e| e.to_string())?;
-    let metadata = admin
-        .inner()
-        .fetch_metadata(None, METADATA_TIMEOUT)
-        .map_err(|e| e.to_string())?;
-    let prefix = format!("{application_id}-");
-    let internal: Vec<String> = metadata
-        .topics()
-        .iter()
-        .map(|t| t.name().to_string())
-        .filter(|n| n.starts_with(&prefix))
-        .collect();
-    let options = AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT));
+    // Bounded both ways: with Kafka out of reach an attempt fails in
+    // seconds and the finalizer retries (or gives up), instead of holding
+    // this app's reconcile for librdkafka's default minute.
+    let options = AdminOptions::new()
+        .operation_timeout(Some(METADATA_TIMEOUT))
+        .request_timeout(Some(METADATA_TIMEOUT));
     if !internal.is_empty() {
         let names: Vec<&str> = internal.iter().map(String::as_str).collect();
         for result in admin
@@ -284,7 +292,7 @@ pub async fn delete_app_data(
             }
         }
     }
-    Ok(internal)
+    Ok(())
 }
 
 #[cfg(test)]

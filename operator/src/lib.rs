@@ -1,6 +1,7 @@
 //! The Millrace operator: reconciles StreamApps into workers.
 //!
-//! Reconcile is validate ([`model`], pure) → read ([`reconcile::read`]) →
+//! Reconcile is validate ([`model`], pure; [`claims`]: the application id
+//! is the app's own) → read ([`reconcile::read`]) →
 //! decide the replicas ([`scale`], pure) → build ([`build`], pure) → apply
 //! ([`apply`], server-side apply in the order [`apply::apply_all`] writes
 //! down) → status ([`conditions`], pure). Kubernetes and Kafka I/O stay in
@@ -9,6 +10,7 @@
 pub mod apply;
 pub mod autoscale;
 pub mod build;
+pub mod claims;
 pub mod conditions;
 pub mod error;
 pub mod events;
@@ -25,3 +27,6 @@ pub mod scale;
 pub mod supervise;
 pub mod worker_status;
 pub mod workers;
+
+#[cfg(test)]
+mod model_fuzz;

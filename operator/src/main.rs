@@ -68,6 +68,10 @@ struct RunArgs {
     /// How often placement reads workers and moves tasks.
     #[arg(long, env = "MILLRACE_PLACEMENT_INTERVAL", default_value = "1s", value_parser = duration)]
     placement_interval: std::time::Duration,
+    /// How long `deletionPolicy: Delete` retries deleting an app's Kafka
+    /// data before it leaves the data and lets the deletion finish.
+    #[arg(long, env = "MILLRACE_FINALIZER_TIMEOUT", default_value = "5m", value_parser = duration)]
+    finalizer_timeout: std::time::Duration,
     /// Apply the embedded CRD at start, so `helm upgrade` carries CRD changes.
     #[arg(long, env = "MILLRACE_MANAGE_CRD")]
     manage_crd: bool,
@@ -164,14 +168,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     tokio::spawn(supervise("autoscaling", metrics.clone(), move || {
         autoscale::driver::run(autoscaler.clone())
     }));
+    let apps: Api<StreamApp> = Api::all(client.clone());
+    let controller = Controller::new(apps, watcher::Config::default());
     let context = Arc::new(Context {
         client: client.clone(),
         defaults,
         reporter,
         metrics,
+        apps: controller.store(),
+        finalizer_timeout: args.finalizer_timeout,
     });
-    let apps: Api<StreamApp> = Api::all(client.clone());
-    let controller = Controller::new(apps, watcher::Config::default())
+    let controller = controller
         .owns(
             Api::<StatefulSet>::all(client.clone()),
             watcher::Config::default(),

@@ -115,9 +115,36 @@ impl AppModel {
 
 pub use millrace_crds::application_id;
 
+/// Longest app name: its pods carry `controller-revision-hash:
+/// <name>-<10-character hash>`, a label value, which holds 63 characters.
+pub const MAX_APP_NAME: usize = 52;
+
+/// Why `name` cannot name the app's objects (its Service needs a DNS-1035
+/// label: lowercase letters, digits and '-', starting with a letter), or
+/// `None`.
+fn app_name_problem(name: &str) -> Option<String> {
+    if name.len() > MAX_APP_NAME {
+        return Some(format!(
+            "'{name}' is {} characters long; at most {MAX_APP_NAME} (the workers' pod labels hold the name and a hash)",
+            name.len()
+        ));
+    }
+    let label = name.starts_with(|c: char| c.is_ascii_lowercase())
+        && !name.ends_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    (!label).then(|| {
+        format!("'{name}' must be lowercase letters, digits and '-', starting with a letter (it names the app's Service)")
+    })
+}
+
 pub fn validate(app: &StreamApp, defaults: &Defaults) -> Result<AppModel, Vec<Invalid>> {
     let spec = &app.spec;
     let mut problems = Vec::new();
+    if let Some(problem) = app_name_problem(app.metadata.name.as_deref().unwrap_or_default()) {
+        problems.push(invalid("metadata.name", problem));
+    }
 
     let bootstrap = spec.kafka.bootstrap_servers.trim();
     if bootstrap.is_empty() {
@@ -436,6 +463,34 @@ mod tests {
         assert_eq!(m.replicas, 1);
         assert_eq!(m.output_topics(), [TopicName("out".into())]);
         assert!(m.state.is_none());
+    }
+
+    #[test]
+    fn names_the_apps_objects_cannot_carry_are_refused_naming_metadata_name() {
+        let named = |name: &str| {
+            let mut a = app(
+                serde_json::json!({"kafka": {"bootstrapServers": "k:1"}, "pipeline": pipeline()}),
+            );
+            a.metadata.name = Some(name.into());
+            validate(&a, &Defaults::default()).err().map(|p| {
+                p.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+        };
+        assert_eq!(named("orders-v2"), None);
+        assert_eq!(named(&"a".repeat(MAX_APP_NAME)), None);
+        for bad in [
+            "orders.v2",
+            "Orders",
+            "2orders",
+            "orders-",
+            &"a".repeat(MAX_APP_NAME + 1),
+        ] {
+            let problem = named(bad).unwrap_or_else(|| panic!("{bad} accepted"));
+            assert!(problem.starts_with("metadata.name: "), "{problem}");
+        }
     }
 
     #[test]

@@ -228,14 +228,36 @@ impl Evaluator {
         }
     }
 
+    /// A computed destination. One Kafka would refuse (a bad name) or one
+    /// that is a source of this app (its records would be read again, a
+    /// feedback loop) is the record's error, which follows `onError`.
     fn topic(&self, step: &str, e: &Expr, vars: &Vars<'_>) -> Result<String, RecordError> {
-        match self.eval(step, e, vars)? {
-            Value::String(s) if !s.is_empty() => Ok(s.to_string()),
-            other => Err(RecordError {
-                step: step.into(),
-                message: format!("`{}` gave {other:?}, not a topic name", e.source),
-            }),
+        let error = |message: String| RecordError {
+            step: step.into(),
+            message,
+        };
+        let name = match self.eval(step, e, vars)? {
+            Value::String(s) => s.to_string(),
+            other => {
+                return Err(error(format!(
+                    "`{}` gave {other:?}, not a topic name",
+                    e.source
+                )))
+            }
+        };
+        if let Some(problem) = TopicName::problem(&name) {
+            return Err(error(format!(
+                "`{}` gave topic name '{name}', which {problem}",
+                e.source
+            )));
         }
+        if self.pipeline.source_topics.iter().any(|t| t.0 == name) {
+            return Err(error(format!(
+                "`{}` gave '{name}', a source topic of this app: its records would be read again",
+                e.source
+            )));
+        }
+        Ok(name)
     }
 }
 
@@ -351,6 +373,35 @@ steps:
     fn computed_topics_and_record_coordinates() {
         let e = evaluator("source: {topics: [o]}\nsteps:\n- route: {rules: [{topicExpression: \"topic + '-' + string(partition) + '-' + string(offset)\"}]}\n");
         assert_eq!(topics(&e.process(&record("{}")).unwrap()), ["orders-3-42"]);
+    }
+
+    #[test]
+    fn a_computed_topic_kafka_would_refuse_or_that_is_a_source_is_the_records_error() {
+        let e = evaluator("source: {topics: [orders]}\nsteps:\n- {name: pick, route: {rules: [{topicExpression: 'value.to'}]}}\n");
+        for (to, expect) in [
+            ("orders", "'orders', a source topic of this app"),
+            ("a/b", "which contains '/'"),
+            ("", "which is empty"),
+            ("..", "which is reserved"),
+        ] {
+            let input = serde_json::json!({ "to": to }).to_string();
+            let err = e
+                .process(&record(Box::leak(input.into_boxed_str())))
+                .unwrap_err();
+            assert_eq!(err.step, "pick");
+            assert!(err.message.contains(expect), "{to:?}: {}", err.message);
+        }
+        let long = serde_json::json!({ "to": "t".repeat(250) }).to_string();
+        let err = e
+            .process(&record(Box::leak(long.into_boxed_str())))
+            .unwrap_err();
+        assert!(
+            err.message.contains("250 characters long"),
+            "{}",
+            err.message
+        );
+        let fine = e.process(&record(r#"{"to": "orders.v2-eu_1"}"#)).unwrap();
+        assert_eq!(topics(&fine), ["orders.v2-eu_1"]);
     }
 
     #[test]

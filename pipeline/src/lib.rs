@@ -267,6 +267,18 @@ impl Compiler<'_> {
         }
     }
 
+    /// A route to a source topic of the app would read its own output
+    /// again: a feedback loop (doubling under `AllMatches`).
+    fn not_a_source(&mut self, field: String, step: &str, topic: &TopicName) {
+        if self.spec.source.topics.contains(topic) {
+            self.error(
+                field,
+                step,
+                format!("'{topic}' is also a source topic; routed records would be read again (a feedback loop)"),
+            );
+        }
+    }
+
     fn step(&mut self, index: usize, step: &Step) -> Option<CompiledStep> {
         let name = step_name(index, step);
         let at = |field: &str| format!("spec.pipeline.steps[{index}].{field}");
@@ -341,7 +353,10 @@ impl Compiler<'_> {
                 self.expr(&at(&format!("route.rules[{r}].when")), &name, w, Want::Bool)
             });
             let to = match (&rule.to, &rule.topic_expression) {
-                (Some(topic), None) => Destination::Topic(topic.clone()),
+                (Some(topic), None) => {
+                    self.not_a_source(at(&format!("route.rules[{r}].to")), &name, topic);
+                    Destination::Topic(topic.clone())
+                }
                 (None, Some(source)) => match self.expr(
                     &at(&format!("route.rules[{r}].topicExpression")),
                     &name,
@@ -361,6 +376,9 @@ impl Compiler<'_> {
                 }
             };
             rules.push(CompiledRule { when, to });
+        }
+        if let Some(default) = &route.default {
+            self.not_a_source(at("route.default"), &name, default);
         }
         Some(CompiledStep::Route {
             name,

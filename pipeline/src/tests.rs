@@ -218,3 +218,21 @@ fn every_supported_function_evaluates() {
         );
     }
 }
+
+#[test]
+fn a_route_to_a_source_topic_is_a_feedback_loop_and_refused() {
+    let errs = errors("source: {topics: [orders, refunds]}\nsteps:\n- route:\n    rules: [{when: 'value.x', to: refunds}]\n    default: orders\n");
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert!(
+        errs[0].starts_with("spec.pipeline.steps[0].route.rules[0].to (step 'step-0')")
+            && errs[0].contains("'refunds' is also a source topic"),
+        "{}",
+        errs[0]
+    );
+    assert!(
+        errs[1].starts_with("spec.pipeline.steps[0].route.default (step 'step-0')")
+            && errs[1].contains("'orders' is also a source topic"),
+        "{}",
+        errs[1]
+    );
+}

@@ -4,6 +4,7 @@
 //! status ([`conditions`], pure), plus the finalizer that honours
 //! `deletionPolicy: Delete`.
 
+mod finalize;
 pub mod read;
 
 use std::sync::Arc;
@@ -12,21 +13,21 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::Store;
 use kube::{Api, Client, Resource, ResourceExt};
-use millrace_crds::{DeletionPolicy, StreamApp, StreamAppStatus};
+use millrace_crds::{StreamApp, StreamAppStatus};
 
-use crate::apply::{apply_all, FIELD_MANAGER};
+use crate::apply::apply_all;
+use crate::claims::{self, Claim};
 use crate::conditions::{self, Degradation, Workers};
 use crate::error::{Error, Result};
-use crate::kafka;
 use crate::metrics::Metrics;
 use crate::model::{self, Defaults};
 use crate::scale;
 
-pub const FINALIZER: &str = "millrace.dev/kafka-data";
+pub use finalize::{FINALIZER, KEEP_DATA_ANNOTATION};
 const REFRESH: Duration = Duration::from_secs(60);
 const KAFKA_RETRY: Duration = Duration::from_secs(15);
 
@@ -35,74 +36,47 @@ pub struct Context {
     pub defaults: Defaults,
     pub reporter: Reporter,
     pub metrics: Arc<Metrics>,
+    /// Every StreamApp, as the controller's watch last saw it: who holds
+    /// which application id.
+    pub apps: Store<StreamApp>,
+    /// How long `deletionPolicy: Delete` retries before it leaves the data
+    /// and lets the deletion finish.
+    pub finalizer_timeout: Duration,
 }
 
 pub async fn reconcile(app: Arc<StreamApp>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile_timer();
     let namespace = app.namespace().unwrap_or_else(|| "default".into());
     let apps: Api<StreamApp> = Api::namespaced(ctx.client.clone(), &namespace);
-    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
-    let reference = app.object_ref(&());
-    let event = |type_: EventType, reason: &str, action: &str, note: String| {
-        let recorder = recorder.clone();
-        let reference = reference.clone();
-        let ev = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(note),
-            action: action.into(),
-            secondary: None,
-        };
-        async move {
-            if let Err(e) = recorder.publish(&ev, &reference).await {
-                tracing::warn!("publishing event: {e}");
-            }
-        }
-    };
 
     if app.metadata.deletion_timestamp.is_some() {
-        return finalize(&apps, &app, &ctx).await;
+        return finalize::finalize(&apps, &app, &ctx).await;
     }
-    sync_finalizer(&apps, &app).await?;
+    finalize::sync_finalizer(&apps, &app).await?;
 
     let previous = app.status.clone().unwrap_or_default();
 
-    let model = match model::validate(&app, &ctx.defaults) {
+    // Until the watch has listed every app, a holder of this app's id may
+    // be missing from the store: admitting now could start a second app
+    // on one id.
+    ctx.apps
+        .wait_until_ready()
+        .await
+        .map_err(|e| Error::Other(format!("the StreamApp watch stopped: {e}")))?;
+    let model = match admit(&app, &ctx) {
         Ok(m) => m,
-        Err(problems) => {
-            let message = problems
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ");
-            let d = Degradation {
-                reason: "InvalidSpec",
-                message,
-            };
-            if !was_degraded(&previous, d.reason) {
-                event(
-                    EventType::Warning,
-                    "InvalidSpec",
-                    "Validate",
-                    d.message.clone(),
-                )
-                .await;
-            }
-            // Workers of the last valid spec keep running: a bad edit must
-            // not take a working app down.
+        Err(d) => {
             let existing = read::statefulset(&ctx.client, &namespace, &app.name_any()).await?;
-            write_status(
-                &apps,
-                &app,
-                &previous,
-                existing.as_ref(),
-                None,
-                Some(&d),
-                previous.desired_replicas,
-                None,
-            )
-            .await?;
-            return Ok(Action::await_change());
+            let held = Held {
+                existing: existing.as_ref(),
+                tasks: None,
+            };
+            hold(&ctx, &apps, &app, &previous, held, &d, "Validate").await?;
+            // A held id frees up without a change to this app.
+            return Ok(match d.reason {
+                ID_IN_USE => Action::requeue(REFRESH),
+                _ => Action::await_change(),
+            });
         }
     };
 
@@ -111,26 +85,11 @@ pub async fn reconcile(app: Arc<StreamApp>, ctx: Arc<Context>) -> Result<Action>
     let tasks = match observed.tasks {
         Ok(tasks) => tasks,
         Err(d) => {
-            if !was_degraded(&previous, d.reason) {
-                event(
-                    EventType::Warning,
-                    d.reason,
-                    "CheckKafka",
-                    d.message.clone(),
-                )
-                .await;
-            }
-            write_status(
-                &apps,
-                &app,
-                &previous,
-                existing.as_ref(),
-                previous.tasks,
-                Some(&d),
-                previous.desired_replicas,
-                None,
-            )
-            .await?;
+            let held = Held {
+                existing: existing.as_ref(),
+                tasks: previous.tasks,
+            };
+            hold(&ctx, &apps, &app, &previous, held, &d, "CheckKafka").await?;
             return Ok(Action::requeue(KAFKA_RETRY));
         }
     };
@@ -143,11 +102,25 @@ pub async fn reconcile(app: Arc<StreamApp>, ctx: Arc<Context>) -> Result<Action>
         observed.placement.as_ref(),
     ));
     let objects = crate::build::desired(&model, replicas.running);
-    let applied = apply_all(&ctx.client, &namespace, &objects).await?;
+    let applied = match apply_all(&ctx.client, &namespace, &objects).await? {
+        Ok(applied) => applied,
+        Err(d) => {
+            let held = Held {
+                existing: existing.as_ref(),
+                tasks,
+            };
+            hold(&ctx, &apps, &app, &previous, held, &d, "Apply").await?;
+            // Nothing will apply until the spec changes; a look now and
+            // then rather than a retry every few seconds.
+            return Ok(Action::requeue(REFRESH));
+        }
+    };
 
     match &existing {
         None => {
-            event(
+            publish(
+                &ctx,
+                &app,
                 EventType::Normal,
                 "Created",
                 "Apply",
@@ -162,10 +135,12 @@ pub async fn reconcile(app: Arc<StreamApp>, ctx: Arc<Context>) -> Result<Action>
         Some(old) => {
             let old_replicas = old.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
             if let Some(note) = replicas.scaled_note(old_replicas) {
-                event(EventType::Normal, "Scaled", "Scale", note).await;
+                publish(&ctx, &app, EventType::Normal, "Scaled", "Scale", note).await;
             }
             if config_hash(old) != config_hash(&applied) {
-                event(
+                publish(
+                    &ctx,
+                    &app,
                     EventType::Normal,
                     "Updated",
                     "Apply",
@@ -176,7 +151,9 @@ pub async fn reconcile(app: Arc<StreamApp>, ctx: Arc<Context>) -> Result<Action>
         }
     }
     if was_degraded(&previous, "") {
-        event(
+        publish(
+            &ctx,
+            &app,
             EventType::Normal,
             "Recovered",
             "Reconcile",
@@ -196,6 +173,102 @@ pub async fn reconcile(app: Arc<StreamApp>, ctx: Arc<Context>) -> Result<Action>
     )
     .await?;
     Ok(Action::requeue(REFRESH))
+}
+
+const ID_IN_USE: &str = "ApplicationIdInUse";
+
+/// What a degraded app's status reports of what runs.
+struct Held<'a> {
+    /// The StatefulSet of the last spec that applied, left as it is.
+    existing: Option<&'a StatefulSet>,
+    tasks: Option<i32>,
+}
+
+/// The app is degraded: its workers are left as they are (a bad edit must
+/// not take a working app down), and the status and, once, an Event say
+/// why.
+async fn hold(
+    ctx: &Context,
+    apps: &Api<StreamApp>,
+    app: &StreamApp,
+    previous: &StreamAppStatus,
+    held: Held<'_>,
+    d: &Degradation,
+    action: &str,
+) -> Result<()> {
+    if !was_degraded(previous, d.reason) {
+        publish(
+            ctx,
+            app,
+            EventType::Warning,
+            d.reason,
+            action,
+            d.message.clone(),
+        )
+        .await;
+    }
+    write_status(
+        apps,
+        app,
+        previous,
+        held.existing,
+        held.tasks,
+        Some(d),
+        previous.desired_replicas,
+        None,
+    )
+    .await
+}
+
+/// Publishes an Event about the app; failing to is only logged.
+pub(crate) async fn publish(
+    ctx: &Context,
+    app: &StreamApp,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&event, &app.object_ref(&())).await {
+        tracing::warn!("publishing event: {e}");
+    }
+}
+
+/// The app's typed model, when its spec is valid and its application id is
+/// its own; else why it gets no (new) workers.
+fn admit(app: &StreamApp, ctx: &Context) -> Result<model::AppModel, Degradation> {
+    let model = model::validate(app, &ctx.defaults).map_err(|problems| Degradation {
+        reason: "InvalidSpec",
+        message: problems
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; "),
+    })?;
+    let all: Vec<Claim> = ctx
+        .apps
+        .state()
+        .iter()
+        .map(|a| Claim::from(a.as_ref()))
+        .collect();
+    if let Some(holder) = claims::held_by_another(&Claim::from(app), &all) {
+        return Err(Degradation {
+            reason: ID_IN_USE,
+            message: format!(
+                "spec.applicationId: '{}' is already used by StreamApp {}/{}, created first; two apps with one id would skip each other's records and fence each other. Re-create this app with another spec.applicationId",
+                model.application_id, holder.namespace, holder.name
+            ),
+        });
+    }
+    Ok(model)
 }
 
 pub fn error_policy(_app: Arc<StreamApp>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -277,6 +350,8 @@ async fn write_status(
         // never patched from here (this copy may be older than theirs).
         placement: previous.placement.clone(),
         autoscaling: previous.autoscaling.clone(),
+        // Recorded where internal topics are created.
+        internal_topics: previous.internal_topics.clone(),
     };
     if &status == previous {
         return Ok(());
@@ -285,6 +360,7 @@ async fn write_status(
         placement: None,
         autoscaling: None,
         lag: None,
+        internal_topics: Vec::new(),
         ..status
     };
     let status = serde_json::to_value(&status).expect("status serialises");
@@ -306,63 +382,4 @@ fn workers_of(sts: &StatefulSet) -> Workers {
         updated,
         rolled_out: generation_seen && (revisions_match || updated >= desired),
     }
-}
-
-/// Keeps the finalizer only while it has work to do: with `Retain` nothing
-/// must happen on deletion, so deletion is not held up by the operator.
-async fn sync_finalizer(apps: &Api<StreamApp>, app: &StreamApp) -> Result<()> {
-    let has = app.finalizers().iter().any(|f| f == FINALIZER);
-    let wants = app.spec.deletion_policy == DeletionPolicy::Delete;
-    if has == wants {
-        return Ok(());
-    }
-    let mut finalizers: Vec<String> = app
-        .finalizers()
-        .iter()
-        .filter(|f| *f != FINALIZER)
-        .cloned()
-        .collect();
-    if wants {
-        finalizers.push(FINALIZER.into());
-    }
-    let patch = serde_json::json!({ "metadata": { "finalizers": finalizers, "resourceVersion": app.resource_version() } });
-    apps.patch(
-        &app.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await?;
-    Ok(())
-}
-
-/// `deletionPolicy: Delete`: remove the app's internal topics and committed
-/// offsets, then let the deletion finish. Owned objects go by garbage
-/// collection either way.
-async fn finalize(apps: &Api<StreamApp>, app: &StreamApp, ctx: &Context) -> Result<Action> {
-    if !app.finalizers().iter().any(|f| f == FINALIZER) {
-        return Ok(Action::await_change());
-    }
-    let namespace = app.namespace().unwrap_or_default();
-    let props = read::kafka_properties(&ctx.client, &namespace, &app.spec.kafka)
-        .await
-        .map_err(|d| Error::Finalizer(d.message))?;
-    let application_id = model::application_id(app);
-    let deleted = kafka::delete_app_data(&props, &application_id)
-        .await
-        .map_err(Error::Kafka)?;
-    tracing::info!(app = %app.name_any(), ?deleted, "deleted the app's internal topics and consumer group");
-    let finalizers: Vec<String> = app
-        .finalizers()
-        .iter()
-        .filter(|f| *f != FINALIZER)
-        .cloned()
-        .collect();
-    let patch = serde_json::json!({ "metadata": { "finalizers": finalizers } });
-    apps.patch(
-        &app.name_any(),
-        &PatchParams::apply(FIELD_MANAGER),
-        &Patch::Merge(&patch),
-    )
-    .await?;
-    Ok(Action::await_change())
 }

@@ -1,0 +1,182 @@
+//! `deletionPolicy: Delete`: on deletion, remove the app's internal topics
+//! (those Millrace recorded creating and named as internal, never a user's
+//! topic) and its committed offsets, then let the deletion finish.
+//!
+//! A deletion that cannot reach Kafka (its Secret already gone with the
+//! namespace, the cluster down) is retried, but not forever: after the
+//! operator's finalizer timeout, or at once with the annotation
+//! `millrace.dev/keep-kafka-data: "true"`, the data is left, a Warning
+//! Event says what was left, and the app goes. Leaving data loses nothing;
+//! a finalizer that never ends would hold the namespace forever.
+
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::{Api, ResourceExt};
+use millrace_crds::{DeletionPolicy, StreamApp};
+
+use super::{publish, read, Context};
+use crate::apply::FIELD_MANAGER;
+use crate::error::{Error, Result};
+use crate::{kafka, model};
+
+pub const FINALIZER: &str = "millrace.dev/kafka-data";
+
+/// Set to `"true"` on a StreamApp being deleted (or before) to let it go
+/// without deleting its Kafka data.
+pub const KEEP_DATA_ANNOTATION: &str = "millrace.dev/keep-kafka-data";
+
+/// What a deletion attempt leads to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next {
+    /// The data is gone: remove the finalizer.
+    Deleted,
+    /// Leave the data and remove the finalizer, saying why.
+    Leave(String),
+    /// Try again later.
+    Retry(String),
+}
+
+/// `attempt`: `None` when the annotation keeps the data, else the outcome.
+/// `waited`: since the deletion was asked for.
+pub fn next(attempt: Option<Result<(), String>>, waited: Duration, timeout: Duration) -> Next {
+    match attempt {
+        None => Next::Leave(format!("the {KEEP_DATA_ANNOTATION} annotation is set")),
+        Some(Ok(())) => Next::Deleted,
+        Some(Err(e)) if waited >= timeout => Next::Leave(format!(
+            "deleting failed for {}s, past the operator's finalizer timeout ({}s): {e}",
+            waited.as_secs(),
+            timeout.as_secs()
+        )),
+        Some(Err(e)) => Next::Retry(e),
+    }
+}
+
+/// Keeps the finalizer only while it has work to do: with `Retain` nothing
+/// must happen on deletion, so deletion is not held up by the operator.
+pub async fn sync_finalizer(apps: &Api<StreamApp>, app: &StreamApp) -> Result<()> {
+    let has = app.finalizers().iter().any(|f| f == FINALIZER);
+    let wants = app.spec.deletion_policy == DeletionPolicy::Delete;
+    if has == wants {
+        return Ok(());
+    }
+    let mut finalizers = others(app);
+    if wants {
+        finalizers.push(FINALIZER.into());
+    }
+    let patch = serde_json::json!({ "metadata": { "finalizers": finalizers, "resourceVersion": app.resource_version() } });
+    apps.patch(
+        &app.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+fn others(app: &StreamApp) -> Vec<String> {
+    app.finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect()
+}
+
+pub async fn finalize(apps: &Api<StreamApp>, app: &StreamApp, ctx: &Context) -> Result<Action> {
+    if !app.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    let application_id = model::application_id(app);
+    let recorded = app
+        .status
+        .as_ref()
+        .map(|s| s.internal_topics.clone())
+        .unwrap_or_default();
+    let internal = kafka::deletable_topics(&application_id, &recorded);
+    let keep = app
+        .annotations()
+        .get(KEEP_DATA_ANNOTATION)
+        .is_some_and(|v| v == "true");
+    let attempt = if keep {
+        None
+    } else {
+        Some(delete(app, ctx, &application_id, &internal).await)
+    };
+    let waited = app
+        .metadata
+        .deletion_timestamp
+        .as_ref()
+        .map_or(Duration::ZERO, |t| {
+            Duration::from_secs(Timestamp::now().duration_since(t.0).as_secs().max(0) as u64)
+        });
+    let what = format!("consumer group '{application_id}' and internal topics {internal:?}");
+    let (type_, reason, note) = match next(attempt, waited, ctx.finalizer_timeout) {
+        Next::Retry(e) => return Err(Error::Finalizer(e)),
+        Next::Deleted => (
+            EventType::Normal,
+            "KafkaDataDeleted",
+            format!("deleted the {what}"),
+        ),
+        Next::Leave(why) => (
+            EventType::Warning,
+            "KafkaDataLeft",
+            format!("left the {what} in Kafka: {why}"),
+        ),
+    };
+    tracing::info!(app = %app.name_any(), reason, "{note}");
+    publish(ctx, app, type_, reason, "Finalize", note).await;
+    let patch = serde_json::json!({ "metadata": { "finalizers": others(app) } });
+    apps.patch(
+        &app.name_any(),
+        &PatchParams::apply(FIELD_MANAGER),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(Action::await_change())
+}
+
+async fn delete(
+    app: &StreamApp,
+    ctx: &Context,
+    application_id: &str,
+    internal: &[String],
+) -> Result<(), String> {
+    let namespace = app.namespace().unwrap_or_default();
+    let props = read::kafka_properties(&ctx.client, &namespace, &app.spec.kafka)
+        .await
+        .map_err(|d| d.message)?;
+    kafka::delete_app_data(&props, application_id, internal).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_deletion_is_retried_until_the_timeout_then_the_data_is_left() {
+        let timeout = Duration::from_secs(300);
+        assert_eq!(next(Some(Ok(())), Duration::ZERO, timeout), Next::Deleted);
+        assert_eq!(
+            next(
+                Some(Err("unreachable".into())),
+                Duration::from_secs(299),
+                timeout
+            ),
+            Next::Retry("unreachable".into())
+        );
+        let Next::Leave(why) = next(Some(Err("unreachable".into())), timeout, timeout) else {
+            panic!("left at the timeout");
+        };
+        assert!(
+            why.contains("finalizer timeout (300s): unreachable"),
+            "{why}"
+        );
+        assert!(
+            matches!(next(None, Duration::ZERO, timeout), Next::Leave(why) if why.contains(KEEP_DATA_ANNOTATION)),
+            "the annotation lets it go at once"
+        );
+    }
+}

@@ -1,0 +1,257 @@
+//! One team's mistake must not hurt another team or delete data (issue
+//! #16), on the local API server with the chart's operator: two apps
+//! claiming one application id, a change the API server refuses, and
+//! `deletionPolicy: Delete` next to user topics that share the app's
+//! prefix, or with Kafka out of reach.
+
+use std::time::Duration;
+
+use millrace_tests::workers::{apply_yaml, get};
+use millrace_tests::{
+    ensure_topics, install_chart, kafka_bootstrap, kubectl, unique, wait_until, TestNamespace,
+};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+
+const TIMEOUT: Duration = Duration::from_secs(90);
+
+fn condition(ns: &str, app: &str, type_: &str, field: &str) -> String {
+    get(
+        ns,
+        &format!("streamapp/{app}"),
+        &format!("{{.status.conditions[?(@.type==\"{type_}\")].{field}}}"),
+    )
+}
+
+/// A one-step app: `orders` routed to `orders-other`, with `extra` spec
+/// lines (indented two spaces).
+fn app(ns: &str, name: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: millrace.dev/v1alpha1\nkind: StreamApp\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  kafka: {{bootstrapServers: '127.0.0.1:9092'}}\n{extra}  pipeline: {{source: {{topics: [orders]}}, steps: [{{route: {{default: orders-other}}}}]}}\n"
+    )
+}
+
+fn topics() {
+    ensure_topics(&[("orders", 4), ("orders-other", 1)]);
+}
+
+#[test]
+fn a_second_app_claiming_an_application_id_is_degraded_naming_the_first() {
+    install_chart(&[]);
+    topics();
+    let (first_ns, second_ns) = (
+        TestNamespace::create("claim-a"),
+        TestNamespace::create("claim-b"),
+    );
+    let (first_ns, second_ns) = (first_ns.0.as_str(), second_ns.0.as_str());
+    let id = unique("shared-id");
+    let extra = format!("  applicationId: {id}\n  replicas: 0\n");
+    apply_yaml(first_ns, "holder", &app(first_ns, "holder", &extra));
+    wait_until("the first app reconciled", TIMEOUT, || {
+        (get(first_ns, "streamapp/holder", "{.status.tasks}") == "4").then_some(())
+    });
+
+    apply_yaml(second_ns, "copy", &app(second_ns, "copy", &extra));
+    let message = wait_until("the second app Degraded", TIMEOUT, || {
+        (condition(second_ns, "copy", "Degraded", "reason") == "ApplicationIdInUse")
+            .then(|| condition(second_ns, "copy", "Degraded", "message"))
+    });
+    assert!(
+        message.contains(&format!("StreamApp {first_ns}/holder")),
+        "{message}"
+    );
+    assert!(
+        get(second_ns, "statefulsets", "{.items[*].metadata.name}").is_empty(),
+        "the second app gets no workers"
+    );
+    assert_eq!(
+        condition(first_ns, "holder", "Degraded", "status"),
+        "False",
+        "the first app is not disturbed"
+    );
+
+    // Once the holder is gone the id is free, and the second app runs.
+    kubectl(&[
+        "-n",
+        first_ns,
+        "delete",
+        "streamapp",
+        "holder",
+        "--wait=true",
+    ])
+    .unwrap();
+    wait_until("the second app takes the id over", TIMEOUT, || {
+        (condition(second_ns, "copy", "Degraded", "status") == "False").then_some(())
+    });
+}
+
+#[test]
+fn a_change_the_api_server_refuses_is_degraded_and_leaves_the_workers_config_alone() {
+    install_chart(&[]);
+    topics();
+    let ns = TestNamespace::create("refused");
+    let ns = ns.0.as_str();
+    apply_yaml(ns, "steady", &app(ns, "steady", "  replicas: 0\n"));
+    wait_until("the StatefulSet", TIMEOUT, || {
+        (get(ns, "statefulset/steady", "{.metadata.name}") == "steady").then_some(())
+    });
+    let config_version = || get(ns, "configmap/steady-config", "{.metadata.resourceVersion}");
+    let before = config_version();
+
+    // Adding state changes the StatefulSet's volume claims, which the API
+    // server does not allow on a StatefulSet that exists; with it a new
+    // commit interval, which would rewrite the workers' configuration.
+    let changed = "  replicas: 0\n  commitInterval: 250ms\n  state: {size: 1Gi}\n";
+    apply_yaml(ns, "steady", &app(ns, "steady", changed));
+    let message = wait_until("Degraded ApplyRejected", TIMEOUT, || {
+        (condition(ns, "steady", "Degraded", "reason") == "ApplyRejected")
+            .then(|| condition(ns, "steady", "Degraded", "message"))
+    });
+    assert!(
+        message.contains("the API server refused StatefulSet steady"),
+        "{message}"
+    );
+    assert_eq!(
+        config_version(),
+        before,
+        "the configuration is not rewritten"
+    );
+    let events = get(ns, "events", "{range .items[*]}{.reason} {end}");
+    assert!(
+        events.contains("ApplyRejected"),
+        "an Event says so: {events}"
+    );
+}
+
+fn group_consumer(group: &str) -> BaseConsumer {
+    rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka_bootstrap())
+        .set("group.id", group)
+        .create()
+        .unwrap()
+}
+
+fn existing_topics() -> Vec<String> {
+    group_consumer("probe")
+        .fetch_metadata(None, Duration::from_secs(10))
+        .unwrap()
+        .topics()
+        .iter()
+        .map(|t| t.name().to_string())
+        .collect()
+}
+
+#[test]
+fn deletion_policy_delete_removes_recorded_internal_topics_and_offsets_and_no_user_topic() {
+    install_chart(&[]);
+    topics();
+    let ns = TestNamespace::create("delete");
+    let ns = ns.0.as_str();
+    let app_id = unique("orders");
+    // The user's topics share the app's prefix; one internal topic was
+    // recorded as created by Millrace, and a user topic recorded by a hand
+    // edit of the status is not named as an internal topic.
+    let user_topics = [
+        format!("{app_id}-large"),
+        format!("{app_id}-dlq"),
+        format!("{app_id}-eu"),
+    ];
+    let internal = format!("{app_id}-dedup-changelog");
+    let mut all: Vec<(&str, i32)> = user_topics.iter().map(|t| (t.as_str(), 1)).collect();
+    all.push((internal.as_str(), 1));
+    ensure_topics(&all);
+    let mut offsets = TopicPartitionList::new();
+    offsets
+        .add_partition_offset("orders", 0, Offset::Offset(0))
+        .unwrap();
+    group_consumer(&app_id)
+        .commit(&offsets, rdkafka::consumer::CommitMode::Sync)
+        .unwrap();
+
+    let extra = format!("  applicationId: {app_id}\n  deletionPolicy: Delete\n  replicas: 0\n");
+    apply_yaml(ns, "doomed", &app(ns, "doomed", &extra));
+    wait_until("the finalizer", TIMEOUT, || {
+        get(ns, "streamapp/doomed", "{.metadata.finalizers}")
+            .contains("millrace.dev/kafka-data")
+            .then_some(())
+    });
+    let recorded =
+        serde_json::json!({ "status": { "internalTopics": [internal, user_topics[2]] } });
+    kubectl(&[
+        "-n",
+        ns,
+        "patch",
+        "streamapp",
+        "doomed",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &recorded.to_string(),
+    ])
+    .unwrap();
+
+    kubectl(&[
+        "-n",
+        ns,
+        "delete",
+        "streamapp",
+        "doomed",
+        "--wait=true",
+        "--timeout=60s",
+    ])
+    .unwrap();
+    let topics = existing_topics();
+    assert!(!topics.contains(&internal), "{internal} was deleted");
+    for user in user_topics.iter().chain([&"orders".to_string()]) {
+        assert!(topics.contains(user), "the user's {user} stays");
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition("orders", 0);
+    let committed = group_consumer(&app_id)
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(
+        committed.find_partition("orders", 0).unwrap().offset(),
+        Offset::Invalid,
+        "the group's offsets are gone"
+    );
+}
+
+#[test]
+fn a_deletion_that_cannot_reach_kafka_is_let_go_by_the_annotation_with_an_event() {
+    install_chart(&[]);
+    let ns = TestNamespace::create("unreachable");
+    let ns = ns.0.as_str();
+    let manifest = app(ns, "stranded", "  deletionPolicy: Delete\n  replicas: 0\n")
+        .replace("127.0.0.1:9092", "127.0.0.1:1");
+    apply_yaml(ns, "stranded", &manifest);
+    wait_until("the finalizer", TIMEOUT, || {
+        get(ns, "streamapp/stranded", "{.metadata.finalizers}")
+            .contains("millrace.dev/kafka-data")
+            .then_some(())
+    });
+    kubectl(&["-n", ns, "delete", "streamapp", "stranded", "--wait=false"]).unwrap();
+    kubectl(&[
+        "-n",
+        ns,
+        "annotate",
+        "streamapp",
+        "stranded",
+        "millrace.dev/keep-kafka-data=true",
+    ])
+    .unwrap();
+    wait_until("the app gone", TIMEOUT, || {
+        kubectl(&["-n", ns, "get", "streamapp", "stranded"])
+            .is_err()
+            .then_some(())
+    });
+    let events = get(
+        ns,
+        "events",
+        "{range .items[*]}{.reason}: {.message}\n{end}",
+    );
+    assert!(
+        events.contains("KafkaDataLeft: left the consumer group"),
+        "a Warning Event says what was left: {events}"
+    );
+}

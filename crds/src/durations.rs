@@ -112,15 +112,18 @@ pub fn timing(spec: &StreamAppSpec) -> Result<Timing, Vec<Invalid>> {
             ),
         ));
     }
-    if !(MIN_TRANSACTION_TIMEOUT..=MAX_TRANSACTION_TIMEOUT).contains(&transaction_timeout) {
+    let transactional = spec.processing_guarantee == ProcessingGuarantee::ExactlyOnce;
+    if transactional
+        && !(MIN_TRANSACTION_TIMEOUT..=MAX_TRANSACTION_TIMEOUT).contains(&transaction_timeout)
+    {
         problems.push(Invalid::new(
             "spec.transactionTimeout",
             format!(
-                "must be between {MIN_TRANSACTION_TIMEOUT:?} and {MAX_TRANSACTION_TIMEOUT:?} (the broker's default transaction.max.timeout.ms); got {transaction_timeout:?}"
+                "must be between 1s and 15m (librdkafka's least, the broker's default transaction.max.timeout.ms); got {transaction_timeout:?}"
             ),
         ));
     }
-    if spec.processing_guarantee == ProcessingGuarantee::ExactlyOnce {
+    if transactional {
         for key in DELIVERY_TIMEOUTS {
             let Some(text) = spec.kafka.properties.get(key) else {
                 continue;
@@ -217,9 +220,13 @@ mod tests {
             .contains("spec.commitInterval: must be at least 10ms"));
         assert!(timing(&spec(Some("10ms"), None, eos)).is_ok());
         assert!(problem(spec(Some("100ms"), Some("500ms"), eos))
-            .contains("spec.transactionTimeout: must be between 1s and 900s"));
+            .contains("spec.transactionTimeout: must be between 1s and 15m"));
         assert!(problem(spec(None, Some("16m"), eos)).contains("spec.transactionTimeout"));
         assert!(timing(&spec(None, Some("15m"), eos)).is_ok());
+        assert!(
+            timing(&spec(None, Some("30m"), ProcessingGuarantee::AtLeastOnce)).is_ok(),
+            "no transactions: no bound"
+        );
 
         let with_property = |key: &str, ms: &str, g| {
             let mut s = spec(None, Some("60s"), g);

@@ -66,20 +66,14 @@ pub fn internal_topic(application_id: &str, step: &str, kind: InternalTopic) -> 
     format!("{application_id}-{step}-{}", kind.suffix())
 }
 
-/// Whether `topic` has the name of one of the app's internal topics. A name
-/// alone is not proof (a user may have such a topic): what may be deleted
-/// is what Millrace recorded creating *and* is named so.
-pub fn is_internal_topic(application_id: &str, topic: &str) -> bool {
-    let Some(rest) = topic
-        .strip_prefix(application_id)
-        .and_then(|r| r.strip_prefix('-'))
-    else {
-        return false;
-    };
-    InternalTopic::ALL.iter().any(|kind| {
-        rest.strip_suffix(kind.suffix())
-            .and_then(|step| step.strip_suffix('-'))
-            .is_some_and(|step| !step.is_empty())
+/// Whether `topic` is the name of an internal topic of one of the app's
+/// `steps`. A name alone is not proof (a user may have such a topic): what
+/// may be deleted is what Millrace recorded creating *and* is named so.
+pub fn is_internal_topic(application_id: &str, steps: &[String], topic: &str) -> bool {
+    steps.iter().any(|step| {
+        InternalTopic::ALL
+            .iter()
+            .any(|kind| internal_topic(application_id, step, *kind) == topic)
     })
 }
 
@@ -98,5 +92,33 @@ mod tests {
             ]
         );
         assert_eq!(loop_transactional_ids("a", "w", 2..MAX_LOOPS).len(), 6);
+    }
+
+    #[test]
+    fn only_internal_topics_of_the_apps_own_steps_are_internal() {
+        let steps = vec!["dedup".to_string(), "by-customer".to_string()];
+        let changelog = internal_topic("orders", "dedup", InternalTopic::Changelog);
+        assert_eq!(changelog, "orders-dedup-changelog");
+        assert!(is_internal_topic("orders", &steps, &changelog));
+        assert!(is_internal_topic(
+            "orders",
+            &steps,
+            "orders-by-customer-repartition"
+        ));
+        for user in [
+            "orders",
+            "orders-large",
+            "orders-eu",
+            "orders-dlq",
+            "orders--changelog",
+            "orders-changelog",
+            "ordersx-dedup-changelog",
+            "other-dedup-changelog",
+            "orders-dedup-changelog-v2",
+            // Another app's, whose id starts with this one's.
+            "orders-eu-agg-changelog",
+        ] {
+            assert!(!is_internal_topic("orders", &steps, user), "{user}");
+        }
     }
 }

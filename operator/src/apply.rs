@@ -44,15 +44,24 @@ where
 
 /// The API server refused the object itself (invalid, an immutable field
 /// changed, forbidden): trying again will not help until the spec changes.
+/// Not a rejection: credentials (401), a conflict or throttling (409, 429),
+/// and a dry run an admission webhook cannot take part in (it has side
+/// effects), which says nothing about the object.
 fn rejection(e: &kube::Error) -> Option<String> {
     match e {
         kube::Error::Api(status)
-            if (400..500).contains(&status.code) && ![404, 409, 429].contains(&status.code) =>
+            if [400, 403, 422].contains(&status.code) && !dry_run_unsupported(e) =>
         {
             Some(status.message.clone())
         }
         _ => None,
     }
+}
+
+/// An admission webhook with side effects answers a dry run so.
+fn dry_run_unsupported(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 400
+        && (s.message.to_lowercase().contains("dry run") || s.message.contains("dryRun")))
 }
 
 /// Applies everything an app owns, in the written-down order: identity and
@@ -81,6 +90,9 @@ pub async fn apply_all(
                 reason: APPLY_REJECTED,
                 message: format!("the API server refused {object}: {message}"),
             }))
+        }
+        Err(Error::Kube(e)) if dry_run_unsupported(&e) => {
+            tracing::debug!("a webhook does not take dry runs ({e}); applying without one")
         }
         Err(e) => return Err(e),
     }

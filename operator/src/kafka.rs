@@ -241,12 +241,16 @@ pub fn check_topics(
 }
 
 /// The recorded internal topics `deletionPolicy: Delete` may delete: those
-/// named as the app's internal topics. Any other recorded name (a status
-/// edited by hand) is left alone.
-pub fn deletable_topics(application_id: &str, recorded: &[String]) -> Vec<String> {
+/// named as internal topics of the app's own `steps`. Any other recorded
+/// name (a status edited by hand) is left alone.
+pub fn deletable_topics(
+    application_id: &str,
+    steps: &[String],
+    recorded: &[String],
+) -> Vec<String> {
     recorded
         .iter()
-        .filter(|t| is_internal_topic(application_id, t))
+        .filter(|t| is_internal_topic(application_id, steps, t))
         .cloned()
         .collect()
 }

@@ -20,6 +20,7 @@ pub mod kafka;
 pub mod leader;
 pub mod metrics;
 pub mod model;
+pub mod per_app;
 pub mod placement;
 pub mod placement_driver;
 pub mod reconcile;

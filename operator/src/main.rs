@@ -147,7 +147,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     // One observation of each app's workers per placement poll, reused by
     // the autoscaler.
-    let workers = Arc::new(Observations::new(client.clone()));
+    let workers = Arc::new(Observations::new(client.clone(), args.placement_interval));
     let placement = Arc::new(Driver::new(
         client.clone(),
         reporter.clone(),
@@ -177,6 +177,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics,
         apps: controller.store(),
         finalizer_timeout: args.finalizer_timeout,
+        lease_namespace: args.namespace.clone(),
     });
     let controller = controller
         .owns(

@@ -10,6 +10,7 @@
 //! other. Only the leader runs it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,6 +26,7 @@ use millrace_crds::{AutoscalingMode, PlacementSummary, StreamApp};
 use crate::error::{Error, Result};
 use crate::handoff::{self, Happening, Observation};
 use crate::metrics::Metrics;
+use crate::per_app::PerApp;
 use crate::placement::{next_placement, Inputs, Worker};
 use crate::supervise::{guarded, lock};
 use crate::workers::{Observations, ObservedPod};
@@ -86,27 +88,34 @@ impl Driver {
 /// waits for the poll that sees its old owner's acknowledgement.
 const MOVING_INTERVAL: Duration = Duration::from_millis(200);
 
-/// Polls every StreamApp forever.
+/// Polls every StreamApp forever, each apart ([`PerApp`]).
 pub async fn run(driver: Arc<Driver>, interval: Duration) {
     let apps: Api<StreamApp> = Api::all(driver.client.clone());
+    let per_app = PerApp::default();
+    // Set by any app's poll with moves in flight since the last round.
+    let moving = Arc::new(AtomicBool::new(false));
     loop {
-        let mut moving = false;
         match apps.list(&ListParams::default()).await {
             Ok(list) => {
-                for app in list {
-                    match guarded(drive(&driver, &app)).await {
-                        Ok(m) => moving |= m,
-                        Err(e) => {
-                            driver.metrics.driver_failed("placement", &e);
-                            tracing::warn!(app = %app.name_any(), kind = e.metric_label(), "placement: {e}")
+                per_app.start_each(list, |app| {
+                    let (driver, moving) = (driver.clone(), moving.clone());
+                    async move {
+                        match guarded(drive(&driver, &app)).await {
+                            Ok(m) => {
+                                moving.fetch_or(m, Ordering::Relaxed);
+                            }
+                            Err(e) => {
+                                driver.metrics.driver_failed("placement", &e);
+                                tracing::warn!(app = %app.name_any(), kind = e.metric_label(), "placement: {e}")
+                            }
                         }
                     }
-                }
+                });
             }
             Err(e) => tracing::warn!("placement: listing StreamApps: {e}"),
         }
         let pauses_awaited = !lock(&driver.memory).pauses.is_empty();
-        let wait = if moving || pauses_awaited {
+        let wait = if moving.swap(false, Ordering::Relaxed) || pauses_awaited {
             MOVING_INTERVAL.min(interval)
         } else {
             interval

@@ -10,6 +10,11 @@ use tokio::net::TcpStream;
 /// A worker that does not answer within this is treated as unavailable.
 pub const POLL_TIMEOUT: Duration = Duration::from_millis(1500);
 
+/// Most of an answer read: a report of thousands of partitions is a few
+/// hundred KiB; a worker (a custom image's, say) that answers more is not
+/// read further, so no app's workers can fill the operator's memory.
+pub const MAX_ANSWER_BYTES: u64 = 4 << 20;
+
 pub async fn poll(ip: &str, port: u16) -> Result<WorkerStatus, String> {
     tokio::time::timeout(POLL_TIMEOUT, get(ip, port))
         .await
@@ -25,10 +30,16 @@ async fn get(ip: &str, port: u16) -> Result<WorkerStatus, String> {
         .await
         .map_err(|e| format!("{ip}:{port}: {e}"))?;
     let mut response = Vec::new();
-    stream
+    (&mut stream)
+        .take(MAX_ANSWER_BYTES + 1)
         .read_to_end(&mut response)
         .await
         .map_err(|e| format!("{ip}:{port}: {e}"))?;
+    if response.len() as u64 > MAX_ANSWER_BYTES {
+        return Err(format!(
+            "{ip}:{port}/tasks answered more than {MAX_ANSWER_BYTES} bytes; not read"
+        ));
+    }
     parse(&response).map_err(|e| format!("{ip}:{port}/tasks: {e}"))
 }
 
@@ -47,6 +58,23 @@ fn parse(response: &[u8]) -> Result<WorkerStatus, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_answer_past_the_limit_is_refused_without_reading_it_all() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 256];
+            let _ = socket.read(&mut request).await;
+            let _ = socket.write_all(b"HTTP/1.0 200 OK\r\n\r\n").await;
+            // Endless: only the limit stops the reader.
+            let chunk = vec![b' '; 1 << 16];
+            while socket.write_all(&chunk).await.is_ok() {}
+        });
+        let err = get("127.0.0.1", port).await.unwrap_err();
+        assert!(err.contains("answered more than 4194304 bytes"), "{err}");
+    }
 
     #[test]
     fn parses_a_tasks_answer_and_refuses_errors() {

@@ -69,14 +69,25 @@ const FORGOTTEN_AFTER: Duration = Duration::from_secs(300);
 pub struct Observations {
     client: Client,
     latest: Mutex<HashMap<(String, String), Arc<WorkerObservation>>>,
+    /// How old a placement observation may be and still serve another loop.
+    reuse_within: Duration,
 }
 
 impl Observations {
-    pub fn new(client: Client) -> Self {
+    /// `placement_interval`: how often placement observes each app.
+    pub fn new(client: Client, placement_interval: Duration) -> Self {
         Self {
             client,
             latest: Mutex::default(),
+            // Three placement polls: an older one means placement is not
+            // observing the app (skipped, slow, or restarting).
+            reuse_within: (3 * placement_interval).max(Duration::from_secs(3)),
         }
+    }
+
+    /// How old an observation [`Observations::recent`] callers should take.
+    pub fn reuse_within(&self) -> Duration {
+        self.reuse_within
     }
 
     /// Observes now and keeps the result for [`Observations::recent`].

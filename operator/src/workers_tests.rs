@@ -79,7 +79,7 @@ fn pod_list(admin_port: u16) -> serde_json::Value {
 #[tokio::test]
 async fn one_observation_serves_both_loops_while_it_is_recent() {
     let (client, requests) = fake_cluster().await;
-    let observations = Observations::new(client);
+    let observations = Observations::new(client, Duration::from_secs(1));
     let counts = || {
         (
             requests.pod_lists.load(Ordering::SeqCst),

@@ -1,5 +1,6 @@
-//! The worker's admin HTTP endpoint: `/healthz`, `/readyz`, `/metrics`,
-//! `/tasks` (JSON: owned tasks and committed offsets, for the operator).
+//! The worker's admin HTTP endpoint: `/healthz` (fails while a processing
+//! loop is stuck), `/readyz`, `/metrics`, `/tasks` (JSON: owned tasks and
+//! committed offsets, for the operator).
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -12,6 +13,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 
 use crate::metrics::{Metrics, Status};
+use millrace_crds::worker_status::unix_ms;
 
 #[derive(Clone)]
 struct Shared {
@@ -25,7 +27,21 @@ pub async fn serve(
     status: Arc<Status>,
 ) -> anyhow::Result<()> {
     let app = Router::new()
-        .route("/healthz", get(|| async { (StatusCode::OK, "ok") }))
+        .route(
+            "/healthz",
+            get(|State(s): State<Shared>| async move {
+                match s.status.stalled(unix_ms()) {
+                    None => (StatusCode::OK, "ok".to_string()),
+                    Some(stuck) => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!(
+                            "processing loop {} has made no progress for {} ms (limit {} ms)",
+                            stuck.loop_index, stuck.silent_ms, stuck.limit_ms
+                        ),
+                    ),
+                }
+            }),
+        )
         .route(
             "/readyz",
             get(|State(s): State<Shared>| async move {

@@ -121,9 +121,54 @@ pub struct Status {
     /// Nanoseconds the loops spent processing and committing (not waiting
     /// for records), summed over loops: the operator's busy time.
     pub busy_nanos: AtomicU64,
+    /// When each processing loop last made progress (Unix ms), for
+    /// `/healthz`.
+    heartbeats: Mutex<Vec<u64>>,
+    /// A loop silent for longer than this is stuck: `/healthz` fails and
+    /// the kubelet restarts the worker.
+    stall_limit_ms: AtomicU64,
+}
+
+/// A loop that has made no progress for too long.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Stalled {
+    pub loop_index: usize,
+    pub silent_ms: u64,
+    pub limit_ms: u64,
 }
 
 impl Status {
+    /// A processing loop starts; returns its heartbeat slot. A loop is
+    /// stuck once silent for `limit_ms`.
+    pub fn register_loop(&self, now_ms: u64, limit_ms: u64) -> usize {
+        self.stall_limit_ms.store(limit_ms, Ordering::Relaxed);
+        let mut beats = self.heartbeats.lock().unwrap();
+        beats.push(now_ms);
+        beats.len() - 1
+    }
+
+    /// Loop `index` made progress: it finished a commit interval, or it is
+    /// retrying something outside it (the broker away), which is progress
+    /// too: restarting the worker would not bring the broker back.
+    pub fn beat(&self, index: usize, now_ms: u64) {
+        if let Some(beat) = self.heartbeats.lock().unwrap().get_mut(index) {
+            *beat = now_ms;
+        }
+    }
+
+    /// The loop silent the longest, when past the limit.
+    pub fn stalled(&self, now_ms: u64) -> Option<Stalled> {
+        let limit_ms = self.stall_limit_ms.load(Ordering::Relaxed);
+        let beats = self.heartbeats.lock().unwrap();
+        let (loop_index, last) = beats.iter().enumerate().min_by_key(|(_, t)| **t)?;
+        let silent_ms = now_ms.saturating_sub(*last);
+        (silent_ms > limit_ms).then_some(Stalled {
+            loop_index,
+            silent_ms,
+            limit_ms,
+        })
+    }
+
     pub fn add_busy(&self, d: std::time::Duration) {
         self.busy_nanos
             .fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
@@ -169,5 +214,30 @@ impl Status {
         for t in tasks {
             detail.released.remove(t);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_loop_silent_past_the_limit_is_stalled_and_a_beat_clears_it() {
+        let status = Status::default();
+        assert_eq!(status.stalled(1_000_000), None, "no loop yet: healthy");
+        let first = status.register_loop(1_000, 60_000);
+        let second = status.register_loop(1_000, 60_000);
+        assert_eq!(status.stalled(61_000), None, "at the limit");
+        status.beat(first, 50_000);
+        assert_eq!(
+            status.stalled(70_000),
+            Some(Stalled {
+                loop_index: second,
+                silent_ms: 69_000,
+                limit_ms: 60_000
+            })
+        );
+        status.beat(second, 69_000);
+        assert_eq!(status.stalled(70_000), None);
     }
 }

@@ -132,3 +132,143 @@ fn validate_prints_every_error_with_step_and_position() {
         String::from_utf8_lossy(&ok.stderr)
     );
 }
+
+/// A record's value and headers, as text.
+type Seen = (Option<String>, Vec<(String, String)>);
+
+/// Reads every committed record of `topic` with its headers.
+fn committed_records(topic: &str) -> Vec<Seen> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka_bootstrap())
+        .set("group.id", unique("reader"))
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)
+        .unwrap();
+    consumer.assign(&tpl).unwrap();
+    let mut records = Vec::new();
+    loop {
+        match consumer.poll(Duration::from_secs(5)) {
+            Some(Ok(m)) => records.push((
+                m.payload().map(|v| String::from_utf8_lossy(v).into_owned()),
+                m.headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                let value =
+                                    h.value.map(String::from_utf8_lossy).unwrap_or_default();
+                                (h.key.to_string(), value.into_owned())
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            )),
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) | None => return records,
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
+        }
+    }
+}
+
+#[test]
+fn an_output_the_producer_refuses_is_dead_lettered_and_the_partition_keeps_flowing() {
+    let (source, output, dlq) = (unique("cli-src"), unique("cli-out"), unique("cli-dlq"));
+    ensure_topics(&[(&source, 1), (&output, 1), (&dlq, 1)]);
+    // The map triples `pad`: record 10's output passes the producer's 3,000
+    // bytes; record 15 is too large even as it came in, so its dead-letter
+    // copy goes without its value.
+    for n in 0..20 {
+        let pad = match n {
+            10 => 1200,
+            15 => 3200,
+            _ => 10,
+        };
+        let value = serde_json::json!({ "n": n, "pad": "x".repeat(pad) }).to_string();
+        produce(&source, &n.to_string(), &value);
+    }
+    let app = unique("cli-app");
+    let yaml = format!(
+        "apiVersion: millrace.dev/v1alpha1\nkind: StreamApp\nmetadata: {{name: cli}}\nspec:\n  kafka:\n    bootstrapServers: '{}'\n    properties: {{message.max.bytes: '3000'}}\n  applicationId: {app}\n  commitInterval: 200ms\n  pipeline:\n    source: {{topics: [{source}]}}\n    steps:\n    - map: {{value: \"{{'n': value.n, 'pad': value.pad + value.pad + value.pad}}\"}}\n    - route: {{default: {output}}}\n    onError: {{policy: DeadLetter, deadLetterTopic: {dlq}}}\n",
+        kafka_bootstrap()
+    );
+    let path = std::env::temp_dir().join(format!("{app}.yaml"));
+    std::fs::write(&path, yaml).unwrap();
+    let mut child = Command::new(workspace_binary("millrace-runtime"))
+        .args([
+            "run",
+            "--manifest",
+            path.to_str().unwrap(),
+            "--admin-addr",
+            "127.0.0.1:18104",
+        ])
+        .env("RUST_LOG", "warn")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let flowed = millrace_tests::wait_until(
+        "18 outputs and 2 dead letters",
+        Duration::from_secs(60),
+        || {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("the worker stopped ({status}) instead of dead-lettering");
+            }
+            let (outputs, dead) = (committed_values(&output), committed_records(&dlq));
+            (outputs.len() >= 18 && dead.len() >= 2).then_some((outputs, dead))
+        },
+    );
+    millrace_tests::workers::signal(&[child.id()], "TERM");
+    assert!(child.wait().unwrap().success(), "a clean shutdown");
+
+    let (outputs, dead) = flowed;
+    let numbers: Vec<i64> = outputs
+        .iter()
+        .map(|v| {
+            serde_json::from_str::<serde_json::Value>(v).unwrap()["n"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    let expected: Vec<i64> = (0..20).filter(|n| ![10, 15].contains(n)).collect();
+    assert_eq!(numbers, expected, "every other record once, in order");
+    assert_eq!(
+        committed_values(&output).len(),
+        18,
+        "and no more afterwards"
+    );
+    let header = |h: &[(String, String)], key: &str| {
+        h.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
+    };
+    assert_eq!(dead.len(), 2);
+    assert_eq!(
+        header(&dead[0].1, "millrace.source.offset").as_deref(),
+        Some("10")
+    );
+    assert_eq!(
+        header(&dead[0].1, "millrace.error.step").as_deref(),
+        Some("produce")
+    );
+    assert!(
+        header(&dead[0].1, "millrace.error")
+            .unwrap()
+            .contains("over the producer's message.max.bytes (3000)"),
+        "{:?}",
+        dead[0].1
+    );
+    assert!(
+        dead[0].0.as_ref().is_some_and(|v| v.contains("\"n\":10")),
+        "the input as it came"
+    );
+    assert_eq!(
+        header(&dead[1].1, "millrace.source.offset").as_deref(),
+        Some("15")
+    );
+    assert_eq!(
+        dead[1].0, None,
+        "too large even as it came: the value is dropped"
+    );
+    assert!(header(&dead[1].1, "millrace.error.value-dropped").is_some());
+}

@@ -50,14 +50,20 @@ fn a_second_app_claiming_an_application_id_is_degraded_naming_the_first() {
     wait_until("the first app reconciled", TIMEOUT, || {
         (get(first_ns, "streamapp/holder", "{.status.tasks}") == "4").then_some(())
     });
+    // The holder's committed offsets, which no other app may touch.
+    commit_offset(&id, 7);
 
-    apply_yaml(second_ns, "copy", &app(second_ns, "copy", &extra));
-    let message = wait_until("the second app Degraded", TIMEOUT, || {
-        (condition(second_ns, "copy", "Degraded", "reason") == "ApplicationIdInUse")
-            .then(|| condition(second_ns, "copy", "Degraded", "message"))
-    });
+    let degraded = |ns: &str, name: &str| {
+        wait_until(&format!("{name} Degraded"), TIMEOUT, || {
+            (condition(ns, name, "Degraded", "reason") == "ApplicationIdInUse")
+                .then(|| condition(ns, name, "Degraded", "message"))
+        })
+    };
+    let doomed = format!("  applicationId: {id}\n  replicas: 0\n  deletionPolicy: Delete\n");
+    apply_yaml(second_ns, "copy", &app(second_ns, "copy", &doomed));
+    let message = degraded(second_ns, "copy");
     assert!(
-        message.contains(&format!("StreamApp {first_ns}/holder")),
+        message.contains(&format!("held by StreamApp {first_ns}/holder")),
         "{message}"
     );
     assert!(
@@ -70,7 +76,26 @@ fn a_second_app_claiming_an_application_id_is_degraded_naming_the_first() {
         "the first app is not disturbed"
     );
 
-    // Once the holder is gone the id is free, and the second app runs.
+    // Deleting the app that never held the id deletes none of its data.
+    kubectl(&[
+        "-n",
+        second_ns,
+        "delete",
+        "streamapp",
+        "copy",
+        "--wait=true",
+        "--timeout=60s",
+    ])
+    .unwrap();
+    assert_eq!(
+        committed_offset(&id),
+        Offset::Offset(7),
+        "the holder's offsets stay"
+    );
+
+    // Once the holder is gone the id is free, and a waiting app runs.
+    apply_yaml(second_ns, "late", &app(second_ns, "late", &extra));
+    degraded(second_ns, "late");
     kubectl(&[
         "-n",
         first_ns,
@@ -80,8 +105,8 @@ fn a_second_app_claiming_an_application_id_is_degraded_naming_the_first() {
         "--wait=true",
     ])
     .unwrap();
-    wait_until("the second app takes the id over", TIMEOUT, || {
-        (condition(second_ns, "copy", "Degraded", "status") == "False").then_some(())
+    wait_until("the waiting app takes the id over", TIMEOUT, || {
+        (condition(second_ns, "late", "Degraded", "status") == "False").then_some(())
     });
 }
 
@@ -123,6 +148,27 @@ fn a_change_the_api_server_refuses_is_degraded_and_leaves_the_workers_config_alo
     );
 }
 
+fn commit_offset(group: &str, offset: i64) {
+    let mut offsets = TopicPartitionList::new();
+    offsets
+        .add_partition_offset("orders", 0, Offset::Offset(offset))
+        .unwrap();
+    group_consumer(group)
+        .commit(&offsets, rdkafka::consumer::CommitMode::Sync)
+        .unwrap();
+}
+
+fn committed_offset(group: &str) -> Offset {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition("orders", 0);
+    group_consumer(group)
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap()
+        .find_partition("orders", 0)
+        .unwrap()
+        .offset()
+}
+
 fn group_consumer(group: &str) -> BaseConsumer {
     rdkafka::ClientConfig::new()
         .set("bootstrap.servers", kafka_bootstrap())
@@ -156,19 +202,15 @@ fn deletion_policy_delete_removes_recorded_internal_topics_and_offsets_and_no_us
         format!("{app_id}-dlq"),
         format!("{app_id}-eu"),
     ];
-    let internal = format!("{app_id}-dedup-changelog");
+    // The app's one step is unnamed: `step-0`.
+    let internal = format!("{app_id}-step-0-changelog");
     let mut all: Vec<(&str, i32)> = user_topics.iter().map(|t| (t.as_str(), 1)).collect();
     all.push((internal.as_str(), 1));
     ensure_topics(&all);
-    let mut offsets = TopicPartitionList::new();
-    offsets
-        .add_partition_offset("orders", 0, Offset::Offset(0))
-        .unwrap();
-    group_consumer(&app_id)
-        .commit(&offsets, rdkafka::consumer::CommitMode::Sync)
-        .unwrap();
+    commit_offset(&app_id, 0);
 
-    let extra = format!("  applicationId: {app_id}\n  deletionPolicy: Delete\n  replicas: 0\n");
+    // A running worker: the finalizer stops it before deleting its offsets.
+    let extra = format!("  applicationId: {app_id}\n  deletionPolicy: Delete\n  replicas: 1\n");
     apply_yaml(ns, "doomed", &app(ns, "doomed", &extra));
     wait_until("the finalizer", TIMEOUT, || {
         get(ns, "streamapp/doomed", "{.metadata.finalizers}")
@@ -205,13 +247,8 @@ fn deletion_policy_delete_removes_recorded_internal_topics_and_offsets_and_no_us
     for user in user_topics.iter().chain([&"orders".to_string()]) {
         assert!(topics.contains(user), "the user's {user} stays");
     }
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition("orders", 0);
-    let committed = group_consumer(&app_id)
-        .committed_offsets(tpl, Duration::from_secs(10))
-        .unwrap();
     assert_eq!(
-        committed.find_partition("orders", 0).unwrap().offset(),
+        committed_offset(&app_id),
         Offset::Invalid,
         "the group's offsets are gone"
     );

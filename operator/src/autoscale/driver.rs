@@ -24,6 +24,7 @@ use super::measure::{self, Reading};
 use super::policy::{decide, Memory, Mode, Sample};
 use crate::metrics::Metrics;
 use crate::model;
+use crate::per_app::PerApp;
 use crate::workers::{Observations, WorkerObservation};
 
 pub struct Autoscaler {
@@ -59,17 +60,22 @@ impl Autoscaler {
 /// (time s, busy ns, loops) of one worker at one poll.
 type BusyMark = (f64, u64, u32);
 
+/// Polls every StreamApp forever, each apart ([`PerApp`]).
 pub async fn run(autoscaler: Arc<Autoscaler>) {
     let apps: Api<StreamApp> = Api::all(autoscaler.client.clone());
+    let per_app = PerApp::default();
     loop {
         match apps.list(&ListParams::default()).await {
             Ok(list) => {
-                for app in list {
-                    if let Err(e) = guarded(poll(&autoscaler, &app)).await {
-                        autoscaler.metrics.driver_failed("autoscaling", &e);
-                        tracing::warn!(app = %app.name_any(), kind = e.metric_label(), "autoscaling: {e}");
+                per_app.start_each(list, |app| {
+                    let autoscaler = autoscaler.clone();
+                    async move {
+                        if let Err(e) = guarded(poll(&autoscaler, &app)).await {
+                            autoscaler.metrics.driver_failed("autoscaling", &e);
+                            tracing::warn!(app = %app.name_any(), kind = e.metric_label(), "autoscaling: {e}");
+                        }
                     }
-                }
+                });
             }
             Err(e) => tracing::warn!("autoscaling: listing StreamApps: {e}"),
         }
@@ -204,7 +210,7 @@ async fn poll(a: &Autoscaler, app: &StreamApp) -> Result<()> {
 async fn busy_fraction(a: &Autoscaler, namespace: &str, app: &str) -> Option<f64> {
     let mut observation = a
         .workers
-        .recent(namespace, app, REUSED_OBSERVATION_MAX_AGE)
+        .recent(namespace, app, a.workers.reuse_within())
         .await
         .ok()?;
     if already_used(a, namespace, &observation) {
@@ -228,11 +234,6 @@ async fn busy_fraction(a: &Autoscaler, namespace: &str, app: &str) -> Option<f64
     }
     (capacity_ns > 0.0).then(|| (busy_ns / capacity_ns).min(1.0))
 }
-
-/// The placement driver observes every second by default: an observation
-/// older than this means it is not observing the app, so the autoscaler
-/// does.
-const REUSED_OBSERVATION_MAX_AGE: Duration = Duration::from_secs(3);
 
 fn already_used(a: &Autoscaler, namespace: &str, observation: &WorkerObservation) -> bool {
     let busy = lock(&a.busy);

@@ -18,8 +18,9 @@ use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 use millrace_crds::{DeletionPolicy, StreamApp};
 
-use super::{publish, read, Context};
+use super::{publish, read, stop_workers, Context};
 use crate::apply::FIELD_MANAGER;
+use crate::claims::{self, Claim};
 use crate::error::{Error, Result};
 use crate::{kafka, model};
 
@@ -28,6 +29,14 @@ pub const FINALIZER: &str = "millrace.dev/kafka-data";
 /// Set to `"true"` on a StreamApp being deleted (or before) to let it go
 /// without deleting its Kafka data.
 pub const KEEP_DATA_ANNOTATION: &str = "millrace.dev/keep-kafka-data";
+
+/// What the finalizer did about the data.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Attempt {
+    /// Not tried, and why (the annotation; the id held by another app).
+    Skipped(String),
+    Tried(Result<(), String>),
+}
 
 /// What a deletion attempt leads to.
 #[derive(Debug, PartialEq, Eq)]
@@ -40,18 +49,17 @@ pub enum Next {
     Retry(String),
 }
 
-/// `attempt`: `None` when the annotation keeps the data, else the outcome.
 /// `waited`: since the deletion was asked for.
-pub fn next(attempt: Option<Result<(), String>>, waited: Duration, timeout: Duration) -> Next {
+pub fn next(attempt: Attempt, waited: Duration, timeout: Duration) -> Next {
     match attempt {
-        None => Next::Leave(format!("the {KEEP_DATA_ANNOTATION} annotation is set")),
-        Some(Ok(())) => Next::Deleted,
-        Some(Err(e)) if waited >= timeout => Next::Leave(format!(
+        Attempt::Skipped(why) => Next::Leave(why),
+        Attempt::Tried(Ok(())) => Next::Deleted,
+        Attempt::Tried(Err(e)) if waited >= timeout => Next::Leave(format!(
             "deleting failed for {}s, past the operator's finalizer timeout ({}s): {e}",
             waited.as_secs(),
             timeout.as_secs()
         )),
-        Some(Err(e)) => Next::Retry(e),
+        Attempt::Tried(Err(e)) => Next::Retry(e),
     }
 }
 
@@ -95,15 +103,20 @@ pub async fn finalize(apps: &Api<StreamApp>, app: &StreamApp, ctx: &Context) -> 
         .as_ref()
         .map(|s| s.internal_topics.clone())
         .unwrap_or_default();
-    let internal = kafka::deletable_topics(&application_id, &recorded);
+    let internal = kafka::deletable_topics(&application_id, &step_names(app), &recorded);
     let keep = app
         .annotations()
         .get(KEEP_DATA_ANNOTATION)
         .is_some_and(|v| v == "true");
-    let attempt = if keep {
-        None
-    } else {
-        Some(delete(app, ctx, &application_id, &internal).await)
+    // An app that never held its id (another app did) owns no data under
+    // it: deleting the group would delete the holder's offsets.
+    let claim = claims::holds(&ctx.client, &ctx.lease_namespace, &application_id, app).await?;
+    let attempt = match claim {
+        _ if keep => Attempt::Skipped(format!("the {KEEP_DATA_ANNOTATION} annotation is set")),
+        Claim::HeldBy(holder) => Attempt::Skipped(format!(
+            "the application id is held by StreamApp {holder}: the group and its offsets are that app's"
+        )),
+        Claim::Mine => Attempt::Tried(delete(app, ctx, &application_id, &internal).await),
     };
     let waited = app
         .metadata
@@ -126,18 +139,44 @@ pub async fn finalize(apps: &Api<StreamApp>, app: &StreamApp, ctx: &Context) -> 
             format!("left the {what} in Kafka: {why}"),
         ),
     };
-    tracing::info!(app = %app.name_any(), reason, "{note}");
-    publish(ctx, app, type_, reason, "Finalize", note).await;
-    let patch = serde_json::json!({ "metadata": { "finalizers": others(app) } });
+    claims::release(&ctx.client, &ctx.lease_namespace, &application_id, app).await?;
+    // At the version read, so another controller's finalizer added
+    // meanwhile is not dropped; the Event once the finalizer is gone, so a
+    // failed patch does not repeat it.
+    let patch = serde_json::json!({ "metadata": {
+        "finalizers": others(app),
+        "resourceVersion": app.resource_version(),
+    } });
     apps.patch(
         &app.name_any(),
         &PatchParams::apply(FIELD_MANAGER),
         &Patch::Merge(&patch),
     )
     .await?;
+    tracing::info!(app = %app.name_any(), reason, "{note}");
+    publish(ctx, app, type_, reason, "Finalize", note).await;
     Ok(Action::await_change())
 }
 
+/// The names of the app's pipeline steps: internal topics are named by
+/// them. A custom image declares none (it has no internal topics yet).
+fn step_names(app: &StreamApp) -> Vec<String> {
+    app.spec
+        .pipeline
+        .as_ref()
+        .map(|p| {
+            p.steps
+                .iter()
+                .enumerate()
+                .map(|(i, s)| millrace_pipeline::step_name(i, s))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Stops the app's workers, then deletes its data. Workers still running
+/// would commit again right after the group is deleted (and recreate it):
+/// until the StatefulSet has no pod left, this is a retry.
 async fn delete(
     app: &StreamApp,
     ctx: &Context,
@@ -145,6 +184,20 @@ async fn delete(
     internal: &[String],
 ) -> Result<(), String> {
     let namespace = app.namespace().unwrap_or_default();
+    let sts = read::statefulset(&ctx.client, &namespace, &app.name_any())
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Some(sts) = sts {
+        stop_workers(&ctx.client, &namespace, Some(&sts))
+            .await
+            .map_err(|e| e.to_string())?;
+        let running = sts.status.as_ref().map_or(0, |s| s.replicas);
+        if running > 0 {
+            return Err(format!(
+                "waiting for the app's {running} worker(s) to stop, so that none commits after its offsets are deleted"
+            ));
+        }
+    }
     let props = read::kafka_properties(&ctx.client, &namespace, &app.spec.kafka)
         .await
         .map_err(|d| d.message)?;
@@ -158,25 +211,26 @@ mod tests {
     #[test]
     fn a_failing_deletion_is_retried_until_the_timeout_then_the_data_is_left() {
         let timeout = Duration::from_secs(300);
-        assert_eq!(next(Some(Ok(())), Duration::ZERO, timeout), Next::Deleted);
+        let failed = || Attempt::Tried(Err("unreachable".into()));
         assert_eq!(
-            next(
-                Some(Err("unreachable".into())),
-                Duration::from_secs(299),
-                timeout
-            ),
+            next(Attempt::Tried(Ok(())), Duration::ZERO, timeout),
+            Next::Deleted
+        );
+        assert_eq!(
+            next(failed(), Duration::from_secs(299), timeout),
             Next::Retry("unreachable".into())
         );
-        let Next::Leave(why) = next(Some(Err("unreachable".into())), timeout, timeout) else {
+        let Next::Leave(why) = next(failed(), timeout, timeout) else {
             panic!("left at the timeout");
         };
         assert!(
             why.contains("finalizer timeout (300s): unreachable"),
             "{why}"
         );
-        assert!(
-            matches!(next(None, Duration::ZERO, timeout), Next::Leave(why) if why.contains(KEEP_DATA_ANNOTATION)),
-            "the annotation lets it go at once"
+        assert_eq!(
+            next(Attempt::Skipped("kept".into()), Duration::ZERO, timeout),
+            Next::Leave("kept".into()),
+            "a skipped deletion lets the app go at once"
         );
     }
 }

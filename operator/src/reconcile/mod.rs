@@ -13,6 +13,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::Store;
@@ -21,6 +22,7 @@ use millrace_crds::{StreamApp, StreamAppStatus};
 
 use crate::apply::apply_all;
 use crate::claims::{self, Claim};
+
 use crate::conditions::{self, Degradation, Workers};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -36,9 +38,12 @@ pub struct Context {
     pub defaults: Defaults,
     pub reporter: Reporter,
     pub metrics: Arc<Metrics>,
-    /// Every StreamApp, as the controller's watch last saw it: who holds
-    /// which application id.
+    /// Every StreamApp, as the controller's watch last saw it: whether the
+    /// holder of an application id still exists.
     pub apps: Store<StreamApp>,
+    /// Where the Leases recording who holds each application id live: the
+    /// operator's own namespace.
+    pub lease_namespace: String,
     /// How long `deletionPolicy: Delete` retries before it leaves the data
     /// and lets the deletion finish.
     pub finalizer_timeout: Duration,
@@ -57,16 +62,21 @@ pub async fn reconcile(app: Arc<StreamApp>, ctx: Arc<Context>) -> Result<Action>
     let previous = app.status.clone().unwrap_or_default();
 
     // Until the watch has listed every app, a holder of this app's id may
-    // be missing from the store: admitting now could start a second app
-    // on one id.
+    // be missing from the store and its claim taken over.
     ctx.apps
         .wait_until_ready()
         .await
         .map_err(|e| Error::Other(format!("the StreamApp watch stopped: {e}")))?;
-    let model = match admit(&app, &ctx) {
+    let model = match admit(&app, &ctx).await {
         Ok(m) => m,
-        Err(d) => {
+        Err(Err(e)) => return Err(e),
+        Err(Ok(d)) => {
             let existing = read::statefulset(&ctx.client, &namespace, &app.name_any()).await?;
+            if d.reason == ID_IN_USE {
+                // Workers from before the id was claimed (an operator
+                // without claims) would fence the holder's: stopped.
+                stop_workers(&ctx.client, &namespace, existing.as_ref()).await?;
+            }
             let held = Held {
                 existing: existing.as_ref(),
                 tasks: None,
@@ -177,6 +187,27 @@ pub async fn reconcile(app: Arc<StreamApp>, ctx: Arc<Context>) -> Result<Action>
 
 const ID_IN_USE: &str = "ApplicationIdInUse";
 
+/// Scales `sts` to zero workers, when it runs any.
+pub(crate) async fn stop_workers(
+    client: &Client,
+    namespace: &str,
+    sts: Option<&StatefulSet>,
+) -> Result<()> {
+    let Some(sts) = sts else { return Ok(()) };
+    if sts.spec.as_ref().and_then(|s| s.replicas) == Some(0) {
+        return Ok(());
+    }
+    let api: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
+    let zero = serde_json::json!({ "spec": { "replicas": 0 } });
+    api.patch(
+        &sts.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&zero),
+    )
+    .await?;
+    Ok(())
+}
+
 /// What a degraded app's status reports of what runs.
 struct Held<'a> {
     /// The StatefulSet of the last spec that applied, left as it is.
@@ -243,30 +274,39 @@ pub(crate) async fn publish(
 }
 
 /// The app's typed model, when its spec is valid and its application id is
-/// its own; else why it gets no (new) workers.
-fn admit(app: &StreamApp, ctx: &Context) -> Result<model::AppModel, Degradation> {
-    let model = model::validate(app, &ctx.defaults).map_err(|problems| Degradation {
-        reason: "InvalidSpec",
-        message: problems
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("; "),
+/// its own (`Err(Ok(..))`: why it gets no new workers); `Err(Err(..))` when
+/// the claim could not be checked.
+async fn admit(
+    app: &StreamApp,
+    ctx: &Context,
+) -> Result<model::AppModel, Result<Degradation, Error>> {
+    let model = model::validate(app, &ctx.defaults).map_err(|problems| {
+        Ok(Degradation {
+            reason: "InvalidSpec",
+            message: problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        })
     })?;
-    let all: Vec<Claim> = ctx
-        .apps
-        .state()
-        .iter()
-        .map(|a| Claim::from(a.as_ref()))
-        .collect();
-    if let Some(holder) = claims::held_by_another(&Claim::from(app), &all) {
-        return Err(Degradation {
+    let claim = claims::claim(
+        &ctx.client,
+        &ctx.lease_namespace,
+        &model.application_id,
+        app,
+        &ctx.apps,
+    )
+    .await
+    .map_err(Err)?;
+    if let Claim::HeldBy(holder) = claim {
+        return Err(Ok(Degradation {
             reason: ID_IN_USE,
             message: format!(
-                "spec.applicationId: '{}' is already used by StreamApp {}/{}, created first; two apps with one id would skip each other's records and fence each other. Re-create this app with another spec.applicationId",
-                model.application_id, holder.namespace, holder.name
+                "the application id '{}' (spec.applicationId, or <namespace>.<name> when unset) is held by StreamApp {holder}, which claimed it first; two apps with one id would skip each other's records and fence each other. Re-create this app with another spec.applicationId",
+                model.application_id
             ),
-        });
+        }));
     }
     Ok(model)
 }

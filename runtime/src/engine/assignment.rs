@@ -48,6 +48,7 @@ impl Core {
                             return Ok(t.partitions().len() as i32)
                         }
                         _ if missing_since.elapsed() < MISSING_TOPIC_GRACE => {
+                            self.heartbeat.beat();
                             std::thread::sleep(Duration::from_millis(250));
                         }
                         _ => {
@@ -64,6 +65,7 @@ impl Core {
                     if self.shutdown.load(Ordering::Relaxed) {
                         return Err(e.into());
                     }
+                    self.heartbeat.beat();
                     std::thread::sleep(Duration::from_secs(1));
                 }
             }
@@ -186,6 +188,7 @@ impl Core {
                     if self.shutdown.load(Ordering::Relaxed) {
                         return Err(e.into());
                     }
+                    self.heartbeat.beat();
                     std::thread::sleep(Duration::from_millis(200));
                 }
             }

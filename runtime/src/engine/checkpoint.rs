@@ -188,6 +188,20 @@ impl<C> Checkpoint<C> {
         }
     }
 
+    /// Every owned partition's committed offset joins the open batch where
+    /// the batch has none, so the next commit writes it again. The group
+    /// has no members (workers never join it), and the broker drops such a
+    /// group's offsets `offsets.retention.minutes` after their last commit:
+    /// an idle partition would then be read again from its beginning, its
+    /// outputs duplicated.
+    pub fn refresh_committed(&mut self) {
+        for (tp, offset) in &self.resume {
+            if let Offset::Offset(o) = offset {
+                self.open.entry(tp.clone()).or_insert(*o);
+            }
+        }
+    }
+
     pub fn has_open_offsets(&self) -> bool {
         !self.open.is_empty()
     }

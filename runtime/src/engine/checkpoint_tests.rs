@@ -258,3 +258,16 @@ fn released_tasks_leave_the_resume_points_and_the_open_batch() {
     assert!(checkpoint.owned_partitions().is_empty());
     assert!(checkpoint.closing().is_none());
 }
+
+#[test]
+fn a_refresh_commits_idle_partitions_again_at_their_committed_offsets() {
+    let mut checkpoint = owning_two();
+    checkpoint.resume_at(tp(2), Offset::Beginning);
+    checkpoint.processed("in", 0, 5);
+    checkpoint.refresh_committed();
+    assert_eq!(
+        close(&mut checkpoint),
+        Some(offsets(&[(0, 5), (1, 100)])),
+        "0 keeps what it processed; idle 1 is written again; 2 has no offset yet"
+    );
+}

@@ -141,7 +141,7 @@ impl Core {
         else {
             return Ok(());
         };
-        self.committed(&offsets);
+        self.report_commit(&offsets);
         self.metrics
             .commit_seconds
             .observe(since.elapsed().as_secs_f64());

@@ -11,6 +11,7 @@ mod committer;
 mod flusher;
 mod in_flight;
 pub mod rate_limit;
+mod record_size;
 mod stash;
 mod transaction;
 
@@ -42,6 +43,7 @@ use crate::pipeline::record::dead_letter_headers;
 use crate::placement::TaskSource;
 use crate::processor::{InputRecord, Io, OutputRecord, Processor, RecordError};
 use millrace_crds::worker_config::WorkerConfig;
+use millrace_crds::worker_status::unix_ms;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
@@ -49,6 +51,38 @@ const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
 const MISSING_TOPIC_GRACE: Duration = Duration::from_secs(5);
 /// Longest a loop goes without serving delivery reports and closing work.
 const SERVICE_INTERVAL: Duration = Duration::from_millis(5);
+
+/// How often every owned partition's committed offset is committed again,
+/// idle or not (`Checkpoint::refresh_committed`): well inside the broker's
+/// default `offsets.retention.minutes` (7 days), and rare enough to cost
+/// nothing.
+const OFFSET_REFRESH: Duration = Duration::from_secs(3600);
+
+/// A loop's heartbeat for `/healthz`: it beats once per commit interval and
+/// in every wait for the broker.
+pub(crate) struct Heartbeat {
+    status: Arc<Status>,
+    index: usize,
+}
+
+impl Heartbeat {
+    /// Silent this long, a loop is stuck: longer than any wait of a healthy
+    /// one (a commit waits for Kafka at most three times `KAFKA_TIMEOUT`),
+    /// and than two transactions.
+    fn start(status: &Arc<Status>, config: &WorkerConfig) -> Self {
+        let floor = 3 * KAFKA_TIMEOUT + Duration::from_secs(30);
+        let transactions = 2 * config.transaction_timeout_ms + config.commit_interval_ms;
+        let limit_ms = (floor.as_millis() as u64).max(transactions);
+        Self {
+            index: status.register_loop(unix_ms(), limit_ms),
+            status: status.clone(),
+        }
+    }
+
+    fn beat(&self) {
+        self.status.beat(self.index, unix_ms());
+    }
+}
 
 /// Why the engine stopped other than by a clean shutdown.
 #[derive(Debug, thiserror::Error)]
@@ -155,6 +189,9 @@ struct Core {
     rate_limit: Option<Arc<rate_limit::RateLimit>>,
     /// Partitions per source topic.
     task_count: i32,
+    /// The producer's `message.max.bytes`: larger outputs are record errors.
+    max_message_bytes: usize,
+    heartbeat: Heartbeat,
     failed_at_last_commit: u64,
     metrics: Arc<Metrics>,
     records_in: TopicCounters,
@@ -217,7 +254,9 @@ impl<P: Processor> Engine<P> {
         let consumer: BaseConsumer = clients::consumer(&config)
             .map_err(|e| EngineError::Config(e.to_string()))?
             .create()?;
-        let producer = Arc::new(new_producer(&config, &worker_id, &shutdown)?);
+        let heartbeat = Heartbeat::start(&status, &config);
+        let producer = Arc::new(new_producer(&config, &worker_id, &shutdown, &heartbeat)?);
+        let max_message_bytes = record_size::max_message_bytes(&config.kafka.properties);
         let mut core = Core {
             config,
             worker_id,
@@ -228,6 +267,8 @@ impl<P: Processor> Engine<P> {
             placement_stale: false,
             rate_limit: None,
             task_count: 0,
+            max_message_bytes,
+            heartbeat,
             failed_at_last_commit: 0,
             published: Vec::new(),
             records_in: TopicCounters::new(&metrics.records_in),
@@ -272,6 +313,7 @@ impl<P: Processor> Engine<P> {
         // Loops of one worker start their commit cycles out of step, so one
         // processes while another waits for its commit.
         let mut first = Some(interval.mul_f64(*phase));
+        let mut refreshed = Instant::now();
         loop {
             let deadline = Instant::now() + interval + first.take().unwrap_or_default();
             let mut now = Instant::now();
@@ -344,6 +386,11 @@ impl<P: Processor> Engine<P> {
                     core.advance_closing(consumer)?;
                 }
             }
+            core.heartbeat.beat();
+            if refreshed.elapsed() >= OFFSET_REFRESH {
+                core.checkpoint.refresh_committed();
+                refreshed = Instant::now();
+            }
             let started = Instant::now();
             core.end_batch(consumer)?;
             // A fenced commit leaves the changes to the fresh read above.
@@ -401,10 +448,19 @@ impl Core {
                 if processed.unrouted {
                     self.metrics.unrouted.inc();
                 }
-                processed
-                    .outputs
-                    .into_iter()
-                    .try_for_each(|out| self.send(out))
+                match record_size::too_large(&processed.outputs, self.max_message_bytes) {
+                    Some(message) => {
+                        let error = RecordError {
+                            step: "produce".into(),
+                            message,
+                        };
+                        self.failed(consumer, record, error)
+                    }
+                    None => processed
+                        .outputs
+                        .into_iter()
+                        .try_for_each(|out| self.send(out)),
+                }
             }
             Err(error) => self.failed(consumer, record, error),
         };
@@ -446,7 +502,7 @@ impl Core {
                     value: record.value.map(<[u8]>::to_vec),
                     headers: dead_letter_headers(&error, record),
                 };
-                self.send(out)?;
+                self.send(record_size::fit_dead_letter(out, self.max_message_bytes))?;
                 self.metrics.dead_lettered.inc();
                 Ok(())
             }

@@ -16,7 +16,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::checkpoint::Offsets;
 use super::in_flight::Unacknowledged;
-use super::{clients, Core, EngineError, KAFKA_TIMEOUT};
+use super::{clients, Core, EngineError, Heartbeat, KAFKA_TIMEOUT};
 use millrace_crds::worker_config::WorkerConfig;
 use millrace_crds::worker_status::unix_ms;
 
@@ -134,10 +134,15 @@ impl Core {
         self.replay(consumer)
     }
 
-    /// Offsets now committed: where a replay resumes from, and what
-    /// `/tasks` and the metrics report.
+    /// At-least-once offsets now committed: where a replay resumes from.
     pub(super) fn committed(&mut self, committed: &Offsets) {
         self.checkpoint.committed(committed);
+        self.report_commit(committed);
+    }
+
+    /// A commit is done (the checkpoint knows already): `/tasks` and the
+    /// metrics say so.
+    pub(super) fn report_commit(&mut self, committed: &Offsets) {
         self.status
             .record_commit(committed.keys().map(|(_, p)| *p), unix_ms());
         self.metrics.commits.inc();
@@ -310,7 +315,12 @@ impl Core {
 
     pub(super) fn reinitialise(&mut self) -> Result<(), EngineError> {
         tracing::warn!("re-initialising the producer (fenced or unusable); the placement is read again before processing");
-        self.producer = Arc::new(new_producer(&self.config, &self.worker_id, &self.shutdown)?);
+        self.producer = Arc::new(new_producer(
+            &self.config,
+            &self.worker_id,
+            &self.shutdown,
+            &self.heartbeat,
+        )?);
         self.checkpoint.transaction_ended();
         self.placement_stale = true;
         Ok(())
@@ -335,6 +345,7 @@ pub(super) fn new_producer(
     config: &WorkerConfig,
     worker_id: &str,
     shutdown: &AtomicBool,
+    heartbeat: &Heartbeat,
 ) -> Result<BaseProducer<DeliveryCounter>, EngineError> {
     let producer: BaseProducer<DeliveryCounter> = clients::producer(config, worker_id)
         .map_err(|e| EngineError::Config(e.to_string()))?
@@ -354,6 +365,7 @@ pub(super) fn new_producer(
             Ok(()) => return Ok(producer),
             Err(e) if !shutdown.load(Ordering::Relaxed) => {
                 tracing::warn!("init_transactions: {e}; retrying in {backoff:?}");
+                heartbeat.beat();
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }

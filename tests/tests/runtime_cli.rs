@@ -18,8 +18,9 @@ fn manifest(app: &str, source: &str, output: &str, on_error: &str) -> std::path:
     path
 }
 
-fn run(path: &std::path::Path, port: u16) -> std::process::Output {
-    let mut child = Command::new(workspace_binary("millrace-runtime"))
+/// `millrace-runtime run --manifest path`, its output captured.
+fn start(path: &std::path::Path, port: u16) -> std::process::Child {
+    Command::new(workspace_binary("millrace-runtime"))
         .args([
             "run",
             "--manifest",
@@ -31,7 +32,11 @@ fn run(path: &std::path::Path, port: u16) -> std::process::Output {
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+fn run(path: &std::path::Path, port: u16) -> std::process::Output {
+    let mut child = start(path, port);
     // Processes stop by themselves in these cases; a hang is a failure.
     for _ in 0..300 {
         if child.try_wait().unwrap().is_some() {
@@ -197,18 +202,7 @@ fn an_output_the_producer_refuses_is_dead_lettered_and_the_partition_keeps_flowi
     );
     let path = std::env::temp_dir().join(format!("{app}.yaml"));
     std::fs::write(&path, yaml).unwrap();
-    let mut child = Command::new(workspace_binary("millrace-runtime"))
-        .args([
-            "run",
-            "--manifest",
-            path.to_str().unwrap(),
-            "--admin-addr",
-            "127.0.0.1:18104",
-        ])
-        .env("RUST_LOG", "warn")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = start(&path, 18104);
     let flowed = millrace_tests::wait_until(
         "18 outputs and 2 dead letters",
         Duration::from_secs(60),

@@ -75,13 +75,26 @@ pub async fn sync_finalizer(apps: &Api<StreamApp>, app: &StreamApp) -> Result<()
     if wants {
         finalizers.push(FINALIZER.into());
     }
-    let patch = serde_json::json!({ "metadata": { "finalizers": finalizers, "resourceVersion": app.resource_version() } });
-    apps.patch(
-        &app.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await?;
+    set_finalizers(apps, app, finalizers).await
+}
+
+/// Writes the app's finalizers at the version read, so a finalizer another
+/// controller added meanwhile is not dropped (the write fails and is retried).
+async fn set_finalizers(
+    apps: &Api<StreamApp>,
+    app: &StreamApp,
+    finalizers: Vec<String>,
+) -> Result<()> {
+    let patch = serde_json::json!({ "metadata": {
+        "finalizers": finalizers,
+        "resourceVersion": app.resource_version(),
+    } });
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    apps.patch(&app.name_any(), &params, &Patch::Merge(&patch))
+        .await?;
     Ok(())
 }
 
@@ -140,19 +153,9 @@ pub async fn finalize(apps: &Api<StreamApp>, app: &StreamApp, ctx: &Context) -> 
         ),
     };
     claims::release(&ctx.client, &ctx.lease_namespace, &application_id, app).await?;
-    // At the version read, so another controller's finalizer added
-    // meanwhile is not dropped; the Event once the finalizer is gone, so a
-    // failed patch does not repeat it.
-    let patch = serde_json::json!({ "metadata": {
-        "finalizers": others(app),
-        "resourceVersion": app.resource_version(),
-    } });
-    apps.patch(
-        &app.name_any(),
-        &PatchParams::apply(FIELD_MANAGER),
-        &Patch::Merge(&patch),
-    )
-    .await?;
+    // The Event once the finalizer is gone, so a failed write does not
+    // repeat it.
+    set_finalizers(apps, app, others(app)).await?;
     tracing::info!(app = %app.name_any(), reason, "{note}");
     publish(ctx, app, type_, reason, "Finalize", note).await;
     Ok(Action::await_change())

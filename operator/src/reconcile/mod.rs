@@ -15,9 +15,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{EventType, Reporter};
 use kube::runtime::reflector::Store;
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, Client, ResourceExt};
 use millrace_crds::{StreamApp, StreamAppStatus};
 
 use crate::apply::apply_all;
@@ -260,17 +260,15 @@ pub(crate) async fn publish(
     action: &str,
     note: String,
 ) {
-    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
-    let event = Event {
+    crate::events::publish(
+        &ctx.client,
+        &ctx.reporter,
+        app,
         type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: action.into(),
-        secondary: None,
-    };
-    if let Err(e) = recorder.publish(&event, &app.object_ref(&())).await {
-        tracing::warn!("publishing event: {e}");
-    }
+        (reason, action),
+        note,
+    )
+    .await
 }
 
 /// The app's typed model, when its spec is valid and its application id is

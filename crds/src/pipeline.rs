@@ -191,6 +191,48 @@ pub struct RouteStep {
     /// dropped (and counted in the `unrouted` metric).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default: Option<TopicName>,
+    /// The topics a `topicExpression` may compute: names, or prefixes
+    /// ending in `*` (`orders-*`). A computed topic outside them is the
+    /// record's error, so data can never be written to another team's
+    /// topic by a crafted field. Empty: any existing topic but the sources.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub allowed_topics: Vec<TopicPattern>,
+}
+
+/// A topic name, or a prefix ending in `*`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct TopicPattern(pub String);
+
+impl JsonSchema for TopicPattern {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "TopicPattern".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "A topic name, or a prefix ending in '*' (orders-*).",
+            "minLength": 1,
+            "maxLength": MAX_TOPIC_NAME,
+            "pattern": "^[a-zA-Z0-9._-]+\\*?$"
+        })
+    }
+}
+
+impl TopicPattern {
+    /// Whether `topic` is this name, or starts with this prefix.
+    pub fn matches(&self, topic: &str) -> bool {
+        match self.0.strip_suffix('*') {
+            Some(prefix) => topic.starts_with(prefix),
+            None => self.0 == topic,
+        }
+    }
 }
 
 /// How many rules a record may match.
@@ -214,7 +256,9 @@ pub struct RouteRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to: Option<TopicName>,
     /// CEL expression computing the destination topic, e.g.
-    /// `'orders-' + value.region`. The topic must exist.
+    /// `'orders-' + value.region`. The topic must exist, and be one of the
+    /// route's `allowedTopics` when it has them; a record whose topic is
+    /// not fails (and follows `onError`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 4096))]
     pub topic_expression: Option<String>,
@@ -233,6 +277,30 @@ pub struct OnError {
     /// Topic for failed records when `policy` is `DeadLetter`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_letter_topic: Option<TopicName>,
+    /// Records passed over without being processed (counted in the
+    /// `skipped` metric): how a task stopped at a record (`Stop`) goes on
+    /// without it. Entries the committed offsets have passed do nothing
+    /// and may be removed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    pub skip: Vec<RecordCoordinates>,
+}
+
+/// One input record: where it is in Kafka.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordCoordinates {
+    pub topic: TopicName,
+    #[schemars(range(min = 0))]
+    pub partition: i32,
+    #[schemars(range(min = 0))]
+    pub offset: i64,
+}
+
+impl std::fmt::Display for RecordCoordinates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}@{}", self.topic, self.partition, self.offset)
+    }
 }
 
 /// What to do with a record that fails.

@@ -55,6 +55,11 @@ pub struct StreamAppStatus {
     /// user made.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub internal_topics: Vec<String>,
+    /// Tasks stopped at a failing record (`onError: Stop`), as their
+    /// workers report them; the other tasks go on. Written by the
+    /// placement driver.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stopped_tasks: Vec<crate::worker_status::StoppedTask>,
 }
 
 /// What the autoscaler measured and decided at its last poll.

@@ -32,6 +32,34 @@ pub struct WorkerStatus {
     /// loops: busy fraction = Δ / (Δt × loops).
     #[serde(default)]
     pub busy_nanos: u64,
+    /// Tasks stopped at a failing record (`onError: Stop`): nothing more of
+    /// them is processed until the user acts (docs/streamapp.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stopped: Vec<StoppedTask>,
+}
+
+/// A task stopped at a record: its offset is committed up to the record,
+/// the other tasks go on.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StoppedTask {
+    pub task: i32,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub step: String,
+    pub error: String,
+    pub since_ms: u64,
+}
+
+impl std::fmt::Display for StoppedTask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "task {} stopped at record {}/{}@{} in step '{}': {}",
+            self.task, self.topic, self.partition, self.offset, self.step, self.error
+        )
+    }
 }
 
 /// Commit times of one task on this worker (Unix milliseconds).

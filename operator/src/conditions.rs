@@ -2,6 +2,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
+use millrace_crds::worker_status::StoppedTask;
 
 /// Why the app cannot run as specified.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +31,24 @@ pub struct Observed<'a> {
     /// With autoscaling on: why more workers would not help, if they would
     /// not (the `ScalingLimited` condition).
     pub scaling_limited: Option<Option<String>>,
+}
+
+/// Tasks stopped at a failing record: the app runs, but not all of it.
+pub fn stopped_tasks(stopped: &[StoppedTask]) -> Option<Degradation> {
+    let first = stopped.first()?;
+    let more = match stopped.len() {
+        1 => String::new(),
+        n => format!(
+            " (and {} more task(s); status.stoppedTasks lists them)",
+            n - 1
+        ),
+    };
+    Some(Degradation {
+        reason: "TaskStopped",
+        message: format!(
+            "{first}{more}; the other tasks go on. To go on: fix the pipeline, switch spec.onError (or spec.pipeline.onError) to DeadLetter, or add the record to its skip list (docs/streamapp.md, \"A task stopped at a record\")"
+        ),
+    })
 }
 
 fn condition(
@@ -175,6 +194,34 @@ pub fn conditions(previous: &[Condition], o: &Observed<'_>) -> Vec<Condition> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stopped_tasks_degrade_the_app_naming_the_first_record_and_how_to_go_on() {
+        let stop = |task| StoppedTask {
+            task,
+            topic: "orders".into(),
+            partition: task,
+            offset: 41,
+            step: "parse".into(),
+            error: "no field amount".into(),
+            since_ms: 0,
+        };
+        assert_eq!(stopped_tasks(&[]), None);
+        let one = stopped_tasks(&[stop(3)]).unwrap();
+        assert_eq!(one.reason, "TaskStopped");
+        assert!(
+            one.message.starts_with("task 3 stopped at record orders/3@41 in step 'parse': no field amount; the other tasks go on"),
+            "{}",
+            one.message
+        );
+        assert!(one.message.contains("skip list"), "{}", one.message);
+        let two = stopped_tasks(&[stop(3), stop(5)]).unwrap();
+        assert!(
+            two.message.contains("(and 1 more task(s)"),
+            "{}",
+            two.message
+        );
+    }
 
     fn find<'a>(cs: &'a [Condition], t: &str) -> &'a Condition {
         cs.iter().find(|c| c.type_ == t).unwrap()

@@ -20,7 +20,7 @@ use kube::runtime::events::{EventType, Reporter};
 use kube::{Api, Client, Resource, ResourceExt};
 use millrace_crds::placement::{placement_config_map, PlacementDoc, PLACEMENT_KEY};
 use millrace_crds::worker_status::unix_ms;
-use millrace_crds::worker_status::WorkerStatus;
+use millrace_crds::worker_status::{StoppedTask, WorkerStatus};
 use millrace_crds::{AutoscalingMode, PlacementSummary, StreamApp};
 
 use crate::error::{Error, Result};
@@ -138,6 +138,7 @@ async fn drive(driver: &Driver, app: &StreamApp) -> Result<bool> {
     let observation = driver.workers.fresh(&namespace, &name).await?;
     let seen = &observation.pods;
     remember_reports(driver, &namespace, seen);
+    report_stopped(driver, app, seen).await?;
     let available: BTreeSet<String> = seen
         .iter()
         .filter(|s| s.ready && s.status().is_some())
@@ -230,6 +231,60 @@ fn remember_reports(driver: &Driver, namespace: &str, seen: &[ObservedPod]) {
                 .insert((namespace.to_string(), s.name.clone()), r.clone());
         }
     }
+}
+
+/// Tasks the workers report stopped at a record go to `status.stoppedTasks`
+/// (the reconcile makes them a Degraded condition), each newly stopped one
+/// with an Event. A task whose worker does not answer now keeps its last
+/// report; one an answering worker runs and does not report is running.
+async fn report_stopped(driver: &Driver, app: &StreamApp, seen: &[ObservedPod]) -> Result<()> {
+    let previous = app
+        .status
+        .as_ref()
+        .map(|s| s.stopped_tasks.as_slice())
+        .unwrap_or_default();
+    let stopped = stopped_tasks(previous, seen.iter().filter_map(|s| s.status()));
+    if stopped == previous {
+        return Ok(());
+    }
+    for s in stopped.iter().filter(|s| !previous.contains(s)) {
+        publish(
+            driver,
+            app,
+            EventType::Warning,
+            "TaskStopped",
+            s.to_string(),
+        )
+        .await;
+    }
+    crate::events::patch_status(
+        &driver.client,
+        app,
+        serde_json::json!({ "stoppedTasks": stopped }),
+    )
+    .await?;
+    Ok(())
+}
+
+/// What the workers that answered report stopped, and what `previous`
+/// says of tasks none of them runs.
+fn stopped_tasks<'a>(
+    previous: &[StoppedTask],
+    reports: impl Iterator<Item = &'a WorkerStatus>,
+) -> Vec<StoppedTask> {
+    let mut running = BTreeSet::new();
+    let mut stopped: Vec<StoppedTask> = Vec::new();
+    for report in reports {
+        running.extend(report.tasks.iter().copied());
+        stopped.extend(report.stopped.iter().cloned());
+    }
+    let unknown = previous
+        .iter()
+        .filter(|p| !running.contains(&p.task) && !stopped.iter().any(|s| s.task == p.task));
+    stopped.extend(unknown.cloned().collect::<Vec<_>>());
+    stopped.sort_by_key(|s| s.task);
+    stopped.dedup_by_key(|s| s.task);
+    stopped
 }
 
 /// Without a document (first placement, or the ConfigMap was deleted), the
@@ -507,5 +562,42 @@ fn isolated_tasks(app: &StreamApp) -> Vec<i32> {
     match app.status.as_ref().and_then(|s| s.autoscaling.as_ref()) {
         Some(a) if acting => a.isolated_tasks.clone(),
         _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stop(task: i32, offset: i64) -> StoppedTask {
+        StoppedTask {
+            task,
+            topic: "orders".into(),
+            partition: task,
+            offset,
+            step: "parse".into(),
+            error: "bad".into(),
+            since_ms: 1,
+        }
+    }
+
+    fn report(tasks: &[i32], stopped: &[StoppedTask]) -> WorkerStatus {
+        WorkerStatus {
+            tasks: tasks.to_vec(),
+            stopped: stopped.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn stopped_tasks_come_from_the_workers_that_answer_and_last_reports_of_the_rest() {
+        let previous = [stop(1, 5), stop(4, 9)];
+        // Task 1's worker answers and runs it again; task 4's is silent.
+        let answering = [report(&[0, 1], &[]), report(&[2, 3], &[stop(2, 7)])];
+        assert_eq!(
+            stopped_tasks(&previous, answering.iter()),
+            [stop(2, 7), stop(4, 9)]
+        );
+        assert!(stopped_tasks(&[], std::iter::empty()).is_empty());
     }
 }

@@ -13,7 +13,7 @@ use cel::common::types::{CelInt, CelMap, CelMapKey, CelString};
 use cel::common::value::CowVal;
 use cel::context::VariableResolver;
 use cel::{Context, Env, Value};
-use millrace_crds::{Format, RouteMode, TopicName};
+use millrace_crds::{Format, RouteMode, TopicName, TopicPattern};
 
 use super::value::{bind, decode, decode_fields, encode, Bound};
 use super::{CompiledPipeline, CompiledStep, Destination, Expr};
@@ -167,6 +167,7 @@ impl Evaluator {
                     mode,
                     rules,
                     default,
+                    allowed,
                 } => {
                     let mut topics: Vec<String> = Vec::new();
                     for rule in rules {
@@ -179,7 +180,7 @@ impl Evaluator {
                         }
                         topics.push(match &rule.to {
                             Destination::Topic(t) => t.0.clone(),
-                            Destination::Computed(e) => self.topic(name, e, vars)?,
+                            Destination::Computed(e) => self.topic(name, e, allowed, vars)?,
                         });
                         if *mode == RouteMode::FirstMatch {
                             break;
@@ -231,7 +232,13 @@ impl Evaluator {
     /// A computed destination. One Kafka would refuse (a bad name) or one
     /// that is a source of this app (its records would be read again, a
     /// feedback loop) is the record's error, which follows `onError`.
-    fn topic(&self, step: &str, e: &Expr, vars: &Vars<'_>) -> Result<String, RecordError> {
+    fn topic(
+        &self,
+        step: &str,
+        e: &Expr,
+        allowed: &[TopicPattern],
+        vars: &Vars<'_>,
+    ) -> Result<String, RecordError> {
         let error = |message: String| RecordError {
             step: step.into(),
             message,
@@ -254,6 +261,13 @@ impl Evaluator {
         if self.pipeline.source_topics.iter().any(|t| t.0 == name) {
             return Err(error(format!(
                 "`{}` gave '{name}', a source topic of this app: its records would be read again",
+                e.source
+            )));
+        }
+        if !allowed.is_empty() && !allowed.iter().any(|p| p.matches(&name)) {
+            let allowed: Vec<&str> = allowed.iter().map(|p| p.0.as_str()).collect();
+            return Err(error(format!(
+                "`{}` gave '{name}', which is not one of the route's allowedTopics {allowed:?}",
                 e.source
             )));
         }
@@ -402,6 +416,31 @@ steps:
         );
         let fine = e.process(&record(r#"{"to": "orders.v2-eu_1"}"#)).unwrap();
         assert_eq!(topics(&fine), ["orders.v2-eu_1"]);
+    }
+
+    #[test]
+    fn a_computed_topic_outside_the_allowed_topics_is_the_records_error() {
+        let e = evaluator("source: {topics: [orders]}\nsteps:\n- {name: pick, route: {rules: [{topicExpression: 'value.to'}], allowedTopics: ['orders-*', audit]}}\n");
+        for fine in ["orders-eu", "orders-", "audit"] {
+            let input = serde_json::json!({ "to": fine }).to_string();
+            let p = e
+                .process(&record(Box::leak(input.into_boxed_str())))
+                .unwrap();
+            assert_eq!(topics(&p), [fine]);
+        }
+        for refused in ["payments", "audit-2", "order-eu"] {
+            let input = serde_json::json!({ "to": refused }).to_string();
+            let err = e
+                .process(&record(Box::leak(input.into_boxed_str())))
+                .unwrap_err();
+            assert_eq!(err.step, "pick");
+            assert!(
+                err.message
+                    .contains("not one of the route's allowedTopics [\"orders-*\", \"audit\"]"),
+                "{refused}: {}",
+                err.message
+            );
+        }
     }
 
     #[test]

@@ -13,7 +13,9 @@ pub mod record;
 pub mod value;
 
 use cel::Program;
-use millrace_crds::{ErrorPolicy, Format, PipelineSpec, RouteMode, Step, TopicName};
+use millrace_crds::{
+    ErrorPolicy, Format, PipelineSpec, RecordCoordinates, RouteMode, Step, TopicName, TopicPattern,
+};
 
 pub use check::{CelType, SUPPORTED_FUNCTIONS};
 
@@ -84,6 +86,8 @@ pub enum CompiledStep {
         mode: RouteMode,
         rules: Vec<CompiledRule>,
         default: Option<TopicName>,
+        /// Where computed topics may go (empty: anywhere but the sources).
+        allowed: Vec<TopicPattern>,
     },
 }
 
@@ -108,6 +112,8 @@ pub struct CompiledPipeline {
     pub steps: Vec<CompiledStep>,
     pub error_policy: ErrorPolicy,
     pub dead_letter_topic: Option<TopicName>,
+    /// Records passed over unprocessed (`onError.skip`).
+    pub skip: Vec<RecordCoordinates>,
     /// The top-level fields of a JSON value that expressions read; `None`:
     /// all of them (see `fields`).
     pub value_fields: Option<Vec<String>>,
@@ -198,6 +204,7 @@ pub fn compile(spec: &PipelineSpec) -> Result<CompiledPipeline, CompileErrors> {
         steps: steps.into_iter().flatten().collect(),
         error_policy: spec.on_error.policy,
         dead_letter_topic: spec.on_error.dead_letter_topic.clone(),
+        skip: spec.on_error.skip.clone(),
         value_fields: None,
     };
     pipeline.value_fields = fields::value_fields(
@@ -253,6 +260,18 @@ impl Compiler<'_> {
                     "spec.pipeline.onError.deadLetterTopic".into(),
                     "",
                     format!("'{dlq}' is also a source topic; failed records would be read again"),
+                );
+            }
+        }
+        for (i, record) in self.spec.on_error.skip.iter().enumerate() {
+            if !self.spec.source.topics.contains(&record.topic) {
+                self.error(
+                    format!("spec.pipeline.onError.skip[{i}].topic"),
+                    "",
+                    format!(
+                        "'{}' is not a source topic; only records the app reads can be skipped",
+                        record.topic
+                    ),
                 );
             }
         }
@@ -380,11 +399,29 @@ impl Compiler<'_> {
         if let Some(default) = &route.default {
             self.not_a_source(at("route.default"), &name, default);
         }
+        for (i, pattern) in route.allowed_topics.iter().enumerate() {
+            let name_part = pattern.0.strip_suffix('*').unwrap_or(&pattern.0);
+            let problem = match TopicName::problem(name_part) {
+                Some(_) if name_part.is_empty() => None,
+                problem => problem,
+            };
+            if let Some(problem) = problem {
+                self.error(
+                    at(&format!("route.allowedTopics[{i}]")),
+                    &name,
+                    format!(
+                        "'{}' {problem}; give a topic name, or a prefix ending in '*'",
+                        pattern.0
+                    ),
+                );
+            }
+        }
         Some(CompiledStep::Route {
             name,
             mode: route.mode,
             rules,
             default: route.default.clone(),
+            allowed: route.allowed_topics.clone(),
         })
     }
 

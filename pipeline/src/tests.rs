@@ -167,6 +167,22 @@ fn pipeline_shape_rules() {
             .any(|e| e.contains("deadLetterTopic") && e.contains("also a source")),
         "{dlq_is_source:?}"
     );
+    let skip_other = errors("source: {topics: [a]}\nsteps:\n- {route: {default: b}}\nonError: {skip: [{topic: b, partition: 0, offset: 3}]}\n");
+    assert!(
+        skip_other
+            .iter()
+            .any(|e| e.starts_with("spec.pipeline.onError.skip[0].topic")
+                && e.contains("not a source topic")),
+        "{skip_other:?}"
+    );
+    let bad_pattern = errors("source: {topics: [a]}\nsteps:\n- {route: {rules: [{topicExpression: 'value.t'}], allowedTopics: ['ok-*', 'x/y']}}\n");
+    assert!(
+        bad_pattern.iter().any(
+            |e| e.starts_with("spec.pipeline.steps[0].route.allowedTopics[1]")
+                && e.contains("contains '/'")
+        ),
+        "{bad_pattern:?}"
+    );
     let two_kinds =
         errors("source: {topics: [a]}\nsteps:\n- {filter: 'true', route: {default: b}}\n");
     assert!(

@@ -11,7 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-pub use millrace_crds::worker_status::{TaskCommits, TaskPartition, WorkerStatus};
+pub use millrace_crds::worker_status::{StoppedTask, TaskCommits, TaskPartition, WorkerStatus};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TopicLabel {
@@ -31,6 +31,8 @@ pub struct Metrics {
     pub dead_lettered: Counter,
     pub filtered: Counter,
     pub unrouted: Counter,
+    pub skipped: Counter,
+    pub stopped_tasks: Counter,
     pub commits: Counter,
     pub aborts: Counter,
     pub commit_seconds: Histogram,
@@ -46,6 +48,8 @@ impl Default for Metrics {
             dead_lettered: Counter::default(),
             filtered: Counter::default(),
             unrouted: Counter::default(),
+            skipped: Counter::default(),
+            stopped_tasks: Counter::default(),
             commits: Counter::default(),
             aborts: Counter::default(),
             commit_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
@@ -76,6 +80,16 @@ impl Default for Metrics {
             "unrouted",
             "Records no route rule matched, without a default",
             m.unrouted.clone(),
+        );
+        registry.register(
+            "skipped",
+            "Records passed over because spec onError.skip names them",
+            m.skipped.clone(),
+        );
+        registry.register(
+            "tasks_stopped",
+            "Tasks stopped at a failing record (onError policy Stop)",
+            m.stopped_tasks.clone(),
         );
         registry.register(
             "commits",
@@ -196,9 +210,18 @@ impl Status {
         }
     }
 
+    /// A task stopped at a record (replacing an older report of it).
+    pub fn stop(&self, stopped: StoppedTask) {
+        let mut detail = self.detail.lock().unwrap();
+        detail.stopped.retain(|s| s.task != stopped.task);
+        detail.stopped.push(stopped);
+        detail.stopped.sort_by_key(|s| s.task);
+    }
+
     pub fn release(&self, tasks: &[i32]) {
         let mut detail = self.detail.lock().unwrap();
         detail.tasks.retain(|t| !tasks.contains(t));
+        detail.stopped.retain(|s| !tasks.contains(&s.task));
         for t in tasks {
             if let Some(c) = detail.commits.remove(t) {
                 detail.released.insert(*t, c.last_ms);

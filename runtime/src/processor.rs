@@ -9,7 +9,7 @@
 //! whatever crashes or moves, and under at-least-once at least once.
 
 use millrace_crds::worker_config::WorkerConfig;
-use millrace_crds::{ErrorPolicy, OnError, TopicName};
+use millrace_crds::{ErrorPolicy, OnError, RecordCoordinates, TopicName};
 
 use crate::pipeline::eval::Evaluator;
 pub use crate::pipeline::record::{InputRecord, OutputRecord, Processed, RecordError};
@@ -23,8 +23,8 @@ use crate::pipeline::CompiledPipeline;
 pub trait Processor: Send + 'static {
     /// The records to produce for `record` (none drops it). An `Err` is a
     /// record failure: the app's `onError` policy applies (dead-lettered
-    /// with the error in headers, or the loop stops at the record with
-    /// everything before it committed).
+    /// with the error in headers, or the record's task stops at it with
+    /// everything before it committed while the other tasks go on).
     fn process(&mut self, record: &InputRecord<'_>) -> Result<Processed, RecordError>;
 }
 
@@ -44,6 +44,8 @@ pub struct Io {
     pub output_topics: Vec<TopicName>,
     pub error_policy: ErrorPolicy,
     pub dead_letter_topic: Option<TopicName>,
+    /// Records passed over unprocessed (`onError.skip`).
+    pub skip: Vec<RecordCoordinates>,
     /// `maxRecordsPerSecond` of the worker, over its loops.
     pub max_records_per_second: Option<u64>,
 }
@@ -55,6 +57,7 @@ impl Io {
             output_topics: pipeline.static_output_topics(),
             error_policy: pipeline.error_policy,
             dead_letter_topic: pipeline.dead_letter_topic.clone(),
+            skip: pipeline.skip.clone(),
             max_records_per_second: max_records_per_second.map(|n| n.max(1) as u64),
         }
     }
@@ -69,12 +72,14 @@ impl Io {
         let OnError {
             policy,
             dead_letter_topic,
+            skip,
         } = custom.on_error.clone();
         Ok(Self {
             source_topics: custom.source.topics.clone(),
             output_topics: custom.output_topics(),
             error_policy: policy,
             dead_letter_topic,
+            skip,
             max_records_per_second: None,
         })
     }

@@ -5,8 +5,9 @@
 //! processor and gets the same worker.
 //!
 //! Exit codes: 0 after SIGTERM/SIGINT (the open transactions committed), 2
-//! for a configuration error (one line), 3 for a record that failed under
-//! `onError: Stop`, 1 otherwise.
+//! for a configuration error (one line), 1 otherwise. A record that fails
+//! under `onError: Stop` stops its task only (`/tasks` reports it); the
+//! worker goes on.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -338,11 +339,7 @@ fn serve<P: Processor>(setup: Setup, start: &Start<'_, P>) -> i32 {
             (Tasks::OrdinalZero, _) => Box::new(OrdinalZero::from_pod_name(&worker_id)),
             _ => Box::new(Standalone),
         };
-        Box::new(Share {
-            inner,
-            index,
-            of: loops,
-        })
+        Box::new(Share::new(inner, index, loops))
     };
     if let Err(e) = fence_unused_loops(&config, &worker_id, loops) {
         return config_error(anyhow::anyhow!("fencing earlier processing loops: {e}"));
@@ -397,10 +394,6 @@ fn serve<P: Processor>(setup: Setup, start: &Start<'_, P>) -> i32 {
         let this = match result {
             Ok(()) => 0,
             Err(EngineError::Config(m)) => config_error(anyhow::anyhow!(m)),
-            Err(e @ EngineError::RecordFailed { .. }) => {
-                eprintln!("millrace-runtime: {e}");
-                3
-            }
             Err(e) => {
                 eprintln!("millrace-runtime: {e}");
                 1

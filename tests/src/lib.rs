@@ -5,6 +5,7 @@
 //! These tests never fall back to mocks: without the stack they fail and say
 //! how to start it.
 
+pub mod runtime;
 pub mod verifier;
 pub mod workers;
 
@@ -128,16 +129,46 @@ pub fn helm(args: &[&str]) -> anyhow::Result<String> {
 
 /// Creates topics that do not exist yet; existing ones are left alone.
 pub fn ensure_topics(topics: &[(&str, i32)]) {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
-    use rdkafka::types::RDKafkaErrorCode;
-    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+    ensure_topics_with(topics, &[]);
+}
+
+fn admin() -> rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> {
+    rdkafka::ClientConfig::new()
         .set("bootstrap.servers", kafka_bootstrap())
         .create()
-        .expect("admin client");
+        .expect("admin client")
+}
+
+/// Adds partitions to `topic` until it has `total`, and waits until
+/// metadata shows them.
+pub fn add_partitions(topic: &str, total: i32) {
+    use rdkafka::admin::{AdminOptions, NewPartitions};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let results = rt
+        .block_on(admin().create_partitions(
+            &[NewPartitions::new(topic, total as usize)],
+            &AdminOptions::new(),
+        ))
+        .expect("create_partitions");
+    for r in results {
+        r.unwrap_or_else(|(t, code)| panic!("adding partitions to {t}: {code}"));
+    }
+    wait_for_topics(&[(topic, total)]);
+}
+
+/// As [`ensure_topics`], each created with the topic configs `config`.
+pub fn ensure_topics_with(topics: &[(&str, i32)], config: &[(&str, &str)]) {
+    use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::types::RDKafkaErrorCode;
+    let admin = admin();
     let new: Vec<NewTopic> = topics
         .iter()
-        .map(|(name, n)| NewTopic::new(name, *n, TopicReplication::Fixed(1)))
+        .map(|(name, n)| {
+            config.iter().fold(
+                NewTopic::new(name, *n, TopicReplication::Fixed(1)),
+                |t, (k, v)| t.set(k, v),
+            )
+        })
         .collect();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let results = rt
@@ -152,7 +183,12 @@ pub fn ensure_topics(topics: &[(&str, i32)]) {
             );
         }
     }
-    // Created is not yet visible to every client: wait until metadata has them.
+    wait_for_topics(topics);
+}
+
+/// Created is not yet visible to every client: waits until metadata has
+/// the topics with their partition counts.
+fn wait_for_topics(topics: &[(&str, i32)]) {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let probe: BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", kafka_bootstrap())
@@ -248,16 +284,22 @@ pub fn workspace_binary(name: &str) -> std::path::PathBuf {
 
 /// Produces one record (idempotent producer, flushed).
 pub fn produce(topic: &str, key: &str, value: &str) {
+    produce_to(topic, None, key, value)
+}
+
+/// [`produce`] to one partition (`None`: the key's).
+pub fn produce_to(topic: &str, partition: Option<i32>, key: &str, value: &str) {
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
     let producer: BaseProducer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", kafka_bootstrap())
         .set("enable.idempotence", "true")
         .create()
         .expect("producer");
-    producer
-        .send(BaseRecord::to(topic).key(key).payload(value))
-        .map_err(|(e, _)| e)
-        .expect("send");
+    let mut record = BaseRecord::to(topic).key(key).payload(value);
+    if let Some(p) = partition {
+        record = record.partition(p);
+    }
+    producer.send(record).map_err(|(e, _)| e).expect("send");
     producer
         .flush(std::time::Duration::from_secs(30))
         .expect("flush");

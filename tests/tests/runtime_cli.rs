@@ -1,9 +1,11 @@
 //! `millrace-runtime` as a user meets it: exit codes and one-line errors for
-//! bad configuration, missing topics and `onError: Stop`.
+//! bad configuration and missing topics (failing records:
+//! `record_failures.rs`).
 
 use std::process::Command;
 use std::time::Duration;
 
+use millrace_tests::runtime::{committed_records, header, start};
 use millrace_tests::{
     committed_values, ensure_topics, kafka_bootstrap, produce, unique, workspace_binary,
 };
@@ -16,23 +18,6 @@ fn manifest(app: &str, source: &str, output: &str, on_error: &str) -> std::path:
     let path = std::env::temp_dir().join(format!("{app}.yaml"));
     std::fs::write(&path, yaml).unwrap();
     path
-}
-
-/// `millrace-runtime run --manifest path`, its output captured.
-fn start(path: &std::path::Path, port: u16) -> std::process::Child {
-    Command::new(workspace_binary("millrace-runtime"))
-        .args([
-            "run",
-            "--manifest",
-            path.to_str().unwrap(),
-            "--admin-addr",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap()
 }
 
 fn run(path: &std::path::Path, port: u16) -> std::process::Output {
@@ -64,41 +49,6 @@ fn a_missing_output_topic_is_a_one_line_configuration_error() {
         line.contains(&format!("topic '{missing}' does not exist")),
         "{stderr}"
     );
-}
-
-#[test]
-fn on_error_stop_commits_before_the_bad_record_and_exits_3_naming_it() {
-    let (source, output) = (unique("cli-src"), unique("cli-out"));
-    ensure_topics(&[(&source, 1), (&output, 1)]);
-    produce(&source, "a", r#"{"amount": 5}"#);
-    produce(&source, "b", r#"{"no_amount": true}"#);
-    produce(&source, "c", r#"{"amount": 7}"#);
-    let app = unique("cli-app");
-    let out = run(&manifest(&app, &source, &output, "{policy: Stop}"), 18102);
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains(&format!(
-            "record {source}/0@1 failed in step 'amount-check'"
-        )),
-        "{stderr}"
-    );
-    assert_eq!(
-        committed_values(&output),
-        [r#"{"amount": 5}"#],
-        "only the record before the bad one was committed"
-    );
-
-    // The group's committed offset stops at the bad record: a restart fails
-    // on it again instead of skipping it.
-    let again = run(&manifest(&app, &source, &output, "{policy: Stop}"), 18103);
-    assert_eq!(again.status.code(), Some(3));
-    assert_eq!(committed_values(&output).len(), 1);
 }
 
 #[test]
@@ -136,47 +86,6 @@ fn validate_prints_every_error_with_step_and_position() {
         "{}",
         String::from_utf8_lossy(&ok.stderr)
     );
-}
-
-/// A record's value and headers, as text.
-type Seen = (Option<String>, Vec<(String, String)>);
-
-/// Reads every committed record of `topic` with its headers.
-fn committed_records(topic: &str) -> Vec<Seen> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::message::{Headers, Message};
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", kafka_bootstrap())
-        .set("group.id", unique("reader"))
-        .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "true")
-        .create()
-        .unwrap();
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)
-        .unwrap();
-    consumer.assign(&tpl).unwrap();
-    let mut records = Vec::new();
-    loop {
-        match consumer.poll(Duration::from_secs(5)) {
-            Some(Ok(m)) => records.push((
-                m.payload().map(|v| String::from_utf8_lossy(v).into_owned()),
-                m.headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|h| {
-                                let value =
-                                    h.value.map(String::from_utf8_lossy).unwrap_or_default();
-                                (h.key.to_string(), value.into_owned())
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            )),
-            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) | None => return records,
-            Some(Err(e)) => panic!("reading {topic}: {e}"),
-        }
-    }
 }
 
 #[test]
@@ -233,9 +142,6 @@ fn an_output_the_producer_refuses_is_dead_lettered_and_the_partition_keeps_flowi
         18,
         "and no more afterwards"
     );
-    let header = |h: &[(String, String)], key: &str| {
-        h.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
-    };
     assert_eq!(dead.len(), 2);
     assert_eq!(
         header(&dead[0].1, "millrace.source.offset").as_deref(),

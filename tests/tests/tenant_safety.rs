@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use millrace_tests::workers::{apply_yaml, get};
 use millrace_tests::{
-    ensure_topics, install_chart, kafka_bootstrap, kubectl, unique, wait_until, TestNamespace,
+    committed_values, ensure_topics, install_chart, kafka_bootstrap, kubectl, produce_to, unique,
+    wait_until, TestNamespace,
 };
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
@@ -146,6 +147,40 @@ fn a_change_the_api_server_refuses_is_degraded_and_leaves_the_workers_config_alo
         events.contains("ApplyRejected"),
         "an Event says so: {events}"
     );
+}
+
+#[test]
+fn a_task_stopped_at_a_record_degrades_the_app_naming_it_and_the_other_tasks_flow() {
+    install_chart(&[]);
+    let (source, output) = (unique("stop-src"), unique("stop-out"));
+    ensure_topics(&[(&source, 2), (&output, 1)]);
+    produce_to(&source, Some(0), "k", r#"{"no_amount": true}"#);
+    produce_to(&source, Some(1), "k", r#"{"amount": 2}"#);
+    let ns = TestNamespace::create("stopped");
+    let ns = ns.0.as_str();
+    let yaml = format!(
+        "apiVersion: millrace.dev/v1alpha1\nkind: StreamApp\nmetadata: {{name: halting, namespace: {ns}}}\nspec:\n  kafka: {{bootstrapServers: '127.0.0.1:9092'}}\n  replicas: 1\n  pipeline:\n    source: {{topics: [{source}]}}\n    steps:\n    - {{name: amount-check, filter: 'value.amount > 0'}}\n    - route: {{default: {output}}}\n    onError: {{policy: Stop}}\n"
+    );
+    apply_yaml(ns, "halting", &yaml);
+    let message = wait_until("Degraded TaskStopped", TIMEOUT, || {
+        (condition(ns, "halting", "Degraded", "reason") == "TaskStopped")
+            .then(|| condition(ns, "halting", "Degraded", "message"))
+    });
+    assert!(
+        message.contains(&format!(
+            "task 0 stopped at record {source}/0@0 in step 'amount-check'"
+        )),
+        "{message}"
+    );
+    wait_until("task 1's record", TIMEOUT, || {
+        (committed_values(&output) == [r#"{"amount": 2}"#]).then_some(())
+    });
+    assert_eq!(
+        get(ns, "streamapp/halting", "{.status.stoppedTasks[0].offset}"),
+        "0"
+    );
+    let events = get(ns, "events", "{range .items[*]}{.reason} {end}");
+    assert!(events.contains("TaskStopped"), "an Event says so: {events}");
 }
 
 fn commit_offset(group: &str, offset: i64) {

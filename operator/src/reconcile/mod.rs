@@ -160,7 +160,10 @@ pub async fn reconcile(app: Arc<StreamApp>, ctx: Arc<Context>) -> Result<Action>
             }
         }
     }
-    if was_degraded(&previous, "") {
+    // Stopped tasks degrade the app, though it runs as specified (their
+    // Events come from the placement driver, which sees them first).
+    let stopped = conditions::stopped_tasks(&previous.stopped_tasks);
+    if stopped.is_none() && was_degraded(&previous, "") {
         publish(
             &ctx,
             &app,
@@ -177,7 +180,7 @@ pub async fn reconcile(app: Arc<StreamApp>, ctx: Arc<Context>) -> Result<Action>
         &previous,
         Some(&applied),
         tasks,
-        None,
+        stopped.as_ref(),
         replicas.desired,
         replicas.capped,
     )
@@ -390,6 +393,8 @@ async fn write_status(
         autoscaling: previous.autoscaling.clone(),
         // Recorded where internal topics are created.
         internal_topics: previous.internal_topics.clone(),
+        // Written by the placement driver.
+        stopped_tasks: previous.stopped_tasks.clone(),
     };
     if &status == previous {
         return Ok(());
@@ -399,6 +404,7 @@ async fn write_status(
         autoscaling: None,
         lag: None,
         internal_topics: Vec::new(),
+        stopped_tasks: Vec::new(),
         ..status
     };
     let status = serde_json::to_value(&status).expect("status serialises");

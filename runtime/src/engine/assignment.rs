@@ -9,6 +9,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::{Core, EngineError, KAFKA_TIMEOUT, MISSING_TOPIC_GRACE};
+
+/// How long a recount may hold the loop (between commits).
+const RECOUNT_TIMEOUT: Duration = Duration::from_secs(5);
 use crate::placement::{PlacementChange, TaskSource};
 
 impl Core {
@@ -29,6 +32,38 @@ impl Core {
             )));
         }
         Ok(first)
+    }
+
+    /// Partitions added to the source topics become tasks: the task source
+    /// hands out the new ones of this loop as a change (taken between
+    /// commits, from their beginning). A count that cannot be read now is
+    /// read at the next look; a count never shrinks (Kafka cannot remove
+    /// partitions), and sources that disagree count as their smallest.
+    pub(super) fn recount_tasks(&mut self, consumer: &BaseConsumer, tasks: &mut dyn TaskSource) {
+        let mut smallest: Option<i32> = None;
+        for topic in &self.io.source_topics {
+            let Ok(md) = consumer.fetch_metadata(Some(&topic.0), RECOUNT_TIMEOUT) else {
+                return;
+            };
+            let Some(t) = md.topics().iter().find(|t| t.name() == topic.0) else {
+                return;
+            };
+            if t.error().is_some() {
+                return;
+            }
+            let count = t.partitions().len() as i32;
+            smallest = Some(smallest.map_or(count, |s| s.min(count)));
+        }
+        let Some(count) = smallest else { return };
+        if count > self.task_count {
+            tracing::info!(
+                from = self.task_count,
+                to = count,
+                "the source topics have more partitions: more tasks"
+            );
+            self.task_count = count;
+            tasks.task_count_changed(count);
+        }
     }
 
     pub(super) fn partition_count(
@@ -87,6 +122,7 @@ impl Core {
             }
         }
         let committed = self.committed_offsets(consumer, &wanted)?;
+        self.stopped.retain(|t| owned.contains(t));
         self.checkpoint.forget();
         self.resume_from(&committed);
         self.assign_resume_points(consumer)?;
@@ -126,6 +162,7 @@ impl Core {
         let (epoch, taken) = match change {
             PlacementChange::Release { epoch, tasks } => {
                 self.checkpoint.release(&tasks);
+                self.stopped.retain(|t| !tasks.contains(t));
                 self.status.release(&tasks);
                 self.publish_committed();
                 tracing::info!(epoch, ?tasks, "released tasks");
@@ -195,13 +232,17 @@ impl Core {
         }
     }
 
-    /// (Re)assigns every owned partition at its resume point. Unassigning
-    /// first drops records already fetched past it, so a replay starts
-    /// exactly at the last committed offset.
+    /// (Re)assigns every owned partition at its resume point, but those of
+    /// stopped tasks. Unassigning first drops records already fetched past
+    /// it, so a replay starts exactly at the last committed offset.
     pub(super) fn assign_resume_points(&self, consumer: &BaseConsumer) -> Result<(), EngineError> {
         consumer.unassign()?;
         let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), offset) in self.checkpoint.resume_points() {
+        let running = self
+            .checkpoint
+            .resume_points()
+            .filter(|((_, p), _)| !self.stopped.contains(p));
+        for ((topic, partition), offset) in running {
             tpl.add_partition_offset(topic, *partition, *offset)?;
         }
         consumer.assign(&tpl)?;

@@ -42,6 +42,7 @@ use std::time::Instant;
 use rdkafka::Offset;
 
 use super::in_flight::{InFlight, Unacknowledged};
+use super::refusals::Origin;
 use super::stash::Stash;
 use super::Tp;
 use crate::pipeline::record::OutputRecord;
@@ -217,14 +218,14 @@ impl<C> Checkpoint<C> {
 
     /// An output to send now, or `None` when it is held back because a
     /// batch is closing.
-    pub fn route(&mut self, out: OutputRecord) -> Option<OutputRecord> {
+    pub fn route(&mut self, out: OutputRecord, origin: Origin) -> Option<OutputRecord> {
         match &mut self.waiting {
             Waiting::Transaction {
                 closing: Some(_),
                 stash,
                 ..
             } => {
-                stash.push(out);
+                stash.push(out, origin);
                 None
             }
             _ => Some(out),

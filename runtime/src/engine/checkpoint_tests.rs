@@ -2,6 +2,7 @@
 //! `checkpoint.rs`'s sequence moves.
 
 use super::*;
+use crate::engine::refusals::Origin;
 
 fn tp(partition: i32) -> Tp {
     ("in".into(), partition)
@@ -58,15 +59,21 @@ fn resume(checkpoint: &Checkpoint<()>) -> Vec<(Tp, Offset)> {
 fn exactly_once_holds_outputs_while_a_batch_closes_and_releases_them_only_after_its_commit() {
     let mut checkpoint = owning_two();
     assert!(
-        checkpoint.route(output("a")).is_some(),
+        checkpoint.route(output("a"), Origin::UNKNOWN).is_some(),
         "nothing closing: sent"
     );
     checkpoint.processed("in", 0, 1);
     assert_eq!(close(&mut checkpoint), Some(offsets(&[(0, 1)])));
 
-    assert!(checkpoint.route(output("b")).is_none(), "closing: held");
+    assert!(
+        checkpoint.route(output("b"), Origin::UNKNOWN).is_none(),
+        "closing: held"
+    );
     checkpoint.processed("in", 0, 2);
-    assert!(checkpoint.route(output("c")).is_none(), "closing: held");
+    assert!(
+        checkpoint.route(output("c"), Origin::UNKNOWN).is_none(),
+        "closing: held"
+    );
     checkpoint.processed("in", 1, 101);
     assert_eq!(
         resume(&checkpoint),
@@ -94,7 +101,7 @@ fn exactly_once_holds_outputs_while_a_batch_closes_and_releases_them_only_after_
         "only the closed batch's offsets are committed, not those processed since"
     );
     assert!(
-        checkpoint.route(output("d")).is_some(),
+        checkpoint.route(output("d"), Origin::UNKNOWN).is_some(),
         "closed: sent again"
     );
     assert_eq!(
@@ -109,7 +116,7 @@ fn a_failed_commit_drops_what_was_held_and_processed_since_the_last_commit() {
     let mut checkpoint = owning_two();
     checkpoint.processed("in", 0, 5);
     close(&mut checkpoint);
-    checkpoint.route(output("held"));
+    checkpoint.route(output("held"), Origin::UNKNOWN);
     checkpoint.processed("in", 1, 150);
 
     assert!(matches!(checkpoint.closed(false), Some(Closed::Failed)));
@@ -125,7 +132,7 @@ fn a_failed_commit_drops_what_was_held_and_processed_since_the_last_commit() {
     // Replayed: the next commit releases only what was held during it.
     checkpoint.processed("in", 0, 5);
     close(&mut checkpoint);
-    checkpoint.route(output("replayed"));
+    checkpoint.route(output("replayed"), Origin::UNKNOWN);
     let Some(Closed::Committed { held, .. }) = checkpoint.closed(true) else {
         panic!("committed");
     };
@@ -161,7 +168,10 @@ fn a_commit_that_cannot_start_leaves_the_batch_open() {
         Err("no group metadata")
     );
     assert!(checkpoint.closing().is_none());
-    assert!(checkpoint.route(output("x")).is_some(), "not closing: sent");
+    assert!(
+        checkpoint.route(output("x"), Origin::UNKNOWN).is_some(),
+        "not closing: sent"
+    );
     assert_eq!(close(&mut checkpoint), Some(offsets(&[(1, 120)])));
 }
 
@@ -185,7 +195,10 @@ fn at_least_once_hands_out_offsets_only_once_every_output_before_them_is_acknowl
     checkpoint.resume_at(tp(0), Offset::Offset(0));
 
     let first = checkpoint.batch_number();
-    assert!(checkpoint.route(output("a")).is_some(), "sent at once");
+    assert!(
+        checkpoint.route(output("a"), Origin::UNKNOWN).is_some(),
+        "sent at once"
+    );
     acks.sent(first);
     checkpoint.processed("in", 0, 1);
     checkpoint.end_batch();

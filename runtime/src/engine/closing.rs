@@ -23,6 +23,7 @@ use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::{KafkaError, KafkaResult};
 
 use super::checkpoint::Closed;
+use super::refusals::Origin;
 use super::{Core, EngineError, Guarantee};
 use crate::pipeline::record::OutputRecord;
 
@@ -154,8 +155,7 @@ impl Core {
             return self.assign_resume_points(consumer);
         }
         for record in held.iter() {
-            let sent = self.send_record(record.topic, record.key, record.value, record.headers);
-            if let Err(e) = sent {
+            if let Err(e) = self.send_record(record) {
                 return self.send_failed(consumer, e);
             }
         }
@@ -164,9 +164,9 @@ impl Core {
     }
 
     /// Sends an output, or holds it back while a batch closes.
-    pub(super) fn send(&mut self, out: OutputRecord) -> Result<(), EngineError> {
-        match self.checkpoint.route(out) {
-            Some(out) => self.send_now(&out),
+    pub(super) fn send(&mut self, out: OutputRecord, origin: Origin) -> Result<(), EngineError> {
+        match self.checkpoint.route(out, origin) {
+            Some(out) => self.send_now(&out, origin),
             None => Ok(()),
         }
     }

@@ -8,14 +8,17 @@ mod checkpoint;
 pub mod clients;
 mod closing;
 mod committer;
+mod destinations;
 mod flusher;
 mod in_flight;
 pub mod rate_limit;
 mod record_size;
+mod refusals;
 mod stash;
 mod transaction;
 
 use checkpoint::Checkpoint;
+use refusals::{Origin, Refused, Sources};
 
 /// The commit threads, for the broker tests in `tests/` only: they are
 /// adapters over librdkafka, tested against a real broker there.
@@ -41,9 +44,9 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use crate::metrics::{Metrics, Status, TopicLabel};
 use crate::pipeline::record::dead_letter_headers;
 use crate::placement::TaskSource;
-use crate::processor::{InputRecord, Io, OutputRecord, Processor, RecordError};
+use crate::processor::{InputRecord, Io, OutputRecord, Processed, Processor, RecordError};
 use millrace_crds::worker_config::WorkerConfig;
-use millrace_crds::worker_status::unix_ms;
+use millrace_crds::worker_status::{unix_ms, StoppedTask};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
@@ -51,6 +54,10 @@ const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
 const MISSING_TOPIC_GRACE: Duration = Duration::from_secs(5);
 /// Longest a loop goes without serving delivery reports and closing work.
 const SERVICE_INTERVAL: Duration = Duration::from_millis(5);
+
+/// How often the source topics' partition counts are read again: partitions
+/// added to a running app's sources become tasks without a restart.
+const TASK_COUNT_REFRESH: Duration = Duration::from_secs(30);
 
 /// How often every owned partition's committed offset is committed again,
 /// idle or not (`Checkpoint::refresh_committed`): well inside the broker's
@@ -90,15 +97,6 @@ pub enum EngineError {
     /// Bad configuration or topics: exits 2 with this line.
     #[error("{0}")]
     Config(String),
-    /// `onError: Stop` met a failing record.
-    #[error("record {topic}/{partition}@{offset} failed in step '{step}': {message}; stopped (onError policy Stop) with everything before it committed")]
-    RecordFailed {
-        topic: String,
-        partition: i32,
-        offset: i64,
-        step: String,
-        message: String,
-    },
     #[error("Kafka: {0}")]
     Kafka(#[from] KafkaError),
     /// A processing loop panicked (a bug, or a custom processor's); the
@@ -191,6 +189,18 @@ struct Core {
     task_count: i32,
     /// The producer's `message.max.bytes`: larger outputs are record errors.
     max_message_bytes: usize,
+    /// Output topics known to exist: others are looked up before sending.
+    destinations: destinations::Destinations,
+    /// The partitions records came from, numbered for delivery opaques.
+    sources: Sources,
+    /// Records whose outputs the broker refused: errors when replayed.
+    refused: Refused,
+    /// Tasks stopped at a failing record (`onError: Stop`): not consumed
+    /// until the worker restarts (the user acts), their offsets committed
+    /// up to the record.
+    stopped: Vec<i32>,
+    /// Commits failed since the last one that succeeded: replays back off.
+    failures_in_a_row: u32,
     heartbeat: Heartbeat,
     failed_at_last_commit: u64,
     metrics: Arc<Metrics>,
@@ -257,6 +267,12 @@ impl<P: Processor> Engine<P> {
         let heartbeat = Heartbeat::start(&status, &config);
         let producer = Arc::new(new_producer(&config, &worker_id, &shutdown, &heartbeat)?);
         let max_message_bytes = record_size::max_message_bytes(&config.kafka.properties);
+        let destinations = destinations::Destinations::new(
+            io.output_topics
+                .iter()
+                .chain(&io.dead_letter_topic)
+                .map(|t| t.0.clone()),
+        );
         let mut core = Core {
             config,
             worker_id,
@@ -268,6 +284,11 @@ impl<P: Processor> Engine<P> {
             rate_limit: None,
             task_count: 0,
             max_message_bytes,
+            destinations,
+            sources: Sources::default(),
+            refused: Refused::default(),
+            stopped: Vec::new(),
+            failures_in_a_row: 0,
             heartbeat,
             failed_at_last_commit: 0,
             published: Vec::new(),
@@ -314,6 +335,7 @@ impl<P: Processor> Engine<P> {
         // processes while another waits for its commit.
         let mut first = Some(interval.mul_f64(*phase));
         let mut refreshed = Instant::now();
+        let mut counted = Instant::now();
         loop {
             let deadline = Instant::now() + interval + first.take().unwrap_or_default();
             let mut now = Instant::now();
@@ -391,6 +413,10 @@ impl<P: Processor> Engine<P> {
                 core.checkpoint.refresh_committed();
                 refreshed = Instant::now();
             }
+            if counted.elapsed() >= TASK_COUNT_REFRESH {
+                core.recount_tasks(consumer, tasks.as_mut());
+                counted = Instant::now();
+            }
             let started = Instant::now();
             core.end_batch(consumer)?;
             // A fenced commit leaves the changes to the fresh read above.
@@ -440,31 +466,37 @@ impl Core {
             limit.acquire();
         }
         self.records_in.inc(record.topic);
-        let outcome = match processor.process(record) {
-            Ok(processed) => {
-                if processed.filtered {
-                    self.metrics.filtered.inc();
-                }
-                if processed.unrouted {
-                    self.metrics.unrouted.inc();
-                }
-                match record_size::too_large(&processed.outputs, self.max_message_bytes) {
-                    Some(message) => {
-                        let error = RecordError {
-                            step: "produce".into(),
-                            message,
-                        };
-                        self.failed(consumer, record, error)
-                    }
-                    None => processed
-                        .outputs
-                        .into_iter()
-                        .try_for_each(|out| self.send(out)),
-                }
-            }
-            Err(error) => self.failed(consumer, record, error),
+        if self.skipped(record) {
+            self.metrics.skipped.inc();
+            tracing::info!(
+                topic = record.topic,
+                partition = record.partition,
+                offset = record.offset,
+                "skipped (spec onError.skip)"
+            );
+            self.checkpoint
+                .processed(record.topic, record.partition, record.offset + 1);
+            return Ok(());
+        }
+        let origin = self
+            .sources
+            .origin(record.topic, record.partition, record.offset);
+        let refused = self
+            .refused
+            .get(record.topic, record.partition, record.offset)
+            .cloned();
+        let outcome = match refused {
+            // Refused by the broker before: sent again it would be refused
+            // again (and fail its transaction, forever).
+            Some(refused) => self.refused_again(consumer, record, origin, refused),
+            None => match processor.process(record) {
+                Ok(processed) => self.processed(consumer, record, origin, processed),
+                Err(error) => self.failed(consumer, record, origin, error),
+            },
         };
         match outcome {
+            // Stopped at this record: its task resumes here.
+            Ok(()) if self.stopped.contains(&record.partition) => Ok(()),
             Ok(()) => {
                 self.checkpoint
                     .processed(record.topic, record.partition, record.offset + 1);
@@ -474,15 +506,95 @@ impl Core {
         }
     }
 
-    /// Fenced while processing (noticed on a send): the transaction is
-    /// lost; start over from the committed offsets once the placement has
-    /// been read again. Any other error stops the loop.
+    fn skipped(&self, record: &InputRecord<'_>) -> bool {
+        !self.io.skip.is_empty()
+            && self.io.skip.iter().any(|r| {
+                r.offset == record.offset
+                    && r.partition == record.partition
+                    && r.topic.0 == record.topic
+            })
+    }
+
+    /// A record's outputs go out, unless one of them cannot: one too large
+    /// for the producer, or to a topic that does not exist, fails the
+    /// record before anything of it is sent.
+    fn processed(
+        &mut self,
+        consumer: &BaseConsumer,
+        record: &InputRecord<'_>,
+        origin: Origin,
+        processed: Processed,
+    ) -> Result<(), EngineError> {
+        if processed.filtered {
+            self.metrics.filtered.inc();
+        }
+        if processed.unrouted {
+            self.metrics.unrouted.inc();
+        }
+        let refusal = record_size::too_large(&processed.outputs, self.max_message_bytes)
+            .or_else(|| self.destinations.missing(consumer, &processed.outputs));
+        if let Some(message) = refusal {
+            let error = RecordError {
+                step: "produce".into(),
+                message,
+            };
+            return self.failed(consumer, record, origin, error);
+        }
+        processed
+            .outputs
+            .into_iter()
+            .try_for_each(|out| self.send(out, origin))
+    }
+
+    /// A record the broker refused an output of, replayed: its error. When
+    /// its dead-letter copy was refused too, nothing can take it: the
+    /// loop stops at it, whatever the policy, rather than loop on it.
+    fn refused_again(
+        &mut self,
+        consumer: &BaseConsumer,
+        record: &InputRecord<'_>,
+        origin: Origin,
+        refused: refusals::RefusedRecord,
+    ) -> Result<(), EngineError> {
+        let error = RecordError {
+            step: "produce".into(),
+            message: refused.error,
+        };
+        match refused.dead_letter_refused {
+            None => self.failed(consumer, record, origin, error),
+            Some(dead_letter) => {
+                let error = RecordError {
+                    message: format!(
+                        "{}; its dead-letter copy was refused too: {dead_letter}",
+                        error.message
+                    ),
+                    ..error
+                };
+                self.stop_at(consumer, record, error)
+            }
+        }
+    }
+
+    /// A send failed. Fenced: the transaction is lost; start over from the
+    /// committed offsets once the placement has been read again. The
+    /// transaction failed (an output of it was refused, say): it is
+    /// aborted and replayed, as a failed commit is. Any other error stops
+    /// the loop.
     fn send_failed(&mut self, consumer: &BaseConsumer, e: EngineError) -> Result<(), EngineError> {
         match e {
             EngineError::Kafka(KafkaError::MessageProduction(RDKafkaErrorCode::Fatal)) => {
                 self.reinitialise()?;
                 self.checkpoint.discard();
                 self.assign_resume_points(consumer)
+            }
+            EngineError::Kafka(e @ KafkaError::MessageProduction(RDKafkaErrorCode::State))
+                if self.guarantee.transactional() =>
+            {
+                // Only an open transaction, never a closing one, takes
+                // sends (`Checkpoint::route`): this aborts nothing else.
+                self.serve_deliveries();
+                let ended = self.transaction_ended(Err(e));
+                self.commit_failed(consumer, ended.expect_err("ended with an error"))
             }
             e => Err(e),
         }
@@ -492,6 +604,7 @@ impl Core {
         &mut self,
         consumer: &BaseConsumer,
         record: &InputRecord<'_>,
+        origin: Origin,
         error: RecordError,
     ) -> Result<(), EngineError> {
         match (self.io.error_policy, &self.io.dead_letter_topic) {
@@ -502,43 +615,69 @@ impl Core {
                     value: record.value.map(<[u8]>::to_vec),
                     headers: dead_letter_headers(&error, record),
                 };
-                self.send(record_size::fit_dead_letter(out, self.max_message_bytes))?;
+                let out = record_size::fit_dead_letter(out, self.max_message_bytes);
+                self.send(out, origin)?;
                 self.metrics.dead_lettered.inc();
                 Ok(())
             }
-            _ => {
-                // Commit what came before the record, nothing past it.
-                self.commit_processed(consumer)?;
-                Err(EngineError::RecordFailed {
-                    topic: record.topic.into(),
-                    partition: record.partition,
-                    offset: record.offset,
-                    step: error.step,
-                    message: error.message,
-                })
-            }
+            _ => self.stop_at(consumer, record, error),
         }
     }
 
-    fn send_now(&mut self, out: &OutputRecord) -> Result<(), EngineError> {
-        self.send_record(
-            &out.topic,
-            out.key.as_deref(),
-            out.value.as_deref(),
-            &out.headers,
-        )
+    /// `onError: Stop` stops the record's task, and only it: what came
+    /// before the record is committed (every task's), then the task's
+    /// partitions are no longer consumed, so its committed offset stays at
+    /// the record and a restart (the user's fix) resumes there. The other
+    /// tasks go on. `/tasks` reports it, and the operator the StreamApp.
+    fn stop_at(
+        &mut self,
+        consumer: &BaseConsumer,
+        record: &InputRecord<'_>,
+        error: RecordError,
+    ) -> Result<(), EngineError> {
+        // The open batch first (its records before this one), then, under
+        // at-least-once, the batches in flight: every task's resume point is
+        // then what was processed, and reassigning rewinds none of them.
+        self.commit_processed(consumer)?;
+        self.settle_offsets(consumer)?;
+        let stopped = StoppedTask {
+            task: record.partition,
+            topic: record.topic.into(),
+            partition: record.partition,
+            offset: record.offset,
+            step: error.step,
+            error: error.message,
+            since_ms: unix_ms(),
+        };
+        tracing::error!("{stopped}; the other tasks go on (onError policy Stop)");
+        self.stopped.push(record.partition);
+        self.status.stop(stopped);
+        self.metrics.stopped_tasks.inc();
+        self.assign_resume_points(consumer)
     }
 
-    fn send_record(
-        &mut self,
-        topic: &str,
-        key: Option<&[u8]>,
-        value: Option<&[u8]>,
-        headers: &[(String, Vec<u8>)],
-    ) -> Result<(), EngineError> {
+    fn send_now(&mut self, out: &OutputRecord, origin: Origin) -> Result<(), EngineError> {
+        let record = stash::HeldRecord {
+            topic: &out.topic,
+            origin,
+            key: out.key.as_deref(),
+            value: out.value.as_deref(),
+            headers: &out.headers,
+        };
+        self.send_record(record)
+    }
+
+    fn send_record(&mut self, out: stash::HeldRecord<'_>) -> Result<(), EngineError> {
+        let stash::HeldRecord {
+            topic,
+            origin,
+            key,
+            value,
+            headers,
+        } = out;
         let batch = self.checkpoint.batch_number();
         let mut record: BaseRecord<'_, [u8], [u8], usize> =
-            BaseRecord::with_opaque_to(topic, batch);
+            BaseRecord::with_opaque_to(topic, origin.opaque(batch));
         if !headers.is_empty() {
             let mut owned = OwnedHeaders::new_with_capacity(headers.len());
             for (k, v) in headers {

@@ -11,6 +11,7 @@
 
 use std::ops::Range;
 
+use super::refusals::Origin;
 use crate::pipeline::record::OutputRecord;
 
 /// Outputs held back while a batch closes, at most (records, and bytes of
@@ -34,6 +35,7 @@ pub(super) struct Stash {
 
 struct Held {
     topic: usize,
+    origin: Origin,
     key: Option<Range<usize>>,
     value: Option<Range<usize>>,
     /// Usually empty (no allocation); dead-lettered records carry some.
@@ -43,13 +45,14 @@ struct Held {
 /// A held output, borrowed from the stash.
 pub(super) struct HeldRecord<'a> {
     pub topic: &'a str,
+    pub origin: Origin,
     pub key: Option<&'a [u8]>,
     pub value: Option<&'a [u8]>,
     pub headers: &'a [(String, Vec<u8>)],
 }
 
 impl Stash {
-    pub fn push(&mut self, out: OutputRecord) {
+    pub fn push(&mut self, out: OutputRecord, origin: Origin) {
         // A computed destination (`to` as an expression) may name many
         // topics: past a few, each held record keeps its own name rather
         // than every push searching a long list.
@@ -67,6 +70,7 @@ impl Stash {
         let value = out.value.map(|v| self.copy(&v));
         self.records.push(Held {
             topic,
+            origin,
             key,
             value,
             headers: out.headers,
@@ -91,6 +95,7 @@ impl Stash {
     pub fn iter(&self) -> impl Iterator<Item = HeldRecord<'_>> {
         self.records.iter().map(|r| HeldRecord {
             topic: &self.topics[r.topic],
+            origin: r.origin,
             key: r.key.clone().map(|k| &self.bytes[k]),
             value: r.value.clone().map(|v| &self.bytes[v]),
             headers: &r.headers,
@@ -108,6 +113,7 @@ impl Stash {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::refusals::Origin;
 
     fn output(topic: &str, bytes: usize) -> OutputRecord {
         OutputRecord {
@@ -122,16 +128,16 @@ mod tests {
     fn the_stash_is_full_at_its_record_or_byte_limit_and_empties_on_clear() {
         let mut small = Stash::default();
         for _ in 0..STASH_RECORDS - 1 {
-            small.push(output("out", 100));
+            small.push(output("out", 100), Origin::UNKNOWN);
         }
         assert!(!small.full());
-        small.push(output("out", 100));
+        small.push(output("out", 100), Origin::UNKNOWN);
         assert!(small.full(), "by records");
 
         let mut large = Stash::default();
-        large.push(output("out", STASH_BYTES - 1));
+        large.push(output("out", STASH_BYTES - 1), Origin::UNKNOWN);
         assert!(!large.full());
-        large.push(output("out", 8));
+        large.push(output("out", 8), Origin::UNKNOWN);
         assert!(large.full(), "by bytes of keys and values");
 
         large.clear();
@@ -162,7 +168,7 @@ mod tests {
             },
         ];
         for out in outputs.clone() {
-            stash.push(out);
+            stash.push(out, Origin::UNKNOWN);
         }
         let back: Vec<OutputRecord> = stash
             .iter()
@@ -176,7 +182,7 @@ mod tests {
         assert_eq!(back, outputs);
         assert_eq!(stash.topics.len(), 2, "topics are interned");
         stash.clear();
-        stash.push(output("a", 20));
+        stash.push(output("a", 20), Origin::UNKNOWN);
         assert_eq!(stash.iter().count(), 1, "cleared, then reused");
     }
 
@@ -185,7 +191,7 @@ mod tests {
         let mut stash = Stash::default();
         for round in 0..2 {
             for t in 0..100 {
-                stash.push(output(&format!("t{t}"), 20));
+                stash.push(output(&format!("t{t}"), 20), Origin::UNKNOWN);
             }
             let names: Vec<&str> = stash.iter().map(|r| r.topic).collect();
             assert_eq!(names.len(), 100 * (round + 1));

@@ -3,43 +3,71 @@
 //! offsets once its outputs are acknowledged instead (see `in_flight`).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use millrace_crds::ProcessingGuarantee;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerGroupMetadata};
 use rdkafka::error::{KafkaError, KafkaResult};
-use rdkafka::message::DeliveryResult;
+use rdkafka::message::{DeliveryResult, Message};
 use rdkafka::producer::{BaseProducer, Producer, ProducerContext};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::checkpoint::Offsets;
 use super::in_flight::Unacknowledged;
+use super::refusals::{is_record_refusal, Origin, Refusal, MAX_KEPT};
 use super::{clients, Core, EngineError, Heartbeat, KAFKA_TIMEOUT};
+
+/// The first wait before a replay after failed commits, doubled each time
+/// up to the second.
+const REPLAY_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_REPLAY_BACKOFF: Duration = Duration::from_secs(5);
 use millrace_crds::worker_config::WorkerConfig;
 use millrace_crds::worker_status::unix_ms;
 
 /// Counts failed deliveries, and each batch's records not yet acknowledged
-/// (the opaque of a record is its batch): under at-least-once a failure
-/// means no later offset may be committed (the records are replayed
-/// instead), and a batch's offsets wait for its acknowledgements.
+/// (the opaque of a record is its batch slot and origin, `refusals`):
+/// under at-least-once a failure means no later offset may be committed
+/// (the records are replayed instead), and a batch's offsets wait for its
+/// acknowledgements. Refusals that are a record's own fault are kept, to
+/// make that record's replay its error.
 #[derive(Default)]
 pub struct DeliveryCounter {
     failed: AtomicU64,
     /// Delivery reports served, failed or not.
     reports: AtomicU64,
     pub unacknowledged: Unacknowledged,
+    refused: Mutex<Vec<Refusal>>,
+}
+
+impl DeliveryCounter {
+    /// The refusals kept since the last call.
+    pub(super) fn take_refusals(&self) -> Vec<Refusal> {
+        std::mem::take(&mut *self.refused.lock().unwrap())
+    }
 }
 
 impl ClientContext for DeliveryCounter {}
 
 impl ProducerContext for DeliveryCounter {
     type DeliveryOpaque = usize;
-    fn delivery(&self, result: &DeliveryResult<'_>, batch: usize) {
-        if let Err((e, _)) = result {
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
+        let (batch, origin) = Origin::of_opaque(opaque);
+        if let Err((e, message)) = result {
             tracing::warn!("delivery failed: {e}");
             self.failed.fetch_add(1, Ordering::Relaxed);
+            let code = e.rdkafka_error_code();
+            if code.is_some_and(is_record_refusal) {
+                let mut refused = self.refused.lock().unwrap();
+                if refused.len() < MAX_KEPT {
+                    refused.push(Refusal {
+                        origin,
+                        topic: message.topic().to_string(),
+                        error: e.to_string(),
+                    });
+                }
+            }
         }
         self.unacknowledged.acknowledged(batch);
         self.reports.fetch_add(1, Ordering::Relaxed);
@@ -143,6 +171,8 @@ impl Core {
     /// A commit is done (the checkpoint knows already): `/tasks` and the
     /// metrics say so.
     pub(super) fn report_commit(&mut self, committed: &Offsets) {
+        self.failures_in_a_row = 0;
+        self.refused.prune(committed);
         self.status
             .record_commit(committed.keys().map(|(_, p)| *p), unix_ms());
         self.metrics.commits.inc();
@@ -151,8 +181,28 @@ impl Core {
 
     /// Starts over from the committed offsets: what was processed since
     /// (this batch, and under at-least-once the batches in flight) is
-    /// processed again.
+    /// processed again. Records whose outputs the broker refused are kept
+    /// first, to fail when replayed (`refusals`); a replay that learnt of
+    /// none after another failed commit waits first, longer each time, so
+    /// a failure that is nobody's record (a broker away) is not hammered.
     pub(super) fn replay(&mut self, consumer: &BaseConsumer) -> Result<(), EngineError> {
+        // Reports already in are served: a refusal among them is kept now,
+        // not after one more failed attempt.
+        self.serve_deliveries();
+        let refusals = self.producer.context().take_refusals();
+        let dead_letter = self.io.dead_letter_topic.as_ref().map(|t| t.0.as_str());
+        let traced = self.refused.keep(&self.sources, refusals, dead_letter);
+        self.failures_in_a_row += 1;
+        if traced == 0 && self.failures_in_a_row > 1 {
+            let exponent = (self.failures_in_a_row - 2).min(6);
+            let wait = (REPLAY_BACKOFF * 2u32.pow(exponent)).min(MAX_REPLAY_BACKOFF);
+            tracing::warn!(
+                "{} commits failed in a row; replaying in {wait:?}",
+                self.failures_in_a_row
+            );
+            self.heartbeat.beat();
+            std::thread::sleep(wait);
+        }
         self.checkpoint.discard();
         self.assign_resume_points(consumer)
     }

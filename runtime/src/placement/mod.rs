@@ -32,24 +32,66 @@ pub trait TaskSource: Send {
     /// The change of `epoch` is done (released tasks are committed and
     /// no longer consumed; taken tasks are being consumed).
     fn acknowledge(&mut self, _epoch: u64) {}
+    /// The source topics gained partitions: `task_count` tasks now. The
+    /// new tasks of this source come as a change from `poll_change`.
+    fn task_count_changed(&mut self, _task_count: i32) {}
 }
 
 /// One processing loop's share of a worker's tasks: task `t` belongs to loop
 /// `t % of`, so a task never moves between two loops of one worker. For
 /// sources without placement changes (standalone, ordinal zero).
 pub struct Share {
-    pub inner: Box<dyn TaskSource>,
-    pub index: usize,
-    pub of: usize,
+    inner: Box<dyn TaskSource>,
+    index: usize,
+    of: usize,
+    /// The task count the share was last computed for.
+    task_count: i32,
+    /// Tasks added since, not yet handed out.
+    added: Vec<i32>,
 }
 
-impl TaskSource for Share {
-    fn tasks(&mut self, task_count: i32) -> Vec<i32> {
+impl Share {
+    pub fn new(inner: Box<dyn TaskSource>, index: usize, of: usize) -> Self {
+        Self {
+            inner,
+            index,
+            of,
+            task_count: 0,
+            added: Vec::new(),
+        }
+    }
+
+    fn share(&mut self, task_count: i32) -> Vec<i32> {
         self.inner
             .tasks(task_count)
             .into_iter()
             .filter(|t| (*t as usize) % self.of == self.index)
             .collect()
+    }
+}
+
+impl TaskSource for Share {
+    fn tasks(&mut self, task_count: i32) -> Vec<i32> {
+        self.task_count = task_count;
+        self.added.clear();
+        self.share(task_count)
+    }
+
+    fn poll_change(&mut self) -> Option<PlacementChange> {
+        if self.added.is_empty() {
+            return None;
+        }
+        Some(PlacementChange::Take {
+            epoch: 0,
+            tasks: std::mem::take(&mut self.added),
+        })
+    }
+
+    fn task_count_changed(&mut self, task_count: i32) {
+        let before = self.task_count;
+        self.task_count = task_count;
+        let new = self.share(task_count).into_iter().filter(|t| *t >= before);
+        self.added.extend(new);
     }
     fn describe(&self) -> String {
         format!(
@@ -109,24 +151,33 @@ mod tests {
 
     #[test]
     fn shares_split_a_workers_tasks_without_overlap() {
-        let share = |index| {
-            Share {
-                inner: Box::new(Standalone),
-                index,
-                of: 3,
-            }
-            .tasks(8)
-        };
+        let share = |index| Share::new(Box::new(Standalone), index, 3).tasks(8);
         assert_eq!(
             (share(0), share(1), share(2)),
             (vec![0, 3, 6], vec![1, 4, 7], vec![2, 5])
         );
-        let idle = Share {
-            inner: Box::new(OrdinalZero::from_pod_name("app-1")),
-            index: 0,
-            of: 2,
-        };
+        let idle = Share::new(Box::new(OrdinalZero::from_pod_name("app-1")), 0, 2);
         assert!({ idle }.tasks(8).is_empty());
+    }
+
+    #[test]
+    fn added_partitions_are_taken_by_the_share_they_fall_in() {
+        let mut share = Share::new(Box::new(Standalone), 1, 2);
+        assert_eq!(share.tasks(4), [1, 3]);
+        assert_eq!(share.poll_change(), None);
+        share.task_count_changed(8);
+        assert_eq!(
+            share.poll_change(),
+            Some(PlacementChange::Take {
+                epoch: 0,
+                tasks: vec![5, 7]
+            })
+        );
+        assert_eq!(share.poll_change(), None, "handed out once");
+        let mut idle = Share::new(Box::new(OrdinalZero::from_pod_name("app-1")), 0, 1);
+        idle.tasks(2);
+        idle.task_count_changed(4);
+        assert_eq!(idle.poll_change(), None, "not ordinal zero: none of them");
     }
 
     #[test]

@@ -151,6 +151,9 @@ pub struct PlacedTasks {
     owned: BTreeSet<i32>,
     epoch: u64,
     task_count: i32,
+    /// The task count grew: the document is compared again even at the
+    /// same epoch (it may already place the new tasks).
+    recount: bool,
     queued: Vec<PlacementChange>,
     /// The epoch the queued changes bring this loop to.
     queued_epoch: Option<u64>,
@@ -165,6 +168,7 @@ impl PlacedTasks {
             owned: BTreeSet::new(),
             epoch: 0,
             task_count: 0,
+            recount: false,
             queued: Vec::new(),
             queued_epoch: None,
         }
@@ -202,9 +206,10 @@ impl TaskSource for PlacedTasks {
     fn poll_change(&mut self) -> Option<PlacementChange> {
         if self.queued.is_empty() && self.queued_epoch.is_none() {
             let doc = self.view.latest.lock().unwrap().clone();
-            if doc.epoch <= self.epoch {
+            if doc.epoch < self.epoch || (doc.epoch == self.epoch && !self.recount) {
                 return None;
             }
+            self.recount = false;
             let next = self.mine(&doc);
             let release: Vec<i32> = self.owned.difference(&next).copied().collect();
             let take: Vec<i32> = next.difference(&self.owned).copied().collect();
@@ -231,6 +236,11 @@ impl TaskSource for PlacedTasks {
             self.queued_epoch = Some(doc.epoch);
         }
         self.queued.pop()
+    }
+
+    fn task_count_changed(&mut self, task_count: i32) {
+        self.task_count = task_count;
+        self.recount = true;
     }
 
     fn acknowledge(&mut self, epoch: u64) {
@@ -327,6 +337,35 @@ mod tests {
         second.epoch = 1;
         assert_eq!(second.poll_change(), None);
         assert_eq!(view.status.detail.lock().unwrap().applied_epoch, Some(2));
+    }
+
+    #[test]
+    fn tasks_placed_before_the_loop_counted_them_are_taken_once_it_does() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let view = view(&runtime, 1);
+        let mut only = PlacedTasks::new(view.clone(), 0, 1);
+        only.task_count = 2;
+        only.owned = [0, 1].into();
+        only.epoch = 3;
+        // The operator placed the new partitions' tasks at epoch 3 already.
+        *view.latest.lock().unwrap() = doc(3, "app-0", &[0, 1, 2, 3]);
+        assert_eq!(
+            only.poll_change(),
+            None,
+            "tasks 2 and 3 are not counted yet"
+        );
+        only.task_count_changed(4);
+        assert_eq!(
+            only.poll_change(),
+            Some(PlacementChange::Take {
+                epoch: 3,
+                tasks: vec![2, 3]
+            })
+        );
+        only.acknowledge(3);
+        assert_eq!(only.poll_change(), None);
     }
 
     #[test]

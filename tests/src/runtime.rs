@@ -1,0 +1,115 @@
+//! `millrace-runtime run` as a test drives it: started on a manifest,
+//! asked for `/tasks`, its outputs read back with their headers.
+
+use std::io::{Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::{kafka_bootstrap, unique, workspace_binary};
+
+/// Writes `yaml` to a manifest file named for `app`.
+pub fn write_manifest(app: &str, yaml: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("{app}.yaml"));
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+/// `millrace-runtime run --manifest path`, its output captured: for a run
+/// that stops by itself (a long one could fill the pipe; see
+/// [`start_logging`]).
+pub fn start(path: &std::path::Path, port: u16) -> Child {
+    run_command(path, port)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// As [`start`], its log going to [`log_path`] for `port`.
+pub fn start_logging(path: &std::path::Path, port: u16) -> Child {
+    let log = std::fs::File::create(log_path(port)).unwrap();
+    run_command(path, port)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+pub fn log_path(port: u16) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("millrace-runtime-{port}.log"))
+}
+
+fn run_command(path: &std::path::Path, port: u16) -> Command {
+    let mut command = Command::new(workspace_binary("millrace-runtime"));
+    command
+        .args([
+            "run",
+            "--manifest",
+            path.to_str().unwrap(),
+            "--admin-addr",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .env("RUST_LOG", "warn");
+    command
+}
+
+/// The worker's `/tasks`, or `None` while it does not answer.
+pub fn tasks(port: u16) -> Option<serde_json::Value> {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET /tasks HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let ok = head.split_whitespace().nth(1) == Some("200");
+    ok.then(|| serde_json::from_str(body).ok()).flatten()
+}
+
+/// A record's value and headers, as text.
+pub type Seen = (Option<String>, Vec<(String, String)>);
+
+/// Reads every committed record of partition 0 of `topic` with its headers.
+pub fn committed_records(topic: &str) -> Vec<Seen> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka_bootstrap())
+        .set("group.id", unique("reader"))
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)
+        .unwrap();
+    consumer.assign(&tpl).unwrap();
+    let mut records = Vec::new();
+    loop {
+        match consumer.poll(Duration::from_secs(5)) {
+            Some(Ok(m)) => records.push((
+                m.payload().map(|v| String::from_utf8_lossy(v).into_owned()),
+                m.headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                let value =
+                                    h.value.map(String::from_utf8_lossy).unwrap_or_default();
+                                (h.key.to_string(), value.into_owned())
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            )),
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) | None => return records,
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
+        }
+    }
+}
+
+/// The value of header `key`.
+pub fn header(headers: &[(String, String)], key: &str) -> Option<String> {
+    headers
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.clone())
+}

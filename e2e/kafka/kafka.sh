@@ -4,6 +4,9 @@
 #   kafka.sh fetch            download the broker classpath into the cache
 #   kafka.sh up single        one combined broker+controller on 127.0.0.1:9092
 #   kafka.sh up cluster       three nodes on 127.0.0.1:19092,19093,19094
+#   kafka.sh up limits        one node on 127.0.0.1:9292 with short limits:
+#                             group offsets expire after a minute, transactions
+#                             last at most a minute (tests of those limits)
 #   kafka.sh down [single|cluster|all]
 #   kafka.sh status
 #   kafka.sh bootstrap single|cluster   print the bootstrap servers
@@ -32,9 +35,14 @@ fetch() {
 }
 
 # node_count LAYOUT / broker_port LAYOUT N / controller_port LAYOUT N
-node_count() { [[ "$1" == single ]] && echo 1 || echo 3; }
-broker_port() { [[ "$1" == single ]] && echo 9092 || echo $((19091 + $2)); }
-controller_port() { [[ "$1" == single ]] && echo 9093 || echo $((19191 + $2)); }
+LAYOUTS=(single cluster limits)
+node_count() { [[ "$1" == cluster ]] && echo 3 || echo 1; }
+broker_port() {
+  case "$1" in single) echo 9092 ;; limits) echo 9292 ;; *) echo $((19091 + $2)) ;; esac
+}
+controller_port() {
+  case "$1" in single) echo 9093 ;; limits) echo 9293 ;; *) echo $((19191 + $2)) ;; esac
+}
 
 bootstrap() {
   local layout="$1" n out=()
@@ -57,6 +65,12 @@ render_config() {
       -e "s#@CONTROLLER_PORT@#$(controller_port "$layout" "$n")#" \
       -e "s#@DATA_DIR@#$dir/data#" -e "s#@RF@#$rf#" -e "s#@MIN_ISR@#$min_isr#" \
       "$E2E_DIR/kafka/server.properties.tmpl" > "$dir/server.properties"
+  if [[ "$layout" == limits ]]; then
+    # Offsets of a group without members expire a minute after their last
+    # commit, checked every 5 s (Kafka's least: whole minutes); no
+    # transaction may last longer than a minute (Kafka's default: 15).
+    printf 'offsets.retention.minutes=1\noffsets.retention.check.interval.ms=5000\ntransaction.max.timeout.ms=60000\n' >> "$dir/server.properties"
+  fi
 }
 
 # ready BOOTSTRAP COUNT: a metadata request answers and lists COUNT brokers
@@ -65,7 +79,7 @@ ready() { [[ "$(kcat -b "$1" -L -m 3 2>/dev/null | grep -c '^  broker ')" == "$2
 
 up() {
   local layout="${1:-single}" n count voters="" cluster_id
-  [[ "$layout" == single || "$layout" == cluster ]] || die "layout must be 'single' or 'cluster', not '$layout'"
+  [[ " ${LAYOUTS[*]} " == *" $layout "* ]] || die "layout must be one of ${LAYOUTS[*]}, not '$layout'"
   need kcat "It answers the readiness check (Debian: apt-get install kcat)."
   fetch
   count="$(node_count "$layout")"
@@ -104,7 +118,7 @@ up() {
 
 down() {
   local layouts=("${1:-all}") l n
-  [[ "${1:-all}" == all ]] && layouts=(single cluster)
+  [[ "${1:-all}" == all ]] && layouts=("${LAYOUTS[@]}")
   for l in "${layouts[@]}"; do
     stop_bg 30 "kafka-$l-1" "kafka-$l-2" "kafka-$l-3"
     # Brokers whose pid files were lost (a deleted .stack, say) still hold the
@@ -115,7 +129,7 @@ down() {
 
 status() {
   local l n
-  for l in single cluster; do
+  for l in "${LAYOUTS[@]}"; do
     for n in $(seq 1 "$(node_count "$l")"); do
       pid_alive "kafka-$l-$n" && echo "kafka-$l-$n running (pid $(cat "$PID_DIR/kafka-$l-$n.pid"))"
     done
@@ -134,5 +148,5 @@ case "${1:-}" in
     fetch; shift
     exec java -Dlog4j2.configurationFile="$E2E_DIR/kafka/log4j2-tools.properties" -cp "$KAFKA_LIB/*" \
       org.apache.kafka.tools.TopicCommand --bootstrap-server "$(bootstrap single)" "$@" ;;
-  *) die "usage: $0 fetch | up [single|cluster] | down [single|cluster|all] | status | bootstrap [single|cluster] | topics ARGS" ;;
+  *) die "usage: $0 fetch | up [single|cluster|limits] | down [single|cluster|limits|all] | status | bootstrap [single|cluster|limits] | topics ARGS" ;;
 esac

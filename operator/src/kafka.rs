@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use millrace_crds::identity::is_internal_topic;
-use millrace_crds::{KafkaSpec, SecretKeyRef, TopicName};
-use rdkafka::admin::{AdminClient, AdminOptions};
+use millrace_crds::{KafkaSpec, ProcessingGuarantee, SecretKeyRef, TopicName};
+use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -186,6 +186,49 @@ pub fn partition_counts(
     Ok(counts)
 }
 
+/// The broker's `transaction.max.timeout.ms`, when it says (this client
+/// may not be allowed to describe the broker's configuration: then the
+/// worker's own check at start is what is left). Blocking; call from
+/// `spawn_blocking`.
+pub fn transaction_max_timeout_ms(props: &BTreeMap<String, String>) -> Option<u64> {
+    let consumer: BaseConsumer = client_config(props).create().ok()?;
+    let metadata = consumer.fetch_metadata(None, METADATA_TIMEOUT).ok()?;
+    let broker = metadata.brokers().first()?.id();
+    let admin: AdminClient<DefaultClientContext> = client_config(props).create().ok()?;
+    let options = AdminOptions::new().request_timeout(Some(METADATA_TIMEOUT));
+    let resources = futures::executor::block_on(
+        admin.describe_configs(&[ResourceSpecifier::Broker(broker)], &options),
+    )
+    .ok()?;
+    let resource = resources.into_iter().next()?.ok()?;
+    resource
+        .get("transaction.max.timeout.ms")?
+        .value
+        .as_deref()?
+        .parse()
+        .ok()
+}
+
+/// Under exactly-once the transaction timeout must be one the broker takes:
+/// above `transaction.max.timeout.ms` every `init_transactions` fails.
+pub fn check_transaction_timeout(
+    guarantee: ProcessingGuarantee,
+    timeout: Duration,
+    broker_max_ms: Option<u64>,
+) -> Result<(), Degradation> {
+    match broker_max_ms {
+        Some(max) if guarantee == ProcessingGuarantee::ExactlyOnce && timeout.as_millis() > max as u128 => {
+            Err(Degradation {
+                reason: "TransactionTimeoutTooLong",
+                message: format!(
+                    "spec.transactionTimeout ({timeout:?}) is above the broker's transaction.max.timeout.ms ({max} ms): it would refuse every transaction; lower spec.transactionTimeout (or raise the broker's limit)"
+                ),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Tasks = the source topics' common partition count; every output topic
 /// must exist (Millrace creates nothing the user did not ask for).
 pub fn check_topics(
@@ -306,6 +349,26 @@ mod tests {
 
     fn t(name: &str) -> TopicName {
         TopicName(name.into())
+    }
+
+    #[test]
+    fn a_transaction_timeout_above_the_brokers_limit_is_refused_under_exactly_once() {
+        let eos = ProcessingGuarantee::ExactlyOnce;
+        let two_minutes = Duration::from_secs(120);
+        let refused = check_transaction_timeout(eos, two_minutes, Some(60_000)).unwrap_err();
+        assert_eq!(refused.reason, "TransactionTimeoutTooLong");
+        assert!(
+            refused.message.contains("spec.transactionTimeout (120s) is above the broker's transaction.max.timeout.ms (60000 ms)"),
+            "{}",
+            refused.message
+        );
+        assert!(check_transaction_timeout(eos, Duration::from_secs(60), Some(60_000)).is_ok());
+        assert!(
+            check_transaction_timeout(eos, two_minutes, None).is_ok(),
+            "the broker did not say"
+        );
+        let alo = ProcessingGuarantee::AtLeastOnce;
+        assert!(check_transaction_timeout(alo, two_minutes, Some(60_000)).is_ok());
     }
 
     #[test]

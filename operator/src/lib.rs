@@ -9,6 +9,7 @@
 
 pub mod apply;
 pub mod autoscale;
+pub mod backoff;
 pub mod build;
 pub mod claims;
 pub mod conditions;

@@ -177,6 +177,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics,
         apps: controller.store(),
         finalizer_timeout: args.finalizer_timeout,
+        backoff: Default::default(),
         lease_namespace: args.namespace.clone(),
     });
     let controller = controller

@@ -282,6 +282,25 @@ pub fn workspace_binary(name: &str) -> std::path::PathBuf {
     path
 }
 
+/// The offset `group` has committed for one partition (`Offset::Invalid`:
+/// none).
+pub fn committed_offset(group: &str, topic: &str, partition: i32) -> rdkafka::Offset {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka_bootstrap())
+        .set("group.id", group)
+        .create()
+        .expect("consumer");
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed offsets")
+        .find_partition(topic, partition)
+        .expect("the partition asked for")
+        .offset()
+}
+
 /// Produces one record (idempotent producer, flushed).
 pub fn produce(topic: &str, key: &str, value: &str) {
     produce_to(topic, None, key, value)

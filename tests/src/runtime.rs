@@ -25,14 +25,51 @@ pub fn start(path: &std::path::Path, port: u16) -> Child {
         .unwrap()
 }
 
-/// As [`start`], its log going to [`log_path`] for `port`.
-pub fn start_logging(path: &std::path::Path, port: u16) -> Child {
+/// As [`start`], its log going to [`log_path`] for `port`; killed when
+/// dropped, so a failing test leaves no worker behind.
+pub fn start_logging(path: &std::path::Path, port: u16) -> Running {
     let log = std::fs::File::create(log_path(port)).unwrap();
-    run_command(path, port)
+    let child = run_command(path, port)
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
-        .unwrap()
+        .unwrap();
+    Running(child)
+}
+
+/// A worker process that is killed when dropped.
+pub struct Running(pub Child);
+
+impl Running {
+    /// Stops the worker with SIGTERM and asserts it shut down cleanly
+    /// (its open transactions committed).
+    pub fn terminate(mut self) {
+        crate::workers::signal(&[self.0.id()], "TERM");
+        let status = self.0.wait().unwrap();
+        assert!(status.success(), "a clean shutdown, not {status}");
+    }
+}
+
+impl std::ops::Deref for Running {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 pub fn log_path(port: u16) -> std::path::PathBuf {

@@ -31,11 +31,6 @@ fn alive(child: &mut Child, port: u16) {
     }
 }
 
-fn stop(mut child: Child) {
-    millrace_tests::workers::signal(&[child.id()], "TERM");
-    assert!(child.wait().unwrap().success(), "a clean shutdown");
-}
-
 fn amounts(topic: &str) -> Vec<i64> {
     let mut seen: Vec<i64> = committed_values(topic)
         .iter()
@@ -100,7 +95,7 @@ fn stop_halts_only_the_failing_records_task_and_skip_lets_it_go_on() {
         alive(&mut worker, 18111);
         (amounts(&output) == [1, 2, 3, 5]).then_some(())
     });
-    stop(worker);
+    worker.terminate();
 
     // Task 0's committed offset stayed at the record: restarted as it was,
     // it stops there again and nothing past it is output.
@@ -113,7 +108,7 @@ fn stop_halts_only_the_failing_records_task_and_skip_lets_it_go_on() {
             .then_some(())
     });
     assert_eq!(amounts(&output), [1, 2, 3, 5]);
-    stop(again);
+    again.terminate();
 
     // Skipping the record lets task 0 go on past it.
     let skip = format!("{{policy: Stop, skip: [{{topic: {source}, partition: 0, offset: 1}}]}}");
@@ -127,7 +122,7 @@ fn stop_halts_only_the_failing_records_task_and_skip_lets_it_go_on() {
         },
     );
     assert!(stopped(18113).is_empty());
-    stop(skipping);
+    skipping.terminate();
 }
 
 /// Record `n`'s value: `amount` n, and a pad the small topic refuses when
@@ -173,7 +168,7 @@ fn broker_refusal(guarantee: &str, port: u16) {
             amounts(&output).contains(&30).then_some(())
         },
     );
-    stop(worker);
+    worker.terminate();
 
     let expected: Vec<i64> = (0..31).filter(|n| *n != 12).collect();
     let mut seen = amounts(&output);
@@ -247,7 +242,7 @@ fn a_computed_topic_that_does_not_exist_or_is_not_allowed_is_dead_lettered() {
             (amounts(&eu) == [1, 4] && dead.len() == 2).then_some(dead)
         },
     );
-    stop(worker);
+    worker.terminate();
     assert!(
         committed_values(&other).is_empty(),
         "nothing reached the other team's topic"
@@ -306,5 +301,5 @@ fn a_partition_added_to_a_running_apps_source_is_processed() {
         serde_json::json!([0, 1, 2]),
         "{reported}"
     );
-    stop(worker);
+    worker.terminate();
 }

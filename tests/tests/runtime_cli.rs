@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use millrace_tests::runtime::{committed_records, header, start};
+use millrace_tests::runtime::{committed_records, header, start, start_logging};
 use millrace_tests::{
     committed_values, ensure_topics, kafka_bootstrap, produce, unique, workspace_binary,
 };
@@ -111,7 +111,7 @@ fn an_output_the_producer_refuses_is_dead_lettered_and_the_partition_keeps_flowi
     );
     let path = std::env::temp_dir().join(format!("{app}.yaml"));
     std::fs::write(&path, yaml).unwrap();
-    let mut child = start(&path, 18104);
+    let mut child = start_logging(&path, 18104);
     let flowed = millrace_tests::wait_until(
         "18 outputs and 2 dead letters",
         Duration::from_secs(60),
@@ -123,8 +123,7 @@ fn an_output_the_producer_refuses_is_dead_lettered_and_the_partition_keeps_flowi
             (outputs.len() >= 18 && dead.len() >= 2).then_some((outputs, dead))
         },
     );
-    millrace_tests::workers::signal(&[child.id()], "TERM");
-    assert!(child.wait().unwrap().success(), "a clean shutdown");
+    child.terminate();
 
     let (outputs, dead) = flowed;
     let numbers: Vec<i64> = outputs

@@ -194,14 +194,7 @@ fn commit_offset(group: &str, offset: i64) {
 }
 
 fn committed_offset(group: &str) -> Offset {
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition("orders", 0);
-    group_consumer(group)
-        .committed_offsets(tpl, Duration::from_secs(10))
-        .unwrap()
-        .find_partition("orders", 0)
-        .unwrap()
-        .offset()
+    millrace_tests::committed_offset(group, "orders", 0)
 }
 
 fn group_consumer(group: &str) -> BaseConsumer {

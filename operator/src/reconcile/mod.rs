@@ -47,9 +47,24 @@ pub struct Context {
     /// How long `deletionPolicy: Delete` retries before it leaves the data
     /// and lets the deletion finish.
     pub finalizer_timeout: Duration,
+    /// Per app, how long a failed reconcile waits.
+    pub backoff: crate::backoff::Backoff,
+}
+
+fn backoff_key(app: &StreamApp) -> String {
+    format!("{}/{}", app.namespace().unwrap_or_default(), app.name_any())
 }
 
 pub async fn reconcile(app: Arc<StreamApp>, ctx: Arc<Context>) -> Result<Action> {
+    let key = backoff_key(&app);
+    let result = reconcile_app(app, ctx.clone()).await;
+    if result.is_ok() {
+        ctx.backoff.succeeded(&key);
+    }
+    result
+}
+
+async fn reconcile_app(app: Arc<StreamApp>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile_timer();
     let namespace = app.namespace().unwrap_or_else(|| "default".into());
     let apps: Api<StreamApp> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -312,10 +327,11 @@ async fn admit(
     Ok(model)
 }
 
-pub fn error_policy(_app: Arc<StreamApp>, error: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy(app: Arc<StreamApp>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.reconcile_failed(error);
-    tracing::warn!("reconcile failed: {error}");
-    Action::requeue(Duration::from_secs(10))
+    let wait = ctx.backoff.failed(&backoff_key(&app));
+    tracing::warn!(app = %backoff_key(&app), "reconcile failed: {error}; retrying in {wait:?}");
+    Action::requeue(wait)
 }
 
 fn was_degraded(status: &StreamAppStatus, reason: &str) -> bool {

@@ -9,7 +9,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{Api, Client};
 use millrace_crds::placement::{placement_config_map, PlacementDoc, PLACEMENT_KEY};
-use millrace_crds::KafkaSpec;
+use millrace_crds::{KafkaSpec, ProcessingGuarantee};
 
 use crate::conditions::Degradation;
 use crate::error::Result;
@@ -76,19 +76,27 @@ async fn check_kafka(client: &Client, model: &AppModel) -> Result<Option<i32>, D
     let props = kafka_properties(client, &model.namespace, &model.kafka).await?;
     let mut topics = sources.clone();
     topics.extend(model.output_topics());
-    let counts = tokio::task::spawn_blocking(move || kafka::partition_counts(&props, &topics))
-        .await
-        .map_err(|e| Degradation {
-            reason: "KafkaUnavailable",
-            message: e.to_string(),
-        })?
-        .map_err(|e| Degradation {
-            reason: "KafkaUnavailable",
-            message: format!(
-                "cannot reach Kafka at {}: {e}; retrying",
-                model.kafka.bootstrap_servers
-            ),
-        })?;
+    let exactly_once = model.guarantee == ProcessingGuarantee::ExactlyOnce;
+    let (counts, transaction_max) = tokio::task::spawn_blocking(move || {
+        let counts = kafka::partition_counts(&props, &topics);
+        let max = exactly_once
+            .then(|| kafka::transaction_max_timeout_ms(&props))
+            .flatten();
+        (counts, max)
+    })
+    .await
+    .map_err(|e| Degradation {
+        reason: "KafkaUnavailable",
+        message: e.to_string(),
+    })?;
+    kafka::check_transaction_timeout(model.guarantee, model.transaction_timeout, transaction_max)?;
+    let counts = counts.map_err(|e| Degradation {
+        reason: "KafkaUnavailable",
+        message: format!(
+            "cannot reach Kafka at {}: {e}; retrying",
+            model.kafka.bootstrap_servers
+        ),
+    })?;
     kafka::check_topics(
         model.source_field(),
         &sources,

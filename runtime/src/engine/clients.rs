@@ -44,6 +44,11 @@ fn base(kafka: &KafkaClientConfig, tuning: &[(&str, &str)]) -> anyhow::Result<Cl
     Ok(c)
 }
 
+/// An admin client: reads the broker's limits at start (`broker_limits`).
+pub fn admin(config: &WorkerConfig) -> anyhow::Result<ClientConfig> {
+    base(&config.kafka, &[])
+}
+
 /// A worker's prefetch, shared by its loops' consumers (librdkafka's
 /// defaults, a 64 MB queue and fetches of up to 50 MB per consumer, made
 /// most of a worker's memory). 20 MB rather than 30 cost no measurable

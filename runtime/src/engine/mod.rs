@@ -4,6 +4,7 @@
 //! At-least-once is the same loop with a flush and an offset commit instead.
 
 mod assignment;
+mod broker_limits;
 mod checkpoint;
 pub mod clients;
 mod closing;
@@ -58,12 +59,6 @@ const SERVICE_INTERVAL: Duration = Duration::from_millis(5);
 /// How often the source topics' partition counts are read again: partitions
 /// added to a running app's sources become tasks without a restart.
 const TASK_COUNT_REFRESH: Duration = Duration::from_secs(30);
-
-/// How often every owned partition's committed offset is committed again,
-/// idle or not (`Checkpoint::refresh_committed`): well inside the broker's
-/// default `offsets.retention.minutes` (7 days), and rare enough to cost
-/// nothing.
-const OFFSET_REFRESH: Duration = Duration::from_secs(3600);
 
 /// A loop's heartbeat for `/healthz`: it beats once per commit interval and
 /// in every wait for the broker.
@@ -189,6 +184,10 @@ struct Core {
     task_count: i32,
     /// The producer's `message.max.bytes`: larger outputs are record errors.
     max_message_bytes: usize,
+    /// How often every owned partition's committed offset is committed
+    /// again, idle or not (`Checkpoint::refresh_committed`): well inside
+    /// the broker's `offsets.retention.minutes` (`broker_limits`).
+    offset_refresh: Duration,
     /// Output topics known to exist: others are looked up before sending.
     destinations: destinations::Destinations,
     /// The partitions records came from, numbered for delivery opaques.
@@ -265,6 +264,8 @@ impl<P: Processor> Engine<P> {
             .map_err(|e| EngineError::Config(e.to_string()))?
             .create()?;
         let heartbeat = Heartbeat::start(&status, &config);
+        let limits = broker_limits::read(&config, &consumer);
+        limits.check(&config)?;
         let producer = Arc::new(new_producer(&config, &worker_id, &shutdown, &heartbeat)?);
         let max_message_bytes = record_size::max_message_bytes(&config.kafka.properties);
         let destinations = destinations::Destinations::new(
@@ -284,6 +285,7 @@ impl<P: Processor> Engine<P> {
             rate_limit: None,
             task_count: 0,
             max_message_bytes,
+            offset_refresh: limits.offset_refresh(),
             destinations,
             sources: Sources::default(),
             refused: Refused::default(),
@@ -409,7 +411,7 @@ impl<P: Processor> Engine<P> {
                 }
             }
             core.heartbeat.beat();
-            if refreshed.elapsed() >= OFFSET_REFRESH {
+            if refreshed.elapsed() >= core.offset_refresh {
                 core.checkpoint.refresh_committed();
                 refreshed = Instant::now();
             }

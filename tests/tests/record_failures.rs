@@ -212,6 +212,51 @@ fn an_output_the_broker_refuses_is_dead_lettered_and_the_partition_keeps_flowing
 }
 
 #[test]
+fn a_dead_letter_copy_the_broker_refuses_too_stops_the_records_task() {
+    let (source, output, small, dlq) = (
+        unique("dlq-refused-src"),
+        unique("dlq-refused-out"),
+        unique("dlq-refused-small"),
+        unique("dlq-refused-dlq"),
+    );
+    ensure_topics(&[(&source, 2), (&output, 1)]);
+    ensure_topics_with(&[(&small, 1), (&dlq, 1)], &[("max.message.bytes", "1000")]);
+    produce_to(&source, Some(0), "0", &padded(0, false));
+    produce_to(&source, Some(0), "1", &padded(1, true));
+    produce_to(&source, Some(0), "2", &padded(2, false));
+    produce_to(&source, Some(1), "3", &padded(3, false));
+    let app = unique("dlq-refused-app");
+    let pipeline = format!("    source: {{topics: [{source}]}}\n    steps:\n    - route: {{rules: [{{when: 'value.big', to: {small}}}], default: {output}}}\n    onError: {{policy: DeadLetter, deadLetterTopic: {dlq}}}\n");
+    let port = 18118;
+    let mut worker = start(&manifest(&app, "ExactlyOnce", &pipeline), port);
+    let report = wait_until(
+        "task 0 stopped at record 1",
+        Duration::from_secs(90),
+        || {
+            alive(&mut worker, port);
+            stopped(port).into_iter().next()
+        },
+    );
+    assert_eq!(
+        (report["task"].as_i64(), report["offset"].as_i64()),
+        (Some(0), Some(1))
+    );
+    let error = report["error"].as_str().unwrap();
+    assert!(
+        error.contains(&format!("the broker refused the output to '{small}'"))
+            && error.contains(&format!(
+                "its dead-letter copy was refused too: the broker refused the output to '{dlq}'"
+            )),
+        "{error}"
+    );
+    wait_until("the records around it", Duration::from_secs(30), || {
+        (amounts(&output) == [0, 3]).then_some(())
+    });
+    worker.terminate();
+    assert!(committed_values(&dlq).is_empty());
+}
+
+#[test]
 fn a_computed_topic_that_does_not_exist_or_is_not_allowed_is_dead_lettered() {
     let prefix = unique("computed");
     let (source, eu, other, dlq) = (

@@ -183,6 +183,51 @@ fn a_task_stopped_at_a_record_degrades_the_app_naming_it_and_the_other_tasks_flo
     assert!(events.contains("TaskStopped"), "an Event says so: {events}");
 }
 
+#[test]
+fn partitions_added_to_a_running_apps_source_reach_status_placement_and_workers() {
+    install_chart(&[]);
+    let (source, output) = (unique("grow-src"), unique("grow-out"));
+    ensure_topics(&[(&source, 1), (&output, 1)]);
+    let ns = TestNamespace::create("grow");
+    let ns = ns.0.as_str();
+    let yaml = format!(
+        "apiVersion: millrace.dev/v1alpha1\nkind: StreamApp\nmetadata: {{name: growing, namespace: {ns}}}\nspec:\n  kafka: {{bootstrapServers: '127.0.0.1:9092'}}\n  replicas: 1\n  pipeline: {{source: {{topics: [{source}]}}, steps: [{{route: {{default: {output}}}}}]}}\n"
+    );
+    apply_yaml(ns, "growing", &yaml);
+    wait_until("one task", TIMEOUT, || {
+        (get(ns, "streamapp/growing", "{.status.tasks}") == "1").then_some(())
+    });
+    produce_to(&source, Some(0), "k", r#"{"n": 0}"#);
+    wait_until("the first record", TIMEOUT, || {
+        (committed_values(&output).len() == 1).then_some(())
+    });
+    millrace_tests::add_partitions(&source, 2);
+    produce_to(&source, Some(1), "k", r#"{"n": 1}"#);
+    // The reconcile reads the partition count every minute, the workers
+    // every 30 s.
+    wait_until("two tasks", Duration::from_secs(150), || {
+        (get(ns, "streamapp/growing", "{.status.tasks}") == "2").then_some(())
+    });
+    wait_until(
+        "the new partition's record",
+        Duration::from_secs(150),
+        || (committed_values(&output).len() == 2).then_some(()),
+    );
+    // The running worker took the new task: no other worker, no restart.
+    assert_eq!(
+        millrace_tests::workers::tasks_per_worker(ns, "growing"),
+        [("growing-0".to_string(), 2)].into()
+    );
+    assert_eq!(
+        get(
+            ns,
+            "pod/growing-0",
+            "{.status.containerStatuses[0].restartCount}"
+        ),
+        "0"
+    );
+}
+
 fn commit_offset(group: &str, offset: i64) {
     let mut offsets = TopicPartitionList::new();
     offsets

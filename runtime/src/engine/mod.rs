@@ -10,6 +10,7 @@ pub mod clients;
 mod closing;
 mod committer;
 mod destinations;
+mod failures;
 mod flusher;
 mod in_flight;
 pub mod rate_limit;
@@ -36,18 +37,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use millrace_crds::{ErrorPolicy, ProcessingGuarantee};
+use millrace_crds::ProcessingGuarantee;
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 use crate::metrics::{Metrics, Status, TopicLabel};
-use crate::pipeline::record::dead_letter_headers;
 use crate::placement::TaskSource;
-use crate::processor::{InputRecord, Io, OutputRecord, Processed, Processor, RecordError};
+use crate::processor::{InputRecord, Io, OutputRecord, Processor};
 use millrace_crds::worker_config::WorkerConfig;
-use millrace_crds::worker_status::{unix_ms, StoppedTask};
+use millrace_crds::worker_status::unix_ms;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
@@ -506,156 +506,6 @@ impl Core {
             }
             Err(e) => self.send_failed(consumer, e),
         }
-    }
-
-    fn skipped(&self, record: &InputRecord<'_>) -> bool {
-        !self.io.skip.is_empty()
-            && self.io.skip.iter().any(|r| {
-                r.offset == record.offset
-                    && r.partition == record.partition
-                    && r.topic.0 == record.topic
-            })
-    }
-
-    /// A record's outputs go out, unless one of them cannot: one too large
-    /// for the producer, or to a topic that does not exist, fails the
-    /// record before anything of it is sent.
-    fn processed(
-        &mut self,
-        consumer: &BaseConsumer,
-        record: &InputRecord<'_>,
-        origin: Origin,
-        processed: Processed,
-    ) -> Result<(), EngineError> {
-        if processed.filtered {
-            self.metrics.filtered.inc();
-        }
-        if processed.unrouted {
-            self.metrics.unrouted.inc();
-        }
-        let refusal = record_size::too_large(&processed.outputs, self.max_message_bytes)
-            .or_else(|| self.destinations.missing(consumer, &processed.outputs));
-        if let Some(message) = refusal {
-            let error = RecordError {
-                step: "produce".into(),
-                message,
-            };
-            return self.failed(consumer, record, origin, error);
-        }
-        processed
-            .outputs
-            .into_iter()
-            .try_for_each(|out| self.send(out, origin))
-    }
-
-    /// A record the broker refused an output of, replayed: its error. When
-    /// its dead-letter copy was refused too, nothing can take it: the
-    /// loop stops at it, whatever the policy, rather than loop on it.
-    fn refused_again(
-        &mut self,
-        consumer: &BaseConsumer,
-        record: &InputRecord<'_>,
-        origin: Origin,
-        refused: refusals::RefusedRecord,
-    ) -> Result<(), EngineError> {
-        let error = RecordError {
-            step: "produce".into(),
-            message: refused.error,
-        };
-        match refused.dead_letter_refused {
-            None => self.failed(consumer, record, origin, error),
-            Some(dead_letter) => {
-                let error = RecordError {
-                    message: format!(
-                        "{}; its dead-letter copy was refused too: {dead_letter}",
-                        error.message
-                    ),
-                    ..error
-                };
-                self.stop_at(consumer, record, error)
-            }
-        }
-    }
-
-    /// A send failed. Fenced: the transaction is lost; start over from the
-    /// committed offsets once the placement has been read again. The
-    /// transaction failed (an output of it was refused, say): it is
-    /// aborted and replayed, as a failed commit is. Any other error stops
-    /// the loop.
-    fn send_failed(&mut self, consumer: &BaseConsumer, e: EngineError) -> Result<(), EngineError> {
-        match e {
-            EngineError::Kafka(KafkaError::MessageProduction(RDKafkaErrorCode::Fatal)) => {
-                self.reinitialise()?;
-                self.checkpoint.discard();
-                self.assign_resume_points(consumer)
-            }
-            EngineError::Kafka(e @ KafkaError::MessageProduction(RDKafkaErrorCode::State))
-                if self.guarantee.transactional() =>
-            {
-                // Only an open transaction, never a closing one, takes
-                // sends (`Checkpoint::route`): this aborts nothing else.
-                self.serve_deliveries();
-                let ended = self.transaction_ended(Err(e));
-                self.commit_failed(consumer, ended.expect_err("ended with an error"))
-            }
-            e => Err(e),
-        }
-    }
-
-    fn failed(
-        &mut self,
-        consumer: &BaseConsumer,
-        record: &InputRecord<'_>,
-        origin: Origin,
-        error: RecordError,
-    ) -> Result<(), EngineError> {
-        match (self.io.error_policy, &self.io.dead_letter_topic) {
-            (ErrorPolicy::DeadLetter, Some(dlq)) => {
-                let out = OutputRecord {
-                    topic: dlq.0.clone(),
-                    key: record.key.map(<[u8]>::to_vec),
-                    value: record.value.map(<[u8]>::to_vec),
-                    headers: dead_letter_headers(&error, record),
-                };
-                let out = record_size::fit_dead_letter(out, self.max_message_bytes);
-                self.send(out, origin)?;
-                self.metrics.dead_lettered.inc();
-                Ok(())
-            }
-            _ => self.stop_at(consumer, record, error),
-        }
-    }
-
-    /// `onError: Stop` stops the record's task, and only it: what came
-    /// before the record is committed (every task's), then the task's
-    /// partitions are no longer consumed, so its committed offset stays at
-    /// the record and a restart (the user's fix) resumes there. The other
-    /// tasks go on. `/tasks` reports it, and the operator the StreamApp.
-    fn stop_at(
-        &mut self,
-        consumer: &BaseConsumer,
-        record: &InputRecord<'_>,
-        error: RecordError,
-    ) -> Result<(), EngineError> {
-        // The open batch first (its records before this one), then, under
-        // at-least-once, the batches in flight: every task's resume point is
-        // then what was processed, and reassigning rewinds none of them.
-        self.commit_processed(consumer)?;
-        self.settle_offsets(consumer)?;
-        let stopped = StoppedTask {
-            task: record.partition,
-            topic: record.topic.into(),
-            partition: record.partition,
-            offset: record.offset,
-            step: error.step,
-            error: error.message,
-            since_ms: unix_ms(),
-        };
-        tracing::error!("{stopped}; the other tasks go on (onError policy Stop)");
-        self.stopped.push(record.partition);
-        self.status.stop(stopped);
-        self.metrics.stopped_tasks.inc();
-        self.assign_resume_points(consumer)
     }
 
     fn send_now(&mut self, out: &OutputRecord, origin: Origin) -> Result<(), EngineError> {

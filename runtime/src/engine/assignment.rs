@@ -122,7 +122,12 @@ impl Core {
             }
         }
         let committed = self.committed_offsets(consumer, &wanted)?;
-        self.stopped.retain(|t| owned.contains(t));
+        // A stopped task still owned stays stopped (its committed offset is
+        // the record's), and says so again: `reassign` released its report.
+        self.stopped.retain(|s| owned.contains(&s.task));
+        for stopped in &self.stopped {
+            self.status.stop(stopped.clone());
+        }
         self.checkpoint.forget();
         self.resume_from(&committed);
         self.assign_resume_points(consumer)?;
@@ -162,7 +167,7 @@ impl Core {
         let (epoch, taken) = match change {
             PlacementChange::Release { epoch, tasks } => {
                 self.checkpoint.release(&tasks);
-                self.stopped.retain(|t| !tasks.contains(t));
+                self.stopped.retain(|s| !tasks.contains(&s.task));
                 self.status.release(&tasks);
                 self.publish_committed();
                 tracing::info!(epoch, ?tasks, "released tasks");
@@ -241,7 +246,7 @@ impl Core {
         let running = self
             .checkpoint
             .resume_points()
-            .filter(|((_, p), _)| !self.stopped.contains(p));
+            .filter(|((_, p), _)| !self.is_stopped(*p));
         for ((topic, partition), offset) in running {
             tpl.add_partition_offset(topic, *partition, *offset)?;
         }

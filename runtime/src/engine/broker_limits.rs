@@ -112,6 +112,30 @@ fn describe(config: &WorkerConfig, consumer: &BaseConsumer) -> anyhow::Result<Br
     ))
 }
 
+/// A topic's `max.message.bytes` (what the broker takes in one record
+/// batch), or `None` when the broker does not say.
+pub(super) fn topic_max_message_bytes(config: &WorkerConfig, topic: &str) -> Option<usize> {
+    let admin: AdminClient<DefaultClientContext> = clients::admin(config).ok()?.create().ok()?;
+    let options = AdminOptions::new().request_timeout(Some(KAFKA_TIMEOUT));
+    let results = futures::executor::block_on(
+        admin.describe_configs(&[ResourceSpecifier::Topic(topic)], &options),
+    );
+    let resource = results.ok()?.into_iter().next()?.ok()?;
+    let limit = resource
+        .get("max.message.bytes")?
+        .value
+        .as_deref()?
+        .parse()
+        .ok();
+    if limit.is_none() {
+        tracing::warn!(
+            topic,
+            "the broker did not give the topic's max.message.bytes"
+        );
+    }
+    limit
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

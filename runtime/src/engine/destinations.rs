@@ -67,7 +67,13 @@ impl Destinations {
                         self.known.push(topic.to_string());
                         false
                     }
-                    Lookup::Unknown => false,
+                    // Not asked again for every record: a topic that is
+                    // missing after all fails its delivery, which is then
+                    // the record's error (`refusals`).
+                    Lookup::Unknown => {
+                        self.known.push(topic.to_string());
+                        false
+                    }
                 };
             missing.then(|| format!("the output topic '{topic}' does not exist; create it"))
         })

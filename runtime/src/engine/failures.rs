@@ -15,6 +15,10 @@ use crate::pipeline::record::dead_letter_headers;
 use crate::processor::{InputRecord, OutputRecord, Processed, RecordError};
 
 impl Core {
+    pub(super) fn is_stopped(&self, task: i32) -> bool {
+        self.stopped.iter().any(|s| s.task == task)
+    }
+
     pub(super) fn skipped(&self, record: &InputRecord<'_>) -> bool {
         !self.io.skip.is_empty()
             && self.io.skip.iter().any(|r| {
@@ -162,9 +166,15 @@ impl Core {
             error: error.message,
             since_ms: unix_ms(),
         };
+        if self.rewound {
+            // Committing what came before failed and the loop rewound: the
+            // record comes again, and stops its task then, at the right
+            // committed offset.
+            return Ok(());
+        }
         tracing::error!("{stopped}; the other tasks go on (onError policy Stop)");
-        self.stopped.push(record.partition);
-        self.status.stop(stopped);
+        self.status.stop(stopped.clone());
+        self.stopped.push(stopped);
         self.metrics.stopped_tasks.inc();
         self.assign_resume_points(consumer)
     }

@@ -47,7 +47,7 @@ use crate::metrics::{Metrics, Status, TopicLabel};
 use crate::placement::TaskSource;
 use crate::processor::{InputRecord, Io, OutputRecord, Processor};
 use millrace_crds::worker_config::WorkerConfig;
-use millrace_crds::worker_status::unix_ms;
+use millrace_crds::worker_status::{unix_ms, StoppedTask};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
@@ -194,10 +194,16 @@ struct Core {
     sources: Sources,
     /// Records whose outputs the broker refused: errors when replayed.
     refused: Refused,
+    /// Topics' `max.message.bytes`, asked after a size refusal.
+    topic_limits: Vec<(String, Option<usize>)>,
     /// Tasks stopped at a failing record (`onError: Stop`): not consumed
     /// until the worker restarts (the user acts), their offsets committed
     /// up to the record.
-    stopped: Vec<i32>,
+    stopped: Vec<StoppedTask>,
+    /// The loop rewound to its resume points (`replay`) while handling a
+    /// record: that record is read again, so it must not count as
+    /// processed now.
+    rewound: bool,
     /// Commits failed since the last one that succeeded: replays back off.
     failures_in_a_row: u32,
     heartbeat: Heartbeat,
@@ -289,7 +295,9 @@ impl<P: Processor> Engine<P> {
             destinations,
             sources: Sources::default(),
             refused: Refused::default(),
+            topic_limits: Vec::new(),
             stopped: Vec::new(),
+            rewound: false,
             failures_in_a_row: 0,
             heartbeat,
             failed_at_last_commit: 0,
@@ -468,6 +476,7 @@ impl Core {
             limit.acquire();
         }
         self.records_in.inc(record.topic);
+        self.rewound = false;
         if self.skipped(record) {
             self.metrics.skipped.inc();
             tracing::info!(
@@ -497,8 +506,9 @@ impl Core {
             },
         };
         match outcome {
-            // Stopped at this record: its task resumes here.
-            Ok(()) if self.stopped.contains(&record.partition) => Ok(()),
+            // Stopped at this record (its task resumes here), or rewound
+            // (the record comes again).
+            Ok(()) if self.rewound || self.is_stopped(record.partition) => Ok(()),
             Ok(()) => {
                 self.checkpoint
                     .processed(record.topic, record.partition, record.offset + 1);

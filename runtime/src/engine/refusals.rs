@@ -89,14 +89,17 @@ impl Sources {
     }
 }
 
-/// Whether a failed delivery is the record's own fault: sent again, it
-/// would be refused again.
+/// Whether a failed delivery may be the record's own fault: sent again, it
+/// would be refused again. Not `MessageBatchTooLarge`, nor
+/// `MessageSizeTooLarge` by itself: the broker refuses a whole produce
+/// batch with the same error for every record in it, and librdkafka does
+/// not split it, so a record is blamed for a size refusal only when it
+/// could never fit the topic alone ([`too_large_alone`]).
 pub(super) fn is_record_refusal(code: RDKafkaErrorCode) -> bool {
     use RDKafkaErrorCode::*;
     matches!(
         code,
         MessageSizeTooLarge
-            | MessageBatchTooLarge
             | InvalidRecord
             | InvalidTopic
             | UnknownTopic
@@ -108,12 +111,28 @@ pub(super) fn is_record_refusal(code: RDKafkaErrorCode) -> bool {
 }
 
 /// A failed delivery the delivery callback kept: from which record, to
-/// which topic, and why.
+/// which topic, why, and how large it was (key, value and headers).
 #[derive(Clone, Debug, PartialEq)]
 pub(super) struct Refusal {
     pub origin: Origin,
     pub topic: String,
     pub error: String,
+    pub code: RDKafkaErrorCode,
+    pub size: usize,
+}
+
+/// The least a record batch of one record adds to the record's bytes: the
+/// batch header (61 bytes) and the record's own framing.
+const ONE_RECORD_OVERHEAD: usize = 61 + 8;
+
+/// Whether `refusal` is its record's own: not a size refusal, or one of a
+/// record that alone is over the topic's `max.message.bytes` (`None`: not
+/// known, so not blamed; the batch is replayed).
+pub(super) fn too_large_alone(refusal: &Refusal, topic_limit: Option<usize>) -> bool {
+    if refusal.code != RDKafkaErrorCode::MessageSizeTooLarge {
+        return true;
+    }
+    topic_limit.is_some_and(|limit| refusal.size + ONE_RECORD_OVERHEAD > limit)
 }
 
 /// Most refusals the callback keeps between two looks: the rest are only
@@ -235,7 +254,31 @@ mod tests {
             origin: sources.origin("in", 0, offset),
             topic: topic.into(),
             error: "Broker: Message size too large".into(),
+            code: RDKafkaErrorCode::MessageSizeTooLarge,
+            size: 2000,
         }
+    }
+
+    #[test]
+    fn a_size_refusal_is_a_records_only_when_it_could_never_fit_alone() {
+        let mut sources = Sources::default();
+        let mut neighbour = refusal(&mut sources, 3, "small");
+        neighbour.size = 60;
+        let big = refusal(&mut sources, 4, "small");
+        assert!(
+            !too_large_alone(&neighbour, Some(1000)),
+            "refused with its batch"
+        );
+        assert!(too_large_alone(&big, Some(1000)));
+        assert!(!too_large_alone(&big, None), "the topic's limit not known");
+        let denied = Refusal {
+            code: RDKafkaErrorCode::TopicAuthorizationFailed,
+            ..neighbour
+        };
+        assert!(
+            too_large_alone(&denied, None),
+            "not about size: the record's"
+        );
     }
 
     #[test]
@@ -265,8 +308,7 @@ mod tests {
 
         let unknown = Refusal {
             origin: Origin::UNKNOWN,
-            topic: "out".into(),
-            error: "e".into(),
+            ..refusal(&mut sources, 0, "out")
         };
         assert_eq!(refused.keep(&sources, vec![unknown], None), 0);
 
@@ -290,5 +332,6 @@ mod tests {
         assert!(!is_record_refusal(RDKafkaErrorCode::MessageTimedOut));
         assert!(!is_record_refusal(RDKafkaErrorCode::NotEnoughReplicas));
         assert!(!is_record_refusal(RDKafkaErrorCode::PurgeQueue));
+        assert!(!is_record_refusal(RDKafkaErrorCode::MessageBatchTooLarge));
     }
 }

@@ -9,14 +9,14 @@ use std::time::{Duration, Instant};
 use millrace_crds::ProcessingGuarantee;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerGroupMetadata};
-use rdkafka::error::{KafkaError, KafkaResult};
-use rdkafka::message::{DeliveryResult, Message};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::message::{DeliveryResult, Headers, Message};
 use rdkafka::producer::{BaseProducer, Producer, ProducerContext};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::checkpoint::Offsets;
 use super::in_flight::Unacknowledged;
-use super::refusals::{is_record_refusal, Origin, Refusal, MAX_KEPT};
+use super::refusals::{is_record_refusal, too_large_alone, Origin, Refusal, MAX_KEPT};
 use super::{clients, Core, EngineError, Heartbeat, KAFKA_TIMEOUT};
 
 /// The first wait before a replay after failed commits, doubled each time
@@ -61,10 +61,18 @@ impl ProducerContext for DeliveryCounter {
             if code.is_some_and(is_record_refusal) {
                 let mut refused = self.refused.lock().unwrap();
                 if refused.len() < MAX_KEPT {
+                    let headers = message.headers().map_or(0, |h| {
+                        h.iter()
+                            .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len))
+                            .sum()
+                    });
+                    let size = message.key_len() + message.payload_len() + headers;
                     refused.push(Refusal {
                         origin,
                         topic: message.topic().to_string(),
                         error: e.to_string(),
+                        code: code.unwrap_or(RDKafkaErrorCode::Unknown),
+                        size,
                     });
                 }
             }
@@ -189,7 +197,14 @@ impl Core {
         // Reports already in are served: a refusal among them is kept now,
         // not after one more failed attempt.
         self.serve_deliveries();
-        let refusals = self.producer.context().take_refusals();
+        let taken = self.producer.context().take_refusals();
+        let mut refusals = Vec::with_capacity(taken.len());
+        for refusal in taken {
+            let limit = self.topic_limit(&refusal.topic);
+            if too_large_alone(&refusal, limit) {
+                refusals.push(refusal);
+            }
+        }
         let dead_letter = self.io.dead_letter_topic.as_ref().map(|t| t.0.as_str());
         let traced = self.refused.keep(&self.sources, refusals, dead_letter);
         self.failures_in_a_row += 1;
@@ -204,7 +219,19 @@ impl Core {
             std::thread::sleep(wait);
         }
         self.checkpoint.discard();
+        self.rewound = true;
         self.assign_resume_points(consumer)
+    }
+
+    /// A topic's `max.message.bytes`, asked of the broker once per topic
+    /// (only after a size refusal).
+    fn topic_limit(&mut self, topic: &str) -> Option<usize> {
+        if let Some((_, limit)) = self.topic_limits.iter().find(|(t, _)| t == topic) {
+            return *limit;
+        }
+        let limit = super::broker_limits::topic_max_message_bytes(&self.config, topic);
+        self.topic_limits.push((topic.to_string(), limit));
+        limit
     }
 
     /// What a transaction's offsets are sent with.

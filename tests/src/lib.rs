@@ -324,18 +324,24 @@ pub fn produce_to(topic: &str, partition: Option<i32>, key: &str, value: &str) {
         .expect("flush");
 }
 
-/// Values of every committed record of a topic, read to its end.
-pub fn committed_values(topic: &str) -> Vec<String> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::Message;
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+/// A consumer of its own group that reads only committed records and
+/// reports each partition's end.
+pub fn committed_reader<C: rdkafka::config::FromClientConfig>() -> C {
+    rdkafka::ClientConfig::new()
         .set("bootstrap.servers", kafka_bootstrap())
         .set("group.id", unique("reader"))
         .set("isolation.level", "read_committed")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "true")
         .create()
-        .expect("consumer");
+        .expect("consumer")
+}
+
+/// Values of every committed record of a topic, read to its end.
+pub fn committed_values(topic: &str) -> Vec<String> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::Message;
+    let consumer: BaseConsumer = committed_reader();
     let metadata = consumer
         .fetch_metadata(Some(topic), std::time::Duration::from_secs(10))
         .expect("metadata");

@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::{kafka_bootstrap, unique, workspace_binary};
+use crate::workspace_binary;
 
 /// Writes `yaml` to a manifest file named for `app`.
 pub fn write_manifest(app: &str, yaml: &str) -> std::path::PathBuf {
@@ -34,40 +34,38 @@ pub fn start_logging(path: &std::path::Path, port: u16) -> Running {
         .stderr(log)
         .spawn()
         .unwrap();
-    Running(child)
+    Running { child, port }
 }
 
 /// A worker process that is killed when dropped.
-pub struct Running(pub Child);
+pub struct Running {
+    child: Child,
+    port: u16,
+}
 
 impl Running {
+    /// Panics with the worker's log when it has stopped.
+    pub fn assert_alive(&mut self) {
+        if let Some(status) = self.child.try_wait().unwrap() {
+            let log = std::fs::read_to_string(log_path(self.port)).unwrap_or_default();
+            panic!("the worker stopped ({status}):\n{log}");
+        }
+    }
+
     /// Stops the worker with SIGTERM and asserts it shut down cleanly
     /// (its open transactions committed).
     pub fn terminate(mut self) {
-        crate::workers::signal(&[self.0.id()], "TERM");
-        let status = self.0.wait().unwrap();
+        crate::workers::signal(&[self.child.id()], "TERM");
+        let status = self.child.wait().unwrap();
         assert!(status.success(), "a clean shutdown, not {status}");
-    }
-}
-
-impl std::ops::Deref for Running {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Running {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.0
     }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
     }
 }
@@ -109,13 +107,7 @@ pub type Seen = (Option<String>, Vec<(String, String)>);
 pub fn committed_records(topic: &str) -> Vec<Seen> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::{Headers, Message};
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", kafka_bootstrap())
-        .set("group.id", unique("reader"))
-        .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "true")
-        .create()
-        .unwrap();
+    let consumer: BaseConsumer = crate::committed_reader();
     let mut tpl = rdkafka::TopicPartitionList::new();
     tpl.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)
         .unwrap();

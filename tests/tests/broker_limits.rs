@@ -13,7 +13,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use millrace_tests::runtime::{log_path, start, start_logging, tasks, write_manifest};
+use millrace_tests::runtime::{start, start_logging, tasks, write_manifest};
 use millrace_tests::workers::{apply_yaml, get};
 use millrace_tests::{
     committed_offset, committed_values, ensure_topics, install_chart, produce_to, repo_root,
@@ -63,14 +63,8 @@ fn an_idle_partitions_offset_survives_a_retention_shorter_than_its_idleness() {
     let manifest = manifest(&app, "", &source, &output);
     let port = 18121;
     let mut worker = start_logging(&manifest, port);
-    let alive = |worker: &mut std::process::Child| {
-        if let Some(status) = worker.try_wait().unwrap() {
-            let log = std::fs::read_to_string(log_path(port)).unwrap_or_default();
-            panic!("the worker stopped ({status}):\n{log}");
-        }
-    };
     wait_until("both records", Duration::from_secs(60), || {
-        alive(&mut worker);
+        worker.assert_alive();
         (committed_values(&output).len() == 2).then_some(())
     });
     assert_eq!(committed_offset(&app, &source, 1), Offset::Offset(1));
@@ -80,7 +74,7 @@ fn an_idle_partitions_offset_survives_a_retention_shorter_than_its_idleness() {
     let idle_since = Instant::now();
     let mut n = 2;
     while idle_since.elapsed() < PAST_RETENTION {
-        alive(&mut worker);
+        worker.assert_alive();
         produce_to(&source, Some(0), "k", &format!("{{\"n\": {n}}}"));
         n += 1;
         std::thread::sleep(Duration::from_secs(2));
@@ -103,7 +97,7 @@ fn an_idle_partitions_offset_survives_a_retention_shorter_than_its_idleness() {
         "the restarted worker caught up",
         Duration::from_secs(60),
         || {
-            alive(&mut again);
+            again.assert_alive();
             let report = tasks(port)?;
             let caught_up = report["partitions"]
                 .as_array()?

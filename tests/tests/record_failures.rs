@@ -4,11 +4,10 @@
 //! replaying forever, and partitions added to a running app's source are
 //! processed.
 
-use std::process::Child;
 use std::time::Duration;
 
 use millrace_tests::runtime::{
-    committed_records, header, log_path, start_logging as start, tasks, write_manifest,
+    committed_records, header, start_logging as start, tasks, write_manifest,
 };
 use millrace_tests::{
     add_partitions, committed_values, ensure_topics, ensure_topics_with, kafka_bootstrap,
@@ -21,14 +20,6 @@ fn manifest(app: &str, guarantee: &str, pipeline: &str) -> std::path::PathBuf {
         kafka_bootstrap()
     );
     write_manifest(app, &yaml)
-}
-
-/// Panics with the worker's log when it has stopped.
-fn alive(child: &mut Child, port: u16) {
-    if let Some(status) = child.try_wait().unwrap() {
-        let log = std::fs::read_to_string(log_path(port)).unwrap_or_default();
-        panic!("the worker stopped ({status}):\n{log}");
-    }
 }
 
 fn amounts(topic: &str) -> Vec<i64> {
@@ -71,7 +62,7 @@ fn stop_halts_only_the_failing_records_task_and_skip_lets_it_go_on() {
     let stop_policy = manifest(&app, "ExactlyOnce", &pipeline("{policy: Stop}"));
     let mut worker = start(&stop_policy, 18111);
     let report = wait_until("task 0 reported stopped", Duration::from_secs(60), || {
-        alive(&mut worker, 18111);
+        worker.assert_alive();
         stopped(18111).into_iter().next()
     });
     assert_eq!(report["task"], 0);
@@ -92,7 +83,7 @@ fn stop_halts_only_the_failing_records_task_and_skip_lets_it_go_on() {
     });
     produce_to(&source, Some(1), "k", r#"{"amount": 3}"#);
     wait_until("task 1's new record", Duration::from_secs(30), || {
-        alive(&mut worker, 18111);
+        worker.assert_alive();
         (amounts(&output) == [1, 2, 3, 5]).then_some(())
     });
     worker.terminate();
@@ -101,7 +92,7 @@ fn stop_halts_only_the_failing_records_task_and_skip_lets_it_go_on() {
     // it stops there again and nothing past it is output.
     let mut again = start(&stop_policy, 18112);
     wait_until("task 0 stopped again", Duration::from_secs(60), || {
-        alive(&mut again, 18112);
+        again.assert_alive();
         stopped(18112)
             .iter()
             .any(|s| s["offset"] == 1)
@@ -117,7 +108,7 @@ fn stop_halts_only_the_failing_records_task_and_skip_lets_it_go_on() {
         "task 0 past the skipped record",
         Duration::from_secs(60),
         || {
-            alive(&mut skipping, 18113);
+            skipping.assert_alive();
             (amounts(&output) == [1, 2, 3, 5, 7]).then_some(())
         },
     );
@@ -157,7 +148,7 @@ fn broker_refusal(guarantee: &str, port: u16) {
         &format!("{guarantee}: every output and record 12 dead-lettered"),
         Duration::from_secs(90),
         || {
-            alive(&mut worker, port);
+            worker.assert_alive();
             let dead = committed_records(&dlq);
             let done = committed_values(&output).len() >= to_output.len()
                 && committed_values(&small).len() >= to_small.len();
@@ -169,7 +160,7 @@ fn broker_refusal(guarantee: &str, port: u16) {
         &format!("{guarantee}: the partition keeps flowing"),
         Duration::from_secs(30),
         || {
-            alive(&mut worker, port);
+            worker.assert_alive();
             amounts(&output).contains(&31).then_some(())
         },
     );
@@ -240,7 +231,7 @@ fn a_dead_letter_copy_the_broker_refuses_too_stops_the_records_task() {
         "task 0 stopped at record 1",
         Duration::from_secs(90),
         || {
-            alive(&mut worker, port);
+            worker.assert_alive();
             stopped(port).into_iter().next()
         },
     );
@@ -289,7 +280,7 @@ fn a_computed_topic_that_does_not_exist_or_is_not_allowed_is_dead_lettered() {
         "two outputs and two dead letters",
         Duration::from_secs(60),
         || {
-            alive(&mut worker, 18116);
+            worker.assert_alive();
             let dead = committed_records(&dlq);
             (amounts(&eu) == [1, 4] && dead.len() == 2).then_some(dead)
         },
@@ -332,7 +323,7 @@ fn a_partition_added_to_a_running_apps_source_is_processed() {
     );
     let mut worker = start(&manifest(&app, "ExactlyOnce", &pipeline), 18117);
     wait_until("the first record", Duration::from_secs(60), || {
-        alive(&mut worker, 18117);
+        worker.assert_alive();
         (amounts(&output) == [1]).then_some(())
     });
     add_partitions(&source, 3);
@@ -343,7 +334,7 @@ fn a_partition_added_to_a_running_apps_source_is_processed() {
         "the new partitions' records",
         Duration::from_secs(90),
         || {
-            alive(&mut worker, 18117);
+            worker.assert_alive();
             (amounts(&output) == [1, 2, 3]).then_some(())
         },
     );

@@ -14,6 +14,14 @@ use super::{record_size, Core, EngineError};
 use crate::pipeline::record::dead_letter_headers;
 use crate::processor::{InputRecord, OutputRecord, Processed, RecordError};
 
+/// An output of the record cannot be produced: its error, in step `produce`.
+fn produce_error(message: String) -> RecordError {
+    RecordError {
+        step: "produce".into(),
+        message,
+    }
+}
+
 impl Core {
     pub(super) fn is_stopped(&self, task: i32) -> bool {
         self.stopped.iter().any(|s| s.task == task)
@@ -47,11 +55,7 @@ impl Core {
         let refusal = record_size::too_large(&processed.outputs, self.max_message_bytes)
             .or_else(|| self.destinations.missing(consumer, &processed.outputs));
         if let Some(message) = refusal {
-            let error = RecordError {
-                step: "produce".into(),
-                message,
-            };
-            return self.failed(consumer, record, origin, error);
+            return self.failed(consumer, record, origin, produce_error(message));
         }
         processed
             .outputs
@@ -69,10 +73,7 @@ impl Core {
         origin: Origin,
         refused: RefusedRecord,
     ) -> Result<(), EngineError> {
-        let error = RecordError {
-            step: "produce".into(),
-            message: refused.error,
-        };
+        let error = produce_error(refused.error);
         match refused.dead_letter_refused {
             None => self.failed(consumer, record, origin, error),
             Some(dead_letter) => {

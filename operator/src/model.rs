@@ -174,6 +174,15 @@ pub fn validate(app: &StreamApp, defaults: &Defaults) -> Result<AppModel, Vec<In
 
     let workload = match (&spec.pipeline, &spec.image) {
         (Some(pipeline), None) => match millrace_pipeline::compile(pipeline) {
+            Ok(compiled) if !compiled.unrunnable_problems(guarantee).is_empty() => {
+                problems.extend(
+                    compiled
+                        .unrunnable_problems(guarantee)
+                        .into_iter()
+                        .map(|(field, message)| Invalid { field, message }),
+                );
+                None
+            }
             Ok(compiled) => Some(Workload::Pipeline {
                 spec: pipeline.clone(),
                 outputs: compiled.static_output_topics(),
@@ -463,6 +472,27 @@ mod tests {
         assert_eq!(m.replicas, 1);
         assert_eq!(m.output_topics(), [TopicName("out".into())]);
         assert!(m.state.is_none());
+    }
+
+    #[test]
+    fn stateful_steps_are_refused_until_the_runtime_has_state_stores() {
+        let stateful = serde_json::json!({"source": {"topics": ["orders"]}, "steps": [
+            {"name": "once", "dedup": {"id": "value.id", "within": "1m"}},
+            {"route": {"default": "out"}}
+        ]});
+        let found = problems(
+            serde_json::json!({"kafka": {"bootstrapServers": "k:1"}, "processingGuarantee": "AtLeastOnce", "pipeline": stateful}),
+        );
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(
+            found[0].starts_with("spec.processingGuarantee: ")
+                && found[0].contains("need processingGuarantee ExactlyOnce"),
+            "{found:?}"
+        );
+        assert!(
+            found[1].starts_with("spec.pipeline.steps[0]: step 'once' is stateful"),
+            "{found:?}"
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ use cel::context::VariableResolver;
 use cel::{Context, Env, Value};
 use millrace_crds::{Format, RouteMode, TopicName, TopicPattern};
 
+use super::stateful::{aggregate, seen_before, State, Stateless};
 use super::value::{bind, decode, decode_fields, encode, Bound};
 use super::{CompiledPipeline, CompiledStep, Destination, Expr};
 use crate::record::{InputRecord, OutputRecord, Processed, RecordError};
@@ -72,6 +73,10 @@ struct Current<'a> {
     vars: Vars<'a>,
     key_bytes: Option<std::borrow::Cow<'a, [u8]>>,
     value_bytes: Option<std::borrow::Cow<'a, [u8]>>,
+    /// How a map step writes the key and value: the source's formats, and
+    /// after an aggregate a string key and a JSON value.
+    key_format: Format,
+    value_format: Format,
 }
 
 impl Evaluator {
@@ -86,7 +91,18 @@ impl Evaluator {
         &self.pipeline
     }
 
+    /// Runs a stateless pipeline (a stateful one would keep nothing).
     pub fn process(&self, record: &InputRecord<'_>) -> Result<Processed, RecordError> {
+        self.process_with(record, &mut Stateless)
+    }
+
+    /// Runs the pipeline on one record, its stateful steps over `state`
+    /// (the record's task's).
+    pub fn process_with(
+        &self,
+        record: &InputRecord<'_>,
+        state: &mut dyn State,
+    ) -> Result<Processed, RecordError> {
         let p = &self.pipeline;
         let source_error = |what: &str, m: String| RecordError {
             step: "source".into(),
@@ -109,6 +125,8 @@ impl Evaluator {
             },
             key_bytes: record.key.map(std::borrow::Cow::Borrowed),
             value_bytes: record.value.map(std::borrow::Cow::Borrowed),
+            key_format: p.key_format,
+            value_format: p.value_format,
         };
         let mut processed = Processed::default();
         for step in &p.steps {
@@ -150,13 +168,13 @@ impl Evaluator {
                         current.vars.headers.push((header, bytes));
                     }
                     if let Some(k) = new_key {
-                        current.key_bytes = encode(&k, p.key_format)
+                        current.key_bytes = encode(&k, current.key_format)
                             .map_err(|m| err(format!("key: {m}")))?
                             .map(std::borrow::Cow::Owned);
                         current.vars.key = bind(k).map_err(|m| err(format!("key: {m}")))?;
                     }
                     if let Some(v) = new_value {
-                        current.value_bytes = encode(&v, p.value_format)
+                        current.value_bytes = encode(&v, current.value_format)
                             .map_err(|m| err(format!("value: {m}")))?
                             .map(std::borrow::Cow::Owned);
                         current.vars.value = bind(v).map_err(|m| err(format!("value: {m}")))?;
@@ -204,9 +222,88 @@ impl Evaluator {
                         .collect();
                     return Ok(processed);
                 }
+                CompiledStep::Dedup {
+                    name,
+                    store,
+                    id,
+                    within_ms,
+                } => {
+                    let id = self.id(name, id, vars)?;
+                    let ts = Self::timestamp(name, record)?;
+                    if seen_before(state, *store, &id, ts, *within_ms) {
+                        processed.filtered = true;
+                        processed.duplicate = true;
+                        return Ok(processed);
+                    }
+                }
+                CompiledStep::Aggregate {
+                    name,
+                    store,
+                    aggregations,
+                } => {
+                    let err = |message: String| RecordError {
+                        step: name.clone(),
+                        message,
+                    };
+                    let group = current
+                        .key_bytes
+                        .as_deref()
+                        .ok_or_else(|| err("the record has no key to group by".into()))?
+                        .to_vec();
+                    let mut inputs = Vec::with_capacity(aggregations.len());
+                    for (output, kind, e) in aggregations {
+                        let value = e.as_ref().map(|e| self.eval(name, e, vars)).transpose()?;
+                        inputs.push((output.as_str(), *kind, value));
+                    }
+                    let text = String::from_utf8_lossy(&group).into_owned();
+                    let previous = state.get(*store, &group);
+                    let update = aggregate(name, &text, previous.as_deref(), &inputs)?;
+                    state.put(*store, &group, Some(&update));
+                    let value: Value = decode(Some(&update), Format::Json)
+                        .map_err(&err)?
+                        .as_ref()
+                        .try_into()
+                        .map_err(|e| err(format!("{e:?}")))?;
+                    current.vars.value = bind(value).map_err(&err)?;
+                    current.vars.key = bind(Value::String(Arc::new(text))).map_err(&err)?;
+                    current.key_bytes = Some(std::borrow::Cow::Owned(group));
+                    current.value_bytes = Some(std::borrow::Cow::Owned(update));
+                    current.key_format = Format::String;
+                    current.value_format = Format::Json;
+                }
             }
         }
         Ok(processed)
+    }
+
+    /// A dedup step's id, as bytes: a string's or bytes' own, a number's
+    /// decimal text.
+    fn id(&self, step: &str, e: &Expr, vars: &Vars<'_>) -> Result<Vec<u8>, RecordError> {
+        match self.eval(step, e, vars)? {
+            Value::String(s) => Ok(s.as_bytes().to_vec()),
+            Value::Bytes(b) => Ok(b.to_vec()),
+            Value::Int(i) => Ok(i.to_string().into_bytes()),
+            Value::UInt(u) => Ok(u.to_string().into_bytes()),
+            other => Err(RecordError {
+                step: step.into(),
+                message: format!(
+                    "`{}` gave {other:?}, not an id (a string, bytes or an integer)",
+                    e.source
+                ),
+            }),
+        }
+    }
+
+    /// Windows go by record time: a record without one cannot be placed.
+    fn timestamp(step: &str, record: &InputRecord<'_>) -> Result<i64, RecordError> {
+        record
+            .timestamp
+            .filter(|t| *t >= 0)
+            .ok_or_else(|| RecordError {
+                step: step.into(),
+                message: "the record has no timestamp, and the step's window goes by record time"
+                    .into(),
+            })
     }
 
     fn eval(&self, step: &str, e: &Expr, vars: &Vars<'_>) -> Result<Value, RecordError> {

@@ -7,15 +7,19 @@
 //! No I/O: records in, outputs out.
 
 mod check;
+mod compile_stateful;
 pub mod eval;
 mod fields;
 pub mod record;
+pub mod stateful;
 pub mod value;
 
 use cel::Program;
 use millrace_crds::{
-    ErrorPolicy, Format, PipelineSpec, RecordCoordinates, RouteMode, Step, TopicName, TopicPattern,
+    ErrorPolicy, Format, PipelineSpec, ProcessingGuarantee, RecordCoordinates, RouteMode, Step,
+    TopicName, TopicPattern,
 };
+use stateful::AggregationKind;
 
 pub use check::{CelType, SUPPORTED_FUNCTIONS};
 
@@ -89,6 +93,41 @@ pub enum CompiledStep {
         /// Where computed topics may go (empty: anywhere but the sources).
         allowed: Vec<TopicPattern>,
     },
+    Dedup {
+        name: String,
+        /// Its number among the stateful steps: which store it keeps.
+        store: usize,
+        id: Expr,
+        within_ms: i64,
+    },
+    Aggregate {
+        name: String,
+        store: usize,
+        /// In output order: name, kind, and the expression (none for count).
+        aggregations: Vec<(String, AggregationKind, Option<Expr>)>,
+    },
+}
+
+impl CompiledStep {
+    /// The step's store, for a stateful step.
+    pub fn store(&self) -> Option<usize> {
+        match self {
+            CompiledStep::Dedup { store, .. } | CompiledStep::Aggregate { store, .. } => {
+                Some(*store)
+            }
+            _ => None,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            CompiledStep::Filter { name, .. }
+            | CompiledStep::Map { name, .. }
+            | CompiledStep::Route { name, .. }
+            | CompiledStep::Dedup { name, .. }
+            | CompiledStep::Aggregate { name, .. } => name,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -143,9 +182,59 @@ impl CompiledPipeline {
                         }
                     }
                 }
+                CompiledStep::Dedup { id, .. } => out.push(id),
+                CompiledStep::Aggregate { aggregations, .. } => {
+                    out.extend(aggregations.iter().filter_map(|(_, _, e)| e.as_ref()))
+                }
             }
         }
         out
+    }
+
+    /// The names of the stateful steps, in order: store `i` is step
+    /// `stores()[i]`, whose changelog is `<applicationId>-<name>-changelog`.
+    pub fn stores(&self) -> Vec<String> {
+        self.steps
+            .iter()
+            .filter(|s| s.store().is_some())
+            .map(|s| s.name().to_string())
+            .collect()
+    }
+
+    /// Why this pipeline cannot run with this version, if it cannot: its
+    /// stateful steps compile and are checked, but the runtime's state
+    /// stores (issue #17) are not built yet, and running them without
+    /// stores would forget every id and count at each record.
+    pub fn unrunnable_problems(&self, guarantee: ProcessingGuarantee) -> Vec<(String, String)> {
+        let mut problems: Vec<(String, String)> = self
+            .guarantee_problem(guarantee)
+            .map(|p| ("spec.processingGuarantee".to_string(), p))
+            .into_iter()
+            .collect();
+        for (i, step) in self.steps.iter().enumerate() {
+            if step.store().is_some() {
+                problems.push((
+                    format!("spec.pipeline.steps[{i}]"),
+                    format!(
+                        "step '{}' is stateful (dedup or aggregate), and this version of \
+                         Millrace has no state stores yet to run it",
+                        step.name()
+                    ),
+                ));
+            }
+        }
+        problems
+    }
+
+    /// Why this pipeline cannot run under `guarantee`, if it cannot.
+    pub fn guarantee_problem(&self, guarantee: ProcessingGuarantee) -> Option<String> {
+        let stores = self.stores();
+        (guarantee == ProcessingGuarantee::AtLeastOnce && !stores.is_empty()).then(|| {
+            format!(
+                "the stateful steps {stores:?} need processingGuarantee ExactlyOnce: \
+                 at-least-once state is not supported yet"
+            )
+        })
     }
 
     /// Every topic the pipeline names as an output (routes, default,
@@ -179,6 +268,14 @@ enum Want {
 struct Compiler<'a> {
     spec: &'a PipelineSpec,
     errors: Vec<CompileError>,
+    /// How the record's key and value read at the step being compiled: an
+    /// aggregate replaces them with its update (a string key, a JSON value).
+    variables: check::Variables,
+    /// Stateful steps compiled so far: the next one's store number.
+    stores: usize,
+    /// A map step has set the key: records are no longer partitioned by
+    /// it, so grouping by it would split groups over tasks.
+    rekeyed: bool,
 }
 
 /// Compiles and checks a pipeline; every error found is returned.
@@ -186,6 +283,12 @@ pub fn compile(spec: &PipelineSpec) -> Result<CompiledPipeline, CompileErrors> {
     let mut c = Compiler {
         spec,
         errors: Vec::new(),
+        variables: check::Variables {
+            key: spec.source.key_format,
+            value: spec.source.value_format,
+        },
+        stores: 0,
+        rekeyed: false,
     };
     let steps: Vec<Option<CompiledStep>> = spec
         .steps
@@ -305,6 +408,8 @@ impl Compiler<'_> {
             step.filter.is_some(),
             step.map.is_some(),
             step.route.is_some(),
+            step.dedup.is_some(),
+            step.aggregate.is_some(),
         ]
         .iter()
         .filter(|k| **k)
@@ -313,9 +418,12 @@ impl Compiler<'_> {
             self.error(
                 format!("spec.pipeline.steps[{index}]"),
                 &name,
-                "a step sets exactly one of filter, map or route",
+                "a step sets exactly one of filter, map, route, dedup or aggregate",
             );
             return None;
+        }
+        if step.dedup.is_some() || step.aggregate.is_some() {
+            return self.stateful(index, name, step);
         }
         if let Some(filter) = &step.filter {
             let condition = self.expr(&at("filter"), &name, filter, Want::Bool)?;
@@ -336,6 +444,7 @@ impl Compiler<'_> {
                 .key
                 .as_ref()
                 .and_then(|k| self.expr(&at("map.key"), &name, k, Want::StringOrBytes));
+            self.rekeyed |= map.key.is_some();
             let value = map
                 .value
                 .as_ref()
@@ -438,11 +547,7 @@ impl Compiler<'_> {
                 return None;
             }
         };
-        let variables = check::Variables {
-            key: self.spec.source.key_format,
-            value: self.spec.source.value_format,
-        };
-        let result = check::check(&program, &variables);
+        let result = check::check(&program, &self.variables);
         let before = self.errors.len();
         for problem in result.problems {
             self.error(field.into(), step, problem);
@@ -472,5 +577,7 @@ impl Compiler<'_> {
     }
 }
 
+#[cfg(test)]
+mod stateful_tests;
 #[cfg(test)]
 mod tests;

@@ -34,8 +34,10 @@ pub struct RecordError {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Processed {
     pub outputs: Vec<OutputRecord>,
-    /// A filter dropped it.
+    /// A filter (or a dedup) dropped it.
     pub filtered: bool,
+    /// A dedup step dropped it: its id was seen within the window.
+    pub duplicate: bool,
     /// No route rule matched and there is no default.
     pub unrouted: bool,
 }

@@ -47,6 +47,13 @@ fn start_pipeline(config: &WorkerConfig, loops: usize) -> Result<(Io, Vec<Evalua
         "the configuration has no pipeline: an app with spec.image runs its own binary, not millrace-runtime",
     )?;
     let compiled = Arc::new(pipeline::compile(spec).map_err(|errors| errors.to_string())?);
+    if let Some((field, problem)) = compiled
+        .unrunnable_problems(config.processing_guarantee)
+        .into_iter()
+        .next()
+    {
+        return Err(format!("{field}: {problem}"));
+    }
     let io = Io::of_pipeline(&compiled, spec.max_records_per_second);
     let evaluators = (0..loops)
         .map(|_| Evaluator::new(compiled.clone()))
@@ -66,6 +73,13 @@ fn validate(path: &std::path::Path) -> i32 {
     };
     match pipeline::compile(spec) {
         Ok(compiled) => {
+            let problems = compiled.unrunnable_problems(app.spec.processing_guarantee);
+            for (field, problem) in &problems {
+                eprintln!("{}: {field}: {problem}", path.display());
+            }
+            if !problems.is_empty() {
+                return 2;
+            }
             println!("{}: ok ({} steps)", path.display(), compiled.steps.len());
             0
         }

@@ -51,18 +51,24 @@ fn a_missing_output_topic_is_a_one_line_configuration_error() {
     );
 }
 
-#[test]
-fn validate_prints_every_error_with_step_and_position() {
+/// `millrace-runtime validate` of a manifest reading topic `a` with these
+/// pipeline steps (YAML list items, indented four spaces).
+fn validate_steps(steps: &str) -> std::process::Output {
     let path = std::env::temp_dir().join(format!("{}.yaml", unique("cli-validate")));
     std::fs::write(
         &path,
-        "apiVersion: millrace.dev/v1alpha1\nkind: StreamApp\nmetadata: {name: v}\nspec:\n  kafka: {bootstrapServers: 'k:9092'}\n  pipeline:\n    source: {topics: [a]}\n    steps:\n    - {name: f, filter: 'value.x >'}\n    - {filter: 'nope == 1'}\n",
+        format!("apiVersion: millrace.dev/v1alpha1\nkind: StreamApp\nmetadata: {{name: v}}\nspec:\n  kafka: {{bootstrapServers: 'k:9092'}}\n  pipeline:\n    source: {{topics: [a]}}\n    steps:\n{steps}"),
     )
     .unwrap();
-    let out = Command::new(workspace_binary("millrace-runtime"))
+    Command::new(workspace_binary("millrace-runtime"))
         .args(["validate", path.to_str().unwrap()])
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn validate_prints_every_error_with_step_and_position() {
+    let out = validate_steps("    - {name: f, filter: 'value.x >'}\n    - {filter: 'nope == 1'}\n");
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -85,6 +91,19 @@ fn validate_prints_every_error_with_step_and_position() {
         ok.status.success(),
         "{}",
         String::from_utf8_lossy(&ok.stderr)
+    );
+}
+
+#[test]
+fn validate_refuses_stateful_steps_this_version_cannot_run() {
+    let out = validate_steps(
+        "    - {name: once, dedup: {id: value.id, within: 1m}}\n    - {route: {default: b}}\n",
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("spec.pipeline.steps[0]: step 'once' is stateful"),
+        "{stderr}"
     );
 }
 

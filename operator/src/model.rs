@@ -174,19 +174,28 @@ pub fn validate(app: &StreamApp, defaults: &Defaults) -> Result<AppModel, Vec<In
 
     let workload = match (&spec.pipeline, &spec.image) {
         (Some(pipeline), None) => match millrace_pipeline::compile(pipeline) {
-            Ok(compiled) if !compiled.unrunnable_problems(guarantee).is_empty() => {
+            Ok(compiled) => {
+                let mut unrunnable = compiled.unrunnable_problems(guarantee);
+                let stores = compiled.stores();
+                if !stores.is_empty() && spec.state.is_none() {
+                    unrunnable.push((
+                        "spec.state".to_string(),
+                        format!(
+                            "the stateful steps {stores:?} keep their state on a volume: add                              `state: {{}}` (a 1Gi volume per worker) or size it"
+                        ),
+                    ));
+                }
+                let runnable = unrunnable.is_empty();
                 problems.extend(
-                    compiled
-                        .unrunnable_problems(guarantee)
+                    unrunnable
                         .into_iter()
                         .map(|(field, message)| Invalid { field, message }),
                 );
-                None
+                runnable.then(|| Workload::Pipeline {
+                    spec: pipeline.clone(),
+                    outputs: compiled.static_output_topics(),
+                })
             }
-            Ok(compiled) => Some(Workload::Pipeline {
-                spec: pipeline.clone(),
-                outputs: compiled.static_output_topics(),
-            }),
             Err(errors) => {
                 problems.extend(errors.0.into_iter().map(|e| {
                     let message = e.to_string();
@@ -475,7 +484,7 @@ mod tests {
     }
 
     #[test]
-    fn stateful_steps_are_refused_until_the_runtime_has_state_stores() {
+    fn stateful_steps_need_exactly_once_and_a_state_volume() {
         let stateful = serde_json::json!({"source": {"topics": ["orders"]}, "steps": [
             {"name": "once", "dedup": {"id": "value.id", "within": "1m"}},
             {"route": {"default": "out"}}
@@ -490,8 +499,14 @@ mod tests {
             "{found:?}"
         );
         assert!(
-            found[1].starts_with("spec.pipeline.steps[0]: step 'once' is stateful"),
+            found[1].starts_with("spec.state: the stateful steps [\"once\"]"),
             "{found:?}"
+        );
+        let runnable = serde_json::json!({"kafka": {"bootstrapServers": "k:1"}, "pipeline": stateful, "state": {}});
+        assert_eq!(
+            problems(runnable),
+            Vec::<String>::new(),
+            "ExactlyOnce with a volume runs"
         );
     }
 

@@ -201,29 +201,12 @@ impl CompiledPipeline {
             .collect()
     }
 
-    /// Why this pipeline cannot run with this version, if it cannot: its
-    /// stateful steps compile and are checked, but the runtime's state
-    /// stores (issue #17) are not built yet, and running them without
-    /// stores would forget every id and count at each record.
+    /// Why this pipeline cannot run under `guarantee`, field by field.
     pub fn unrunnable_problems(&self, guarantee: ProcessingGuarantee) -> Vec<(String, String)> {
-        let mut problems: Vec<(String, String)> = self
-            .guarantee_problem(guarantee)
+        self.guarantee_problem(guarantee)
             .map(|p| ("spec.processingGuarantee".to_string(), p))
             .into_iter()
-            .collect();
-        for (i, step) in self.steps.iter().enumerate() {
-            if step.store().is_some() {
-                problems.push((
-                    format!("spec.pipeline.steps[{i}]"),
-                    format!(
-                        "step '{}' is stateful (dedup or aggregate), and this version of \
-                         Millrace has no state stores yet to run it",
-                        step.name()
-                    ),
-                ));
-            }
-        }
-        problems
+            .collect()
     }
 
     /// Why this pipeline cannot run under `guarantee`, if it cannot.

@@ -6,10 +6,13 @@
 
 pub mod admin;
 pub mod engine;
+#[doc(hidden)]
+pub mod failpoint;
 pub mod lag;
 pub mod manifest;
 pub mod metrics;
 pub mod placement;
 pub use millrace_pipeline as pipeline;
 pub mod processor;
+pub mod state;
 pub mod worker;

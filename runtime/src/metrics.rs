@@ -35,6 +35,8 @@ pub struct Metrics {
     pub stopped_tasks: Counter,
     pub commits: Counter,
     pub aborts: Counter,
+    /// Changelog records replayed into the stores (restores, tails or full).
+    pub restored_records: Counter,
     pub commit_seconds: Histogram,
     pub lag: Family<TaskLabel, Gauge<i64, AtomicI64>>,
 }
@@ -52,6 +54,7 @@ impl Default for Metrics {
             stopped_tasks: Counter::default(),
             commits: Counter::default(),
             aborts: Counter::default(),
+            restored_records: Counter::default(),
             commit_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             lag: Family::default(),
             registry: Registry::default(),
@@ -100,6 +103,11 @@ impl Default for Metrics {
             "transaction_aborts",
             "Transactions aborted and replayed",
             m.aborts.clone(),
+        );
+        registry.register(
+            "state_restored_records",
+            "Changelog records replayed into the state stores",
+            m.restored_records.clone(),
         );
         registry.register(
             "commit_seconds",

@@ -13,6 +13,7 @@ use millrace_crds::{ErrorPolicy, OnError, RecordCoordinates, TopicName};
 
 use crate::pipeline::eval::Evaluator;
 pub use crate::pipeline::record::{InputRecord, OutputRecord, Processed, RecordError};
+pub use crate::pipeline::stateful::State;
 use crate::pipeline::CompiledPipeline;
 
 /// Record in, outputs out. One instance per processing loop (a loop is one
@@ -26,11 +27,34 @@ pub trait Processor: Send + 'static {
     /// with the error in headers, or the record's task stops at it with
     /// everything before it committed while the other tasks go on).
     fn process(&mut self, record: &InputRecord<'_>) -> Result<Processed, RecordError>;
+
+    /// [`Processor::process`] with the record's task's state: reads see
+    /// every write before this record's (committed or not), writes count
+    /// only if the record succeeds, and reach the store and its changelog
+    /// with the record's offset, exactly once. Called instead of `process`
+    /// when the app has state stores; a processor without state keeps the
+    /// default.
+    fn process_with_state(
+        &mut self,
+        record: &InputRecord<'_>,
+        state: &mut dyn State,
+    ) -> Result<Processed, RecordError> {
+        let _ = state;
+        self.process(record)
+    }
 }
 
 impl Processor for Evaluator {
     fn process(&mut self, record: &InputRecord<'_>) -> Result<Processed, RecordError> {
         Evaluator::process(self, record)
+    }
+
+    fn process_with_state(
+        &mut self,
+        record: &InputRecord<'_>,
+        state: &mut dyn State,
+    ) -> Result<Processed, RecordError> {
+        self.process_with(record, state)
     }
 }
 
@@ -48,6 +72,9 @@ pub struct Io {
     pub skip: Vec<RecordCoordinates>,
     /// `maxRecordsPerSecond` of the worker, over its loops.
     pub max_records_per_second: Option<u64>,
+    /// The stateful steps' names, store by store: each has a store per
+    /// task and a changelog (none: the app keeps no state).
+    pub stores: Vec<String>,
 }
 
 impl Io {
@@ -59,6 +86,7 @@ impl Io {
             dead_letter_topic: pipeline.dead_letter_topic.clone(),
             skip: pipeline.skip.clone(),
             max_records_per_second: max_records_per_second.map(|n| n.max(1) as u64),
+            stores: pipeline.stores(),
         }
     }
 
@@ -81,6 +109,7 @@ impl Io {
             dead_letter_topic,
             skip,
             max_records_per_second: None,
+            stores: Vec::new(),
         })
     }
 }

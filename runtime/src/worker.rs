@@ -26,6 +26,7 @@ use crate::metrics::{Metrics, Status};
 use crate::placement::watch::{PlacedTasks, PlacementView};
 use crate::placement::{OrdinalZero, Share, Standalone, TaskSource};
 use crate::processor::{Io, Processor};
+use crate::state::{State, DEFAULT_MEMORY_MB};
 use crate::{admin, lag, manifest};
 
 /// How a worker binary turns its configuration into work: the topics it
@@ -52,6 +53,12 @@ pub enum Command {
         /// Processing loops (default: one per core; at most 8).
         #[arg(long, env = "MILLRACE_LOOPS")]
         loops: Option<usize>,
+        /// Where the state stores live, for an app with stateful steps
+        /// (default: `millrace-state/<applicationId>` in the current
+        /// directory). Kept across restarts: a restart replays only the
+        /// changelog's tail.
+        #[arg(long, env = "MILLRACE_STATE_DIR")]
+        state_dir: Option<PathBuf>,
     },
     /// Run as a worker pod of the operator.
     Worker {
@@ -130,13 +137,20 @@ impl Command {
                 worker_id,
                 admin_addr,
                 loops,
+                state_dir,
             } => match manifest::load(&path).and_then(|app| {
                 manifest::worker_config(&app, bootstrap.as_deref(), admin_addr.port())
             }) {
-                Ok(config) => serve(
+                Ok(mut config) => serve(
                     Setup {
                         loops: loops.unwrap_or_else(default_loops),
-                        config,
+                        config: {
+                            let dir = state_dir.unwrap_or_else(|| {
+                                PathBuf::from("millrace-state").join(&config.application_id)
+                            });
+                            config.state_dir = Some(dir.display().to_string());
+                            config
+                        },
                         worker_id,
                         admin_addr,
                         tasks: Tasks::Standalone,
@@ -283,6 +297,10 @@ fn serve<P: Processor>(setup: Setup, start: &Start<'_, P>) -> i32 {
             processors.len()
         ));
     }
+    let state = match open_state(&config, &io) {
+        Ok(state) => state,
+        Err(e) => return config_error(e),
+    };
     let metrics = Arc::new(Metrics::default());
     let status = Arc::new(Status::default());
     status.detail.lock().unwrap().loops = loops as u32;
@@ -360,6 +378,7 @@ fn serve<P: Processor>(setup: Setup, start: &Start<'_, P>) -> i32 {
                 metrics: metrics.clone(),
                 status: status.clone(),
                 shutdown: shutdown.clone(),
+                state: state.clone(),
             };
             let id = loop_id(&worker_id, index);
             let limit = rate_limit.clone();
@@ -406,6 +425,42 @@ fn serve<P: Processor>(setup: Setup, start: &Start<'_, P>) -> i32 {
     code
 }
 
+/// The worker's state store, for an app with stateful steps: in its state
+/// directory, sized by `MILLRACE_STATE_MEMORY_MB` (docs/state-store.md).
+fn open_state(config: &WorkerConfig, io: &Io) -> anyhow::Result<Option<State>> {
+    if io.stores.is_empty() {
+        return Ok(None);
+    }
+    if config.processing_guarantee != ProcessingGuarantee::ExactlyOnce {
+        anyhow::bail!(
+            "spec.processingGuarantee: the stateful steps {:?} need ExactlyOnce",
+            io.stores
+        );
+    }
+    let Some(dir) = &config.state_dir else {
+        anyhow::bail!(
+            "spec.state: the stateful steps {:?} need a state volume, and the worker has none;              add `state: {{}}` to the StreamApp",
+            io.stores
+        );
+    };
+    let dir = Path::new(dir).join("stores");
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| anyhow::anyhow!("creating the state directory {}: {e}", dir.display()))?;
+    let memory_mb = match std::env::var("MILLRACE_STATE_MEMORY_MB") {
+        Ok(v) => v.parse().map_err(|_| {
+            anyhow::anyhow!("MILLRACE_STATE_MEMORY_MB: '{v}' is not a number of megabytes")
+        })?,
+        Err(_) => DEFAULT_MEMORY_MB,
+    };
+    tracing::info!(dir = %dir.display(), memory_mb, stores = ?io.stores, "opening the state stores");
+    Ok(Some(State::open(
+        &dir,
+        &config.application_id,
+        &io.stores,
+        memory_mb,
+    )?))
+}
+
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     panic
         .downcast_ref::<&str>()
@@ -440,6 +495,7 @@ mod tests {
             worker_id: "w".into(),
             admin_addr: "127.0.0.1:0".parse().unwrap(),
             loops: Some(2),
+            state_dir: None,
         }
         .execute(start)
     }

@@ -6,6 +6,7 @@
 //! how to start it.
 
 pub mod runtime;
+pub mod state_verifier;
 pub mod verifier;
 pub mod workers;
 

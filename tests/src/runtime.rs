@@ -28,8 +28,26 @@ pub fn start(path: &std::path::Path, port: u16) -> Child {
 /// As [`start`], its log going to [`log_path`] for `port`; killed when
 /// dropped, so a failing test leaves no worker behind.
 pub fn start_logging(path: &std::path::Path, port: u16) -> Running {
-    let log = std::fs::File::create(log_path(port)).unwrap();
+    std::fs::File::create(log_path(port)).unwrap();
+    start_logging_with(path, port, &[], &[])
+}
+
+/// As [`start_logging`] with more arguments and environment, its log
+/// appended to (a restarted worker's follows the one before).
+pub fn start_logging_with(
+    path: &std::path::Path,
+    port: u16,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> Running {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path(port))
+        .unwrap();
     let child = run_command(path, port)
+        .args(args)
+        .envs(envs.iter().copied())
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -50,6 +68,17 @@ impl Running {
             let log = std::fs::read_to_string(log_path(self.port)).unwrap_or_default();
             panic!("the worker stopped ({status}):\n{log}");
         }
+    }
+
+    /// Whether it has stopped (by itself: a crash point, say).
+    pub fn has_exited(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_some()
+    }
+
+    /// SIGKILL, and waits for it to be gone.
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
     }
 
     /// Stops the worker with SIGTERM and asserts it shut down cleanly
@@ -90,14 +119,20 @@ fn run_command(path: &std::path::Path, port: u16) -> Command {
 
 /// The worker's `/tasks`, or `None` while it does not answer.
 pub fn tasks(port: u16) -> Option<serde_json::Value> {
+    serde_json::from_str(&admin_get(port, "/tasks")?).ok()
+}
+
+/// The body of the worker's admin endpoint `path`, or `None` while it does
+/// not answer 200.
+pub fn admin_get(port: u16, path: &str) -> Option<String> {
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET /tasks HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let (head, body) = response.split_once("\r\n\r\n")?;
     let ok = head.split_whitespace().nth(1) == Some("200");
-    ok.then(|| serde_json::from_str(body).ok()).flatten()
+    ok.then(|| body.to_string())
 }
 
 /// A record's value and headers, as text.

@@ -54,10 +54,16 @@ fn a_missing_output_topic_is_a_one_line_configuration_error() {
 /// `millrace-runtime validate` of a manifest reading topic `a` with these
 /// pipeline steps (YAML list items, indented four spaces).
 fn validate_steps(steps: &str) -> std::process::Output {
+    validate_spec("", steps)
+}
+
+/// As [`validate_steps`], with more `spec:` fields (`spec`, each line
+/// indented two spaces).
+fn validate_spec(spec: &str, steps: &str) -> std::process::Output {
     let path = std::env::temp_dir().join(format!("{}.yaml", unique("cli-validate")));
     std::fs::write(
         &path,
-        format!("apiVersion: millrace.dev/v1alpha1\nkind: StreamApp\nmetadata: {{name: v}}\nspec:\n  kafka: {{bootstrapServers: 'k:9092'}}\n  pipeline:\n    source: {{topics: [a]}}\n    steps:\n{steps}"),
+        format!("apiVersion: millrace.dev/v1alpha1\nkind: StreamApp\nmetadata: {{name: v}}\nspec:\n  kafka: {{bootstrapServers: 'k:9092'}}\n{spec}  pipeline:\n    source: {{topics: [a]}}\n    steps:\n{steps}"),
     )
     .unwrap();
     Command::new(workspace_binary("millrace-runtime"))
@@ -95,14 +101,21 @@ fn validate_prints_every_error_with_step_and_position() {
 }
 
 #[test]
-fn validate_refuses_stateful_steps_this_version_cannot_run() {
-    let out = validate_steps(
-        "    - {name: once, dedup: {id: value.id, within: 1m}}\n    - {route: {default: b}}\n",
+fn validate_accepts_stateful_steps_under_exactly_once_only() {
+    let steps =
+        "    - {name: once, dedup: {id: value.id, within: 1m}}\n    - {route: {default: b}}\n";
+    let out = validate_steps(steps);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
+    let out = validate_spec("  processingGuarantee: AtLeastOnce\n", steps);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("spec.pipeline.steps[0]: step 'once' is stateful"),
+        stderr.contains("spec.processingGuarantee: the stateful steps [\"once\"] need"),
         "{stderr}"
     );
 }

@@ -130,6 +130,7 @@ impl Core {
         }
         self.checkpoint.forget();
         self.resume_from(&committed);
+        self.restore(&owned)?;
         self.assign_resume_points(consumer)?;
         let mut detail = self.status.detail.lock().unwrap();
         detail.worker_id = self.worker_id.clone();
@@ -184,6 +185,7 @@ impl Core {
             }
             let committed = self.committed_offsets(consumer, &wanted)?;
             self.resume_from(&committed);
+            self.restore(&taken)?;
             self.status.take(&taken);
             tracing::info!(epoch, tasks = ?taken, "took tasks");
         }

@@ -31,10 +31,18 @@
 //!    skip records whose outputs may still fail.
 //! 4. Committed ([`Checkpoint::committed`]), they become resume points.
 //!
-//! State (issue #17) plugs in here: a batch's store writes are buffered with
-//! its offsets (the open batch), travel with it when it closes, are applied
-//! with its offsets where `closed`/`committed` say the commit happened, and
-//! are dropped with it in [`Checkpoint::discard`].
+//! State travels with the offsets (exactly-once only; docs/state-store.md):
+//! 1. A record's store writes join the open batch with its offset, and only
+//!    if the record succeeded ([`Checkpoint::keep_writes`]); a failed one's
+//!    are dropped by the caller.
+//! 2. When the batch closes, its writes go with it (lent out first,
+//!    [`Checkpoint::lend_writes`], for the caller to send to the changelogs
+//!    inside the transaction). Records read through the open and closing writes to the
+//!    store ([`Checkpoint::pending_writes`]).
+//! 3. Committed: [`Closed::Committed`] hands the writes out, for the caller
+//!    to apply to the store with the changelog offsets they reached. Failed,
+//!    or [`Checkpoint::discard`]: dropped with the batch, the store never
+//!    saw them, and the replay recomputes them.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -46,6 +54,7 @@ use super::refusals::Origin;
 use super::stash::Stash;
 use super::Tp;
 use crate::pipeline::record::OutputRecord;
+use crate::state::Writes;
 
 /// Next offset to commit per partition.
 pub(super) type Offsets = BTreeMap<Tp, i64>;
@@ -58,6 +67,8 @@ pub(super) struct Checkpoint<C> {
     resume: BTreeMap<Tp, Offset>,
     /// The open batch: next offset per partition of what it processed.
     open: Offsets,
+    /// The open batch's store writes.
+    open_writes: Writes,
     waiting: Waiting<C>,
 }
 
@@ -77,6 +88,7 @@ enum Waiting<C> {
 /// committing.
 struct Closing<C> {
     offsets: Offsets,
+    writes: Writes,
     since: Instant,
     outcome: C,
 }
@@ -89,6 +101,8 @@ pub(super) enum Closed {
         offsets: Offsets,
         since: Instant,
         held: Stash,
+        /// Its store writes, to apply now.
+        writes: Writes,
     },
     /// It and everything after it are dropped: rewind to the resume points.
     Failed,
@@ -111,6 +125,7 @@ impl<C> Checkpoint<C> {
         Self {
             resume: BTreeMap::new(),
             open: Offsets::new(),
+            open_writes: Writes::default(),
             waiting,
         }
     }
@@ -144,6 +159,7 @@ impl<C> Checkpoint<C> {
     pub fn release(&mut self, tasks: &[i32]) {
         self.resume.retain(|(_, p), _| !tasks.contains(p));
         self.open.retain(|(_, p), _| !tasks.contains(p));
+        self.open_writes.drop_tasks(|t| tasks.contains(&t));
     }
 
     /// Forgets every task: the caller assigns afresh from committed offsets.
@@ -203,6 +219,37 @@ impl<C> Checkpoint<C> {
         }
     }
 
+    /// A succeeded record's writes (`record`, left empty) join the open
+    /// batch.
+    pub fn keep_writes(&mut self, record: &mut Writes) {
+        if !record.is_empty() {
+            self.open_writes.absorb(record);
+        }
+    }
+
+    /// Writes not in the store yet, newest first: the open batch's, then
+    /// the closing one's.
+    pub fn pending_writes(&self) -> [Option<&Writes>; 2] {
+        let closing = match &self.waiting {
+            Waiting::Transaction {
+                closing: Some(c), ..
+            } => Some(&c.writes),
+            _ => None,
+        };
+        [Some(&self.open_writes), closing]
+    }
+
+    /// The open batch's writes, lent out to be sent to the changelogs
+    /// inside its transaction before [`Checkpoint::close`] moves them, and
+    /// given back once sent.
+    pub fn lend_writes(&mut self) -> Writes {
+        std::mem::take(&mut self.open_writes)
+    }
+
+    pub fn give_back_writes(&mut self, writes: Writes) {
+        self.open_writes = writes;
+    }
+
     pub fn has_open_offsets(&self) -> bool {
         !self.open.is_empty()
     }
@@ -238,6 +285,7 @@ impl<C> Checkpoint<C> {
     /// transaction still open would commit with the next one's offsets.
     pub fn discard(&mut self) {
         self.open.clear();
+        self.open_writes.clear();
         match &mut self.waiting {
             Waiting::Transaction { closing, stash, .. } => {
                 *closing = None;
@@ -302,6 +350,7 @@ impl<C> Checkpoint<C> {
         let outcome = start(&self.open)?;
         *closing = Some(Closing {
             offsets: std::mem::take(&mut self.open),
+            writes: std::mem::take(&mut self.open_writes),
             since: Instant::now(),
             outcome,
         });
@@ -331,6 +380,7 @@ impl<C> Checkpoint<C> {
             offsets: done.offsets,
             since: done.since,
             held,
+            writes: done.writes,
         })
     }
 

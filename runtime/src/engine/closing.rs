@@ -61,6 +61,12 @@ impl Core {
             self.checkpoint.discard();
             return self.assign_resume_points(consumer);
         }
+        // The batch's state changes join its transaction before its
+        // offsets: they commit (or abort) together.
+        if let Err(e) = self.send_changelog() {
+            return self.send_failed(consumer, e);
+        }
+        crate::failpoint::reach("state.changelog-sent");
         let Guarantee::ExactlyOnce { flusher, committer } = &self.guarantee else {
             unreachable!("checked above: exactly-once");
         };
@@ -138,10 +144,17 @@ impl Core {
             offsets,
             since,
             held,
+            writes,
         }) = self.checkpoint.closed(true)
         else {
             return Ok(());
         };
+        // Committed: now, and only now, the store takes the batch's writes.
+        // A crash before this leaves the store behind its changelog, which
+        // the next start replays.
+        crate::failpoint::reach("state.committed");
+        self.apply_committed(&writes)?;
+        crate::failpoint::reach("state.applied");
         self.report_commit(&offsets);
         self.metrics
             .commit_seconds

@@ -125,6 +125,9 @@ impl Core {
         origin: Origin,
         error: RecordError,
     ) -> Result<(), EngineError> {
+        // A failed record changes no state, whatever its steps wrote before
+        // the one that failed.
+        self.record_writes.clear();
         match (self.io.error_policy, &self.io.dead_letter_topic) {
             (ErrorPolicy::DeadLetter, Some(dlq)) => {
                 let out = OutputRecord {

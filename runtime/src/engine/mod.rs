@@ -17,6 +17,7 @@ pub mod rate_limit;
 mod record_size;
 mod refusals;
 mod stash;
+mod stateful;
 mod transaction;
 
 use checkpoint::Checkpoint;
@@ -102,6 +103,17 @@ pub enum EngineError {
     /// deliveries so far); the batch is replayed, its offsets not committed.
     #[error("{0} deliveries have failed so far; replaying the batch")]
     Undelivered(u64),
+    /// The state store failed (a disk error) or could not be restored: the
+    /// worker stops (exit 1); on restart the store is restored from the
+    /// changelog, so nothing committed is lost.
+    #[error("{0}")]
+    State(String),
+}
+
+impl From<crate::state::StoreError> for EngineError {
+    fn from(e: crate::state::StoreError) -> Self {
+        EngineError::State(e.to_string())
+    }
 }
 
 type Tp = (String, i32);
@@ -153,6 +165,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub status: Arc<Status>,
     pub shutdown: Arc<AtomicBool>,
+    /// The worker's state store, when the app has stateful steps.
+    pub state: Option<crate::state::State>,
 }
 
 pub struct Engine<P> {
@@ -213,6 +227,13 @@ struct Core {
     records_out: TopicCounters,
     /// Partitions this loop last published in `Status::committed`.
     published: Vec<Tp>,
+    /// The state store and changelogs (`state`), for stateful apps.
+    state: Option<crate::state::State>,
+    /// How long the changelogs keep tombstones (`Restorer`).
+    tombstone_retention_ms: u64,
+    /// The record being processed's state writes: kept with its offset if
+    /// it succeeds (`Checkpoint::keep_writes`), dropped if it fails.
+    record_writes: crate::state::Writes,
     status: Arc<Status>,
     shutdown: Arc<AtomicBool>,
 }
@@ -264,6 +285,7 @@ impl<P: Processor> Engine<P> {
             metrics,
             status,
             shutdown,
+            state,
         } = shared;
         let guarantee = Guarantee::of(config.processing_guarantee);
         let consumer: BaseConsumer = clients::consumer(&config)
@@ -272,7 +294,16 @@ impl<P: Processor> Engine<P> {
         let heartbeat = Heartbeat::start(&status, &config);
         let limits = broker_limits::read(&config, &consumer);
         limits.check(&config)?;
-        let producer = Arc::new(new_producer(&config, &worker_id, &shutdown, &heartbeat)?);
+        let changelogs = state
+            .as_ref()
+            .map(|s| s.changelogs.clone())
+            .unwrap_or_default();
+        let producer = Arc::new(new_producer(
+            &config,
+            &worker_id,
+            &changelogs,
+            (&shutdown, &heartbeat),
+        )?);
         let max_message_bytes = record_size::max_message_bytes(&config.kafka.properties);
         let destinations = destinations::Destinations::new(
             io.output_topics
@@ -302,6 +333,9 @@ impl<P: Processor> Engine<P> {
             heartbeat,
             failed_at_last_commit: 0,
             published: Vec::new(),
+            state,
+            tombstone_retention_ms: crate::state::changelog::DEFAULT_TOMBSTONE_RETENTION_MS,
+            record_writes: crate::state::Writes::default(),
             records_in: TopicCounters::new(&metrics.records_in),
             records_out: TopicCounters::new(&metrics.records_out),
             metrics,
@@ -309,6 +343,9 @@ impl<P: Processor> Engine<P> {
             shutdown,
         };
         core.task_count = core.check_topics(&consumer)?;
+        core.tombstone_retention_ms =
+            crate::state::changelog::ensure(&core.config, core.changelogs(), core.task_count)
+                .map_err(EngineError::Config)?;
         core.assign(&consumer, tasks.as_mut())?;
         Ok(Self {
             consumer,
@@ -500,27 +537,67 @@ impl Core {
             // Refused by the broker before: sent again it would be refused
             // again (and fail its transaction, forever).
             Some(refused) => self.refused_again(consumer, record, origin, refused),
-            None => match processor.process(record) {
+            None => match self.process(processor, record)? {
                 Ok(processed) => self.processed(consumer, record, origin, processed),
                 Err(error) => self.failed(consumer, record, origin, error),
             },
         };
         match outcome {
             // Stopped at this record (its task resumes here), or rewound
-            // (the record comes again).
-            Ok(()) if self.rewound || self.is_stopped(record.partition) => Ok(()),
+            // (the record comes again): its writes are not kept.
+            Ok(()) if self.rewound || self.is_stopped(record.partition) => {
+                self.record_writes.clear();
+                Ok(())
+            }
             Ok(()) => {
                 self.checkpoint
                     .processed(record.topic, record.partition, record.offset + 1);
+                self.checkpoint.keep_writes(&mut self.record_writes);
                 Ok(())
             }
-            Err(e) => self.send_failed(consumer, e),
+            Err(e) => {
+                self.record_writes.clear();
+                self.send_failed(consumer, e)
+            }
         }
+    }
+
+    /// Runs the processor over the record's task's state: its writes
+    /// collect in `record_writes`. A store that fails to read stops the
+    /// loop rather than let a step act on a wrong answer.
+    fn process(
+        &mut self,
+        processor: &mut impl Processor,
+        record: &InputRecord<'_>,
+    ) -> Result<Result<crate::processor::Processed, crate::processor::RecordError>, EngineError>
+    {
+        self.record_writes.clear();
+        let Some(state) = &self.state else {
+            return Ok(processor.process(record));
+        };
+        let mut view = crate::state::View {
+            task: record.partition,
+            record: &mut self.record_writes,
+            pending: self.checkpoint.pending_writes(),
+            store: Some(&state.store),
+            error: None,
+        };
+        let result = processor.process_with_state(record, &mut view);
+        match view.error {
+            Some(e) => Err(e.into()),
+            None => Ok(result),
+        }
+    }
+
+    /// The changelog topics, store by store (none for a stateless app).
+    fn changelogs(&self) -> &[String] {
+        self.state.as_ref().map_or(&[], |s| &s.changelogs)
     }
 
     fn send_now(&mut self, out: &OutputRecord, origin: Origin) -> Result<(), EngineError> {
         let record = stash::HeldRecord {
             topic: &out.topic,
+            partition: None,
             origin,
             key: out.key.as_deref(),
             value: out.value.as_deref(),
@@ -532,6 +609,7 @@ impl Core {
     fn send_record(&mut self, out: stash::HeldRecord<'_>) -> Result<(), EngineError> {
         let stash::HeldRecord {
             topic,
+            partition,
             origin,
             key,
             value,
@@ -540,6 +618,9 @@ impl Core {
         let batch = self.checkpoint.batch_number();
         let mut record: BaseRecord<'_, [u8], [u8], usize> =
             BaseRecord::with_opaque_to(topic, origin.opaque(batch));
+        if let Some(p) = partition {
+            record = record.partition(p);
+        }
         if !headers.is_empty() {
             let mut owned = OwnedHeaders::new_with_capacity(headers.len());
             for (k, v) in headers {

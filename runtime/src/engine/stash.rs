@@ -45,6 +45,9 @@ struct Held {
 /// A held output, borrowed from the stash.
 pub(super) struct HeldRecord<'a> {
     pub topic: &'a str,
+    /// Chosen by the sender (a changelog record goes to its task's
+    /// partition); `None`, by the partitioner. Held records never are.
+    pub partition: Option<i32>,
     pub origin: Origin,
     pub key: Option<&'a [u8]>,
     pub value: Option<&'a [u8]>,
@@ -95,6 +98,7 @@ impl Stash {
     pub fn iter(&self) -> impl Iterator<Item = HeldRecord<'_>> {
         self.records.iter().map(|r| HeldRecord {
             topic: &self.topics[r.topic],
+            partition: None,
             origin: r.origin,
             key: r.key.clone().map(|k| &self.bytes[k]),
             value: r.value.clone().map(|v| &self.bytes[v]),

@@ -2,6 +2,7 @@
 //! and re-initialise a fenced producer. At-least-once commits a batch's
 //! offsets once its outputs are acknowledged instead (see `in_flight`).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -39,12 +40,43 @@ pub struct DeliveryCounter {
     reports: AtomicU64,
     pub unacknowledged: Unacknowledged,
     refused: Mutex<Vec<Refusal>>,
+    /// The app's changelog topics, store by store.
+    changelogs: Vec<String>,
+    /// Next offset past the last delivered changelog record, per (store,
+    /// partition): where the committed batch leaves each store.
+    changelog_ends: Mutex<BTreeMap<(usize, i32), i64>>,
 }
 
 impl DeliveryCounter {
+    pub(super) fn with_changelogs(changelogs: Vec<String>) -> Self {
+        Self {
+            changelogs,
+            ..Self::default()
+        }
+    }
+
     /// The refusals kept since the last call.
     pub(super) fn take_refusals(&self) -> Vec<Refusal> {
         std::mem::take(&mut *self.refused.lock().unwrap())
+    }
+
+    /// The changelog ends delivered since the last call, as (task, store,
+    /// next offset). Only one transaction's changelog records are ever in
+    /// flight (sent at its close, the next batch's held back until it is
+    /// over), so at its commit these are exactly its ends.
+    pub(super) fn take_changelog_ends(&self) -> Vec<(i32, usize, i64)> {
+        std::mem::take(&mut *self.changelog_ends.lock().unwrap())
+            .into_iter()
+            .map(|((store, task), next)| (task, store, next))
+            .collect()
+    }
+
+    fn delivered(&self, topic: &str, partition: i32, offset: i64) {
+        if let Some(store) = self.changelogs.iter().position(|c| c == topic) {
+            let mut ends = self.changelog_ends.lock().unwrap();
+            let end = ends.entry((store, partition)).or_default();
+            *end = (*end).max(offset + 1);
+        }
     }
 }
 
@@ -54,6 +86,9 @@ impl ProducerContext for DeliveryCounter {
     type DeliveryOpaque = usize;
     fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
         let (batch, origin) = Origin::of_opaque(opaque);
+        if let (Ok(message), false) = (result, self.changelogs.is_empty()) {
+            self.delivered(message.topic(), message.partition(), message.offset());
+        }
         if let Err((e, message)) = result {
             tracing::warn!("delivery failed: {e}");
             self.failed.fetch_add(1, Ordering::Relaxed);
@@ -197,6 +232,9 @@ impl Core {
         // Reports already in are served: a refusal among them is kept now,
         // not after one more failed attempt.
         self.serve_deliveries();
+        // Ends of changelog records that were not committed: none of them
+        // may be recorded with a later batch.
+        self.producer.context().take_changelog_ends();
         let taken = self.producer.context().take_refusals();
         let mut refusals = Vec::with_capacity(taken.len());
         for refusal in taken {
@@ -395,8 +433,8 @@ impl Core {
         self.producer = Arc::new(new_producer(
             &self.config,
             &self.worker_id,
-            &self.shutdown,
-            &self.heartbeat,
+            self.changelogs(),
+            (&self.shutdown, &self.heartbeat),
         )?);
         self.checkpoint.transaction_ended();
         self.placement_stale = true;
@@ -421,12 +459,12 @@ impl Core {
 pub(super) fn new_producer(
     config: &WorkerConfig,
     worker_id: &str,
-    shutdown: &AtomicBool,
-    heartbeat: &Heartbeat,
+    changelogs: &[String],
+    (shutdown, heartbeat): (&AtomicBool, &Heartbeat),
 ) -> Result<BaseProducer<DeliveryCounter>, EngineError> {
     let producer: BaseProducer<DeliveryCounter> = clients::producer(config, worker_id)
         .map_err(|e| EngineError::Config(e.to_string()))?
-        .create_with_context(DeliveryCounter::default())?;
+        .create_with_context(DeliveryCounter::with_changelogs(changelogs.to_vec()))?;
     if config.processing_guarantee != ProcessingGuarantee::ExactlyOnce {
         return Ok(producer);
     }

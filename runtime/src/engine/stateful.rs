@@ -1,0 +1,83 @@
+//! The engine's side of state (docs/state-store.md): a closing batch's
+//! writes to the changelogs, a committed batch's writes to the store, and
+//! a task's restore before its first record. The order is the
+//! checkpoint's (`checkpoint.rs`).
+
+use rdkafka::producer::Producer;
+
+use super::refusals::Origin;
+use super::{stash, Core, EngineError};
+use crate::state::restore::Restorer;
+
+impl Core {
+    /// One changelog record per key the open batch changed (its last value;
+    /// a delete is a tombstone), to the task's partition, into the open
+    /// transaction.
+    pub(super) fn send_changelog(&mut self) -> Result<(), EngineError> {
+        let Some(state) = self.state.clone() else {
+            return Ok(());
+        };
+        // Lent out while sent (sending needs the whole core). A failed send
+        // discards the batch, and these with it.
+        let writes = self.checkpoint.lend_writes();
+        for (task, store, key, value) in writes.iter() {
+            self.send_record(stash::HeldRecord {
+                topic: &state.changelogs[store],
+                partition: Some(task),
+                origin: Origin::UNKNOWN,
+                key: Some(key),
+                value,
+                headers: &[],
+            })?;
+        }
+        self.checkpoint.give_back_writes(writes);
+        Ok(())
+    }
+
+    /// The committed batch's writes, and the changelog offsets they reach,
+    /// in one store batch.
+    pub(super) fn apply_committed(
+        &mut self,
+        writes: &crate::state::Writes,
+    ) -> Result<(), EngineError> {
+        let Some(state) = &self.state else {
+            return Ok(());
+        };
+        let reached = self.producer.context().take_changelog_ends();
+        if writes.is_empty() && reached.is_empty() {
+            return Ok(());
+        }
+        Ok(state.store.apply(writes, &reached)?)
+    }
+
+    /// Brings the stores of `tasks` up to their changelogs. Called once
+    /// their committed input offsets have been read (stable): the previous
+    /// owner's last transaction is over, its changelog records final.
+    pub(super) fn restore(&mut self, tasks: &[i32]) -> Result<(), EngineError> {
+        let Some(state) = &self.state else {
+            return Ok(());
+        };
+        let heartbeat = &self.heartbeat;
+        let restorer = Restorer {
+            config: &self.config,
+            store: &state.store,
+            changelogs: &state.changelogs,
+            tombstone_retention_ms: self.tombstone_retention_ms,
+            beat: &|| heartbeat.beat(),
+            shutdown: &self.shutdown,
+        };
+        let restored = restorer
+            .restore(tasks)
+            .map_err(|e| EngineError::State(e.to_string()))?;
+        self.metrics.restored_records.inc_by(restored.records);
+        if restored.records > 0 {
+            tracing::info!(
+                ?tasks,
+                records = restored.records,
+                full = restored.full,
+                "tasks restored"
+            );
+        }
+        Ok(())
+    }
+}

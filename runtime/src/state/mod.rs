@@ -1,0 +1,44 @@
+//! The runtime's state layer (design brief D3): per-task stores on the
+//! worker's volume, their changelogs, and restore. The order in which a
+//! batch's writes become durable is the checkpoint's (`engine/checkpoint.rs`);
+//! this module holds the parts: [`Writes`] (pure), the [`View`] a record's
+//! steps read through, the [`Store`], the changelog topics and the
+//! [`restore::Restorer`].
+
+pub mod changelog;
+pub mod restore;
+mod store;
+mod view;
+mod writes;
+
+use std::path::Path;
+use std::sync::Arc;
+
+pub use store::{Applied, Store, StoreError, DEFAULT_MEMORY_MB};
+pub use view::View;
+pub use writes::Writes;
+
+/// What a loop needs of its worker's state: the store (shared by the
+/// worker's loops, each with its own tasks), and the changelog of each of
+/// the pipeline's stateful steps.
+#[derive(Clone)]
+pub struct State {
+    pub store: Arc<Store>,
+    pub changelogs: Vec<String>,
+}
+
+impl State {
+    /// Opens the worker's store in `dir` for the app's `stores` (stateful
+    /// step names, in order).
+    pub fn open(
+        dir: &Path,
+        application_id: &str,
+        stores: &[String],
+        memory_mb: u64,
+    ) -> Result<Self, StoreError> {
+        Ok(Self {
+            store: Arc::new(Store::open(dir, stores.to_vec(), memory_mb)?),
+            changelogs: changelog::names(application_id, stores),
+        })
+    }
+}

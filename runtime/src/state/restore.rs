@@ -1,0 +1,306 @@
+//! Restore: before a task's first record, each of its stores catches up
+//! with its changelog, from the offset the store recorded (a tail after a
+//! crash with the volume intact, everything when the volume is new). Never
+//! a wipe, except when the store cannot be trusted: its offset is past the
+//! changelog's end (the topic was recreated) or before its start, or it is
+//! older than the changelog keeps tombstones (a delete it missed may be
+//! gone).
+//!
+//! Read with read_committed until the consumer's position reaches the end
+//! read_uncommitted sees: right after the previous owner's commit, its
+//! markers may not all be written yet, and the last stable offset is then
+//! short of records the committed input offsets already count.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+use super::store::{Applied, Store, StoreError};
+use super::writes::Writes;
+use crate::engine::clients;
+use millrace_crds::worker_config::WorkerConfig;
+use millrace_crds::worker_status::unix_ms;
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+/// Changelog records applied per store batch while restoring.
+const RESTORE_BATCH: usize = 10_000;
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("restoring state: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("restoring state: {0}")]
+    Store(#[from] StoreError),
+    #[error("restoring state: {0}")]
+    Client(String),
+    #[error("stopped while restoring state")]
+    Stopped,
+}
+
+/// What restoring some tasks took.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Restored {
+    pub records: u64,
+    /// Stores replayed from their start (new or untrusted).
+    pub full: u32,
+}
+
+/// Where a store's replay starts, or that it is up to date (`None`), given
+/// what it recorded and the changelog partition's `[low, high)`.
+pub fn replay_from(
+    applied: Option<Applied>,
+    (low, high): (i64, i64),
+    tombstone_retention_ms: u64,
+    now_ms: u64,
+) -> (Option<i64>, bool) {
+    let trusted = applied.filter(|a| {
+        let in_log = (low..=high).contains(&a.next_offset);
+        let fresh = a.next_offset == high
+            || now_ms.saturating_sub(a.written_at_ms) < tombstone_retention_ms / 2;
+        in_log && fresh
+    });
+    let wipe = applied.is_some() && trusted.is_none();
+    let from = trusted.map_or(low, |a| a.next_offset);
+    ((from < high).then_some(from), wipe)
+}
+
+/// One changelog partition to replay.
+struct Replay {
+    topic: String,
+    task: i32,
+    store: usize,
+    next: i64,
+    end: i64,
+}
+
+pub struct Restorer<'a> {
+    pub config: &'a WorkerConfig,
+    pub store: &'a Store,
+    /// Store `i`'s changelog is `changelogs[i]`.
+    pub changelogs: &'a [String],
+    pub tombstone_retention_ms: u64,
+    /// Called while waiting: a restore is not a stuck loop.
+    pub beat: &'a dyn Fn(),
+    pub shutdown: &'a AtomicBool,
+}
+
+impl Restorer<'_> {
+    /// Brings the stores of `tasks` up to their changelogs' ends.
+    pub fn restore(&self, tasks: &[i32]) -> Result<Restored, RestoreError> {
+        if tasks.is_empty() || self.changelogs.is_empty() {
+            return Ok(Restored::default());
+        }
+        let client = |isolation: &str| -> Result<BaseConsumer, RestoreError> {
+            let mut c =
+                clients::consumer(self.config).map_err(|e| RestoreError::Client(e.to_string()))?;
+            c.set("isolation.level", isolation);
+            Ok(c.create()?)
+        };
+        let probe = client("read_uncommitted")?;
+        let mut restored = Restored::default();
+        let mut replays = Vec::new();
+        for &task in tasks {
+            for (store, topic) in self.changelogs.iter().enumerate() {
+                let bounds = self.watermarks(&probe, topic, task)?;
+                let applied = self.store.applied(task, store)?;
+                let (from, wipe) =
+                    replay_from(applied, bounds, self.tombstone_retention_ms, unix_ms());
+                if wipe {
+                    tracing::warn!(task, topic, ?applied, ?bounds, "the local store cannot be trusted (changelog recreated, truncated or too long ago); restoring it in full");
+                    self.store.wipe(task, store)?;
+                }
+                if wipe || applied.is_none() {
+                    restored.full += u32::from(from.is_some());
+                }
+                if let Some(next) = from {
+                    replays.push(Replay {
+                        topic: topic.clone(),
+                        task,
+                        store,
+                        next,
+                        end: bounds.1,
+                    });
+                }
+            }
+        }
+        if replays.is_empty() {
+            return Ok(restored);
+        }
+        restored.records = self.replay(client("read_committed")?, replays)?;
+        Ok(restored)
+    }
+
+    fn watermarks(
+        &self,
+        probe: &BaseConsumer,
+        topic: &str,
+        task: i32,
+    ) -> Result<(i64, i64), RestoreError> {
+        loop {
+            match probe.fetch_watermarks(topic, task, TIMEOUT) {
+                Ok(bounds) => return Ok(bounds),
+                Err(e) if !self.shutdown.load(Ordering::Relaxed) => {
+                    tracing::warn!(topic, task, "changelog end: {e}; retrying");
+                    (self.beat)();
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    fn replay(
+        &self,
+        consumer: BaseConsumer,
+        mut replays: Vec<Replay>,
+    ) -> Result<u64, RestoreError> {
+        let mut tpl = TopicPartitionList::new();
+        for r in &replays {
+            tpl.add_partition_offset(&r.topic, r.task, Offset::Offset(r.next))?;
+        }
+        consumer.assign(&tpl)?;
+        let index: BTreeMap<(String, i32), usize> = replays
+            .iter()
+            .enumerate()
+            .map(|(i, r)| ((r.topic.clone(), r.task), i))
+            .collect();
+        let remaining =
+            |replays: &[Replay]| -> i64 { replays.iter().map(|r| (r.end - r.next).max(0)).sum() };
+        let started = Instant::now();
+        let mut logged = Instant::now();
+        let mut records = 0u64;
+        let mut writes = Writes::default();
+        tracing::info!(
+            partitions = replays.len(),
+            records = remaining(&replays),
+            "restoring state from the changelogs"
+        );
+        while replays.iter().any(|r| r.next < r.end) {
+            if self.shutdown.load(Ordering::Relaxed) {
+                return Err(RestoreError::Stopped);
+            }
+            (self.beat)();
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => {
+                    let Some(&i) = index.get(&(m.topic().to_string(), m.partition())) else {
+                        continue;
+                    };
+                    let r = &mut replays[i];
+                    if let Some(key) = m.key() {
+                        writes.put(r.task, r.store, key, m.payload());
+                    }
+                    r.next = r.next.max(m.offset() + 1);
+                    records += 1;
+                }
+                Some(Err(e)) => tracing::warn!("restoring state: {e}"),
+                // Nothing more to read: the rest up to the end is markers
+                // or aborted records, which the position has passed.
+                None => absorb_positions(&consumer, &index, &mut replays),
+            }
+            if writes.len() >= RESTORE_BATCH {
+                self.store.apply(&writes, &reached(&replays))?;
+                writes.clear();
+            }
+            if logged.elapsed() >= PROGRESS_EVERY {
+                logged = Instant::now();
+                let rate = records as f64 / started.elapsed().as_secs_f64().max(0.001);
+                tracing::info!(
+                    records,
+                    remaining = remaining(&replays),
+                    rate = rate as u64,
+                    "restoring state"
+                );
+            }
+        }
+        // At the end, each store stands at its partition's end (past any
+        // trailing markers).
+        for r in &mut replays {
+            r.next = r.next.max(r.end);
+        }
+        self.store.apply(&writes, &reached(&replays))?;
+        tracing::info!(
+            records,
+            seconds = started.elapsed().as_secs_f64(),
+            "state restored"
+        );
+        Ok(records)
+    }
+}
+
+fn reached(replays: &[Replay]) -> Vec<(i32, usize, i64)> {
+    replays.iter().map(|r| (r.task, r.store, r.next)).collect()
+}
+
+fn absorb_positions(
+    consumer: &BaseConsumer,
+    index: &BTreeMap<(String, i32), usize>,
+    replays: &mut [Replay],
+) {
+    let Ok(positions) = consumer.position() else {
+        return;
+    };
+    for e in positions.elements() {
+        if let (Offset::Offset(p), Some(&i)) = (
+            e.offset(),
+            index.get(&(e.topic().to_string(), e.partition())),
+        ) {
+            replays[i].next = replays[i].next.max(p);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: u64 = 24 * 3600 * 1000;
+
+    fn at(next_offset: i64, written_at_ms: u64) -> Option<Applied> {
+        Some(Applied {
+            next_offset,
+            written_at_ms,
+        })
+    }
+
+    #[test]
+    fn an_intact_store_replays_only_the_tail() {
+        assert_eq!(
+            replay_from(at(90, 1000), (0, 100), DAY, 2000),
+            (Some(90), false)
+        );
+        assert_eq!(
+            replay_from(at(100, 1000), (0, 100), DAY, 2000),
+            (None, false),
+            "up to date"
+        );
+    }
+
+    #[test]
+    fn a_new_store_replays_everything_and_an_empty_changelog_nothing() {
+        assert_eq!(replay_from(None, (5, 100), DAY, 0), (Some(5), false));
+        assert_eq!(replay_from(None, (0, 0), DAY, 0), (None, false));
+    }
+
+    #[test]
+    fn an_untrusted_store_is_wiped_and_replayed_in_full() {
+        // Past the end: the changelog was recreated.
+        assert_eq!(
+            replay_from(at(500, 1000), (0, 100), DAY, 2000),
+            (Some(0), true)
+        );
+        // Before the start: records it needs were deleted.
+        assert_eq!(
+            replay_from(at(3, 1000), (10, 100), DAY, 2000),
+            (Some(10), true)
+        );
+        // Behind, and older than half the tombstone retention.
+        assert_eq!(replay_from(at(90, 0), (0, 100), DAY, DAY), (Some(0), true));
+        // Old but up to date: nothing was missed.
+        assert_eq!(replay_from(at(100, 0), (0, 100), DAY, DAY), (None, false));
+    }
+}

@@ -1,0 +1,219 @@
+//! The state verifier (see `millrace_tests::state_verifier`) against one
+//! standalone worker: `dedup` then a running `aggregate` over a 4-partition
+//! input, the worker crashing and restarting on its state directory.
+//!
+//! - SIGKILLs at random moments; once the directory is deleted before the
+//!   restart (a lost volume: a full restore from the changelogs), and the
+//!   last start, its volume intact, replays no more than a tail.
+//! - Crashes at each step of a batch's commit (`runtime/src/failpoint.rs`):
+//!   after its changelog records are sent and before the commit (the
+//!   transaction aborts, the store never saw the writes); after the commit
+//!   and before the store write (the store is behind: the tail is
+//!   replayed); right after the store write.
+//!
+//! Sizes: `MILLRACE_STATE_RECORDS` (default 20,000) and
+//! `MILLRACE_STATE_KILLS` (default 5).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use millrace_tests::runtime::{admin_get, log_path, start_logging_with, Running};
+use millrace_tests::state_verifier::{generate, verify, StateSummary};
+use millrace_tests::verifier::{drained, env_or, manifest_head, Topics};
+use millrace_tests::{committed_offset, unique, wait_until};
+
+const PARTITIONS: i32 = 4;
+
+fn manifest(app_id: &str, topics: &Topics) -> String {
+    format!(
+        r#"{head}  commitInterval: 500ms
+  transactionTimeout: 30s
+  state: {{}}
+  pipeline:
+    source: {{topics: [{input}]}}
+    steps:
+    - name: once
+      dedup: {{id: value.id, within: 1h}}
+    - name: totals
+      aggregate:
+        groupBy: key
+        aggregations:
+          count: {{count: {{}}}}
+          total: {{sum: value.n}}
+    - route: {{default: {output}}}
+    onError: {{policy: DeadLetter, deadLetterTopic: {dlq}}}
+"#,
+        head = manifest_head("state-verifier", app_id),
+        input = topics.input,
+        output = topics.outputs[0],
+        dlq = topics.dlq,
+    )
+}
+
+/// One app's run: its topics, manifest, state directory and admin port.
+struct Run {
+    topics: Topics,
+    app_id: String,
+    manifest: PathBuf,
+    state_dir: PathBuf,
+    port: u16,
+    records: u64,
+}
+
+impl Run {
+    fn prepare(port: u16) -> Self {
+        let prefix = unique("state");
+        let topics = Topics::new(&prefix, PARTITIONS);
+        topics.create();
+        let app_id = format!("{prefix}-app");
+        let manifest = std::env::temp_dir().join(format!("{prefix}.yaml"));
+        std::fs::write(&manifest, self::manifest(&app_id, &topics)).unwrap();
+        let _ = std::fs::remove_file(log_path(port));
+        eprintln!("worker log: {}", log_path(port).display());
+        Self {
+            topics,
+            app_id,
+            manifest,
+            state_dir: std::env::temp_dir().join(format!("{prefix}-state")),
+            port,
+            records: env_or("MILLRACE_STATE_RECORDS", 20_000),
+        }
+    }
+
+    fn start(&self, envs: &[(&str, &str)]) -> Running {
+        let dir = self.state_dir.to_str().unwrap();
+        start_logging_with(&self.manifest, self.port, &["--state-dir", dir], envs)
+    }
+
+    /// Writes the input over about `over`, in the background.
+    fn generate(&self, over: Duration) -> std::thread::JoinHandle<()> {
+        let (input, records) = (self.topics.input.clone(), self.records);
+        std::thread::spawn(move || generate(&input, records, over))
+    }
+
+    /// The worker's `millrace_state_restored_records_total`, once it is
+    /// ready (its tasks restored and assigned).
+    fn restored_records(&self) -> Option<u64> {
+        admin_get(self.port, "/readyz")?;
+        admin_get(self.port, "/metrics")?
+            .lines()
+            .find_map(|l| l.strip_prefix("millrace_state_restored_records_total "))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// Input records committed so far, over every partition.
+    fn committed_input(&self) -> i64 {
+        (0..PARTITIONS)
+            .map(
+                |p| match committed_offset(&self.app_id, &self.topics.input, p) {
+                    rdkafka::Offset::Offset(o) => o,
+                    _ => 0,
+                },
+            )
+            .sum()
+    }
+
+    /// Waits for the whole input to be committed, stops the worker cleanly
+    /// and checks every update.
+    fn finish(&self, worker: Running) -> StateSummary {
+        wait_until(
+            "the app to commit the whole input",
+            Duration::from_secs(300),
+            || drained(&self.app_id, &self.topics).then_some(()),
+        );
+        worker.terminate();
+        verify(&self.topics.outputs[0], PARTITIONS, self.records)
+    }
+}
+
+fn remove(dir: &Path) {
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn counts_and_sums_are_exact_and_dedup_holds_across_sigkills_and_a_lost_volume() {
+    let run = Run::prepare(18095);
+    let kills = env_or("MILLRACE_STATE_KILLS", 5);
+    let mut worker = run.start(&[]);
+    let generator = run.generate(Duration::from_millis(1500 * kills + 1000));
+    let lost_volume_at = kills / 2;
+    let mut seed = std::process::id() as u64 ^ 0x9e37_79b9_7f4a_7c15;
+    let mut full_restore = None;
+    for kill in 0..kills {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let delay = Duration::from_millis(600 + (seed >> 33) % 1400);
+        std::thread::sleep(delay);
+        let lose = kill == lost_volume_at;
+        if lose {
+            // Something committed, so there is state to lose.
+            wait_until("a first commit", Duration::from_secs(60), || {
+                (run.committed_input() > 0).then_some(())
+            });
+        }
+        worker.kill();
+        if lose {
+            remove(&run.state_dir);
+        }
+        eprintln!(
+            "kill {} after {delay:?}{}",
+            kill + 1,
+            if lose { ", volume deleted" } else { "" }
+        );
+        worker = run.start(&[]);
+        if lose {
+            // Restored in full before anything is processed.
+            full_restore = Some(wait_until(
+                "the restarted worker to be ready",
+                Duration::from_secs(60),
+                || run.restored_records(),
+            ));
+        }
+    }
+    generator.join().unwrap();
+    let tail = wait_until("the worker's metrics", Duration::from_secs(60), || {
+        run.restored_records()
+    });
+    let summary = run.finish(worker);
+    println!(
+        "state verifier: {summary} ({kills} SIGKILLs; full restore after the lost volume: \
+         {full_restore:?} records; tail replayed by the last start: {tail})"
+    );
+    assert!(summary.wrong.is_empty(), "{summary}");
+    let full = full_restore.unwrap_or_default();
+    assert!(full > 0, "a lost volume is restored from the changelogs");
+    // The last start had its volume: it replays at most the tail a kill
+    // left between a commit and its store write.
+    assert!(
+        tail < full,
+        "an intact volume replays a tail ({tail}), not everything ({full})"
+    );
+}
+
+#[test]
+fn a_crash_at_any_step_of_a_commit_leaves_the_state_exact() {
+    let run = Run::prepare(18096);
+    let points = ["state.changelog-sent", "state.committed", "state.applied"];
+    let generator = run.generate(Duration::from_secs(30));
+    let mut worker = run.start(&[]);
+    for round in 0..2 {
+        for point in points {
+            // Its 3rd batch: restored and processing by then.
+            worker.kill();
+            let spec = format!("{point}:3");
+            worker = run.start(&[("MILLRACE_FAILPOINT", &spec)]);
+            wait_until(
+                &format!("the worker to crash at {spec}"),
+                Duration::from_secs(60),
+                || worker.has_exited().then_some(()),
+            );
+            eprintln!("round {round}: crashed at {spec}");
+        }
+    }
+    worker = run.start(&[]);
+    generator.join().unwrap();
+    let summary = run.finish(worker);
+    println!("state verifier, crash points: {summary} (6 crashes at {points:?})");
+    assert!(summary.wrong.is_empty(), "{summary}");
+}

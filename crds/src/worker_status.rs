@@ -36,6 +36,10 @@ pub struct WorkerStatus {
     /// them is processed until the user acts (docs/streamapp.md).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stopped: Vec<StoppedTask>,
+    /// Internal topics (changelogs) this worker created: the operator
+    /// records them in `status.internalTopics`, which deletion deletes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub created_topics: Vec<String>,
 }
 
 /// A task stopped at a record: its offset is committed up to the record,

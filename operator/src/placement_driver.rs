@@ -18,6 +18,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{ListParams, PostParams};
 use kube::runtime::events::{EventType, Reporter};
 use kube::{Api, Client, Resource, ResourceExt};
+use millrace_crds::identity::is_internal_topic;
 use millrace_crds::placement::{placement_config_map, PlacementDoc, PLACEMENT_KEY};
 use millrace_crds::worker_status::unix_ms;
 use millrace_crds::worker_status::{StoppedTask, WorkerStatus};
@@ -139,6 +140,7 @@ async fn drive(driver: &Driver, app: &StreamApp) -> Result<bool> {
     let seen = &observation.pods;
     remember_reports(driver, &namespace, seen);
     report_stopped(driver, app, seen).await?;
+    record_created_topics(driver, app, seen).await?;
     let available: BTreeSet<String> = seen
         .iter()
         .filter(|s| s.ready && s.status().is_some())
@@ -264,6 +266,56 @@ async fn report_stopped(driver: &Driver, app: &StreamApp, seen: &[ObservedPod]) 
     )
     .await?;
     Ok(())
+}
+
+/// Internal topics the workers report creating go to
+/// `status.internalTopics`, where deletion finds them. Only names of the
+/// app's own internal topics: a report can never make a user's topic
+/// deletable.
+async fn record_created_topics(
+    driver: &Driver,
+    app: &StreamApp,
+    seen: &[ObservedPod],
+) -> Result<()> {
+    let previous = app
+        .status
+        .as_ref()
+        .map(|s| s.internal_topics.as_slice())
+        .unwrap_or_default();
+    let application_id = crate::model::application_id(app);
+    let steps = crate::reconcile::step_names(app);
+    let recorded = recorded_topics(previous, seen.iter().filter_map(|s| s.status()), |t| {
+        is_internal_topic(&application_id, &steps, t)
+    });
+    if recorded == previous {
+        return Ok(());
+    }
+    crate::events::patch_status(
+        &driver.client,
+        app,
+        serde_json::json!({ "internalTopics": recorded }),
+    )
+    .await?;
+    Ok(())
+}
+
+/// `previous` and what the reports add that `internal` accepts, sorted.
+fn recorded_topics<'a>(
+    previous: &[String],
+    reports: impl Iterator<Item = &'a WorkerStatus>,
+    internal: impl Fn(&str) -> bool,
+) -> Vec<String> {
+    let mut topics: BTreeSet<String> = previous.iter().cloned().collect();
+    for report in reports {
+        topics.extend(
+            report
+                .created_topics
+                .iter()
+                .filter(|t| internal(t))
+                .cloned(),
+        );
+    }
+    topics.into_iter().collect()
 }
 
 /// What the workers that answered report stopped, and what `previous`
@@ -587,6 +639,26 @@ mod tests {
             stopped: stopped.to_vec(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn created_internal_topics_are_recorded_once_and_other_names_never() {
+        let report = WorkerStatus {
+            created_topics: vec!["app-count-changelog".into(), "users-topic".into()],
+            ..WorkerStatus::default()
+        };
+        let internal = |t: &str| t.ends_with("-changelog");
+        let recorded = recorded_topics(
+            &["app-once-changelog".into()],
+            [&report, &report].into_iter(),
+            internal,
+        );
+        assert_eq!(recorded, vec!["app-count-changelog", "app-once-changelog"]);
+        assert_eq!(
+            recorded_topics(&recorded, std::iter::empty(), internal),
+            recorded,
+            "kept when no worker answers"
+        );
     }
 
     #[test]

@@ -218,6 +218,14 @@ impl Status {
         }
     }
 
+    /// Internal topics this worker created, for the operator to record.
+    pub fn created_topics(&self, topics: Vec<String>) {
+        let mut detail = self.detail.lock().unwrap();
+        detail.created_topics.extend(topics);
+        detail.created_topics.sort();
+        detail.created_topics.dedup();
+    }
+
     /// A task stopped at a record (replacing an older report of it).
     pub fn stop(&self, stopped: StoppedTask) {
         let mut detail = self.detail.lock().unwrap();

@@ -14,7 +14,7 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use rdkafka::ClientConfig;
 
 use crate::kafka_bootstrap;
-use crate::verifier::read_all;
+use crate::verifier::{manifest_head, read_all, Topics};
 
 pub const KEYS: u64 = 50;
 /// Every `DUPLICATE_EVERY`th record (from the third on) repeats the id of
@@ -48,6 +48,31 @@ pub fn key_of(id: u64) -> String {
 
 pub fn amount_of(id: u64) -> i64 {
     (id % 10) as i64 + 1
+}
+
+/// A StreamApp deduplicating and counting the verifier's input into
+/// `topics.outputs[0]`; `spec` is more YAML under `spec:` (two spaces).
+pub fn manifest(name: &str, app_id: &str, topics: &Topics, spec: &str) -> String {
+    format!(
+        r#"{head}{spec}  pipeline:
+    source: {{topics: [{input}]}}
+    steps:
+    - name: once
+      dedup: {{id: value.id, within: 1h}}
+    - name: totals
+      aggregate:
+        groupBy: key
+        aggregations:
+          count: {{count: {{}}}}
+          total: {{sum: value.n}}
+    - route: {{default: {output}}}
+    onError: {{policy: DeadLetter, deadLetterTopic: {dlq}}}
+"#,
+        head = manifest_head(name, app_id),
+        input = topics.input,
+        output = topics.outputs[0],
+        dlq = topics.dlq,
+    )
 }
 
 /// Writes records `0..records` spread over about `over`.

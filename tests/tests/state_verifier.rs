@@ -15,40 +15,16 @@
 //! `MILLRACE_STATE_KILLS` (default 5).
 
 use std::path::{Path, PathBuf};
+
+use millrace_tests::state_verifier::manifest;
 use std::time::Duration;
 
 use millrace_tests::runtime::{admin_get, log_path, start_logging_with, Running};
 use millrace_tests::state_verifier::{generate, verify, StateSummary};
-use millrace_tests::verifier::{drained, env_or, manifest_head, Topics};
+use millrace_tests::verifier::{drained, env_or, Topics};
 use millrace_tests::{committed_offset, unique, wait_until};
 
 const PARTITIONS: i32 = 4;
-
-fn manifest(app_id: &str, topics: &Topics) -> String {
-    format!(
-        r#"{head}  commitInterval: 500ms
-  transactionTimeout: 30s
-  state: {{}}
-  pipeline:
-    source: {{topics: [{input}]}}
-    steps:
-    - name: once
-      dedup: {{id: value.id, within: 1h}}
-    - name: totals
-      aggregate:
-        groupBy: key
-        aggregations:
-          count: {{count: {{}}}}
-          total: {{sum: value.n}}
-    - route: {{default: {output}}}
-    onError: {{policy: DeadLetter, deadLetterTopic: {dlq}}}
-"#,
-        head = manifest_head("state-verifier", app_id),
-        input = topics.input,
-        output = topics.outputs[0],
-        dlq = topics.dlq,
-    )
-}
 
 /// One app's run: its topics, manifest, state directory and admin port.
 struct Run {
@@ -67,7 +43,12 @@ impl Run {
         topics.create();
         let app_id = format!("{prefix}-app");
         let manifest = std::env::temp_dir().join(format!("{prefix}.yaml"));
-        std::fs::write(&manifest, self::manifest(&app_id, &topics)).unwrap();
+        let spec = "  commitInterval: 500ms\n  transactionTimeout: 30s\n  state: {}\n";
+        std::fs::write(
+            &manifest,
+            self::manifest("state-verifier", &app_id, &topics, spec),
+        )
+        .unwrap();
         let _ = std::fs::remove_file(log_path(port));
         eprintln!("worker log: {}", log_path(port).display());
         Self {

@@ -163,7 +163,7 @@ pub async fn finalize(apps: &Api<StreamApp>, app: &StreamApp, ctx: &Context) -> 
 
 /// The names of the app's pipeline steps: internal topics are named by
 /// them. A custom image declares none (it has no internal topics yet).
-fn step_names(app: &StreamApp) -> Vec<String> {
+pub fn step_names(app: &StreamApp) -> Vec<String> {
     app.spec
         .pipeline
         .as_ref()

@@ -29,7 +29,7 @@ use crate::metrics::Metrics;
 use crate::model::{self, Defaults};
 use crate::scale;
 
-pub use finalize::{FINALIZER, KEEP_DATA_ANNOTATION};
+pub use finalize::{step_names, FINALIZER, KEEP_DATA_ANNOTATION};
 const REFRESH: Duration = Duration::from_secs(60);
 const KAFKA_RETRY: Duration = Duration::from_secs(15);
 

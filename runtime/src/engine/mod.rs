@@ -343,9 +343,11 @@ impl<P: Processor> Engine<P> {
             shutdown,
         };
         core.task_count = core.check_topics(&consumer)?;
-        core.tombstone_retention_ms =
+        let ensured =
             crate::state::changelog::ensure(&core.config, core.changelogs(), core.task_count)
                 .map_err(EngineError::Config)?;
+        core.tombstone_retention_ms = ensured.tombstone_retention_ms;
+        core.status.created_topics(ensured.created);
         core.assign(&consumer, tasks.as_mut())?;
         Ok(Self {
             consumer,

@@ -49,12 +49,25 @@ pub fn problem(
         .then(|| format!("changelog topic '{topic}' has {partitions} partitions for {tasks} tasks"))
 }
 
+/// The changelogs as [`ensure`] left them.
+#[derive(Debug, Default)]
+pub struct Ensured {
+    /// The shortest tombstone retention among them (`restore` must not
+    /// trust a store older than that).
+    pub tombstone_retention_ms: u64,
+    /// Those it created (the rest existed).
+    pub created: Vec<String>,
+}
+
 /// Creates the missing changelogs and checks the rest; grows one with
-/// fewer partitions than tasks. Returns the shortest tombstone retention
-/// among them (`restore` must not trust a store older than that).
-pub fn ensure(config: &WorkerConfig, topics: &[String], tasks: i32) -> Result<u64, String> {
+/// fewer partitions than tasks.
+pub fn ensure(config: &WorkerConfig, topics: &[String], tasks: i32) -> Result<Ensured, String> {
+    let mut ensured = Ensured {
+        tombstone_retention_ms: DEFAULT_TOMBSTONE_RETENTION_MS,
+        created: Vec::new(),
+    };
     if topics.is_empty() {
-        return Ok(DEFAULT_TOMBSTONE_RETENTION_MS);
+        return Ok(ensured);
     }
     let fail = |e: &dyn std::fmt::Display| format!("changelog topics: {e}");
     let admin: AdminClient<DefaultClientContext> = clients::admin(config)
@@ -72,7 +85,10 @@ pub fn ensure(config: &WorkerConfig, topics: &[String], tasks: i32) -> Result<u6
         futures::executor::block_on(admin.create_topics(&new, &options)).map_err(|e| fail(&e))?;
     for result in created {
         match result {
-            Ok(topic) => tracing::info!(topic, partitions = tasks, "created the changelog topic"),
+            Ok(topic) => {
+                tracing::info!(topic, partitions = tasks, "created the changelog topic");
+                ensured.created.push(topic);
+            }
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((topic, code)) => {
                 return Err(format!("creating changelog topic '{topic}': {code}"))
@@ -83,7 +99,6 @@ pub fn ensure(config: &WorkerConfig, topics: &[String], tasks: i32) -> Result<u6
         .map_err(|e| fail(&e))?
         .create()
         .map_err(|e| fail(&e))?;
-    let mut retention = DEFAULT_TOMBSTONE_RETENTION_MS;
     for topic in topics {
         let described = futures::executor::block_on(
             admin.describe_configs(&[ResourceSpecifier::Topic(topic)], &options),
@@ -96,7 +111,7 @@ pub fn ensure(config: &WorkerConfig, topics: &[String], tasks: i32) -> Result<u6
             .map_err(|e| format!("changelog topic '{topic}': {e}"))?;
         let value = |name: &str| resource.get(name).and_then(|e| e.value.clone());
         if let Some(ms) = value("delete.retention.ms").and_then(|v| v.parse().ok()) {
-            retention = retention.min(ms);
+            ensured.tombstone_retention_ms = ensured.tombstone_retention_ms.min(ms);
         }
         let partitions = partition_count(&consumer, topic)?;
         match problem(topic, value("cleanup.policy").as_deref(), partitions, tasks) {
@@ -119,7 +134,7 @@ pub fn ensure(config: &WorkerConfig, topics: &[String], tasks: i32) -> Result<u6
             Some(problem) => return Err(problem),
         }
     }
-    Ok(retention)
+    Ok(ensured)
 }
 
 /// A topic created a moment ago may not be in the metadata yet: looked

@@ -36,10 +36,37 @@ pub struct WorkerStatus {
     /// them is processed until the user acts (docs/streamapp.md).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stopped: Vec<StoppedTask>,
+    /// Per owned task of a stateful app, its stores' restore: under way,
+    /// or done and the task active.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub restores: BTreeMap<i32, TaskRestore>,
     /// Internal topics (changelogs) this worker created: the operator
     /// records them in `status.internalTopics`, which deletion deletes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub created_topics: Vec<String>,
+}
+
+/// A task's restore from its changelogs, over its stores.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskRestore {
+    pub state: RestoreState,
+    pub records_restored: u64,
+    pub records_remaining: u64,
+    /// A store was restored from the changelog's start (new, lost or
+    /// untrusted), not from the offset it had reached.
+    pub full: bool,
+    pub since_ms: u64,
+    /// Records per second so far.
+    pub rate: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RestoreState {
+    #[default]
+    Restoring,
+    /// Restored: processing.
+    Active,
 }
 
 /// A task stopped at a record: its offset is committed up to the record,

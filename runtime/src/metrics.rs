@@ -11,7 +11,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-pub use millrace_crds::worker_status::{StoppedTask, TaskCommits, TaskPartition, WorkerStatus};
+pub use millrace_crds::worker_status::{
+    StoppedTask, TaskCommits, TaskPartition, TaskRestore, WorkerStatus,
+};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TopicLabel {
@@ -218,6 +220,10 @@ impl Status {
         }
     }
 
+    pub fn restore_progress(&self, task: i32, progress: TaskRestore) {
+        self.detail.lock().unwrap().restores.insert(task, progress);
+    }
+
     /// Internal topics this worker created, for the operator to record.
     pub fn created_topics(&self, topics: Vec<String>) {
         let mut detail = self.detail.lock().unwrap();
@@ -238,6 +244,7 @@ impl Status {
         let mut detail = self.detail.lock().unwrap();
         detail.tasks.retain(|t| !tasks.contains(t));
         detail.stopped.retain(|s| !tasks.contains(&s.task));
+        detail.restores.retain(|t, _| !tasks.contains(t));
         for t in tasks {
             if let Some(c) = detail.commits.remove(t) {
                 detail.released.insert(*t, c.last_ms);

@@ -77,7 +77,13 @@ pub fn manifest(name: &str, app_id: &str, topics: &Topics, spec: &str) -> String
 
 /// Writes records `0..records` spread over about `over`.
 pub fn generate(topic: &str, records: u64, over: Duration) {
+    generate_seqs(topic, 0..records, over)
+}
+
+/// Writes records `seqs` spread over about `over`.
+pub fn generate_seqs(topic: &str, seqs: std::ops::Range<u64>, over: Duration) {
     let started = Instant::now();
+    let (first, records) = (seqs.start, seqs.end - seqs.start);
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", kafka_bootstrap())
         .set("enable.idempotence", "true")
@@ -85,9 +91,9 @@ pub fn generate(topic: &str, records: u64, over: Duration) {
         .set("partitioner", "murmur2_random")
         .create()
         .unwrap();
-    for seq in 0..records {
-        if seq.is_multiple_of(500) {
-            let due = over.mul_f64(seq as f64 / records as f64);
+    for seq in seqs {
+        if (seq - first).is_multiple_of(500) {
+            let due = over.mul_f64((seq - first) as f64 / records as f64);
             if let Some(ahead) = due.checked_sub(started.elapsed()) {
                 std::thread::sleep(ahead);
             }

@@ -19,8 +19,8 @@ use std::path::{Path, PathBuf};
 use millrace_tests::state_verifier::manifest;
 use std::time::Duration;
 
-use millrace_tests::runtime::{admin_get, log_path, start_logging_with, Running};
-use millrace_tests::state_verifier::{generate, verify, StateSummary};
+use millrace_tests::runtime::{admin_get, log_path, start_logging_with, tasks, Running};
+use millrace_tests::state_verifier::{generate_seqs, verify, StateSummary};
 use millrace_tests::verifier::{drained, env_or, Topics};
 use millrace_tests::{committed_offset, unique, wait_until};
 
@@ -63,23 +63,40 @@ impl Run {
 
     fn start(&self, envs: &[(&str, &str)]) -> Running {
         let dir = self.state_dir.to_str().unwrap();
-        start_logging_with(&self.manifest, self.port, &["--state-dir", dir], envs)
+        let mut envs = envs.to_vec();
+        envs.push(("RUST_LOG", "info"));
+        start_logging_with(&self.manifest, self.port, &["--state-dir", dir], &envs)
     }
 
-    /// Writes the input over about `over`, in the background.
-    fn generate(&self, over: Duration) -> std::thread::JoinHandle<()> {
-        let (input, records) = (self.topics.input.clone(), self.records);
-        std::thread::spawn(move || generate(&input, records, over))
+    /// Writes the input's records `seqs` over about `over`, in the
+    /// background.
+    fn generate(&self, seqs: std::ops::Range<u64>, over: Duration) -> std::thread::JoinHandle<()> {
+        let input = self.topics.input.clone();
+        std::thread::spawn(move || generate_seqs(&input, seqs, over))
     }
 
-    /// The worker's `millrace_state_restored_records_total`, once it is
-    /// ready (its tasks restored and assigned).
-    fn restored_records(&self) -> Option<u64> {
-        admin_get(self.port, "/readyz")?;
-        admin_get(self.port, "/metrics")?
+    /// Once every task is restored and active (`/tasks`): the records
+    /// restored over them, and whether a store was restored in full (one
+    /// whose changelog partition is still empty has nothing to restore).
+    fn restored(&self) -> Option<(u64, bool)> {
+        let tasks = tasks(self.port)?;
+        let restores = tasks["restores"].as_object()?;
+        let active = restores.values().filter(|r| r["state"] == "Active").count();
+        if active < PARTITIONS as usize {
+            return None;
+        }
+        let records = restores
+            .values()
+            .filter_map(|r| r["recordsRestored"].as_u64())
+            .sum();
+        let full = restores.values().any(|r| r["full"] == true);
+        // The metric says the same.
+        let metric: u64 = admin_get(self.port, "/metrics")?
             .lines()
             .find_map(|l| l.strip_prefix("millrace_state_restored_records_total "))
-            .and_then(|v| v.trim().parse().ok())
+            .and_then(|v| v.trim().parse().ok())?;
+        assert_eq!(metric, records, "millrace_state_restored_records_total");
+        Some((records, full))
     }
 
     /// Input records committed so far, over every partition.
@@ -116,7 +133,10 @@ fn counts_and_sums_are_exact_and_dedup_holds_across_sigkills_and_a_lost_volume()
     let run = Run::prepare(18095);
     let kills = env_or("MILLRACE_STATE_KILLS", 5);
     let mut worker = run.start(&[]);
-    let generator = run.generate(Duration::from_millis(1500 * kills + 1000));
+    // The last records come after the last start, for it to commit.
+    let last = run.records - 1000;
+    let generator = run.generate(0..last, Duration::from_millis(1500 * kills + 1000));
+    let mut last_start = millrace_crds::worker_status::unix_ms();
     let lost_volume_at = kills / 2;
     let mut seed = std::process::id() as u64 ^ 0x9e37_79b9_7f4a_7c15;
     let mut full_restore = None;
@@ -142,33 +162,58 @@ fn counts_and_sums_are_exact_and_dedup_holds_across_sigkills_and_a_lost_volume()
             kill + 1,
             if lose { ", volume deleted" } else { "" }
         );
+        last_start = millrace_crds::worker_status::unix_ms();
         worker = run.start(&[]);
         if lose {
             // Restored in full before anything is processed.
             full_restore = Some(wait_until(
-                "the restarted worker to be ready",
+                "the restarted worker to restore its tasks",
                 Duration::from_secs(60),
-                || run.restored_records(),
+                || run.restored(),
             ));
         }
     }
     generator.join().unwrap();
-    let tail = wait_until("the worker's metrics", Duration::from_secs(60), || {
-        run.restored_records()
+    let (tail, tail_full) = wait_until("the last start's restore", Duration::from_secs(60), || {
+        run.restored()
     });
+    run.generate(last..run.records, Duration::ZERO)
+        .join()
+        .unwrap();
+    let first_commit = wait_until(
+        "the last start's first commit",
+        Duration::from_secs(60),
+        || {
+            let tasks = tasks(run.port)?;
+            tasks["commits"]
+                .as_object()?
+                .values()
+                .filter_map(|c| c["firstMs"].as_u64())
+                .min()
+        },
+    ) - last_start;
     let summary = run.finish(worker);
     println!(
         "state verifier: {summary} ({kills} SIGKILLs; full restore after the lost volume: \
-         {full_restore:?} records; tail replayed by the last start: {tail})"
+         {full_restore:?} records; tail replayed by the last start: {tail}, its first commit \
+         {first_commit} ms after it started)"
     );
     assert!(summary.wrong.is_empty(), "{summary}");
-    let full = full_restore.unwrap_or_default();
-    assert!(full > 0, "a lost volume is restored from the changelogs");
+    let (full, in_full) = full_restore.unwrap_or_default();
+    assert!(
+        full > 0 && in_full,
+        "a lost volume is restored in full from the changelogs"
+    );
+    assert!(!tail_full, "an intact volume is not restored in full");
     // The last start had its volume: it replays at most the tail a kill
     // left between a commit and its store write.
     assert!(
         tail < full,
         "an intact volume replays a tail ({tail}), not everything ({full})"
+    );
+    assert!(
+        first_commit < 5000,
+        "a restart with its volume commits within 5 s, not {first_commit} ms"
     );
 }
 
@@ -176,7 +221,7 @@ fn counts_and_sums_are_exact_and_dedup_holds_across_sigkills_and_a_lost_volume()
 fn a_crash_at_any_step_of_a_commit_leaves_the_state_exact() {
     let run = Run::prepare(18096);
     let points = ["state.changelog-sent", "state.committed", "state.applied"];
-    let generator = run.generate(Duration::from_secs(30));
+    let generator = run.generate(0..run.records, Duration::from_secs(30));
     let mut worker = run.start(&[]);
     for round in 0..2 {
         for point in points {

@@ -57,13 +57,14 @@ impl Core {
         let Some(state) = &self.state else {
             return Ok(());
         };
-        let heartbeat = &self.heartbeat;
+        let (heartbeat, status) = (&self.heartbeat, &self.status);
         let restorer = Restorer {
             config: &self.config,
             store: &state.store,
             changelogs: &state.changelogs,
             tombstone_retention_ms: self.tombstone_retention_ms,
             beat: &|| heartbeat.beat(),
+            report: &|task, progress| status.restore_progress(task, progress),
             shutdown: &self.shutdown,
         };
         let restored = restorer

@@ -100,16 +100,8 @@ pub fn ensure(config: &WorkerConfig, topics: &[String], tasks: i32) -> Result<En
         .create()
         .map_err(|e| fail(&e))?;
     for topic in topics {
-        let described = futures::executor::block_on(
-            admin.describe_configs(&[ResourceSpecifier::Topic(topic)], &options),
-        )
-        .map_err(|e| fail(&e))?;
-        let resource = described
-            .into_iter()
-            .next()
-            .ok_or_else(|| format!("no configuration for changelog topic '{topic}'"))?
-            .map_err(|e| format!("changelog topic '{topic}': {e}"))?;
-        let value = |name: &str| resource.get(name).and_then(|e| e.value.clone());
+        let configs = topic_configs(&admin, &options, topic)?;
+        let value = |name: &str| configs.get(name).cloned();
         if let Some(ms) = value("delete.retention.ms").and_then(|v| v.parse().ok()) {
             ensured.tombstone_retention_ms = ensured.tombstone_retention_ms.min(ms);
         }
@@ -135,6 +127,39 @@ pub fn ensure(config: &WorkerConfig, topics: &[String], tasks: i32) -> Result<En
         }
     }
     Ok(ensured)
+}
+
+/// A topic's configuration. Asked right after the topic is created, a
+/// broker may answer without its entries (it does not know the topic
+/// yet): asked again for a few seconds.
+fn topic_configs(
+    admin: &AdminClient<DefaultClientContext>,
+    options: &AdminOptions,
+    topic: &str,
+) -> Result<std::collections::BTreeMap<String, String>, String> {
+    let since = std::time::Instant::now();
+    loop {
+        let described = futures::executor::block_on(
+            admin.describe_configs(&[ResourceSpecifier::Topic(topic)], options),
+        )
+        .map_err(|e| format!("describing changelog topic '{topic}': {e}"))?;
+        let entries: std::collections::BTreeMap<String, String> = match described.into_iter().next()
+        {
+            Some(Ok(resource)) => resource
+                .entries
+                .into_iter()
+                .filter_map(|e| Some((e.name, e.value?)))
+                .collect(),
+            Some(Err(e)) if since.elapsed() > NEW_TOPIC_GRACE => {
+                return Err(format!("changelog topic '{topic}': {e}"))
+            }
+            _ => Default::default(),
+        };
+        if entries.contains_key("cleanup.policy") || since.elapsed() > NEW_TOPIC_GRACE {
+            return Ok(entries);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// A topic created a moment ago may not be in the metadata yet: looked

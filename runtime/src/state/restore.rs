@@ -23,7 +23,7 @@ use super::store::{Applied, Store, StoreError};
 use super::writes::Writes;
 use crate::engine::clients;
 use millrace_crds::worker_config::WorkerConfig;
-use millrace_crds::worker_status::unix_ms;
+use millrace_crds::worker_status::{unix_ms, RestoreState, TaskRestore};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 /// Changelog records applied per store batch while restoring.
@@ -76,6 +76,8 @@ struct Replay {
     store: usize,
     next: i64,
     end: i64,
+    restored: u64,
+    full: bool,
 }
 
 pub struct Restorer<'a> {
@@ -86,6 +88,8 @@ pub struct Restorer<'a> {
     pub tombstone_retention_ms: u64,
     /// Called while waiting: a restore is not a stuck loop.
     pub beat: &'a dyn Fn(),
+    /// Each task's progress, as it starts, every few seconds, and at the end.
+    pub report: &'a dyn Fn(i32, TaskRestore),
     pub shutdown: &'a AtomicBool,
 }
 
@@ -114,9 +118,8 @@ impl Restorer<'_> {
                     tracing::warn!(task, topic, ?applied, ?bounds, "the local store cannot be trusted (changelog recreated, truncated or too long ago); restoring it in full");
                     self.store.wipe(task, store)?;
                 }
-                if wipe || applied.is_none() {
-                    restored.full += u32::from(from.is_some());
-                }
+                let full = (wipe || applied.is_none()) && from.is_some();
+                restored.full += u32::from(full);
                 if let Some(next) = from {
                     replays.push(Replay {
                         topic: topic.clone(),
@@ -124,15 +127,40 @@ impl Restorer<'_> {
                         store,
                         next,
                         end: bounds.1,
+                        restored: 0,
+                        full,
                     });
                 }
             }
         }
-        if replays.is_empty() {
-            return Ok(restored);
+        let started_ms = unix_ms();
+        self.report_progress(tasks, &replays, started_ms);
+        if !replays.is_empty() {
+            restored.records = self.replay(client("read_committed")?, &mut replays, started_ms)?;
         }
-        restored.records = self.replay(client("read_committed")?, replays)?;
+        self.report_progress(tasks, &replays, started_ms);
         Ok(restored)
+    }
+
+    /// Per task, its stores' replays summed.
+    fn report_progress(&self, tasks: &[i32], replays: &[Replay], since_ms: u64) {
+        let seconds = (unix_ms().saturating_sub(since_ms) as f64 / 1000.0).max(0.001);
+        for &task in tasks {
+            let mut progress = TaskRestore {
+                since_ms,
+                ..TaskRestore::default()
+            };
+            for r in replays.iter().filter(|r| r.task == task) {
+                progress.records_restored += r.restored;
+                progress.records_remaining += (r.end - r.next).max(0) as u64;
+                progress.full |= r.full;
+            }
+            progress.rate = (progress.records_restored as f64 / seconds) as u64;
+            if progress.records_remaining == 0 {
+                progress.state = RestoreState::Active;
+            }
+            (self.report)(task, progress);
+        }
     }
 
     fn watermarks(
@@ -157,10 +185,11 @@ impl Restorer<'_> {
     fn replay(
         &self,
         consumer: BaseConsumer,
-        mut replays: Vec<Replay>,
+        replays: &mut [Replay],
+        since_ms: u64,
     ) -> Result<u64, RestoreError> {
         let mut tpl = TopicPartitionList::new();
-        for r in &replays {
+        for r in replays.iter() {
             tpl.add_partition_offset(&r.topic, r.task, Offset::Offset(r.next))?;
         }
         consumer.assign(&tpl)?;
@@ -169,6 +198,7 @@ impl Restorer<'_> {
             .enumerate()
             .map(|(i, r)| ((r.topic.clone(), r.task), i))
             .collect();
+        let tasks: Vec<i32> = replays.iter().map(|r| r.task).collect();
         let remaining =
             |replays: &[Replay]| -> i64 { replays.iter().map(|r| (r.end - r.next).max(0)).sum() };
         let started = Instant::now();
@@ -195,12 +225,13 @@ impl Restorer<'_> {
                         writes.put(r.task, r.store, key, m.payload());
                     }
                     r.next = r.next.max(m.offset() + 1);
+                    r.restored += 1;
                     records += 1;
                 }
                 Some(Err(e)) => tracing::warn!("restoring state: {e}"),
                 // Nothing more to read: the rest up to the end is markers
                 // or aborted records, which the position has passed.
-                None => absorb_positions(&consumer, &index, &mut replays),
+                None => absorb_positions(&consumer, &index, replays),
             }
             if writes.len() >= RESTORE_BATCH {
                 self.store.apply(&writes, &reached(&replays))?;
@@ -215,11 +246,12 @@ impl Restorer<'_> {
                     rate = rate as u64,
                     "restoring state"
                 );
+                self.report_progress(&tasks, replays, since_ms);
             }
         }
         // At the end, each store stands at its partition's end (past any
         // trailing markers).
-        for r in &mut replays {
+        for r in replays.iter_mut() {
             r.next = r.next.max(r.end);
         }
         self.store.apply(&writes, &reached(&replays))?;

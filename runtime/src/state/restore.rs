@@ -207,7 +207,7 @@ impl Restorer<'_> {
         let mut writes = Writes::default();
         tracing::info!(
             partitions = replays.len(),
-            records = remaining(&replays),
+            records = remaining(replays),
             "restoring state from the changelogs"
         );
         while replays.iter().any(|r| r.next < r.end) {
@@ -234,7 +234,7 @@ impl Restorer<'_> {
                 None => absorb_positions(&consumer, &index, replays),
             }
             if writes.len() >= RESTORE_BATCH {
-                self.store.apply(&writes, &reached(&replays))?;
+                self.store.apply(&writes, &reached(replays))?;
                 writes.clear();
             }
             if logged.elapsed() >= PROGRESS_EVERY {
@@ -242,7 +242,7 @@ impl Restorer<'_> {
                 let rate = records as f64 / started.elapsed().as_secs_f64().max(0.001);
                 tracing::info!(
                     records,
-                    remaining = remaining(&replays),
+                    remaining = remaining(replays),
                     rate = rate as u64,
                     "restoring state"
                 );
@@ -254,7 +254,7 @@ impl Restorer<'_> {
         for r in replays.iter_mut() {
             r.next = r.next.max(r.end);
         }
-        self.store.apply(&writes, &reached(&replays))?;
+        self.store.apply(&writes, &reached(replays))?;
         tracing::info!(
             records,
             seconds = started.elapsed().as_secs_f64(),

@@ -8,13 +8,9 @@
 //! let through.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::ClientConfig;
-
-use crate::kafka_bootstrap;
-use crate::verifier::{manifest_head, read_all, Topics};
+use crate::verifier::{manifest_head, read_all, write_paced, Topics};
 
 pub const KEYS: u64 = 50;
 /// Every `DUPLICATE_EVERY`th record (from the third on) repeats the id of
@@ -82,41 +78,15 @@ pub fn generate(topic: &str, records: u64, over: Duration) {
 
 /// Writes records `seqs` spread over about `over`.
 pub fn generate_seqs(topic: &str, seqs: std::ops::Range<u64>, over: Duration) {
-    let started = Instant::now();
-    let (first, records) = (seqs.start, seqs.end - seqs.start);
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", kafka_bootstrap())
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "20")
-        .set("partitioner", "murmur2_random")
-        .create()
-        .unwrap();
-    for seq in seqs {
-        if (seq - first).is_multiple_of(500) {
-            let due = over.mul_f64((seq - first) as f64 / records as f64);
-            if let Some(ahead) = due.checked_sub(started.elapsed()) {
-                std::thread::sleep(ahead);
-            }
-        }
+    write_paced(topic, seqs, over, None, |seq| {
         let id = id_of(seq);
-        let key = key_of(id);
         let value = if malformed(seq) {
             format!(r#"{{"id":"id-{id}","n":"not a number"}}"#)
         } else {
             format!(r#"{{"id":"id-{id}","n":{}}}"#, amount_of(id))
         };
-        let mut record = BaseRecord::to(topic).key(&key).payload(&value);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    record = r;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            }
-        }
-    }
-    producer.flush(Duration::from_secs(60)).unwrap();
+        (key_of(id), value)
+    });
 }
 
 /// Per key, the (count, sum) every update must carry, in order.

@@ -120,6 +120,21 @@ fn write_records(
     over: Duration,
     partition: Option<i32>,
 ) {
+    write_paced(&topics.input, seqs, over, partition, |seq| {
+        (format!("k{}", seq % 997), input_value(seq))
+    });
+}
+
+/// Writes `record(seq)` (key, value) for each of `seqs` to `topic` with an
+/// idempotent producer, spread over about `over`, to `partition` or the
+/// key's (murmur2, as Java clients).
+pub fn write_paced(
+    topic: &str,
+    seqs: std::ops::Range<u64>,
+    over: Duration,
+    partition: Option<i32>,
+    record: impl Fn(u64) -> (String, String),
+) {
     let started = Instant::now();
     let (first, records) = (seqs.start, seqs.end - seqs.start);
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
@@ -130,23 +145,22 @@ fn write_records(
         .create()
         .unwrap();
     for seq in seqs {
-        if (seq - first).is_multiple_of(1000) {
+        if (seq - first).is_multiple_of(500) {
             let due = over.mul_f64((seq - first) as f64 / records as f64);
             if let Some(ahead) = due.checked_sub(started.elapsed()) {
                 std::thread::sleep(ahead);
             }
         }
-        let key = format!("k{}", seq % 997);
-        let value = input_value(seq);
-        let mut record = BaseRecord::to(&topics.input).key(&key).payload(&value);
+        let (key, value) = record(seq);
+        let mut out = BaseRecord::to(topic).key(&key).payload(&value);
         if let Some(p) = partition {
-            record = record.partition(p);
+            out = out.partition(p);
         }
         loop {
-            match producer.send(record) {
+            match producer.send(out) {
                 Ok(()) => break,
                 Err((_, r)) => {
-                    record = r;
+                    out = r;
                     std::thread::sleep(Duration::from_millis(5));
                 }
             }

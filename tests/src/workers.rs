@@ -91,3 +91,67 @@ pub fn pod_log(ns: &str, pod: &str) -> String {
         .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
         .collect()
 }
+
+/// Scales the StreamApp (its `/scale` subresource).
+pub fn scale(ns: &str, app: &str, replicas: i32) {
+    kubectl(&[
+        "-n",
+        ns,
+        "scale",
+        &format!("streamapp/{app}"),
+        &format!("--replicas={replicas}"),
+    ])
+    .unwrap();
+    eprintln!("scaled to {replicas}");
+}
+
+/// A fault on a random live worker: SIGKILL of its process, or deletion of
+/// its pod.
+pub fn fault(ns: &str, app: &str, n: u64, rand: u64) {
+    let pods = worker_pods(ns, app);
+    if pods.is_empty() {
+        return;
+    }
+    let pod = &pods[(rand as usize) % pods.len()];
+    if n.is_multiple_of(2) {
+        let pids = pod_pids(ns, pod);
+        signal(&pids, "KILL");
+        eprintln!("fault {n}: SIGKILL {pod} {pids:?}");
+    } else {
+        let _ = kubectl(&["-n", ns, "delete", "pod", pod, "--wait=false"]);
+        eprintln!("fault {n}: deleted {pod}");
+    }
+}
+
+/// Scales through `plan` (waiting each time for the placement to settle),
+/// with `faults` ([`fault`]) spread over its steps at pseudo-random moments
+/// from `seed`. Returns the faults done.
+pub fn rescale_with_faults(
+    ns: &str,
+    app: &str,
+    plan: &[i32],
+    tasks: i32,
+    faults: u64,
+    seed: u64,
+) -> u64 {
+    let mut seed = std::process::id() as u64 ^ seed;
+    let mut rand = || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        seed >> 33
+    };
+    let mut done = 0;
+    for (i, replicas) in plan.iter().enumerate() {
+        scale(ns, app, *replicas);
+        wait_settled(ns, app, *replicas, tasks);
+        let share = (faults - done) / (plan.len() - i) as u64;
+        for _ in 0..share {
+            std::thread::sleep(Duration::from_millis(500 + rand() % 1500));
+            fault(ns, app, done, rand());
+            done += 1;
+        }
+        wait_settled(ns, app, *replicas, tasks);
+    }
+    done
+}

@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 
 use millrace_tests::verifier::{self, drained, env_or, generate, verify, Topics};
 use millrace_tests::workers::{
-    apply_yaml, get, pod_log, pod_pids, signal, tasks_per_worker, wait_settled, worker_pods,
+    apply_yaml, get, pod_log, pod_pids, rescale_with_faults, scale, signal, tasks_per_worker,
+    wait_settled,
 };
-use millrace_tests::{install_chart, kubectl, unique, wait_until, TestNamespace};
+use millrace_tests::{install_chart, unique, wait_until, TestNamespace};
 
 const PARTITIONS: i32 = 16;
 const HANDOFF_TIMEOUT: &str = "6s";
@@ -36,36 +37,6 @@ fn manifest(name: &str, app_id: &str, topics: &Topics, replicas: i32) -> String 
         ),
         "",
     )
-}
-
-fn scale(ns: &str, app: &str, replicas: i32) {
-    kubectl(&[
-        "-n",
-        ns,
-        "scale",
-        &format!("streamapp/{app}"),
-        &format!("--replicas={replicas}"),
-    ])
-    .unwrap();
-    eprintln!("scaled to {replicas}");
-}
-
-/// A fault on a random live worker: SIGKILL of its process, or deletion of
-/// its pod.
-fn fault(ns: &str, app: &str, n: u64, rand: u64) {
-    let pods = worker_pods(ns, app);
-    if pods.is_empty() {
-        return;
-    }
-    let pod = &pods[(rand as usize) % pods.len()];
-    if n.is_multiple_of(2) {
-        let pids = pod_pids(ns, pod);
-        signal(&pids, "KILL");
-        eprintln!("fault {n}: SIGKILL {pod} {pids:?}");
-    } else {
-        let _ = kubectl(&["-n", ns, "delete", "pod", pod, "--wait=false"]);
-        eprintln!("fault {n}: deleted {pod}");
-    }
 }
 
 /// Pauses of moved tasks (ms), from the operator's TaskResumed events.
@@ -120,27 +91,8 @@ fn exactly_once_holds_while_rescaling_and_losing_pods() {
         let topics = Topics::new(&prefix, PARTITIONS);
         std::thread::spawn(move || generate(&topics, records, generating))
     };
-    let mut seed = std::process::id() as u64 ^ 0x51ac_e5ee;
-    let mut rand = || {
-        seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        seed >> 33
-    };
     // Replicas 1 → 4 → 2 → 3 → 1, with the faults spread over the middle.
-    let plan = [4, 2, 3];
-    let mut done = 0;
-    for (i, replicas) in plan.iter().enumerate() {
-        scale(ns, app, *replicas);
-        wait_settled(ns, app, *replicas, PARTITIONS);
-        let share = (faults - done) / (plan.len() - i) as u64;
-        for _ in 0..share {
-            std::thread::sleep(Duration::from_millis(500 + rand() % 1500));
-            fault(ns, app, done, rand());
-            done += 1;
-        }
-        wait_settled(ns, app, *replicas, PARTITIONS);
-    }
+    let done = rescale_with_faults(ns, app, &[4, 2, 3], PARTITIONS, faults, 0x51ac_e5ee);
     scale(ns, app, 1);
     wait_settled(ns, app, 1, PARTITIONS);
     generator.join().unwrap();

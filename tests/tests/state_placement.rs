@@ -13,22 +13,10 @@ use std::time::Duration;
 
 use millrace_tests::state_verifier::{generate, manifest, verify};
 use millrace_tests::verifier::{drained, env_or, Topics};
-use millrace_tests::workers::{apply_yaml, get, pod_pids, signal, wait_settled, worker_pods};
-use millrace_tests::{install_chart, kubectl, unique, wait_until, TestNamespace};
+use millrace_tests::workers::{apply_yaml, get, rescale_with_faults, scale, wait_settled};
+use millrace_tests::{install_chart, unique, wait_until, TestNamespace};
 
 const PARTITIONS: i32 = 8;
-
-fn scale(ns: &str, app: &str, replicas: i32) {
-    kubectl(&[
-        "-n",
-        ns,
-        "scale",
-        &format!("streamapp/{app}"),
-        &format!("--replicas={replicas}"),
-    ])
-    .unwrap();
-    eprintln!("scaled to {replicas}");
-}
 
 #[test]
 fn counts_stay_exact_while_stateful_tasks_move_between_pods() {
@@ -50,33 +38,7 @@ fn counts_stay_exact_while_stateful_tasks_move_between_pods() {
         let input = topics.input.clone();
         std::thread::spawn(move || generate(&input, records, Duration::from_secs(20 + 6 * faults)))
     };
-    let mut seed = std::process::id() as u64 ^ 0x5747_e5ee;
-    let mut rand = || {
-        seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        seed >> 33
-    };
-    let mut done = 0;
-    for (i, replicas) in [3, 2].iter().enumerate() {
-        scale(ns, app, *replicas);
-        wait_settled(ns, app, *replicas, PARTITIONS);
-        let share = (faults - done) / (2 - i) as u64;
-        for _ in 0..share {
-            std::thread::sleep(Duration::from_millis(500 + rand() % 1500));
-            let pods = worker_pods(ns, app);
-            let pod = &pods[(rand() as usize) % pods.len()];
-            if done % 2 == 0 {
-                signal(&pod_pids(ns, pod), "KILL");
-                eprintln!("fault {done}: SIGKILL {pod}");
-            } else {
-                let _ = kubectl(&["-n", ns, "delete", "pod", pod, "--wait=false"]);
-                eprintln!("fault {done}: deleted {pod}");
-            }
-            done += 1;
-        }
-        wait_settled(ns, app, *replicas, PARTITIONS);
-    }
+    let done = rescale_with_faults(ns, app, &[3, 2], PARTITIONS, faults, 0x5747_e5ee);
     scale(ns, app, 1);
     wait_settled(ns, app, 1, PARTITIONS);
     generator.join().unwrap();

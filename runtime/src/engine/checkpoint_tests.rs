@@ -284,3 +284,68 @@ fn a_refresh_commits_idle_partitions_again_at_their_committed_offsets() {
         "0 keeps what it processed; idle 1 is written again; 2 has no offset yet"
     );
 }
+
+fn writes(key: &[u8], value: &[u8]) -> Writes {
+    let mut w = Writes::default();
+    w.put(0, 0, key, Some(value));
+    w
+}
+
+fn pending(checkpoint: &Checkpoint<()>, key: &[u8]) -> [Option<Option<Vec<u8>>>; 2] {
+    checkpoint.pending_writes().map(|layer| {
+        layer
+            .and_then(|w| w.get(0, 0, key))
+            .map(|v| v.map(<[u8]>::to_vec))
+    })
+}
+
+#[test]
+fn state_writes_travel_with_their_batch_and_reach_the_store_only_once_it_committed() {
+    let mut checkpoint = owning_two();
+    checkpoint.processed("in", 0, 1);
+    checkpoint.keep_writes(&mut writes(b"k", b"1"));
+    assert_eq!(
+        pending(&checkpoint, b"k"),
+        [Some(Some(b"1".to_vec())), None]
+    );
+
+    // Lent for the changelog, given back, then closed with the batch.
+    let lent = checkpoint.lend_writes();
+    assert_eq!(lent.len(), 1);
+    checkpoint.give_back_writes(lent);
+    close(&mut checkpoint);
+    assert_eq!(
+        pending(&checkpoint, b"k"),
+        [None, Some(Some(b"1".to_vec()))],
+        "closing: still read by the next records, not in the store yet"
+    );
+    // The next batch writes over it while the first commits.
+    checkpoint.processed("in", 0, 2);
+    checkpoint.keep_writes(&mut writes(b"k", b"2"));
+    let Some(Closed::Committed { writes: done, .. }) = checkpoint.closed(true) else {
+        panic!("committed");
+    };
+    assert_eq!(
+        done.get(0, 0, b"k"),
+        Some(Some(&b"1"[..])),
+        "the committed batch's own"
+    );
+    assert_eq!(pending(&checkpoint, b"k")[0], Some(Some(b"2".to_vec())));
+}
+
+#[test]
+fn a_failed_commit_drops_the_state_writes_of_every_batch_since_the_last_commit() {
+    let mut checkpoint = owning_two();
+    checkpoint.processed("in", 0, 1);
+    checkpoint.keep_writes(&mut writes(b"k", b"1"));
+    close(&mut checkpoint);
+    checkpoint.processed("in", 0, 2);
+    checkpoint.keep_writes(&mut writes(b"j", b"2"));
+    assert!(matches!(checkpoint.closed(false), Some(Closed::Failed)));
+    assert_eq!(pending(&checkpoint, b"k"), [None, None]);
+    assert_eq!(
+        pending(&checkpoint, b"j"),
+        [None, None],
+        "the open batch's too"
+    );
+}

@@ -67,6 +67,9 @@ pub enum RestoreState {
     Restoring,
     /// Restored: processing.
     Active,
+    /// A standby copy here, kept warm from the changelog (remaining = its
+    /// lag behind the changelog's end).
+    Standby,
 }
 
 /// A task stopped at a record: its offset is committed up to the record,

@@ -224,6 +224,23 @@ impl Status {
         self.detail.lock().unwrap().restores.insert(task, progress);
     }
 
+    /// A standby copy's lag, unless a loop here owns the task (its restore
+    /// reports it).
+    pub fn standby_progress(&self, task: i32, progress: TaskRestore) {
+        let mut detail = self.detail.lock().unwrap();
+        if !detail.tasks.contains(&task) {
+            detail.restores.insert(task, progress);
+        }
+    }
+
+    /// The task is no longer a standby here.
+    pub fn forget_standby(&self, task: i32) {
+        let mut detail = self.detail.lock().unwrap();
+        if !detail.tasks.contains(&task) {
+            detail.restores.remove(&task);
+        }
+    }
+
     /// Internal topics this worker created, for the operator to record.
     pub fn created_topics(&self, topics: Vec<String>) {
         let mut detail = self.detail.lock().unwrap();

@@ -362,6 +362,19 @@ fn serve<P: Processor>(setup: Setup, start: &Start<'_, P>) -> i32 {
     if let Err(e) = fence_unused_loops(&config, &worker_id, loops) {
         return config_error(anyhow::anyhow!("fencing earlier processing loops: {e}"));
     }
+    if let (Some(state), Some(view)) = (&state, &view) {
+        let view = view.clone();
+        let standby = crate::state::standby::Standby {
+            config: config.clone(),
+            state: state.clone(),
+            wanted: Box::new(move || view.standby_tasks()),
+            status: status.clone(),
+            shutdown: shutdown.clone(),
+        };
+        if let Err(e) = standby.spawn() {
+            return config_error(anyhow::anyhow!("starting the standby thread: {e}"));
+        }
+    }
     if let Err(e) = lag::spawn(&config, metrics.clone(), status.clone(), shutdown.clone()) {
         return config_error(e);
     }

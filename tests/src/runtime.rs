@@ -125,7 +125,12 @@ pub fn tasks(port: u16) -> Option<serde_json::Value> {
 /// The body of the worker's admin endpoint `path`, or `None` while it does
 /// not answer 200.
 pub fn admin_get(port: u16, path: &str) -> Option<String> {
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    admin_get_at("127.0.0.1", port, path)
+}
+
+/// [`admin_get`] of a worker at `host` (a pod's IP).
+pub fn admin_get_at(host: &str, port: u16, path: &str) -> Option<String> {
+    let mut stream = std::net::TcpStream::connect((host, port)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
     let mut response = String::new();

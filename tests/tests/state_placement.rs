@@ -9,14 +9,38 @@
 //! Sizes: `MILLRACE_STATE_RECORDS` (default 20,000) and
 //! `MILLRACE_STATE_FAULTS` (default 3).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
+
+use millrace_tests::runtime::admin_get_at;
 
 use millrace_tests::state_verifier::{generate, manifest, verify};
 use millrace_tests::verifier::{drained, env_or, Topics};
-use millrace_tests::workers::{apply_yaml, get, rescale_with_faults, scale, wait_settled};
+use millrace_tests::workers::{
+    apply_yaml, get, rescale_with_faults, scale, wait_settled, worker_pods,
+};
 use millrace_tests::{install_chart, unique, wait_until, TestNamespace};
 
 const PARTITIONS: i32 = 8;
+
+/// Per task, the lag of its standby copy, from the workers' `/tasks`.
+fn standby_lags(ns: &str, app: &str) -> BTreeMap<i32, u64> {
+    let mut lags = BTreeMap::new();
+    for pod in worker_pods(ns, app) {
+        let ip = get(ns, &format!("pod/{pod}"), "{.status.podIP}");
+        let Some(tasks) = admin_get_at(&ip, 8080, "/tasks") else {
+            continue;
+        };
+        let tasks: serde_json::Value = serde_json::from_str(&tasks).unwrap_or_default();
+        for (task, r) in tasks["restores"].as_object().into_iter().flatten() {
+            if r["state"] == "Standby" {
+                let lag = r["recordsRemaining"].as_u64().unwrap_or(u64::MAX);
+                lags.insert(task.parse().unwrap(), lag);
+            }
+        }
+    }
+    lags
+}
 
 #[test]
 fn counts_stay_exact_while_stateful_tasks_move_between_pods() {
@@ -39,6 +63,18 @@ fn counts_stay_exact_while_stateful_tasks_move_between_pods() {
         std::thread::spawn(move || generate(&input, records, Duration::from_secs(20 + 6 * faults)))
     };
     let done = rescale_with_faults(ns, app, &[3, 2], PARTITIONS, faults, 0x5747_e5ee);
+    // Two pods, one standby each task: the pod not running a task keeps
+    // its copy warm, a few batches behind at most.
+    let standbys = wait_until(
+        "every task's standby to catch up",
+        Duration::from_secs(60),
+        || {
+            let lags = standby_lags(ns, app);
+            (lags.len() == PARTITIONS as usize && lags.values().all(|lag| *lag < 2000))
+                .then_some(lags)
+        },
+    );
+    eprintln!("standby lag per task (changelog records): {standbys:?}");
     scale(ns, app, 1);
     wait_settled(ns, app, 1, PARTITIONS);
     generator.join().unwrap();

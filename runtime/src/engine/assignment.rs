@@ -154,7 +154,9 @@ impl Core {
         consumer: &BaseConsumer,
         tasks: &mut dyn TaskSource,
     ) -> Result<(), EngineError> {
-        self.status.release(&self.checkpoint.owned_partitions());
+        let owned = self.checkpoint.owned_partitions();
+        self.status.release(&owned);
+        self.unclaim(&owned);
         self.assign(consumer, tasks)
     }
 
@@ -168,6 +170,7 @@ impl Core {
         let (epoch, taken) = match change {
             PlacementChange::Release { epoch, tasks } => {
                 self.checkpoint.release(&tasks);
+                self.unclaim(&tasks);
                 self.stopped.retain(|s| !tasks.contains(&s.task));
                 self.status.release(&tasks);
                 self.publish_committed();

@@ -50,6 +50,14 @@ impl Core {
         Ok(state.store.apply(writes, &reached)?)
     }
 
+    /// Released tasks' stores stay (a tail to replay if they come back),
+    /// and a standby may keep them warm.
+    pub(super) fn unclaim(&self, tasks: &[i32]) {
+        if let Some(state) = &self.state {
+            state.store.unclaim(tasks);
+        }
+    }
+
     /// Brings the stores of `tasks` up to their changelogs. Called once
     /// their committed input offsets have been read (stable): the previous
     /// owner's last transaction is over, its changelog records final.
@@ -57,6 +65,8 @@ impl Core {
         let Some(state) = &self.state else {
             return Ok(());
         };
+        // Before anything is read: a standby copy here stops writing them.
+        state.store.claim(tasks);
         let (heartbeat, status) = (&self.heartbeat, &self.status);
         let restorer = Restorer {
             config: &self.config,

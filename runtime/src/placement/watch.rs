@@ -125,6 +125,17 @@ impl PlacementView {
         self.latest.lock().unwrap().clone()
     }
 
+    /// The tasks whose state this worker is to keep warm (its standbys and
+    /// warm-ups in the newest document seen).
+    pub fn standby_tasks(&self) -> std::collections::BTreeSet<i32> {
+        let latest = self.latest.lock().unwrap();
+        latest
+            .workers
+            .get(&self.pod)
+            .map(|a| a.standby.union(&a.warmup).copied().collect())
+            .unwrap_or_default()
+    }
+
     fn set_applied(&self, index: usize, epoch: u64) {
         let mut applied = self.applied.lock().unwrap();
         applied[index] = applied[index].max(epoch);

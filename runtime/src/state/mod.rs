@@ -7,6 +7,7 @@
 
 pub mod changelog;
 pub mod restore;
+pub mod standby;
 mod store;
 mod view;
 mod writes;

@@ -10,9 +10,9 @@
 //! keeps what reached the OS; a machine crash may lose the last batches,
 //! which the changelog replays (`restore`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 
@@ -50,6 +50,11 @@ pub struct Store {
     names: Vec<String>,
     meta: Keyspace,
     keyspaces: RwLock<HashMap<(i32, usize), Keyspace>>,
+    /// Tasks a processing loop owns: their stores are written only by it.
+    /// A standby's writes for them are dropped, under this lock, so once
+    /// [`Store::claim`] returns no standby write can land after the
+    /// owner's restore.
+    claimed: Mutex<BTreeSet<i32>>,
 }
 
 impl Store {
@@ -78,6 +83,7 @@ impl Store {
             names,
             meta,
             keyspaces: RwLock::new(HashMap::new()),
+            claimed: Mutex::new(BTreeSet::new()),
         })
     }
 
@@ -183,6 +189,47 @@ impl Store {
             batch.insert(&self.meta, self.meta_key(*task, *store), value);
         }
         batch.commit().map_err(|e| self.fail(e))
+    }
+
+    /// A processing loop takes these tasks: from now on only it writes
+    /// their stores.
+    pub fn claim(&self, tasks: &[i32]) {
+        self.claimed.lock().unwrap().extend(tasks);
+    }
+
+    pub fn unclaim(&self, tasks: &[i32]) {
+        self.claimed.lock().unwrap().retain(|t| !tasks.contains(t));
+    }
+
+    pub fn is_claimed(&self, task: i32) -> bool {
+        self.claimed.lock().unwrap().contains(&task)
+    }
+
+    /// A standby's batch: as [`Store::apply`], without the writes and
+    /// offsets of claimed tasks.
+    pub fn apply_unclaimed(
+        &self,
+        writes: &mut Writes,
+        reached: &[(i32, usize, i64)],
+    ) -> Result<(), StoreError> {
+        let claimed = self.claimed.lock().unwrap();
+        writes.drop_tasks(|t| claimed.contains(&t));
+        let reached: Vec<_> = reached
+            .iter()
+            .filter(|(t, _, _)| !claimed.contains(t))
+            .copied()
+            .collect();
+        self.apply(writes, &reached)
+    }
+
+    /// [`Store::wipe`], unless the task is claimed (`false`).
+    pub fn wipe_unclaimed(&self, task: i32, store: usize) -> Result<bool, StoreError> {
+        let claimed = self.claimed.lock().unwrap();
+        if claimed.contains(&task) {
+            return Ok(false);
+        }
+        self.wipe(task, store)?;
+        Ok(true)
     }
 
     /// Forgets a task's store: contents and recorded offset.

@@ -21,7 +21,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use millrace_crds::identity::is_internal_topic;
 use millrace_crds::placement::{placement_config_map, PlacementDoc, PLACEMENT_KEY};
 use millrace_crds::worker_status::unix_ms;
-use millrace_crds::worker_status::{StoppedTask, WorkerStatus};
+use millrace_crds::worker_status::{RestoreState, StoppedTask, WorkerStatus};
 use millrace_crds::{AutoscalingMode, PlacementSummary, StreamApp};
 
 use crate::error::{Error, Result};
@@ -170,6 +170,13 @@ async fn drive(driver: &Driver, app: &StreamApp) -> Result<bool> {
         .map_or(0, |s| s.standby_replicas.max(0) as usize);
 
     let isolated = isolated_tasks(app);
+    // A stateful task moves to a live worker only once that worker's copy
+    // of its state is caught up: a warm-up first, many at once.
+    let stateful = has_state_stores(app);
+    let caught_up = caught_up_copies(
+        seen.iter()
+            .filter_map(|s| Some((s.name.as_str(), s.status()?))),
+    );
 
     let config_maps: Api<ConfigMap> = Api::namespaced(driver.client.clone(), &namespace);
     let cm_name = placement_config_map(&name);
@@ -196,8 +203,8 @@ async fn drive(driver: &Driver, app: &StreamApp) -> Result<bool> {
             workers: &workers,
             current: &handoff::intended(&doc),
             standby_replicas: standbys,
-            stateful: false,
-            caught_up: &BTreeMap::new(),
+            stateful,
+            caught_up: &caught_up,
             isolated: &isolated,
         });
         let observation = Observation {
@@ -266,6 +273,41 @@ async fn report_stopped(driver: &Driver, app: &StreamApp, seen: &[ObservedPod]) 
     )
     .await?;
     Ok(())
+}
+
+/// Within this many changelog records of the end, a copy is caught up: a
+/// task moved to it restores that much at most. Kafka Streams' default
+/// `acceptable.recovery.lag`.
+const ACCEPTABLE_LAG: u64 = 10_000;
+
+/// Whether the app's tasks keep state in stores (its pipeline has a
+/// stateful step): their moves wait for warm copies.
+fn has_state_stores(app: &StreamApp) -> bool {
+    app.spec.pipeline.as_ref().is_some_and(|p| {
+        p.steps
+            .iter()
+            .any(|s| s.dedup.is_some() || s.aggregate.is_some())
+    })
+}
+
+/// Per task, the workers whose standby or warm-up copy is within
+/// [`ACCEPTABLE_LAG`] of its changelogs, from their reports.
+fn caught_up_copies<'a>(
+    reports: impl Iterator<Item = (&'a str, &'a WorkerStatus)>,
+) -> BTreeMap<i32, BTreeSet<String>> {
+    let mut caught_up: BTreeMap<i32, BTreeSet<String>> = BTreeMap::new();
+    for (worker, report) in reports {
+        for (task, restore) in &report.restores {
+            if restore.state == RestoreState::Standby && restore.records_remaining <= ACCEPTABLE_LAG
+            {
+                caught_up
+                    .entry(*task)
+                    .or_default()
+                    .insert(worker.to_string());
+            }
+        }
+    }
+    caught_up
 }
 
 /// Internal topics the workers report creating go to
@@ -620,6 +662,7 @@ fn isolated_tasks(app: &StreamApp) -> Vec<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use millrace_crds::worker_status::TaskRestore;
 
     fn stop(task: i32, offset: i64) -> StoppedTask {
         StoppedTask {
@@ -639,6 +682,30 @@ mod tests {
             stopped: stopped.to_vec(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_copy_is_caught_up_when_its_standby_lag_is_acceptable() {
+        let copy = |state, remaining| TaskRestore {
+            state,
+            records_remaining: remaining,
+            ..TaskRestore::default()
+        };
+        let report = WorkerStatus {
+            restores: [
+                (0, copy(RestoreState::Standby, 10)),
+                (1, copy(RestoreState::Standby, ACCEPTABLE_LAG + 1)),
+                (2, copy(RestoreState::Active, 0)),
+            ]
+            .into(),
+            ..WorkerStatus::default()
+        };
+        let found = caught_up_copies([("w-1", &report)].into_iter());
+        assert_eq!(
+            found,
+            [(0, ["w-1".to_string()].into())].into(),
+            "only task 0's copy"
+        );
     }
 
     #[test]

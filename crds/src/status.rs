@@ -110,4 +110,9 @@ pub struct PlacementSummary {
     /// Tasks being handed from one worker to another.
     #[serde(default)]
     pub moves_in_progress: i32,
+    /// Stateful apps: restores under way and how far the standby copies
+    /// are behind, as the workers report them (`kubectl get streamapps`
+    /// shows it as State).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
 }

@@ -45,6 +45,12 @@ use crate::{
     printcolumn(name = "Tasks", type_ = "integer", json_path = ".status.tasks"),
     printcolumn(name = "Lag", type_ = "integer", json_path = ".status.lag"),
     printcolumn(
+        name = "State",
+        type_ = "string",
+        json_path = ".status.placement.state",
+        description = "restores under way and standby lag (stateful apps)"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"

@@ -225,7 +225,8 @@ async fn drive(driver: &Driver, app: &StreamApp) -> Result<bool> {
         doc = step.doc;
     }
     measure_pauses(driver, app, &namespace, seen).await;
-    write_summary(driver, app, &doc).await?;
+    let state = state_summary(seen.iter().filter_map(|s| s.status()));
+    write_summary(driver, app, &doc, state).await?;
     Ok(!doc.moves.is_empty())
 }
 
@@ -308,6 +309,33 @@ fn caught_up_copies<'a>(
         }
     }
     caught_up
+}
+
+/// One line for `kubectl get streamapps`: the restores under way (and
+/// records left), and how far the standby copies are behind at worst.
+fn state_summary<'a>(reports: impl Iterator<Item = &'a WorkerStatus>) -> Option<String> {
+    let (mut restoring, mut left, mut standbys, mut behind) = (0, 0, 0, 0);
+    for restore in reports.flat_map(|r| r.restores.values()) {
+        match restore.state {
+            RestoreState::Restoring => {
+                restoring += 1;
+                left += restore.records_remaining;
+            }
+            RestoreState::Standby => {
+                standbys += 1;
+                behind = behind.max(restore.records_remaining);
+            }
+            RestoreState::Active => {}
+        }
+    }
+    let restores = (restoring > 0).then(|| format!("{restoring} restoring, {left} records left"));
+    let copies = (standbys > 0).then(|| format!("{standbys} standbys ≤{behind} behind"));
+    match (restores, copies) {
+        (None, None) => None,
+        (Some(r), None) => Some(r),
+        (None, Some(c)) => Some(format!("restored; {c}")),
+        (Some(r), Some(c)) => Some(format!("{r}; {c}")),
+    }
 }
 
 /// Internal topics the workers report creating go to
@@ -601,7 +629,12 @@ async fn measure_pauses(driver: &Driver, app: &StreamApp, namespace: &str, seen:
     }
 }
 
-async fn write_summary(driver: &Driver, app: &StreamApp, doc: &PlacementDoc) -> Result<()> {
+async fn write_summary(
+    driver: &Driver,
+    app: &StreamApp,
+    doc: &PlacementDoc,
+    state: Option<String>,
+) -> Result<()> {
     let summary = PlacementSummary {
         epoch: doc.epoch as i64,
         tasks_per_worker: doc
@@ -610,6 +643,7 @@ async fn write_summary(driver: &Driver, app: &StreamApp, doc: &PlacementDoc) -> 
             .map(|(w, a)| (w.clone(), a.active.len() as i32))
             .collect(),
         moves_in_progress: doc.moves.len() as i32,
+        state,
     };
     let previous = app.status.as_ref().and_then(|s| s.placement.as_ref());
     if previous == Some(&summary) {
@@ -705,6 +739,45 @@ mod tests {
             found,
             [(0, ["w-1".to_string()].into())].into(),
             "only task 0's copy"
+        );
+    }
+
+    #[test]
+    fn the_state_column_says_what_restores_and_how_far_standbys_are_behind() {
+        let report = |entries: &[(i32, RestoreState, u64)]| WorkerStatus {
+            restores: entries
+                .iter()
+                .map(|(t, state, left)| {
+                    let r = TaskRestore {
+                        state: *state,
+                        records_remaining: *left,
+                        ..TaskRestore::default()
+                    };
+                    (*t, r)
+                })
+                .collect(),
+            ..WorkerStatus::default()
+        };
+        let a = report(&[
+            (0, RestoreState::Restoring, 500),
+            (1, RestoreState::Active, 0),
+        ]);
+        let b = report(&[
+            (0, RestoreState::Standby, 30),
+            (1, RestoreState::Standby, 7),
+        ]);
+        assert_eq!(
+            state_summary([&a, &b].into_iter()).as_deref(),
+            Some("1 restoring, 500 records left; 2 standbys ≤30 behind")
+        );
+        assert_eq!(
+            state_summary([&b].into_iter()).as_deref(),
+            Some("restored; 2 standbys ≤30 behind")
+        );
+        assert_eq!(
+            state_summary(std::iter::empty()),
+            None,
+            "a stateless app shows nothing"
         );
     }
 

@@ -75,6 +75,11 @@ fn counts_stay_exact_while_stateful_tasks_move_between_pods() {
         },
     );
     eprintln!("standby lag per task (changelog records): {standbys:?}");
+    let column = wait_until("the State column", Duration::from_secs(30), || {
+        let state = get(ns, &format!("streamapp/{app}"), "{.status.placement.state}");
+        state.contains("standbys").then_some(state)
+    });
+    eprintln!("kubectl get streamapps, State: {column}");
     scale(ns, app, 1);
     wait_settled(ns, app, 1, PARTITIONS);
     generator.join().unwrap();

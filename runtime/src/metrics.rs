@@ -233,6 +233,15 @@ impl Status {
         }
     }
 
+    /// No standby copy here is followed now.
+    pub fn forget_standbys(&self) {
+        use millrace_crds::worker_status::RestoreState;
+        let mut detail = self.detail.lock().unwrap();
+        detail
+            .restores
+            .retain(|_, r| r.state != RestoreState::Standby);
+    }
+
     /// The task is no longer a standby here.
     pub fn forget_standby(&self, task: i32) {
         let mut detail = self.detail.lock().unwrap();

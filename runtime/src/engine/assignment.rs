@@ -61,6 +61,12 @@ impl Core {
                 to = count,
                 "the source topics have more partitions: more tasks"
             );
+            // The changelogs first: a new task's restore reads its partition.
+            if let Err(e) = crate::state::changelog::ensure(&self.config, self.changelogs(), count)
+            {
+                tracing::warn!("{e}; the new tasks wait for the next look");
+                return;
+            }
             self.task_count = count;
             tasks.task_count_changed(count);
         }

@@ -347,6 +347,11 @@ impl<P: Processor> Engine<P> {
             crate::state::changelog::ensure(&core.config, core.changelogs(), core.task_count)
                 .map_err(EngineError::Config)?;
         core.tombstone_retention_ms = ensured.tombstone_retention_ms;
+        if let Some(state) = &core.state {
+            state
+                .tombstone_retention_ms
+                .store(ensured.tombstone_retention_ms, Ordering::Relaxed);
+        }
         core.status.created_topics(ensured.created);
         core.assign(&consumer, tasks.as_mut())?;
         Ok(Self {
@@ -508,7 +513,11 @@ impl Core {
             && !self.begin()?
         {
             // Re-initialised: rewind and let the loop re-read the placement
-            // before this record (or any other) is processed.
+            // before this record (or any other) is processed. What the open
+            // batch holds (records processed while a batch closed, with no
+            // outputs to begin a transaction for) goes too: committed by the
+            // new producer it could overwrite what another owner did since.
+            self.checkpoint.discard();
             return self.assign_resume_points(consumer);
         }
         if let Some(limit) = &self.rate_limit {

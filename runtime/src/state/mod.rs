@@ -13,6 +13,7 @@ mod view;
 mod writes;
 
 use std::path::Path;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 pub use store::{Applied, Store, StoreError, DEFAULT_MEMORY_MB};
@@ -26,6 +27,9 @@ pub use writes::Writes;
 pub struct State {
     pub store: Arc<Store>,
     pub changelogs: Vec<String>,
+    /// The changelogs' shortest `delete.retention.ms`, once a loop has
+    /// checked them (`changelog::ensure`); Kafka's default until then.
+    pub tombstone_retention_ms: Arc<AtomicU64>,
 }
 
 impl State {
@@ -40,6 +44,9 @@ impl State {
         Ok(Self {
             store: Arc::new(Store::open(dir, stores.to_vec(), memory_mb)?),
             changelogs: changelog::names(application_id, stores),
+            tombstone_retention_ms: Arc::new(AtomicU64::new(
+                changelog::DEFAULT_TOMBSTONE_RETENTION_MS,
+            )),
         })
     }
 }

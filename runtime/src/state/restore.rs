@@ -60,11 +60,16 @@ pub fn replay_from(
 ) -> (Option<i64>, bool) {
     let trusted = applied.filter(|a| {
         let in_log = (low..=high).contains(&a.next_offset);
-        let fresh = a.next_offset == high
-            || now_ms.saturating_sub(a.written_at_ms) < tombstone_retention_ms / 2;
-        in_log && fresh
+        // A store's recorded offset is one past its last changelog record,
+        // and the transaction's marker follows that record: with only the
+        // marker left (a partition always ends in one), nothing was missed.
+        let up_to_date = a.next_offset + 1 >= high;
+        let fresh = now_ms.saturating_sub(a.written_at_ms) < tombstone_retention_ms / 2;
+        in_log && (up_to_date || fresh)
     });
-    let wipe = applied.is_some() && trusted.is_none();
+    // A full restore starts from an empty store: one with no recorded offset
+    // may hold keys still (a crash inside a wipe).
+    let wipe = trusted.is_none();
     let from = trusted.map_or(low, |a| a.next_offset);
     ((from < high).then_some(from), wipe)
 }
@@ -114,8 +119,10 @@ impl Restorer<'_> {
                 let applied = self.store.applied(task, store)?;
                 let (from, wipe) =
                     replay_from(applied, bounds, self.tombstone_retention_ms, unix_ms());
-                if wipe {
+                if wipe && applied.is_some() {
                     tracing::warn!(task, topic, ?applied, ?bounds, "the local store cannot be trusted (changelog recreated, truncated or too long ago); restoring it in full");
+                }
+                if wipe {
                     self.store.wipe(task, store)?;
                 }
                 let full = (wipe || applied.is_none()) && from.is_some();
@@ -314,8 +321,12 @@ mod tests {
 
     #[test]
     fn a_new_store_replays_everything_and_an_empty_changelog_nothing() {
-        assert_eq!(replay_from(None, (5, 100), DAY, 0), (Some(5), false));
-        assert_eq!(replay_from(None, (0, 0), DAY, 0), (None, false));
+        assert_eq!(replay_from(None, (5, 100), DAY, 0), (Some(5), true));
+        assert_eq!(
+            replay_from(None, (0, 0), DAY, 0),
+            (None, true),
+            "emptied all the same"
+        );
     }
 
     #[test]
@@ -332,7 +343,12 @@ mod tests {
         );
         // Behind, and older than half the tombstone retention.
         assert_eq!(replay_from(at(90, 0), (0, 100), DAY, DAY), (Some(0), true));
-        // Old but up to date: nothing was missed.
+        // Old but up to date: nothing was missed (past the marker, or the
+        // marker is all that is left).
         assert_eq!(replay_from(at(100, 0), (0, 100), DAY, DAY), (None, false));
+        assert_eq!(
+            replay_from(at(99, 0), (0, 100), DAY, DAY),
+            (Some(99), false)
+        );
     }
 }

@@ -48,10 +48,13 @@ impl Standby {
         std::thread::Builder::new()
             .name("standby".into())
             .spawn(move || {
-                if let Err(e) = self.run() {
-                    // The standbys stop; actives are not affected, and a task
-                    // moving here restores from the changelog as it would.
-                    tracing::error!("standby copies stopped: {e}");
+                while !self.shutdown.load(Ordering::Relaxed) {
+                    let Err(e) = self.run() else { break };
+                    // Actives are not affected. The copies no longer count as
+                    // caught up (their reports go) until they follow again.
+                    tracing::warn!("standby copies: {e}; starting over in 5 s");
+                    self.status.forget_standbys();
+                    std::thread::sleep(Duration::from_secs(5));
                 }
             })?;
         Ok(())
@@ -63,7 +66,7 @@ impl Standby {
         Ok(c.create()?)
     }
 
-    fn run(self) -> anyhow::Result<()> {
+    fn run(&self) -> anyhow::Result<()> {
         let consumer = self.client("read_committed")?;
         let probe = self.client("read_uncommitted")?;
         let store = &self.state.store;
@@ -140,7 +143,7 @@ impl Standby {
             for (index, topic) in self.state.changelogs.iter().enumerate() {
                 let bounds = probe.fetch_watermarks(topic, task, TIMEOUT)?;
                 let applied = store.applied(task, index)?;
-                let retention = super::changelog::DEFAULT_TOMBSTONE_RETENTION_MS;
+                let retention = self.state.tombstone_retention_ms.load(Ordering::Relaxed);
                 let (from, wipe) = replay_from(applied, bounds, retention, unix_ms());
                 if wipe && !store.wipe_unclaimed(task, index)? {
                     continue;

@@ -18,10 +18,9 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{ListParams, PostParams};
 use kube::runtime::events::{EventType, Reporter};
 use kube::{Api, Client, Resource, ResourceExt};
-use millrace_crds::identity::is_internal_topic;
 use millrace_crds::placement::{placement_config_map, PlacementDoc, PLACEMENT_KEY};
 use millrace_crds::worker_status::unix_ms;
-use millrace_crds::worker_status::{RestoreState, StoppedTask, WorkerStatus};
+use millrace_crds::worker_status::{StoppedTask, WorkerStatus};
 use millrace_crds::{AutoscalingMode, PlacementSummary, StreamApp};
 
 use crate::error::{Error, Result};
@@ -31,7 +30,7 @@ use crate::per_app::PerApp;
 use crate::placement::{next_placement, Inputs, Worker};
 use crate::supervise::{guarded, lock};
 use crate::workers::{Observations, ObservedPod};
-use crate::{kafka, model};
+use crate::{kafka, model, state_reports};
 
 pub struct Driver {
     pub client: Client,
@@ -140,7 +139,7 @@ async fn drive(driver: &Driver, app: &StreamApp) -> Result<bool> {
     let seen = &observation.pods;
     remember_reports(driver, &namespace, seen);
     report_stopped(driver, app, seen).await?;
-    record_created_topics(driver, app, seen).await?;
+    state_reports::record_created_topics(&driver.client, app, seen).await?;
     let available: BTreeSet<String> = seen
         .iter()
         .filter(|s| s.ready && s.status().is_some())
@@ -172,8 +171,8 @@ async fn drive(driver: &Driver, app: &StreamApp) -> Result<bool> {
     let isolated = isolated_tasks(app);
     // A stateful task moves to a live worker only once that worker's copy
     // of its state is caught up: a warm-up first, many at once.
-    let stateful = has_state_stores(app);
-    let caught_up = caught_up_copies(
+    let stateful = state_reports::has_state_stores(app);
+    let caught_up = state_reports::caught_up_copies(
         seen.iter()
             .filter_map(|s| Some((s.name.as_str(), s.status()?))),
     );
@@ -225,7 +224,7 @@ async fn drive(driver: &Driver, app: &StreamApp) -> Result<bool> {
         doc = step.doc;
     }
     measure_pauses(driver, app, &namespace, seen).await;
-    let state = state_summary(seen.iter().filter_map(|s| s.status()));
+    let state = state_reports::state_summary(seen.iter().filter_map(|s| s.status()));
     write_summary(driver, app, &doc, state).await?;
     Ok(!doc.moves.is_empty())
 }
@@ -274,118 +273,6 @@ async fn report_stopped(driver: &Driver, app: &StreamApp, seen: &[ObservedPod]) 
     )
     .await?;
     Ok(())
-}
-
-/// Within this many changelog records of the end, a copy is caught up: a
-/// task moved to it restores that much at most. Kafka Streams' default
-/// `acceptable.recovery.lag`.
-const ACCEPTABLE_LAG: u64 = 10_000;
-
-/// Whether the app's tasks keep state in stores (its pipeline has a
-/// stateful step): their moves wait for warm copies.
-fn has_state_stores(app: &StreamApp) -> bool {
-    app.spec.pipeline.as_ref().is_some_and(|p| {
-        p.steps
-            .iter()
-            .any(|s| s.dedup.is_some() || s.aggregate.is_some())
-    })
-}
-
-/// Per task, the workers whose standby or warm-up copy is within
-/// [`ACCEPTABLE_LAG`] of its changelogs, from their reports.
-fn caught_up_copies<'a>(
-    reports: impl Iterator<Item = (&'a str, &'a WorkerStatus)>,
-) -> BTreeMap<i32, BTreeSet<String>> {
-    let mut caught_up: BTreeMap<i32, BTreeSet<String>> = BTreeMap::new();
-    for (worker, report) in reports {
-        for (task, restore) in &report.restores {
-            if restore.state == RestoreState::Standby && restore.records_remaining <= ACCEPTABLE_LAG
-            {
-                caught_up
-                    .entry(*task)
-                    .or_default()
-                    .insert(worker.to_string());
-            }
-        }
-    }
-    caught_up
-}
-
-/// One line for `kubectl get streamapps`: the restores under way (and
-/// records left), and how far the standby copies are behind at worst.
-fn state_summary<'a>(reports: impl Iterator<Item = &'a WorkerStatus>) -> Option<String> {
-    let (mut restoring, mut left, mut standbys, mut behind) = (0, 0, 0, 0);
-    for restore in reports.flat_map(|r| r.restores.values()) {
-        match restore.state {
-            RestoreState::Restoring => {
-                restoring += 1;
-                left += restore.records_remaining;
-            }
-            RestoreState::Standby => {
-                standbys += 1;
-                behind = behind.max(restore.records_remaining);
-            }
-            RestoreState::Active => {}
-        }
-    }
-    let restores = (restoring > 0).then(|| format!("{restoring} restoring, {left} records left"));
-    let copies = (standbys > 0).then(|| format!("{standbys} standbys ≤{behind} behind"));
-    match (restores, copies) {
-        (None, None) => None,
-        (Some(r), None) => Some(r),
-        (None, Some(c)) => Some(format!("restored; {c}")),
-        (Some(r), Some(c)) => Some(format!("{r}; {c}")),
-    }
-}
-
-/// Internal topics the workers report creating go to
-/// `status.internalTopics`, where deletion finds them. Only names of the
-/// app's own internal topics: a report can never make a user's topic
-/// deletable.
-async fn record_created_topics(
-    driver: &Driver,
-    app: &StreamApp,
-    seen: &[ObservedPod],
-) -> Result<()> {
-    let previous = app
-        .status
-        .as_ref()
-        .map(|s| s.internal_topics.as_slice())
-        .unwrap_or_default();
-    let application_id = crate::model::application_id(app);
-    let steps = crate::reconcile::step_names(app);
-    let recorded = recorded_topics(previous, seen.iter().filter_map(|s| s.status()), |t| {
-        is_internal_topic(&application_id, &steps, t)
-    });
-    if recorded == previous {
-        return Ok(());
-    }
-    crate::events::patch_status(
-        &driver.client,
-        app,
-        serde_json::json!({ "internalTopics": recorded }),
-    )
-    .await?;
-    Ok(())
-}
-
-/// `previous` and what the reports add that `internal` accepts, sorted.
-fn recorded_topics<'a>(
-    previous: &[String],
-    reports: impl Iterator<Item = &'a WorkerStatus>,
-    internal: impl Fn(&str) -> bool,
-) -> Vec<String> {
-    let mut topics: BTreeSet<String> = previous.iter().cloned().collect();
-    for report in reports {
-        topics.extend(
-            report
-                .created_topics
-                .iter()
-                .filter(|t| internal(t))
-                .cloned(),
-        );
-    }
-    topics.into_iter().collect()
 }
 
 /// What the workers that answered report stopped, and what `previous`
@@ -696,7 +583,6 @@ fn isolated_tasks(app: &StreamApp) -> Vec<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use millrace_crds::worker_status::TaskRestore;
 
     fn stop(task: i32, offset: i64) -> StoppedTask {
         StoppedTask {
@@ -716,89 +602,6 @@ mod tests {
             stopped: stopped.to_vec(),
             ..Default::default()
         }
-    }
-
-    #[test]
-    fn a_copy_is_caught_up_when_its_standby_lag_is_acceptable() {
-        let copy = |state, remaining| TaskRestore {
-            state,
-            records_remaining: remaining,
-            ..TaskRestore::default()
-        };
-        let report = WorkerStatus {
-            restores: [
-                (0, copy(RestoreState::Standby, 10)),
-                (1, copy(RestoreState::Standby, ACCEPTABLE_LAG + 1)),
-                (2, copy(RestoreState::Active, 0)),
-            ]
-            .into(),
-            ..WorkerStatus::default()
-        };
-        let found = caught_up_copies([("w-1", &report)].into_iter());
-        assert_eq!(
-            found,
-            [(0, ["w-1".to_string()].into())].into(),
-            "only task 0's copy"
-        );
-    }
-
-    #[test]
-    fn the_state_column_says_what_restores_and_how_far_standbys_are_behind() {
-        let report = |entries: &[(i32, RestoreState, u64)]| WorkerStatus {
-            restores: entries
-                .iter()
-                .map(|(t, state, left)| {
-                    let r = TaskRestore {
-                        state: *state,
-                        records_remaining: *left,
-                        ..TaskRestore::default()
-                    };
-                    (*t, r)
-                })
-                .collect(),
-            ..WorkerStatus::default()
-        };
-        let a = report(&[
-            (0, RestoreState::Restoring, 500),
-            (1, RestoreState::Active, 0),
-        ]);
-        let b = report(&[
-            (0, RestoreState::Standby, 30),
-            (1, RestoreState::Standby, 7),
-        ]);
-        assert_eq!(
-            state_summary([&a, &b].into_iter()).as_deref(),
-            Some("1 restoring, 500 records left; 2 standbys ≤30 behind")
-        );
-        assert_eq!(
-            state_summary([&b].into_iter()).as_deref(),
-            Some("restored; 2 standbys ≤30 behind")
-        );
-        assert_eq!(
-            state_summary(std::iter::empty()),
-            None,
-            "a stateless app shows nothing"
-        );
-    }
-
-    #[test]
-    fn created_internal_topics_are_recorded_once_and_other_names_never() {
-        let report = WorkerStatus {
-            created_topics: vec!["app-count-changelog".into(), "users-topic".into()],
-            ..WorkerStatus::default()
-        };
-        let internal = |t: &str| t.ends_with("-changelog");
-        let recorded = recorded_topics(
-            &["app-once-changelog".into()],
-            [&report, &report].into_iter(),
-            internal,
-        );
-        assert_eq!(recorded, vec!["app-count-changelog", "app-once-changelog"]);
-        assert_eq!(
-            recorded_topics(&recorded, std::iter::empty(), internal),
-            recorded,
-            "kept when no worker answers"
-        );
     }
 
     #[test]

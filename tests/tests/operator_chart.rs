@@ -183,7 +183,10 @@ fn example_app_is_reconciled_into_owned_objects_scaled_and_collected() {
     // Printer columns.
     let table = kubectl(&["-n", ns, "get", "streamapps"]).unwrap();
     let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
-    assert_eq!(header, ["NAME", "READY", "REPLICAS", "TASKS", "LAG", "AGE"]);
+    assert_eq!(
+        header,
+        ["NAME", "READY", "REPLICAS", "TASKS", "LAG", "STATE", "AGE"]
+    );
     assert!(table.lines().nth(1).unwrap().contains(" 4 "), "{table}");
 
     // The /scale subresource drives the StatefulSet.

@@ -9,6 +9,7 @@ mod checkpoint;
 pub mod clients;
 mod closing;
 mod committer;
+mod counters;
 mod destinations;
 mod failures;
 mod flusher;
@@ -21,6 +22,7 @@ mod stateful;
 mod transaction;
 
 use checkpoint::Checkpoint;
+use counters::TopicCounters;
 use refusals::{Origin, Refused, Sources};
 
 /// The commit threads, for the broker tests in `tests/` only: they are
@@ -44,13 +46,11 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
-use crate::metrics::{Metrics, Status, TopicLabel};
+use crate::metrics::{Metrics, Status};
 use crate::placement::TaskSource;
 use crate::processor::{InputRecord, Io, OutputRecord, Processor};
 use millrace_crds::worker_config::WorkerConfig;
 use millrace_crds::worker_status::{unix_ms, StoppedTask};
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
 const MISSING_TOPIC_GRACE: Duration = Duration::from_secs(5);
@@ -236,38 +236,6 @@ struct Core {
     record_writes: crate::state::Writes,
     status: Arc<Status>,
     shutdown: Arc<AtomicBool>,
-}
-
-/// Per-topic counters of one family, looked up by `&str`: no label is
-/// allocated per record. A list, not a map: an app has a few topics, and
-/// hashing each record's topic showed in the profile (about 3 %).
-struct TopicCounters {
-    family: Family<TopicLabel, Counter>,
-    by_topic: Vec<(String, Counter)>,
-}
-
-impl TopicCounters {
-    fn new(family: &Family<TopicLabel, Counter>) -> Self {
-        Self {
-            family: family.clone(),
-            by_topic: Vec::new(),
-        }
-    }
-
-    fn inc(&mut self, topic: &str) {
-        if let Some((_, c)) = self.by_topic.iter().find(|(t, _)| t == topic) {
-            c.inc();
-            return;
-        }
-        let counter = self
-            .family
-            .get_or_create(&TopicLabel {
-                topic: topic.to_string(),
-            })
-            .clone();
-        counter.inc();
-        self.by_topic.push((topic.to_string(), counter));
-    }
 }
 
 impl<P: Processor> Engine<P> {
@@ -571,38 +539,6 @@ impl Core {
                 self.send_failed(consumer, e)
             }
         }
-    }
-
-    /// Runs the processor over the record's task's state: its writes
-    /// collect in `record_writes`. A store that fails to read stops the
-    /// loop rather than let a step act on a wrong answer.
-    fn process(
-        &mut self,
-        processor: &mut impl Processor,
-        record: &InputRecord<'_>,
-    ) -> Result<Result<crate::processor::Processed, crate::processor::RecordError>, EngineError>
-    {
-        self.record_writes.clear();
-        let Some(state) = &self.state else {
-            return Ok(processor.process(record));
-        };
-        let mut view = crate::state::View {
-            task: record.partition,
-            record: &mut self.record_writes,
-            pending: self.checkpoint.pending_writes(),
-            store: Some(&state.store),
-            error: None,
-        };
-        let result = processor.process_with_state(record, &mut view);
-        match view.error {
-            Some(e) => Err(e.into()),
-            None => Ok(result),
-        }
-    }
-
-    /// The changelog topics, store by store (none for a stateless app).
-    fn changelogs(&self) -> &[String] {
-        self.state.as_ref().map_or(&[], |s| &s.changelogs)
     }
 
     fn send_now(&mut self, out: &OutputRecord, origin: Origin) -> Result<(), EngineError> {

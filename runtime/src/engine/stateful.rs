@@ -7,9 +7,41 @@ use rdkafka::producer::Producer;
 
 use super::refusals::Origin;
 use super::{stash, Core, EngineError};
+use crate::processor::{InputRecord, Processed, Processor, RecordError};
 use crate::state::restore::Restorer;
 
 impl Core {
+    /// Runs the processor over the record's task's state: its writes
+    /// collect in `record_writes`. A store that fails to read stops the
+    /// loop rather than let a step act on a wrong answer.
+    pub(super) fn process(
+        &mut self,
+        processor: &mut impl Processor,
+        record: &InputRecord<'_>,
+    ) -> Result<Result<Processed, RecordError>, EngineError> {
+        self.record_writes.clear();
+        let Some(state) = &self.state else {
+            return Ok(processor.process(record));
+        };
+        let mut view = crate::state::View {
+            task: record.partition,
+            record: &mut self.record_writes,
+            pending: self.checkpoint.pending_writes(),
+            store: Some(&state.store),
+            error: None,
+        };
+        let result = processor.process_with_state(record, &mut view);
+        match view.error {
+            Some(e) => Err(e.into()),
+            None => Ok(result),
+        }
+    }
+
+    /// The changelog topics, store by store (none for a stateless app).
+    pub(super) fn changelogs(&self) -> &[String] {
+        self.state.as_ref().map_or(&[], |s| &s.changelogs)
+    }
+
     /// One changelog record per key the open batch changed (its last value;
     /// a delete is a tombstone), to the task's partition, into the open
     /// transaction.

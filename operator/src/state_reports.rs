@@ -1,0 +1,216 @@
+//! What the placement driver learns from the workers' reports of a
+//! stateful app: which copies of a task's state are caught up (for warm
+//! moves), the one-line restore and standby summary `kubectl get
+//! streamapps` shows, and the internal topics the workers created (for
+//! deletion to find). Pure but for the status patch.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use kube::Client;
+use millrace_crds::identity::is_internal_topic;
+use millrace_crds::worker_status::{RestoreState, WorkerStatus};
+use millrace_crds::StreamApp;
+
+use crate::error::Result;
+use crate::workers::ObservedPod;
+
+/// Within this many changelog records of the end, a copy is caught up: a
+/// task moved to it restores that much at most. Kafka Streams' default
+/// `acceptable.recovery.lag`.
+pub const ACCEPTABLE_LAG: u64 = 10_000;
+
+/// Whether the app's tasks keep state in stores (its pipeline has a
+/// stateful step): their moves wait for warm copies.
+pub fn has_state_stores(app: &StreamApp) -> bool {
+    app.spec.pipeline.as_ref().is_some_and(|p| {
+        p.steps
+            .iter()
+            .any(|s| s.dedup.is_some() || s.aggregate.is_some())
+    })
+}
+
+/// Per task, the workers whose standby or warm-up copy is within
+/// [`ACCEPTABLE_LAG`] of its changelogs, from their reports.
+pub fn caught_up_copies<'a>(
+    reports: impl Iterator<Item = (&'a str, &'a WorkerStatus)>,
+) -> BTreeMap<i32, BTreeSet<String>> {
+    let mut caught_up: BTreeMap<i32, BTreeSet<String>> = BTreeMap::new();
+    for (worker, report) in reports {
+        for (task, restore) in &report.restores {
+            if restore.state == RestoreState::Standby && restore.records_remaining <= ACCEPTABLE_LAG
+            {
+                caught_up
+                    .entry(*task)
+                    .or_default()
+                    .insert(worker.to_string());
+            }
+        }
+    }
+    caught_up
+}
+
+/// One line for `kubectl get streamapps`: the restores under way (and
+/// records left), and how far the standby copies are behind at worst.
+pub fn state_summary<'a>(reports: impl Iterator<Item = &'a WorkerStatus>) -> Option<String> {
+    let (mut restoring, mut left, mut standbys, mut behind) = (0, 0, 0, 0);
+    for restore in reports.flat_map(|r| r.restores.values()) {
+        match restore.state {
+            RestoreState::Restoring => {
+                restoring += 1;
+                left += restore.records_remaining;
+            }
+            RestoreState::Standby => {
+                standbys += 1;
+                behind = behind.max(restore.records_remaining);
+            }
+            RestoreState::Active => {}
+        }
+    }
+    let restores = (restoring > 0).then(|| format!("{restoring} restoring, {left} records left"));
+    let copies = (standbys > 0).then(|| format!("{standbys} standbys ≤{behind} behind"));
+    match (restores, copies) {
+        (None, None) => None,
+        (Some(r), None) => Some(r),
+        (None, Some(c)) => Some(format!("restored; {c}")),
+        (Some(r), Some(c)) => Some(format!("{r}; {c}")),
+    }
+}
+
+/// Internal topics the workers report creating go to
+/// `status.internalTopics`, where deletion finds them. Only names of the
+/// app's own internal topics: a report can never make a user's topic
+/// deletable.
+pub async fn record_created_topics(
+    client: &Client,
+    app: &StreamApp,
+    seen: &[ObservedPod],
+) -> Result<()> {
+    let previous = app
+        .status
+        .as_ref()
+        .map(|s| s.internal_topics.as_slice())
+        .unwrap_or_default();
+    let application_id = crate::model::application_id(app);
+    let steps = crate::reconcile::step_names(app);
+    let recorded = recorded_topics(previous, seen.iter().filter_map(|s| s.status()), |t| {
+        is_internal_topic(&application_id, &steps, t)
+    });
+    if recorded == previous {
+        return Ok(());
+    }
+    crate::events::patch_status(
+        client,
+        app,
+        serde_json::json!({ "internalTopics": recorded }),
+    )
+    .await?;
+    Ok(())
+}
+
+/// `previous` and what the reports add that `internal` accepts, sorted.
+fn recorded_topics<'a>(
+    previous: &[String],
+    reports: impl Iterator<Item = &'a WorkerStatus>,
+    internal: impl Fn(&str) -> bool,
+) -> Vec<String> {
+    let mut topics: BTreeSet<String> = previous.iter().cloned().collect();
+    for report in reports {
+        topics.extend(
+            report
+                .created_topics
+                .iter()
+                .filter(|t| internal(t))
+                .cloned(),
+        );
+    }
+    topics.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use millrace_crds::worker_status::TaskRestore;
+
+    #[test]
+    fn a_copy_is_caught_up_when_its_standby_lag_is_acceptable() {
+        let copy = |state, remaining| TaskRestore {
+            state,
+            records_remaining: remaining,
+            ..TaskRestore::default()
+        };
+        let report = WorkerStatus {
+            restores: [
+                (0, copy(RestoreState::Standby, 10)),
+                (1, copy(RestoreState::Standby, ACCEPTABLE_LAG + 1)),
+                (2, copy(RestoreState::Active, 0)),
+            ]
+            .into(),
+            ..WorkerStatus::default()
+        };
+        let found = caught_up_copies([("w-1", &report)].into_iter());
+        assert_eq!(
+            found,
+            [(0, ["w-1".to_string()].into())].into(),
+            "only task 0's copy"
+        );
+    }
+
+    #[test]
+    fn the_state_column_says_what_restores_and_how_far_standbys_are_behind() {
+        let report = |entries: &[(i32, RestoreState, u64)]| WorkerStatus {
+            restores: entries
+                .iter()
+                .map(|(t, state, left)| {
+                    let r = TaskRestore {
+                        state: *state,
+                        records_remaining: *left,
+                        ..TaskRestore::default()
+                    };
+                    (*t, r)
+                })
+                .collect(),
+            ..WorkerStatus::default()
+        };
+        let a = report(&[
+            (0, RestoreState::Restoring, 500),
+            (1, RestoreState::Active, 0),
+        ]);
+        let b = report(&[
+            (0, RestoreState::Standby, 30),
+            (1, RestoreState::Standby, 7),
+        ]);
+        assert_eq!(
+            state_summary([&a, &b].into_iter()).as_deref(),
+            Some("1 restoring, 500 records left; 2 standbys ≤30 behind")
+        );
+        assert_eq!(
+            state_summary([&b].into_iter()).as_deref(),
+            Some("restored; 2 standbys ≤30 behind")
+        );
+        assert_eq!(
+            state_summary(std::iter::empty()),
+            None,
+            "a stateless app shows nothing"
+        );
+    }
+
+    #[test]
+    fn created_internal_topics_are_recorded_once_and_other_names_never() {
+        let report = WorkerStatus {
+            created_topics: vec!["app-count-changelog".into(), "users-topic".into()],
+            ..WorkerStatus::default()
+        };
+        let internal = |t: &str| t.ends_with("-changelog");
+        let recorded = recorded_topics(
+            &["app-once-changelog".into()],
+            [&report, &report].into_iter(),
+            internal,
+        );
+        assert_eq!(recorded, vec!["app-count-changelog", "app-once-changelog"]);
+        assert_eq!(
+            recorded_topics(&recorded, std::iter::empty(), internal),
+            recorded,
+            "kept when no worker answers"
+        );
+    }
+}

@@ -13,12 +13,52 @@ mod view;
 mod writes;
 
 use std::path::Path;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::Offset;
+
+use millrace_crds::worker_config::WorkerConfig;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 pub use store::{Applied, Store, StoreError, DEFAULT_MEMORY_MB};
 pub use view::View;
 pub use writes::Writes;
+
+/// A consumer of the changelogs (restore, standbys) at `isolation`.
+pub(crate) fn changelog_reader(
+    config: &WorkerConfig,
+    isolation: &str,
+) -> anyhow::Result<BaseConsumer> {
+    let mut c = crate::engine::clients::consumer(config)?;
+    c.set("isolation.level", isolation);
+    Ok(c.create()?)
+}
+
+/// A changelog record's (store, task): its topic's store and its partition.
+pub(crate) fn store_of(changelogs: &[String], topic: &str, partition: i32) -> Option<(usize, i32)> {
+    Some((changelogs.iter().position(|c| c == topic)?, partition))
+}
+
+/// The consumer's position in each changelog partition it reads, by
+/// (store, task): past the markers and aborted records it skipped, which
+/// no record shows.
+pub(crate) fn changelog_positions(
+    consumer: &BaseConsumer,
+    changelogs: &[String],
+) -> Vec<((usize, i32), i64)> {
+    let Ok(positions) = consumer.position() else {
+        return Vec::new();
+    };
+    positions
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(p) => Some((store_of(changelogs, e.topic(), e.partition())?, p)),
+            _ => None,
+        })
+        .collect()
+}
 
 /// What a loop needs of its worker's state: the store (shared by the
 /// worker's loops, each with its own tasks), and the changelog of each of

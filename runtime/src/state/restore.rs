@@ -21,7 +21,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 
 use super::store::{Applied, Store, StoreError};
 use super::writes::Writes;
-use crate::engine::clients;
+use super::{changelog_positions, changelog_reader, store_of};
 use millrace_crds::worker_config::WorkerConfig;
 use millrace_crds::worker_status::{unix_ms, RestoreState, TaskRestore};
 
@@ -50,8 +50,9 @@ pub struct Restored {
     pub full: u32,
 }
 
-/// Where a store's replay starts, or that it is up to date (`None`), given
-/// what it recorded and the changelog partition's `[low, high)`.
+/// Where a store's replay starts (`None`: it is up to date), and whether it
+/// is emptied first, given what it recorded and the changelog partition's
+/// `[low, high)`.
 pub fn replay_from(
     applied: Option<Applied>,
     (low, high): (i64, i64),
@@ -104,11 +105,9 @@ impl Restorer<'_> {
         if tasks.is_empty() || self.changelogs.is_empty() {
             return Ok(Restored::default());
         }
-        let client = |isolation: &str| -> Result<BaseConsumer, RestoreError> {
-            let mut c =
-                clients::consumer(self.config).map_err(|e| RestoreError::Client(e.to_string()))?;
-            c.set("isolation.level", isolation);
-            Ok(c.create()?)
+        let client = |isolation: &str| {
+            changelog_reader(self.config, isolation)
+                .map_err(|e| RestoreError::Client(e.to_string()))
         };
         let probe = client("read_uncommitted")?;
         let mut restored = Restored::default();
@@ -125,7 +124,7 @@ impl Restorer<'_> {
                 if wipe {
                     self.store.wipe(task, store)?;
                 }
-                let full = (wipe || applied.is_none()) && from.is_some();
+                let full = wipe && from.is_some();
                 restored.full += u32::from(full);
                 if let Some(next) = from {
                     replays.push(Replay {
@@ -200,10 +199,11 @@ impl Restorer<'_> {
             tpl.add_partition_offset(&r.topic, r.task, Offset::Offset(r.next))?;
         }
         consumer.assign(&tpl)?;
-        let index: BTreeMap<(String, i32), usize> = replays
+        // By (store, task): no topic name is allocated per record.
+        let index: BTreeMap<(usize, i32), usize> = replays
             .iter()
             .enumerate()
-            .map(|(i, r)| ((r.topic.clone(), r.task), i))
+            .map(|(i, r)| ((r.store, r.task), i))
             .collect();
         let tasks: Vec<i32> = replays.iter().map(|r| r.task).collect();
         let remaining =
@@ -224,7 +224,8 @@ impl Restorer<'_> {
             (self.beat)();
             match consumer.poll(Duration::from_millis(100)) {
                 Some(Ok(m)) => {
-                    let Some(&i) = index.get(&(m.topic().to_string(), m.partition())) else {
+                    let of = store_of(self.changelogs, m.topic(), m.partition());
+                    let Some(&i) = of.and_then(|of| index.get(&of)) else {
                         continue;
                     };
                     let r = &mut replays[i];
@@ -238,7 +239,13 @@ impl Restorer<'_> {
                 Some(Err(e)) => tracing::warn!("restoring state: {e}"),
                 // Nothing more to read: the rest up to the end is markers
                 // or aborted records, which the position has passed.
-                None => absorb_positions(&consumer, &index, replays),
+                None => {
+                    for (of, p) in changelog_positions(&consumer, self.changelogs) {
+                        if let Some(&i) = index.get(&of) {
+                            replays[i].next = replays[i].next.max(p);
+                        }
+                    }
+                }
             }
             if writes.len() >= RESTORE_BATCH {
                 self.store.apply(&writes, &reached(replays))?;
@@ -273,24 +280,6 @@ impl Restorer<'_> {
 
 fn reached(replays: &[Replay]) -> Vec<(i32, usize, i64)> {
     replays.iter().map(|r| (r.task, r.store, r.next)).collect()
-}
-
-fn absorb_positions(
-    consumer: &BaseConsumer,
-    index: &BTreeMap<(String, i32), usize>,
-    replays: &mut [Replay],
-) {
-    let Ok(positions) = consumer.position() else {
-        return;
-    };
-    for e in positions.elements() {
-        if let (Offset::Offset(p), Some(&i)) = (
-            e.offset(),
-            index.get(&(e.topic().to_string(), e.partition())),
-        ) {
-            replays[i].next = replays[i].next.max(p);
-        }
-    }
 }
 
 #[cfg(test)]

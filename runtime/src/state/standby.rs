@@ -19,8 +19,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use super::restore::replay_from;
-use super::{State, Writes};
-use crate::engine::clients;
+use super::{changelog_positions, changelog_reader, store_of, State, Writes};
 use crate::metrics::Status;
 use millrace_crds::worker_config::WorkerConfig;
 use millrace_crds::worker_status::{unix_ms, RestoreState, TaskRestore};
@@ -60,15 +59,9 @@ impl Standby {
         Ok(())
     }
 
-    fn client(&self, isolation: &str) -> anyhow::Result<BaseConsumer> {
-        let mut c = clients::consumer(&self.config)?;
-        c.set("isolation.level", isolation);
-        Ok(c.create()?)
-    }
-
     fn run(&self) -> anyhow::Result<()> {
-        let consumer = self.client("read_committed")?;
-        let probe = self.client("read_uncommitted")?;
+        let consumer = changelog_reader(&self.config, "read_committed")?;
+        let probe = changelog_reader(&self.config, "read_uncommitted")?;
         let store = &self.state.store;
         let mut tasks = BTreeSet::new();
         let mut followed = Followed::new();
@@ -100,20 +93,25 @@ impl Standby {
             }
             match consumer.poll(Duration::from_millis(100)) {
                 Some(Ok(m)) => {
-                    let Some(store_index) =
-                        self.state.changelogs.iter().position(|c| c == m.topic())
+                    let Some((store, task)) =
+                        store_of(&self.state.changelogs, m.topic(), m.partition())
                     else {
                         continue;
                     };
-                    let task = m.partition();
                     if let Some(key) = m.key() {
-                        writes.put(task, store_index, key, m.payload());
+                        writes.put(task, store, key, m.payload());
                     }
-                    followed.insert((store_index, task), m.offset() + 1);
+                    followed.insert((store, task), m.offset() + 1);
                     *applied.entry(task).or_default() += 1;
                 }
                 Some(Err(e)) => tracing::warn!("standby: {e}"),
-                None => absorb_positions(&consumer, &self.state.changelogs, &mut followed),
+                None => {
+                    for (of, p) in changelog_positions(&consumer, &self.state.changelogs) {
+                        if let Some(next) = followed.get_mut(&of) {
+                            *next = (*next).max(p);
+                        }
+                    }
+                }
             }
             if writes.len() >= MAX_BATCH || flushed.elapsed() >= APPLY_EVERY {
                 flushed = Instant::now();
@@ -197,22 +195,4 @@ fn reached(followed: &Followed) -> Vec<(i32, usize, i64)> {
         .iter()
         .map(|((store, task), next)| (*task, *store, *next))
         .collect()
-}
-
-/// Past markers and aborted records the consumer skipped.
-fn absorb_positions(consumer: &BaseConsumer, changelogs: &[String], followed: &mut Followed) {
-    let Ok(positions) = consumer.position() else {
-        return;
-    };
-    for e in positions.elements() {
-        let Offset::Offset(p) = e.offset() else {
-            continue;
-        };
-        let Some(index) = changelogs.iter().position(|c| c == e.topic()) else {
-            continue;
-        };
-        if let Some(next) = followed.get_mut(&(index, e.partition())) {
-            *next = (*next).max(p);
-        }
-    }
 }

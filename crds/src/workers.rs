@@ -94,6 +94,37 @@ pub struct StateSpec {
     /// StorageClass of the state volumes; the cluster default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class_name: Option<String>,
+    /// A copy of a task's state this many changelog records or fewer
+    /// behind counts as caught up: a live task moves only to such a copy,
+    /// so a move restores at most this much. Default 10000 (Kafka
+    /// Streams' `acceptable.recovery.lag`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub acceptable_lag: Option<i64>,
+    /// Most copies warming up at once, so that a task can move to a worker
+    /// that has no caught-up copy: scale-ups and scale-downs of stateful
+    /// apps warm these up in parallel. Default 8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_warmups: Option<i32>,
+}
+
+impl StateSpec {
+    pub const DEFAULT_ACCEPTABLE_LAG: u64 = 10_000;
+    pub const DEFAULT_MAX_WARMUPS: usize = 8;
+
+    /// `acceptableLag`, defaulted; a negative value (refused at
+    /// admission) counts as 0.
+    pub fn acceptable_lag(&self) -> u64 {
+        self.acceptable_lag
+            .map_or(Self::DEFAULT_ACCEPTABLE_LAG, |l| l.max(0) as u64)
+    }
+
+    /// `maxWarmups`, defaulted; at least 1.
+    pub fn max_warmups(&self) -> usize {
+        self.max_warmups
+            .map_or(Self::DEFAULT_MAX_WARMUPS, |m| m.max(1) as usize)
+    }
 }
 
 /// Overrides applied to every worker pod.

@@ -6,14 +6,7 @@ fn set(names: &[&str]) -> BTreeSet<String> {
 }
 
 fn target_for(doc: &PlacementDoc, tasks: i32, available: &BTreeSet<String>) -> Placement {
-    let workers: Vec<Worker> = available
-        .iter()
-        .map(|n| Worker {
-            name: n.clone(),
-            ready: true,
-            zone: None,
-        })
-        .collect();
+    let workers: Vec<Worker> = available.iter().map(|n| Worker::ready(n)).collect();
     next_placement(&Inputs {
         tasks,
         workers: &workers,
@@ -22,6 +15,7 @@ fn target_for(doc: &PlacementDoc, tasks: i32, available: &BTreeSet<String>) -> P
         stateful: false,
         caught_up: &BTreeMap::new(),
         isolated: &[],
+        max_warmups: 8,
     })
 }
 

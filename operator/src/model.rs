@@ -64,6 +64,10 @@ pub struct StateModel {
     pub size: Quantity,
     pub storage_class_name: Option<String>,
     pub standby_replicas: i32,
+    /// Changelog records behind within which a copy counts as caught up.
+    pub acceptable_lag: u64,
+    /// Most warm-up copies at once.
+    pub max_warmups: usize,
 }
 
 /// A validated StreamApp.
@@ -277,10 +281,23 @@ pub fn validate(app: &StreamApp, defaults: &Defaults) -> Result<AppModel, Vec<In
         }
     }
 
+    if let Some(s) = &spec.state {
+        if s.acceptable_lag.is_some_and(|l| l < 0) {
+            problems.push(invalid(
+                "spec.state.acceptableLag",
+                "must be 0 or more (changelog records)",
+            ));
+        }
+        if s.max_warmups.is_some_and(|m| m < 1) {
+            problems.push(invalid("spec.state.maxWarmups", "must be 1 or more"));
+        }
+    }
     let state = spec.state.as_ref().map(|s| StateModel {
         size: s.size.clone().unwrap_or_else(|| Quantity("1Gi".into())),
         storage_class_name: s.storage_class_name.clone(),
         standby_replicas: s.standby_replicas,
+        acceptable_lag: s.acceptable_lag(),
+        max_warmups: s.max_warmups(),
     });
 
     if !problems.is_empty() {
@@ -613,6 +630,14 @@ mod tests {
                 serde_json::json!({"kafka": {"bootstrapServers": "k:1"}, "pipeline": {"source": {"topics": ["a"]}, "steps": [{"filter": "nope == 1"}, {"route": {"default": "b"}}]}}),
                 "spec.pipeline.steps[0].filter (step 'step-0'): unknown variable 'nope'",
             ),
+            (
+                serde_json::json!({"kafka": {"bootstrapServers": "k:1"}, "pipeline": pipeline(), "state": {"acceptableLag": -1}}),
+                "spec.state.acceptableLag: must be 0 or more",
+            ),
+            (
+                serde_json::json!({"kafka": {"bootstrapServers": "k:1"}, "pipeline": pipeline(), "state": {"maxWarmups": 0}}),
+                "spec.state.maxWarmups: must be 1 or more",
+            ),
         ];
         for (spec, expected) in cases {
             let found = problems(spec.clone());
@@ -633,7 +658,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(m.commit_interval, Duration::from_secs(5));
-        assert_eq!(m.state.unwrap().size.0, "1Gi");
+        let state = m.state.unwrap();
+        assert_eq!(state.size.0, "1Gi");
+        assert_eq!((state.acceptable_lag, state.max_warmups), (10_000, 8));
     }
 
     #[test]

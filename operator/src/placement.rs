@@ -12,7 +12,12 @@
 //!   other zones;
 //! - a stateful task whose worker is still alive moves only to a caught-up
 //!   copy; otherwise the target first gets a warm-up copy and the task moves
-//!   once that copy has caught up.
+//!   once that copy has caught up; at most `max_warmups` copies warm up at
+//!   once, and a warm-up keeps its target;
+//! - a leaving worker (past the desired replica count) takes nothing new;
+//!   while it answers it keeps its stateful tasks until copies elsewhere
+//!   catch up, so a scale-down moves them warm; one that fails loses them
+//!   at once, to a caught-up copy when there is one.
 //!
 //! This is the function only; the handoffs it implies (revoke, wait for the
 //! acknowledgement or fence, then place) are sequenced by [`crate::handoff`]
@@ -24,8 +29,24 @@ use std::collections::{BTreeMap, BTreeSet};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Worker {
     pub name: String,
+    /// It answers and can run tasks.
     pub ready: bool,
+    /// Past the desired replica count: it takes nothing new, and its tasks
+    /// move away (a stateful one once a copy elsewhere is caught up).
+    pub leaving: bool,
     pub zone: Option<String>,
+}
+
+impl Worker {
+    /// A ready worker that stays, in no known zone.
+    pub fn ready(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            ready: true,
+            leaving: false,
+            zone: None,
+        }
+    }
 }
 
 pub use millrace_crds::placement::Assignment;
@@ -43,6 +64,12 @@ impl Placement {
             .iter()
             .find(|(_, a)| a.active.contains(&task))
             .map(|(w, _)| w.as_str())
+    }
+
+    fn has_copy(&self, task: i32, worker: &str) -> bool {
+        self.workers
+            .get(worker)
+            .is_some_and(|a| a.standby.contains(&task) || a.warmup.contains(&task))
     }
 }
 
@@ -74,6 +101,8 @@ pub struct Inputs<'a> {
     /// Tasks to give a worker of their own, most loaded first: the
     /// autoscaler's heavy tasks (one that alone needs half a worker).
     pub isolated: &'a [i32],
+    /// Most warm-up copies at once (`spec.state.maxWarmups`).
+    pub max_warmups: usize,
 }
 
 /// Which ready worker each isolated task gets to itself: its owner when
@@ -113,7 +142,7 @@ fn dedicate(i: &Inputs<'_>, ready: &[&Worker]) -> BTreeMap<String, i32> {
 
 pub fn next_placement(i: &Inputs<'_>) -> Placement {
     let ready: Vec<&Worker> = {
-        let mut r: Vec<&Worker> = i.workers.iter().filter(|w| w.ready).collect();
+        let mut r: Vec<&Worker> = i.workers.iter().filter(|w| w.ready && !w.leaving).collect();
         r.sort_by(|a, b| a.name.cmp(&b.name));
         r
     };
@@ -152,31 +181,45 @@ pub fn next_placement(i: &Inputs<'_>) -> Placement {
     let caught_up =
         |task: i32, worker: &str| i.caught_up.get(&task).is_some_and(|s| s.contains(worker));
 
+    // A leaving worker that still answers keeps a stateful task until a
+    // copy elsewhere is caught up, so a scale-down hands tasks to warm
+    // copies instead of restoring them cold.
+    let leaving: BTreeSet<&str> = i
+        .workers
+        .iter()
+        .filter(|w| w.ready && w.leaving && i.stateful)
+        .map(|w| w.name.as_str())
+        .collect();
+    let mut held: BTreeMap<String, Assignment> = BTreeMap::new();
+
     // 1. Sticky: keep each active on its ready worker while within share.
     let mut unplaced: Vec<i32> = Vec::new();
     let mut over: Vec<(i32, String)> = Vec::new();
     for task in (0..i.tasks).filter(|t| !is_isolated(*t)) {
-        match i
-            .current
-            .active_owner(task)
-            .filter(|w| next.contains_key(*w))
-        {
-            Some(owner) if next[owner].active.len() < capacity[owner] => {
+        match i.current.active_owner(task) {
+            Some(owner)
+                if next.contains_key(owner) && next[owner].active.len() < capacity[owner] =>
+            {
                 next.get_mut(owner).unwrap().active.insert(task);
             }
-            Some(owner) => over.push((task, owner.to_string())),
-            None => unplaced.push(task),
+            Some(owner) if next.contains_key(owner) || leaving.contains(owner) => {
+                over.push((task, owner.to_string()))
+            }
+            _ => unplaced.push(task),
         }
     }
+    // A warm-up takes a place on its target as an active would.
     let spare = |next: &BTreeMap<String, Assignment>, w: &str| {
-        capacity[w].saturating_sub(next[w].active.len())
+        capacity[w].saturating_sub(next[w].active.len() + next[w].warmup.len())
     };
-    // Prefer a target that already has a caught-up copy, then the emptiest.
+    // Prefer a target that already has a caught-up copy, then one with a
+    // copy under way (a warm-up does not hop), then the emptiest.
     let pick = |next: &BTreeMap<String, Assignment>, task: i32| -> Option<String> {
         let mut candidates: Vec<&String> = next.keys().filter(|w| spare(next, w) > 0).collect();
         candidates.sort_by_key(|w| {
             (
                 !caught_up(task, w),
+                !i.current.has_copy(task, w),
                 std::cmp::Reverse(spare(next, w)),
                 (*w).clone(),
             )
@@ -189,18 +232,29 @@ pub fn next_placement(i: &Inputs<'_>) -> Placement {
             next.get_mut(&target).unwrap().active.insert(task);
         }
     }
-    // 3. Over-share tasks of live workers: move to a caught-up copy, or keep
-    //    them where they are while the target warms up (stateful only).
+    // 3. Tasks over their live worker's share, or on a leaving one: move to
+    //    a caught-up copy, or (stateful) stay while the target warms up, at
+    //    most `max_warmups` at once. Those already warming keep their turn.
+    let warming = |task: i32| i.current.workers.values().any(|a| a.warmup.contains(&task));
+    over.sort_by_key(|(task, _)| !warming(*task));
+    let mut warmups_left = i.max_warmups;
     for (task, owner) in over {
-        let Some(target) = pick(&next, task) else {
-            next.get_mut(&owner).unwrap().active.insert(task);
-            continue;
+        let mut stay = |next: &mut BTreeMap<String, Assignment>| match next.get_mut(&owner) {
+            Some(a) => a.active.insert(task),
+            None => held.entry(owner.clone()).or_default().active.insert(task),
         };
-        if !i.stateful || caught_up(task, &target) {
-            next.get_mut(&target).unwrap().active.insert(task);
-        } else {
-            next.get_mut(&owner).unwrap().active.insert(task);
-            next.get_mut(&target).unwrap().warmup.insert(task);
+        match pick(&next, task) {
+            Some(target) if !i.stateful || caught_up(task, &target) => {
+                next.get_mut(&target).unwrap().active.insert(task);
+            }
+            Some(target) if warmups_left > 0 => {
+                stay(&mut next);
+                next.get_mut(&target).unwrap().warmup.insert(task);
+                warmups_left -= 1;
+            }
+            _ => {
+                stay(&mut next);
+            }
         }
     }
     // 4. Standbys: sticky, never on the active's worker, other zones first.
@@ -214,6 +268,7 @@ pub fn next_placement(i: &Inputs<'_>) -> Placement {
     for task in 0..i.tasks {
         let Some(active) = next
             .iter()
+            .chain(&held)
             .find(|(_, a)| a.active.contains(&task))
             .map(|(w, _)| w.clone())
         else {
@@ -253,6 +308,7 @@ pub fn next_placement(i: &Inputs<'_>) -> Placement {
             next.get_mut(&w).unwrap().standby.insert(task);
         }
     }
+    next.extend(held);
     finish(i.current, next)
 }
 
@@ -267,326 +323,5 @@ fn finish(current: &Placement, workers: BTreeMap<String, Assignment>) -> Placeme
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn workers(names: &[&str]) -> Vec<Worker> {
-        names
-            .iter()
-            .map(|n| Worker {
-                name: n.to_string(),
-                ready: true,
-                zone: None,
-            })
-            .collect()
-    }
-
-    fn place(tasks: i32, ws: &[Worker], current: &Placement, standbys: usize) -> Placement {
-        place_isolating(tasks, ws, current, standbys, &[])
-    }
-
-    fn place_isolating(
-        tasks: i32,
-        ws: &[Worker],
-        current: &Placement,
-        standbys: usize,
-        isolated: &[i32],
-    ) -> Placement {
-        next_placement(&Inputs {
-            tasks,
-            workers: ws,
-            current,
-            standby_replicas: standbys,
-            stateful: false,
-            caught_up: &BTreeMap::new(),
-            isolated,
-        })
-    }
-
-    #[test]
-    fn a_heavy_task_gets_its_worker_to_itself() {
-        let ws = workers(&["a", "b", "c"]);
-        let p = place(16, &ws, &Placement::default(), 0);
-        let owner = p.active_owner(3).unwrap().to_string();
-        let q = place_isolating(16, &ws, &p, 0, &[3]);
-        assert_eq!(q.active_owner(3), Some(owner.as_str()), "it does not move");
-        assert_eq!(q.workers[&owner].active, BTreeSet::from([3]));
-        let others: Vec<usize> = q
-            .workers
-            .iter()
-            .filter(|(w, _)| **w != owner)
-            .map(|(_, a)| a.active.len())
-            .collect();
-        assert_eq!(others, [8, 7], "the other 15 share the other workers");
-        assert!((0..16).all(|t| q.active_owner(t).is_some()));
-        // Released: counts balance again.
-        let r = place(16, &ws, &q, 0);
-        assert_eq!(actives(&r), [6, 5, 5]);
-    }
-
-    #[test]
-    fn isolation_leaves_the_others_a_worker_and_prefers_an_empty_one() {
-        let one = workers(&["a"]);
-        let p = place_isolating(4, &one, &Placement::default(), 0, &[0]);
-        assert_eq!(actives(&p), [4], "one worker: nothing to isolate onto");
-        let ab = workers(&["a", "b"]);
-        let p = place_isolating(4, &ab, &Placement::default(), 0, &[0, 1, 2]);
-        assert_eq!(p.workers["a"].active, BTreeSet::from([0]), "only n − 1");
-        assert_eq!(p.workers["b"].active.len(), 3);
-        // Two heavy tasks on one worker: the second goes to the new pod.
-        let p = place(4, &ab, &Placement::default(), 0);
-        let abc = workers(&["a", "b", "c"]);
-        let (x, y) = {
-            let mut on_a = p.workers["a"].active.iter();
-            (*on_a.next().unwrap(), *on_a.next().unwrap())
-        };
-        let q = place_isolating(4, &abc, &p, 0, &[x, y]);
-        assert_eq!(q.workers["a"].active, BTreeSet::from([x]));
-        assert_eq!(q.workers["c"].active, BTreeSet::from([y]));
-        assert_eq!(q.workers["b"].active.len(), 2);
-    }
-
-    fn actives(p: &Placement) -> Vec<usize> {
-        p.workers.values().map(|a| a.active.len()).collect()
-    }
-
-    #[test]
-    fn balanced_within_one_and_every_task_once() {
-        let p = place(16, &workers(&["a", "b", "c"]), &Placement::default(), 0);
-        assert_eq!(actives(&p), [6, 5, 5]);
-        assert!((0..16).all(|t| p.active_owner(t).is_some()));
-        assert_eq!(p.epoch, 1);
-        assert_eq!(
-            place(16, &workers(&["a", "b", "c"]), &p, 0).epoch,
-            1,
-            "no change, same epoch"
-        );
-    }
-
-    #[test]
-    fn scaling_moves_the_minimum() {
-        let p3 = place(12, &workers(&["a", "b", "c"]), &Placement::default(), 0);
-        let p4 = place(12, &workers(&["a", "b", "c", "d"]), &p3, 0);
-        let moved = (0..12)
-            .filter(|t| p3.active_owner(*t) != p4.active_owner(*t))
-            .count();
-        assert_eq!(moved, 3, "only d's share moves");
-        let p2 = place(12, &workers(&["a", "b"]), &p4, 0);
-        let moved = (0..12)
-            .filter(|t| p4.active_owner(*t) != p2.active_owner(*t))
-            .count();
-        assert_eq!(moved, 6, "only c's and d's tasks move");
-    }
-
-    #[test]
-    fn stateful_moves_wait_for_a_warm_copy() {
-        let p1 = place(4, &workers(&["a"]), &Placement::default(), 0);
-        let ws = workers(&["a", "b"]);
-        let none = BTreeMap::new();
-        let cold = next_placement(&Inputs {
-            tasks: 4,
-            workers: &ws,
-            current: &p1,
-            standby_replicas: 0,
-            stateful: true,
-            caught_up: &none,
-            isolated: &[],
-        });
-        assert_eq!(
-            cold.workers["a"].active.len(),
-            4,
-            "a keeps its tasks while b warms up"
-        );
-        assert_eq!(cold.workers["b"].warmup.len(), 2);
-        let warm: BTreeMap<i32, BTreeSet<String>> = cold.workers["b"]
-            .warmup
-            .iter()
-            .map(|t| (*t, BTreeSet::from(["b".to_string()])))
-            .collect();
-        let moved = next_placement(&Inputs {
-            tasks: 4,
-            workers: &ws,
-            current: &cold,
-            standby_replicas: 0,
-            stateful: true,
-            caught_up: &warm,
-            isolated: &[],
-        });
-        assert_eq!(actives(&moved), [2, 2]);
-        assert!(moved.workers["b"].warmup.is_empty());
-    }
-
-    #[test]
-    fn standbys_avoid_the_active_and_prefer_other_zones() {
-        let ws = vec![
-            Worker {
-                name: "a".into(),
-                ready: true,
-                zone: Some("z1".into()),
-            },
-            Worker {
-                name: "b".into(),
-                ready: true,
-                zone: Some("z1".into()),
-            },
-            Worker {
-                name: "c".into(),
-                ready: true,
-                zone: Some("z2".into()),
-            },
-        ];
-        let p = place(3, &ws, &Placement::default(), 1);
-        for t in 0..3 {
-            let active = p.active_owner(t).unwrap();
-            let standby: Vec<&String> = p
-                .workers
-                .iter()
-                .filter(|(_, a)| a.standby.contains(&t))
-                .map(|(w, _)| w)
-                .collect();
-            assert_eq!(standby.len(), 1);
-            assert_ne!(standby[0], active);
-            if active != "c" {
-                assert_eq!(
-                    standby[0], "c",
-                    "task {t}: the standby goes to the other zone"
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn leaving_pods_stay_while_they_hold_or_owe_a_task() {
-        use millrace_crds::placement::{Move, PlacementDoc};
-        assert_eq!(ordinal("orders", "orders-3"), Some(3));
-        assert_eq!(ordinal("orders", "orders-eu-3"), None);
-        let mut doc = PlacementDoc::default();
-        doc.workers.insert(
-            "orders-0".into(),
-            Assignment {
-                active: [0, 1].into(),
-                ..Default::default()
-            },
-        );
-        doc.workers.insert("orders-4".into(), Assignment::default());
-        assert_eq!(
-            holding_ordinals(&doc, "orders"),
-            Some(0),
-            "an empty entry holds nothing"
-        );
-        doc.moves.push(Move {
-            task: 2,
-            from: "orders-2".into(),
-            to: "orders-0".into(),
-            revoked_epoch: 1,
-            since_ms: 0,
-        });
-        assert_eq!(
-            holding_ordinals(&doc, "orders"),
-            Some(2),
-            "orders-2 owes a handoff"
-        );
-    }
-
-    /// Random histories of scaling and pod loss; the invariants hold after
-    /// every step.
-    #[test]
-    fn invariants_hold_over_random_histories() {
-        let mut seed: u64 = 0x5eed;
-        let mut rand = |n: u64| {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (seed >> 33) % n
-        };
-        for _history in 0..200 {
-            let tasks = 1 + rand(24) as i32;
-            let standbys = rand(3) as usize;
-            let mut ws: Vec<Worker> = Vec::new();
-            let mut current = Placement::default();
-            for step in 0..30 {
-                let isolated: Vec<i32> = (0..rand(3)).map(|_| rand(tasks as u64) as i32).collect();
-                match rand(3) {
-                    0 if ws.len() < 8 => ws.push(Worker {
-                        name: format!("w{step}"),
-                        ready: true,
-                        zone: Some(format!("z{}", rand(2))),
-                    }),
-                    1 if !ws.is_empty() => {
-                        let k = rand(ws.len() as u64) as usize;
-                        ws.remove(k);
-                    }
-                    _ if !ws.is_empty() => {
-                        let k = rand(ws.len() as u64) as usize;
-                        ws[k].ready = !ws[k].ready;
-                    }
-                    _ => {}
-                }
-                let previous = current.clone();
-                current = place_isolating(tasks, &ws, &previous, standbys, &isolated);
-                let ready: BTreeSet<&str> = ws
-                    .iter()
-                    .filter(|w| w.ready)
-                    .map(|w| w.name.as_str())
-                    .collect();
-                for t in 0..tasks {
-                    let owners: Vec<&String> = current
-                        .workers
-                        .iter()
-                        .filter(|(_, a)| a.active.contains(&t))
-                        .map(|(w, _)| w)
-                        .collect();
-                    if ready.is_empty() {
-                        assert!(owners.is_empty());
-                        continue;
-                    }
-                    assert_eq!(owners.len(), 1, "task {t} has one active");
-                    assert!(ready.contains(owners[0].as_str()), "on a ready worker");
-                    for (w, a) in &current.workers {
-                        assert!(
-                            !(a.standby.contains(&t) && a.active.contains(&t)),
-                            "{w}: standby beside its own active"
-                        );
-                    }
-                    // Sticky: a task whose worker is still ready and within
-                    // share, and not given to a heavy task, does not move.
-                    if let Some(old) = previous.active_owner(t) {
-                        let taken = isolated
-                            .iter()
-                            .any(|i| current.active_owner(*i) == Some(old));
-                        if ready.contains(old) && owners[0] != old && !taken {
-                            assert!(
-                                previous.workers[old].active.len()
-                                    > current.workers.get(old).map_or(0, |a| a.active.len()),
-                                "task {t} moved off {old} without reason"
-                            );
-                        }
-                    }
-                }
-                // The first n − 1 distinct heavy tasks are alone; the other
-                // workers are balanced within one.
-                let mut alone = BTreeSet::new();
-                for t in &isolated {
-                    if alone.len() + 1 < ready.len() && !alone.contains(t) {
-                        let owner = current.active_owner(*t).unwrap();
-                        assert_eq!(current.workers[owner].active, BTreeSet::from([*t]));
-                        alone.insert(*t);
-                    }
-                }
-                if !ready.is_empty() {
-                    let counts: Vec<usize> = current
-                        .workers
-                        .values()
-                        .filter(|a| !a.active.iter().any(|t| alone.contains(t)))
-                        .map(|a| a.active.len())
-                        .collect();
-                    assert!(
-                        counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 1,
-                        "balanced within one: {counts:?}"
-                    );
-                }
-                assert!(current.epoch >= previous.epoch);
-            }
-        }
-    }
-}
+#[path = "placement_tests.rs"]
+mod tests;

@@ -150,29 +150,28 @@ async fn drive(driver: &Driver, app: &StreamApp) -> Result<bool> {
         .filter_map(|s| Some((s.name.clone(), s.status()?.applied_epoch?)))
         .collect();
     // Pods past the desired count are leaving: nothing new is placed on
-    // them and their tasks move away while they still answer, so a
-    // scale-down hands tasks over instead of fencing.
+    // them and their tasks move away while they still answer (stateful
+    // ones to caught-up copies), so a scale-down hands tasks over instead
+    // of fencing or restoring.
     let desired = app.status.as_ref().map(|s| s.desired_replicas);
-    let staying = |w: &str| crate::scale::stays(&name, w, desired);
     let workers: Vec<Worker> = seen
         .iter()
         .map(|s| Worker {
             name: s.name.clone(),
-            ready: available.contains(&s.name) && staying(&s.name),
+            ready: available.contains(&s.name),
+            leaving: !crate::scale::stays(&name, &s.name, desired),
             zone: None,
         })
         .collect();
-    let standbys = app
-        .spec
-        .state
-        .as_ref()
-        .map_or(0, |s| s.standby_replicas.max(0) as usize);
+    let state = app.spec.state.clone().unwrap_or_default();
+    let standbys = state.standby_replicas.max(0) as usize;
 
     let isolated = isolated_tasks(app);
     // A stateful task moves to a live worker only once that worker's copy
     // of its state is caught up: a warm-up first, many at once.
     let stateful = state_reports::has_state_stores(app);
     let caught_up = state_reports::caught_up_copies(
+        state.acceptable_lag(),
         seen.iter()
             .filter_map(|s| Some((s.name.as_str(), s.status()?))),
     );
@@ -205,6 +204,7 @@ async fn drive(driver: &Driver, app: &StreamApp) -> Result<bool> {
             stateful,
             caught_up: &caught_up,
             isolated: &isolated,
+            max_warmups: state.max_warmups(),
         });
         let observation = Observation {
             acknowledged: &acknowledged,

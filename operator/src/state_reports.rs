@@ -14,11 +14,6 @@ use millrace_crds::StreamApp;
 use crate::error::Result;
 use crate::workers::ObservedPod;
 
-/// Within this many changelog records of the end, a copy is caught up: a
-/// task moved to it restores that much at most. Kafka Streams' default
-/// `acceptable.recovery.lag`.
-pub const ACCEPTABLE_LAG: u64 = 10_000;
-
 /// Whether the app's tasks keep state in stores (its pipeline has a
 /// stateful step): their moves wait for warm copies.
 pub fn has_state_stores(app: &StreamApp) -> bool {
@@ -30,14 +25,17 @@ pub fn has_state_stores(app: &StreamApp) -> bool {
 }
 
 /// Per task, the workers whose standby or warm-up copy is within
-/// [`ACCEPTABLE_LAG`] of its changelogs, from their reports.
+/// `acceptable_lag` records (`spec.state.acceptableLag`) of its
+/// changelogs' ends, from their reports: a task moved to one restores that
+/// much at most.
 pub fn caught_up_copies<'a>(
+    acceptable_lag: u64,
     reports: impl Iterator<Item = (&'a str, &'a WorkerStatus)>,
 ) -> BTreeMap<i32, BTreeSet<String>> {
     let mut caught_up: BTreeMap<i32, BTreeSet<String>> = BTreeMap::new();
     for (worker, report) in reports {
         for (task, restore) in &report.restores {
-            if restore.state == RestoreState::Standby && restore.records_remaining <= ACCEPTABLE_LAG
+            if restore.state == RestoreState::Standby && restore.records_remaining <= acceptable_lag
             {
                 caught_up
                     .entry(*task)
@@ -141,13 +139,13 @@ mod tests {
         let report = WorkerStatus {
             restores: [
                 (0, copy(RestoreState::Standby, 10)),
-                (1, copy(RestoreState::Standby, ACCEPTABLE_LAG + 1)),
+                (1, copy(RestoreState::Standby, 1_001)),
                 (2, copy(RestoreState::Active, 0)),
             ]
             .into(),
             ..WorkerStatus::default()
         };
-        let found = caught_up_copies([("w-1", &report)].into_iter());
+        let found = caught_up_copies(1_000, [("w-1", &report)].into_iter());
         assert_eq!(
             found,
             [(0, ["w-1".to_string()].into())].into(),

@@ -296,6 +296,7 @@ pub fn run(trace: &Trace, world: &World, scaler: &mut dyn Scaler) -> Score {
             .map(|(name, ready_at)| Worker {
                 name: name.clone(),
                 ready: *ready_at <= t,
+                leaving: false,
                 zone: None,
             })
             .collect();
@@ -307,6 +308,7 @@ pub fn run(trace: &Trace, world: &World, scaler: &mut dyn Scaler) -> Score {
             stateful: false,
             caught_up: &BTreeMap::new(),
             isolated: &isolated,
+            max_warmups: 8,
         });
         for (task, until) in paused_until.iter_mut().enumerate() {
             let (before, after) = (

@@ -59,6 +59,11 @@ pub struct TaskRestore {
     pub since_ms: u64,
     /// Records per second so far.
     pub rate: u64,
+    /// A standby's lag in time: the age of the newest change it has
+    /// applied while records remain, 0 at the end; `None` before it has
+    /// read one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seconds_behind: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -137,7 +137,9 @@ async fn drive(driver: &Driver, app: &StreamApp) -> Result<bool> {
     // Always a fresh observation: moves wait on what workers acknowledge.
     let observation = driver.workers.fresh(&namespace, &name).await?;
     let seen = &observation.pods;
-    remember_reports(driver, &namespace, seen);
+    for (reason, note) in remember_reports(driver, &namespace, seen) {
+        publish(driver, app, EventType::Normal, reason, note).await;
+    }
     report_stopped(driver, app, seen).await?;
     state_reports::record_created_topics(&driver.client, app, seen).await?;
     let available: BTreeSet<String> = seen
@@ -230,16 +232,29 @@ async fn drive(driver: &Driver, app: &StreamApp) -> Result<bool> {
 }
 
 /// The last report of each worker: a task's pause is measured from its
-/// last commit there, even when the worker no longer answers.
-fn remember_reports(driver: &Driver, namespace: &str, seen: &[ObservedPod]) {
+/// last commit there, even when the worker no longer answers. Returns the
+/// restore Events the change since the previous reports makes.
+fn remember_reports(
+    driver: &Driver,
+    namespace: &str,
+    seen: &[ObservedPod],
+) -> Vec<(&'static str, String)> {
     let mut memory = lock(&driver.memory);
+    let mut events = Vec::new();
     for s in seen {
         if let Some(r) = s.status() {
-            memory
-                .reports
-                .insert((namespace.to_string(), s.name.clone()), r.clone());
+            let key = (namespace.to_string(), s.name.clone());
+            let previous = memory.reports.get(&key);
+            events.extend(state_reports::restore_events(
+                &s.name,
+                previous,
+                r,
+                unix_ms(),
+            ));
+            memory.reports.insert(key, r.clone());
         }
     }
+    events
 }
 
 /// Tasks the workers report stopped at a record go to `status.stoppedTasks`

@@ -47,10 +47,63 @@ pub fn caught_up_copies<'a>(
     caught_up
 }
 
+/// Restores older than this when first seen (an operator that restarted)
+/// get no Event.
+const RECENT_MS: u64 = 10 * 60 * 1000;
+
+/// The restore Events of one worker's report against its previous one:
+/// `Restoring` when a restore is first seen under way, `Restored` when one
+/// that replayed records is first seen finished (a restore is one
+/// `sinceMs`; a task started with nothing to replay gets neither).
+pub fn restore_events(
+    pod: &str,
+    previous: Option<&WorkerStatus>,
+    report: &WorkerStatus,
+    now_ms: u64,
+) -> Vec<(&'static str, String)> {
+    let mut events = Vec::new();
+    for (task, r) in &report.restores {
+        let before = previous.and_then(|p| p.restores.get(task));
+        let same_restore =
+            before.is_some_and(|b| b.since_ms == r.since_ms && b.state != RestoreState::Standby);
+        let kind = if r.full {
+            "full: no usable local copy"
+        } else {
+            "from the local copy's offset"
+        };
+        let recent = now_ms.saturating_sub(r.since_ms) < RECENT_MS;
+        match r.state {
+            RestoreState::Restoring if !same_restore && recent => events.push((
+                "Restoring",
+                format!(
+                    "task {task} on {pod}: restoring its state, {} changelog records to replay ({kind})",
+                    r.records_remaining
+                ),
+            )),
+            RestoreState::Active
+                if r.records_restored > 0
+                    && recent
+                    && !(same_restore && before.is_some_and(|b| b.state == RestoreState::Active)) =>
+            {
+                let seconds = r.records_restored as f64 / r.rate.max(1) as f64;
+                events.push((
+                    "Restored",
+                    format!(
+                        "task {task} on {pod}: restored {} changelog records in {seconds:.1} s ({}/s, {kind})",
+                        r.records_restored, r.rate
+                    ),
+                ));
+            }
+            _ => {}
+        }
+    }
+    events
+}
+
 /// One line for `kubectl get streamapps`: the restores under way (and
 /// records left), and how far the standby copies are behind at worst.
 pub fn state_summary<'a>(reports: impl Iterator<Item = &'a WorkerStatus>) -> Option<String> {
-    let (mut restoring, mut left, mut standbys, mut behind) = (0, 0, 0, 0);
+    let (mut restoring, mut left, mut standbys, mut behind, mut seconds) = (0, 0, 0, 0, 0);
     for restore in reports.flat_map(|r| r.restores.values()) {
         match restore.state {
             RestoreState::Restoring => {
@@ -60,12 +113,14 @@ pub fn state_summary<'a>(reports: impl Iterator<Item = &'a WorkerStatus>) -> Opt
             RestoreState::Standby => {
                 standbys += 1;
                 behind = behind.max(restore.records_remaining);
+                seconds = seconds.max(restore.seconds_behind.unwrap_or(0));
             }
             RestoreState::Active => {}
         }
     }
     let restores = (restoring > 0).then(|| format!("{restoring} restoring, {left} records left"));
-    let copies = (standbys > 0).then(|| format!("{standbys} standbys ≤{behind} behind"));
+    let copies = (standbys > 0)
+        .then(|| format!("{standbys} standbys ≤{behind} records, ≤{seconds}s behind"));
     match (restores, copies) {
         (None, None) => None,
         (Some(r), None) => Some(r),
@@ -154,6 +209,89 @@ mod tests {
     }
 
     #[test]
+    fn a_restore_gets_one_event_when_seen_under_way_and_one_when_done() {
+        let report = |task: i32, r: TaskRestore| WorkerStatus {
+            restores: [(task, r)].into(),
+            ..WorkerStatus::default()
+        };
+        let restoring = report(
+            3,
+            TaskRestore {
+                state: RestoreState::Restoring,
+                records_remaining: 15_000,
+                full: true,
+                since_ms: 1_000,
+                ..TaskRestore::default()
+            },
+        );
+        let done = report(
+            3,
+            TaskRestore {
+                state: RestoreState::Active,
+                records_restored: 15_000,
+                full: true,
+                since_ms: 1_000,
+                rate: 5_000,
+                ..TaskRestore::default()
+            },
+        );
+        let now = 5_000;
+        let events = restore_events("w-1", None, &restoring, now);
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].0, "Restoring");
+        assert!(
+            events[0].1.starts_with(
+                "task 3 on w-1: restoring its state, 15000 changelog records to replay (full"
+            ),
+            "{}",
+            events[0].1
+        );
+        assert!(
+            restore_events("w-1", Some(&restoring), &restoring, now).is_empty(),
+            "once"
+        );
+        let events = restore_events("w-1", Some(&restoring), &done, now);
+        assert_eq!(
+            events,
+            [("Restored", "task 3 on w-1: restored 15000 changelog records in 3.0 s (5000/s, full: no usable local copy)".to_string())]
+        );
+        assert!(
+            restore_events("w-1", Some(&done), &done, now).is_empty(),
+            "once"
+        );
+        assert_eq!(
+            restore_events("w-1", None, &done, now).len(),
+            1,
+            "a quick restore seen done"
+        );
+        assert!(
+            restore_events("w-1", None, &done, 1_000 + RECENT_MS).is_empty(),
+            "an old restore (the operator restarted) is not announced"
+        );
+        let nothing = report(
+            3,
+            TaskRestore {
+                state: RestoreState::Active,
+                since_ms: 1_000,
+                ..TaskRestore::default()
+            },
+        );
+        assert!(
+            restore_events("w-1", None, &nothing, now).is_empty(),
+            "nothing replayed"
+        );
+        let standby = report(
+            3,
+            TaskRestore {
+                state: RestoreState::Standby,
+                records_remaining: 9,
+                ..TaskRestore::default()
+            },
+        );
+        assert!(restore_events("w-1", Some(&restoring), &standby, now).is_empty());
+    }
+
+    #[test]
     fn the_state_column_says_what_restores_and_how_far_standbys_are_behind() {
         let report = |entries: &[(i32, RestoreState, u64)]| WorkerStatus {
             restores: entries
@@ -162,6 +300,7 @@ mod tests {
                     let r = TaskRestore {
                         state: *state,
                         records_remaining: *left,
+                        seconds_behind: Some(*left / 10),
                         ..TaskRestore::default()
                     };
                     (*t, r)
@@ -179,11 +318,11 @@ mod tests {
         ]);
         assert_eq!(
             state_summary([&a, &b].into_iter()).as_deref(),
-            Some("1 restoring, 500 records left; 2 standbys ≤30 behind")
+            Some("1 restoring, 500 records left; 2 standbys ≤30 records, ≤3s behind")
         );
         assert_eq!(
             state_summary([&b].into_iter()).as_deref(),
-            Some("restored; 2 standbys ≤30 behind")
+            Some("restored; 2 standbys ≤30 records, ≤3s behind")
         );
         assert_eq!(
             state_summary(std::iter::empty()),

@@ -2,9 +2,10 @@
 //! count and sum per key) in worker pods with `standbyReplicas: 1`, while
 //! replicas go 1 → 3 → 2 → 1 and pods are SIGKILLed and deleted: tasks
 //! move between pods and restore from their changelogs (a tail where the
-//! pod's volume has an older copy). Every update must be exact. The
-//! changelogs the workers created are recorded in the status, for
-//! deletion to find.
+//! pod's volume has an older copy). Every update must be exact. Then the
+//! last pod's volume is lost: a full restore, with Events, and the counts
+//! go on exactly. The changelogs the workers created are recorded in the
+//! status, for deletion to find.
 //!
 //! Sizes: `MILLRACE_STATE_RECORDS` (default 20,000) and
 //! `MILLRACE_STATE_FAULTS` (default 3).
@@ -14,17 +15,17 @@ use std::time::Duration;
 
 use millrace_tests::runtime::admin_get_at;
 
-use millrace_tests::state_verifier::{generate, manifest, verify};
+use millrace_tests::state_verifier::{generate, generate_seqs, manifest, verify};
 use millrace_tests::verifier::{drained, env_or, Topics};
 use millrace_tests::workers::{
     apply_yaml, get, rescale_with_faults, scale, wait_settled, worker_pods,
 };
-use millrace_tests::{install_chart, unique, wait_until, TestNamespace};
+use millrace_tests::{install_chart, kubectl, unique, wait_until, TestNamespace};
 
 const PARTITIONS: i32 = 8;
 
-/// Per task, the lag of its standby copy, from the workers' `/tasks`.
-fn standby_lags(ns: &str, app: &str) -> BTreeMap<i32, u64> {
+/// Per task, its standby's lag in records and seconds, from the pods.
+fn standby_lags(ns: &str, app: &str) -> BTreeMap<i32, (u64, u64)> {
     let mut lags = BTreeMap::new();
     for pod in worker_pods(ns, app) {
         let ip = get(ns, &format!("pod/{pod}"), "{.status.podIP}");
@@ -34,8 +35,9 @@ fn standby_lags(ns: &str, app: &str) -> BTreeMap<i32, u64> {
         let tasks: serde_json::Value = serde_json::from_str(&tasks).unwrap_or_default();
         for (task, r) in tasks["restores"].as_object().into_iter().flatten() {
             if r["state"] == "Standby" {
-                let lag = r["recordsRemaining"].as_u64().unwrap_or(u64::MAX);
-                lags.insert(task.parse().unwrap(), lag);
+                let records = r["recordsRemaining"].as_u64().unwrap_or(u64::MAX);
+                let seconds = r["secondsBehind"].as_u64().unwrap_or(u64::MAX);
+                lags.insert(task.parse().unwrap(), (records, seconds));
             }
         }
     }
@@ -70,11 +72,11 @@ fn counts_stay_exact_while_stateful_tasks_move_between_pods() {
         Duration::from_secs(60),
         || {
             let lags = standby_lags(ns, app);
-            (lags.len() == PARTITIONS as usize && lags.values().all(|lag| *lag < 2000))
-                .then_some(lags)
+            let caught_up = |(records, seconds): &(u64, u64)| *records < 2000 && *seconds < 10;
+            (lags.len() == PARTITIONS as usize && lags.values().all(caught_up)).then_some(lags)
         },
     );
-    eprintln!("standby lag per task (changelog records): {standbys:?}");
+    eprintln!("standby lag per task (changelog records, seconds): {standbys:?}");
     let column = wait_until("the State column", Duration::from_secs(30), || {
         let state = get(ns, &format!("streamapp/{app}"), "{.status.placement.state}");
         state.contains("standbys").then_some(state)
@@ -88,8 +90,50 @@ fn counts_stay_exact_while_stateful_tasks_move_between_pods() {
         Duration::from_secs(600),
         || drained(&app_id, &topics).then_some(()),
     );
-    let summary = verify(&topics.outputs[0], PARTITIONS, records);
-    println!("state on the test bed: {summary}; {done} faults, replicas 1→3→2→1");
+    let moved = verify(&topics.outputs[0], PARTITIONS, records);
+    println!("state on the test bed: {moved}; {done} faults, replicas 1→3→2→1");
+    assert!(moved.wrong.is_empty(), "{moved}");
+
+    // The last pod's volume lost (claim and pod deleted): a new volume and
+    // a full restore of every task, announced by Events, then more input
+    // on the restored counts.
+    let pod = format!("{app}-0");
+    let claim = format!("state-{pod}");
+    let old_claim = get(ns, &format!("pvc/{claim}"), "{.metadata.uid}");
+    assert!(!old_claim.is_empty(), "{pod} has a state volume");
+    kubectl(&["-n", ns, "delete", "pvc", &claim, "--wait=false"]).unwrap();
+    kubectl(&["-n", ns, "delete", "pod", &pod, "--wait=false"]).unwrap();
+    wait_until("a new state volume", Duration::from_secs(180), || {
+        let uid = get(ns, &format!("pvc/{claim}"), "{.metadata.uid}");
+        (!uid.is_empty() && uid != old_claim).then_some(())
+    });
+    let more = records / 4;
+    generate_seqs(
+        &topics.input,
+        records..records + more,
+        Duration::from_secs(5),
+    );
+    let restored = wait_until("full restores announced", Duration::from_secs(180), || {
+        let notes = get(
+            ns,
+            "events",
+            "{range .items[?(@.reason==\"Restored\")]}{.message}{\"\\n\"}{end}",
+        );
+        let full: Vec<String> = notes
+            .lines()
+            .filter(|n| n.contains(&format!("on {pod}:")) && n.contains("full"))
+            .map(String::from)
+            .collect();
+        (full.len() >= PARTITIONS as usize).then_some(full)
+    });
+    eprintln!("after the volume was lost: {restored:#?}");
+    wait_until(
+        "the app to commit the new input",
+        Duration::from_secs(600),
+        || drained(&app_id, &topics).then_some(()),
+    );
+    let summary = verify(&topics.outputs[0], PARTITIONS, records + more);
+    println!("state on the test bed after a lost volume: {summary}");
     assert!(summary.wrong.is_empty(), "{summary}");
 
     let recorded = get(ns, &format!("streamapp/{app}"), "{.status.internalTopics}");

@@ -41,6 +41,8 @@ pub struct Standby {
 
 /// One changelog partition followed: (store, task) → next offset.
 type Followed = BTreeMap<(usize, i32), i64>;
+/// Per task, the timestamp (ms) of the newest changelog record read.
+type Newest = BTreeMap<i32, i64>;
 
 impl Standby {
     pub fn spawn(self) -> std::io::Result<()> {
@@ -66,6 +68,7 @@ impl Standby {
         let mut tasks = BTreeSet::new();
         let mut followed = Followed::new();
         let mut applied: BTreeMap<i32, u64> = BTreeMap::new();
+        let mut newest = Newest::new();
         let mut writes = Writes::default();
         let (mut looked, mut flushed, mut reported) =
             (Instant::now() - LOOK_AGAIN, Instant::now(), Instant::now());
@@ -83,6 +86,7 @@ impl Standby {
                     followed = self.follow(&consumer, &probe, &wanted)?;
                     for gone in tasks.difference(&wanted) {
                         self.status.forget_standby(*gone);
+                        newest.remove(gone);
                     }
                     tasks = wanted;
                 }
@@ -103,6 +107,10 @@ impl Standby {
                     }
                     followed.insert((store, task), m.offset() + 1);
                     *applied.entry(task).or_default() += 1;
+                    if let Some(ms) = m.timestamp().to_millis() {
+                        let at = newest.entry(task).or_default();
+                        *at = (*at).max(ms);
+                    }
                 }
                 Some(Err(e)) => tracing::warn!("standby: {e}"),
                 None => {
@@ -120,7 +128,7 @@ impl Standby {
             }
             if reported.elapsed() >= REPORT_EVERY {
                 reported = Instant::now();
-                self.report(&probe, &tasks, &followed, &applied);
+                self.report(&probe, &tasks, &followed, &applied, &newest);
             }
         }
         Ok(())
@@ -158,14 +166,18 @@ impl Standby {
         Ok(followed)
     }
 
-    /// Each standby's lag (records behind the changelog's end), on `/tasks`.
+    /// Each standby's lag, on `/tasks`: records behind the changelogs'
+    /// ends, and seconds (how old the newest change it holds is, while it
+    /// is behind; the end's own timestamp would cost a fetch per report).
     fn report(
         &self,
         probe: &BaseConsumer,
         tasks: &BTreeSet<i32>,
         followed: &Followed,
         applied: &BTreeMap<i32, u64>,
+        newest: &Newest,
     ) {
+        let now = unix_ms() as i64;
         for &task in tasks {
             let mut lag = 0;
             for ((index, t), next) in followed.range((0, task)..) {
@@ -183,10 +195,19 @@ impl Standby {
                     state: RestoreState::Standby,
                     records_restored: applied.get(&task).copied().unwrap_or(0),
                     records_remaining: lag,
+                    seconds_behind: seconds_behind(lag, newest.get(&task).copied(), now),
                     ..TaskRestore::default()
                 },
             );
         }
+    }
+}
+
+fn seconds_behind(lag: u64, newest_ms: Option<i64>, now_ms: i64) -> Option<u64> {
+    match (lag, newest_ms) {
+        (0, _) => Some(0),
+        (_, Some(ms)) => Some((now_ms - ms).max(0) as u64 / 1000),
+        (_, None) => None,
     }
 }
 
@@ -195,4 +216,22 @@ fn reached(followed: &Followed) -> Vec<(i32, usize, i64)> {
         .iter()
         .map(|((store, task), next)| (*task, *store, *next))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_copy_at_the_end_is_zero_seconds_behind_else_the_age_of_its_newest_change() {
+        assert_eq!(seconds_behind(0, None, 9_000), Some(0));
+        assert_eq!(seconds_behind(0, Some(1_000), 9_000), Some(0));
+        assert_eq!(seconds_behind(5, Some(1_000), 9_500), Some(8));
+        assert_eq!(seconds_behind(5, None, 9_000), None, "nothing read yet");
+        assert_eq!(
+            seconds_behind(5, Some(10_000), 9_000),
+            Some(0),
+            "clock skew"
+        );
+    }
 }

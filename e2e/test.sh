@@ -17,7 +17,7 @@ log "cargo test --workspace (KAFKA_BOOTSTRAP=$KAFKA_BOOTSTRAP KUBECONFIG=$KUBECO
 cargo test --workspace
 
 log "benchmark harness, quick variant (proves it works; figures come from make bench)"
-bash "$E2E_DIR/bench.sh" --records 20000 --rounds 1 --latency-rate 2000 --latency-seconds 5 --results "${TMPDIR:-/tmp}/millrace-bench" >/dev/null
+make -s bench-quick >/dev/null
 
 log "stack scripts: idempotent up, recovery, three-node cluster, clean down"
 bash "$E2E_DIR/tests/stack-lifecycle.sh"

@@ -62,6 +62,33 @@ pub struct Setup {
     pub threads: usize,
 }
 
+impl Setup {
+    /// The repository is the working directory; binaries are in
+    /// `CARGO_TARGET_DIR` (or `target/`); the run is named by the time.
+    pub fn new(bootstrap: String) -> anyhow::Result<Self> {
+        let repo = std::env::current_dir()?;
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| repo.join("target"));
+        let run_id = format!(
+            "bench-{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_secs()
+        );
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        Ok(Setup {
+            bootstrap,
+            repo,
+            target,
+            run_id,
+            threads,
+        })
+    }
+}
+
 /// One contender's run.
 #[derive(Clone, Debug)]
 pub struct Measurement {
@@ -208,7 +235,7 @@ pub fn launch(
     Ok((cmd.spawn()?, app_id))
 }
 
-fn binary(target: &Path, name: &str) -> anyhow::Result<PathBuf> {
+pub fn binary(target: &Path, name: &str) -> anyhow::Result<PathBuf> {
     let path = target.join("release").join(name);
     anyhow::ensure!(
         path.exists(),
@@ -282,6 +309,60 @@ pub fn clean_up(setup: &Setup, topics: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What one run of a contender cost, from its start until its group had
+/// committed the whole input.
+#[derive(Clone, Copy, Debug)]
+pub struct Usage {
+    pub seconds: f64,
+    pub cpu_seconds: f64,
+    pub peak_rss_mb: f64,
+    /// The broker's CPU seconds over the same span (it shares the cores);
+    /// `None` when the broker is not one local process.
+    pub broker_cpu_seconds: Option<f64>,
+}
+
+/// Waits for `child`'s group to commit the end of `input` as it is now,
+/// measuring from `started` (the child's launch). The child keeps running.
+pub fn until_drained(
+    setup: &Setup,
+    name: &str,
+    child: &mut Child,
+    group: &str,
+    input: &str,
+    started: Instant,
+    broker_before: Option<(u32, f64)>,
+) -> anyhow::Result<Usage> {
+    let watch = kafka::DrainWatch::new(&setup.bootstrap, group, input, PARTITIONS)?;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!("{name} exited early: {status}");
+        }
+        if watch.drained() {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(1800),
+            "{name} did not finish in 30 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    // CPU time and VmHWM only grow: reading them once, at the end, is the peak.
+    let (cpu_seconds, peak_rss_mb) = process_usage(child.id());
+    Ok(Usage {
+        seconds,
+        cpu_seconds,
+        peak_rss_mb,
+        broker_cpu_seconds: broker_before.map(|(pid, before)| process_usage(pid).0 - before),
+    })
+}
+
+/// The broker's process and its CPU seconds so far, to measure a run's
+/// share against.
+pub fn broker_before() -> Option<(u32, f64)> {
+    broker_pid().map(|pid| (pid, process_usage(pid).0))
+}
+
 /// Runs one contender over the whole input and measures it.
 pub fn measure(
     setup: &Setup,
@@ -290,47 +371,67 @@ pub fn measure(
     input: &str,
     records: u64,
 ) -> anyhow::Result<Measurement> {
-    let broker = broker_pid();
-    let broker_before = broker.map(|pid| process_usage(pid).0);
+    let broker = broker_before();
     let started = Instant::now();
     let (mut child, group) = launch(setup, c, round, input)?;
-    let watch = match kafka::DrainWatch::new(&setup.bootstrap, &group, input, PARTITIONS) {
-        Ok(watch) => watch,
-        Err(e) => {
-            stop(child);
-            return Err(e);
-        }
-    };
-    loop {
-        if let Some(status) = child.try_wait()? {
-            anyhow::bail!("{} exited early: {status}", c.name());
-        }
-        if watch.drained() {
-            break;
-        }
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(1800),
-            "{} did not finish in 30 minutes",
-            c.name()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    // CPU time and VmHWM only grow: reading them once, at the end, is the peak.
-    let (cpu, rss) = process_usage(child.id());
-    let broker_cpu = broker
-        .zip(broker_before)
-        .map(|(pid, before)| process_usage(pid).0 - before);
+    let usage = until_drained(setup, c.name(), &mut child, &group, input, started, broker);
     stop(child);
+    let usage = usage?;
     clean_up(setup, &output_topics(setup, c, round))?;
     Ok(Measurement {
         contender: c,
-        seconds,
-        records_per_second: records as f64 / seconds,
-        cpu_seconds: cpu,
-        peak_rss_mb: rss,
-        broker_cpu_seconds: broker_cpu,
+        seconds: usage.seconds,
+        records_per_second: records as f64 / usage.seconds,
+        cpu_seconds: usage.cpu_seconds,
+        peak_rss_mb: usage.peak_rss_mb,
+        broker_cpu_seconds: usage.broker_cpu_seconds,
     })
+}
+
+/// Now, for a report's title.
+pub fn utc_now() -> String {
+    Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d %H:%M UTC")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+/// The machine, broker and JVM a report's figures come from.
+pub fn machine_line(setup: &Setup) -> String {
+    let java = Command::new("java")
+        .arg("-version")
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stderr)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string()
+        })
+        .unwrap_or_default();
+    format!(
+        "Machine: {} cores, {} ; broker on the same machine (Kafka 4.1.1, one KRaft node). Java: {java}. Kafka Streams: {} stream threads.",
+        setup.threads,
+        meminfo(),
+        setup.threads
+    )
+}
+
+fn meminfo() -> String {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines().next().map(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|kb| kb.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            })
+        })
+        .map(|kb| format!("{:.0} GiB RAM", kb / 1024.0 / 1024.0))
+        .unwrap_or_default()
 }
 
 pub fn median(mut values: Vec<f64>) -> f64 {

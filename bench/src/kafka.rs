@@ -83,21 +83,53 @@ fn now_ms() -> u128 {
 
 /// Writes `records` orders; with `rate` (records/s) spread over time.
 pub fn fill(bootstrap: &str, topic: &str, records: u64, rate: Option<u64>) -> anyhow::Result<()> {
+    produce(bootstrap, topic, 0..records, rate, |i| {
+        (format!("c-{}", i % 5000), order(i, now_ms()))
+    })
+}
+
+/// Writes records `seqs` of the stateful benchmark: key `k-<seq % keys>`,
+/// value `{"id":seq,"n":..}` of about 80 bytes.
+pub fn fill_keyed(
+    bootstrap: &str,
+    topic: &str,
+    seqs: std::ops::Range<u64>,
+    keys: u64,
+) -> anyhow::Result<()> {
+    produce(bootstrap, topic, seqs, None, |i| {
+        (
+            format!("k-{}", i % keys),
+            format!(
+                r#"{{"id":{i},"n":{},"note":"{}"}}"#,
+                (i * 7) % 100,
+                "x".repeat(40)
+            ),
+        )
+    })
+}
+
+fn produce(
+    bootstrap: &str,
+    topic: &str,
+    seqs: std::ops::Range<u64>,
+    rate: Option<u64>,
+    record_of: impl Fn(u64) -> (String, String),
+) -> anyhow::Result<()> {
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("linger.ms", "20")
         .set("enable.idempotence", "true")
         .create()?;
     let started = Instant::now();
-    for i in 0..records {
+    let first = seqs.start;
+    for i in seqs {
         if let Some(rate) = rate {
-            let due = Duration::from_secs_f64(i as f64 / rate as f64);
+            let due = Duration::from_secs_f64((i - first) as f64 / rate as f64);
             if let Some(ahead) = due.checked_sub(started.elapsed()) {
                 std::thread::sleep(ahead);
             }
         }
-        let key = format!("c-{}", i % 5000);
-        let value = order(i, now_ms());
+        let (key, value) = record_of(i);
         let mut record = BaseRecord::to(topic).key(&key).payload(&value);
         loop {
             match producer.send(record) {
@@ -111,6 +143,63 @@ pub fn fill(bootstrap: &str, topic: &str, records: u64, rate: Option<u64>) -> an
     }
     producer.flush(Duration::from_secs(120))?;
     Ok(())
+}
+
+/// Records of `topic` a read_committed consumer sees, read to its end:
+/// the count a contender's output is checked against.
+pub fn count_committed(bootstrap: &str, topic: &str, partitions: i32) -> anyhow::Result<u64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("count-{}", now_ms()))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = Vec::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+        ends.push(
+            consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))?
+                .1,
+        );
+    }
+    consumer.assign(&tpl)?;
+    // The position passes commit markers and aborted records too, so every
+    // partition's reaches its high watermark once all is read.
+    let at_end = |c: &BaseConsumer| -> anyhow::Result<bool> {
+        let positions = c.position()?;
+        Ok(ends.iter().enumerate().all(|(p, end)| {
+            match positions
+                .find_partition(topic, p as i32)
+                .map(|e| e.offset())
+            {
+                Some(Offset::Offset(o)) => o >= *end,
+                _ => *end == 0,
+            }
+        }))
+    };
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut count = 0;
+    loop {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(m) => {
+                m?;
+                count += 1;
+                // Positions are asked for every few thousand records, not per record.
+                if count % 5000 != 0 {
+                    continue;
+                }
+            }
+            None => anyhow::ensure!(
+                Instant::now() < deadline,
+                "reading {topic} to its end took over 10 minutes"
+            ),
+        }
+        if at_end(&consumer)? {
+            return Ok(count);
+        }
+    }
 }
 
 /// Watches a group's committed offsets reach the end of a topic that no

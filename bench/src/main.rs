@@ -4,6 +4,7 @@
 mod harness;
 mod kafka;
 mod pipe;
+mod state;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -43,6 +44,28 @@ enum Cmd {
         #[arg(long, default_value_t = 20)]
         latency_seconds: u64,
         /// Where the report goes.
+        #[arg(long, default_value = "bench/results")]
+        results: PathBuf,
+    },
+    /// The stateful benchmark: a running count per key, Millrace and
+    /// Kafka Streams side by side, with throughput and recovery after
+    /// SIGKILL and after a lost state directory (bench/README.md).
+    State {
+        #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+        bootstrap: String,
+        /// Input records of the throughput rounds.
+        #[arg(long, default_value_t = 2_000_000)]
+        records: u64,
+        /// Distinct keys among them.
+        #[arg(long, default_value_t = 100_000)]
+        keys: u64,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[arg(long, default_value_t = 1)]
+        warmup_rounds: usize,
+        /// Keys of state for the recovery runs (one record each).
+        #[arg(long, default_value_t = 1_000_000)]
+        recovery_keys: u64,
         #[arg(long, default_value = "bench/results")]
         results: PathBuf,
     },
@@ -93,6 +116,25 @@ fn main() -> anyhow::Result<()> {
             },
             threads,
         ),
+        Cmd::State {
+            bootstrap,
+            records,
+            keys,
+            rounds,
+            warmup_rounds,
+            recovery_keys,
+            results,
+        } => state::run(
+            &Setup::new(bootstrap)?,
+            &state::Args {
+                records,
+                keys,
+                rounds,
+                warmup_rounds,
+                recovery_keys,
+                results,
+            },
+        ),
         Cmd::Fill {
             bootstrap,
             topic,
@@ -136,27 +178,7 @@ fn run(
     latency_seconds: u64,
     results: PathBuf,
 ) -> anyhow::Result<()> {
-    let repo = std::env::current_dir()?;
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| repo.join("target"));
-    let run_id = format!(
-        "bench-{}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_secs()
-    );
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let setup = Setup {
-        bootstrap,
-        repo,
-        target,
-        run_id,
-        threads,
-    };
-
+    let setup = Setup::new(bootstrap)?;
     let input = format!("{}-input", setup.run_id);
     kafka::create_topics(&setup.bootstrap, std::slice::from_ref(&input), PARTITIONS)?;
     let fill_started = Instant::now();
@@ -260,31 +282,8 @@ fn report(
         harness::median(all.iter().filter(|m| m.contender == c).map(f).collect())
     };
     let mut out = String::new();
-    let date = std::process::Command::new("date")
-        .arg("-u")
-        .arg("+%Y-%m-%d %H:%M UTC")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    let java = std::process::Command::new("java")
-        .arg("-version")
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stderr)
-                .lines()
-                .next()
-                .unwrap_or("")
-                .to_string()
-        })
-        .unwrap_or_default();
-    let _ = writeln!(out, "# Millrace benchmark, {date}\n");
-    let _ = writeln!(
-        out,
-        "Machine: {} cores, {} ; broker on the same machine (Kafka 4.1.1, one KRaft node). Java: {java}. Kafka Streams: {} stream threads.\n",
-        setup.threads,
-        meminfo(),
-        setup.threads
-    );
+    let _ = writeln!(out, "# Millrace benchmark, {}\n", harness::utc_now());
+    let _ = writeln!(out, "{}\n", harness::machine_line(setup));
     let _ = writeln!(out, "Input: {records} JSON orders (~200 B) on {PARTITIONS} partitions, each contender from the beginning under a fresh application id; {} round(s) after {} warm-up round(s) not counted, contenders interleaved; medians, and the range of records/s over the rounds.\n", rounds.counted, rounds.warmup);
     let _ = writeln!(out, "| contender | records/s | range | CPU s | records per CPU s | peak RSS MB | broker CPU s | cores busy (contender + broker) |\n|---|---:|---:|---:|---:|---:|---:|---:|");
     for c in Contender::ALL {
@@ -400,19 +399,4 @@ fn report(
         }
     }
     out
-}
-
-fn meminfo() -> String {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines().next().map(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|kb| kb.parse::<f64>().ok())
-                    .unwrap_or(0.0)
-            })
-        })
-        .map(|kb| format!("{:.0} GiB RAM", kb / 1024.0 / 1024.0))
-        .unwrap_or_default()
 }

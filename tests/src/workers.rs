@@ -46,6 +46,61 @@ pub fn wait_settled(ns: &str, app: &str, replicas: i32, tasks: i32) {
     });
 }
 
+/// Pauses of an app's moved tasks (ms, sorted): its last commit on the old
+/// worker → its first on the new, from the operator's TaskResumed Events.
+pub fn task_pauses(ns: &str, app: &str) -> Vec<u64> {
+    let notes = get(
+        ns,
+        "events",
+        "{range .items[?(@.reason==\"TaskResumed\")]}{.note}{.message}{\"\\n\"}{end}",
+    );
+    let mut ms: Vec<u64> = notes
+        .lines()
+        .filter_map(|l| {
+            let (_, rest) = l.split_once(" resumed on ")?;
+            rest.starts_with(&format!("{app}-")).then_some(())?;
+            rest.split_whitespace().nth(1)?.parse().ok()
+        })
+        .collect();
+    ms.sort_unstable();
+    ms
+}
+
+/// The number of an app's Events of `reason`.
+pub fn events(ns: &str, app: &str, reason: &str) -> usize {
+    get(
+        ns,
+        "events",
+        &format!(
+            "{{range .items[?(@.reason==\"{reason}\")]}}{{.involvedObject.name}}{{\"\\n\"}}{{end}}"
+        ),
+    )
+    .lines()
+    .filter(|name| *name == app)
+    .count()
+}
+
+/// Per task, its standby's lag in changelog records and seconds, from the
+/// pods' `/tasks`.
+pub fn standby_lags(ns: &str, app: &str) -> BTreeMap<i32, (u64, u64)> {
+    let mut lags = BTreeMap::new();
+    for pod in worker_pods(ns, app) {
+        let ip = get(ns, &format!("pod/{pod}"), "{.status.podIP}");
+        let Some(tasks) = crate::runtime::admin_get_at(&ip, 8080, "/tasks") else {
+            continue;
+        };
+        let tasks: serde_json::Value = serde_json::from_str(&tasks).unwrap_or_default();
+        for (task, r) in tasks["restores"].as_object().into_iter().flatten() {
+            if r["state"] == "Standby" {
+                let records = r["recordsRemaining"].as_u64().unwrap_or(u64::MAX);
+                let seconds = r["secondsBehind"].as_u64().unwrap_or(u64::MAX);
+                lags.insert(task.parse().unwrap(), (records, seconds));
+            }
+        }
+    }
+    lags
+}
+
 pub fn pod_pids(ns: &str, pod: &str) -> Vec<u32> {
     let uid = get(ns, &format!("pod/{pod}"), "{.metadata.uid}");
     if uid.is_empty() {

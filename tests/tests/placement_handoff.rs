@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use millrace_tests::verifier::{self, drained, env_or, generate, verify, Topics};
 use millrace_tests::workers::{
-    apply_yaml, get, pod_log, pod_pids, rescale_with_faults, scale, signal, tasks_per_worker,
-    wait_settled,
+    apply_yaml, events, pod_log, pod_pids, rescale_with_faults, scale, signal, task_pauses,
+    tasks_per_worker, wait_settled,
 };
 use millrace_tests::{install_chart, unique, wait_until, TestNamespace};
 
@@ -37,33 +37,6 @@ fn manifest(name: &str, app_id: &str, topics: &Topics, replicas: i32) -> String 
         ),
         "",
     )
-}
-
-/// Pauses of moved tasks (ms), from the operator's TaskResumed events.
-fn pauses(ns: &str) -> Vec<u64> {
-    let notes = get(
-        ns,
-        "events",
-        "{range .items[?(@.reason==\"TaskResumed\")]}{.note}{.message}{\"\\n\"}{end}",
-    );
-    let mut ms: Vec<u64> = notes
-        .lines()
-        .filter_map(|l| {
-            let (_, rest) = l.split_once(" resumed on ")?;
-            rest.split_whitespace().nth(1)?.parse().ok()
-        })
-        .collect();
-    ms.sort_unstable();
-    ms
-}
-
-fn events(ns: &str, reason: &str) -> usize {
-    get(
-        ns,
-        "events",
-        &format!("{{range .items[?(@.reason==\"{reason}\")]}}x{{end}}"),
-    )
-    .len()
 }
 
 fn apply_app(ns: &str, name: &str, topics: &Topics, app_id: &str, replicas: i32) {
@@ -102,12 +75,12 @@ fn exactly_once_holds_while_rescaling_and_losing_pods() {
         || drained(&app_id, &topics).then_some(()),
     );
     let s = verify(&topics, records);
-    let pauses = pauses(ns);
+    let pauses = task_pauses(ns, app);
     let median = pauses.get(pauses.len() / 2).copied().unwrap_or(0);
     println!(
         "placement verifier: {s}; {done} faults, replicas 1→4→2→3→1, {} moves, {} fences, in {:.0?}",
-        events(ns, "Moved"),
-        events(ns, "Fenced"),
+        events(ns, app, "Moved"),
+        events(ns, app, "Fenced"),
         started.elapsed()
     );
     println!(
@@ -152,7 +125,10 @@ fn a_stopped_worker_is_fenced_and_commits_nothing_it_lost() {
         },
     );
     let moved_after = stopped.elapsed();
-    assert!(events(ns, "Fenced") >= 1, "the operator fenced {victim}");
+    assert!(
+        events(ns, app, "Fenced") >= 1,
+        "the operator fenced {victim}"
+    );
     println!("SIGSTOP → fenced and all tasks on {app}-0 in {moved_after:.1?}");
     std::thread::sleep(Duration::from_secs(2));
     signal(&pids, "CONT");

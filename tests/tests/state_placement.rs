@@ -9,39 +9,16 @@
 //! Sizes: `MILLRACE_STATE_RECORDS` (default 20,000) and
 //! `MILLRACE_STATE_FAULTS` (default 3).
 
-use std::collections::BTreeMap;
 use std::time::Duration;
-
-use millrace_tests::runtime::admin_get_at;
 
 use millrace_tests::state_verifier::{generate, manifest, verify};
 use millrace_tests::verifier::{drained, env_or, Topics};
 use millrace_tests::workers::{
-    apply_yaml, get, rescale_with_faults, scale, wait_settled, worker_pods,
+    apply_yaml, get, rescale_with_faults, scale, standby_lags, wait_settled,
 };
 use millrace_tests::{install_chart, unique, wait_until, TestNamespace};
 
 const PARTITIONS: i32 = 8;
-
-/// Per task, its standby's lag in records and seconds, from the pods.
-fn standby_lags(ns: &str, app: &str) -> BTreeMap<i32, (u64, u64)> {
-    let mut lags = BTreeMap::new();
-    for pod in worker_pods(ns, app) {
-        let ip = get(ns, &format!("pod/{pod}"), "{.status.podIP}");
-        let Some(tasks) = admin_get_at(&ip, 8080, "/tasks") else {
-            continue;
-        };
-        let tasks: serde_json::Value = serde_json::from_str(&tasks).unwrap_or_default();
-        for (task, r) in tasks["restores"].as_object().into_iter().flatten() {
-            if r["state"] == "Standby" {
-                let records = r["recordsRemaining"].as_u64().unwrap_or(u64::MAX);
-                let seconds = r["secondsBehind"].as_u64().unwrap_or(u64::MAX);
-                lags.insert(task.parse().unwrap(), (records, seconds));
-            }
-        }
-    }
-    lags
-}
 
 #[test]
 fn counts_stay_exact_while_stateful_tasks_move_between_pods() {

@@ -1,0 +1,447 @@
+//! `millrace-bench state`: the stateful benchmark. Millrace and Kafka
+//! Streams run the same topology (a running count and sum per record key,
+//! every update written out, exactly once, state in a local store with a
+//! changelog) on the same broker, and are measured for:
+//!
+//! - throughput, CPU and peak RSS over a keyed input, rounds interleaved;
+//! - recovery with a large state (one key per record): the time from a
+//!   restart after SIGKILL until new input is committed (Kafka Streams wipes
+//!   its state after an unclean exactly-once shutdown; Millrace keeps it),
+//!   and from a restart with the state directory lost (both restore in
+//!   full), with the records each restored, as each reports them.
+//!
+//! Every run's output is counted under read_committed and must be exactly
+//! one record per input record, or the run fails. See bench/README.md.
+
+use std::fmt::Write as _;
+use std::io::{Read as _, Write as _};
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use crate::harness::{self, Setup, Usage, PARTITIONS};
+use crate::kafka;
+
+/// Records appended before each restart of the recovery runs: new input
+/// the restarted contender must commit.
+const TAIL: u64 = 16_000;
+
+pub struct Args {
+    pub records: u64,
+    pub keys: u64,
+    pub rounds: usize,
+    pub warmup_rounds: usize,
+    pub recovery_keys: u64,
+    pub results: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Contender {
+    Millrace,
+    KafkaStreams,
+}
+
+impl Contender {
+    const ALL: [Contender; 2] = [Contender::Millrace, Contender::KafkaStreams];
+
+    fn name(self) -> &'static str {
+        match self {
+            Contender::Millrace => "millrace exactly-once",
+            Contender::KafkaStreams => "kafka-streams exactly_once_v2",
+        }
+    }
+
+    fn slug(self) -> &'static str {
+        match self {
+            Contender::Millrace => "mr",
+            Contender::KafkaStreams => "ks",
+        }
+    }
+}
+
+/// One contender's app over one input: its ids, output, state directory,
+/// and where it reports its restores.
+struct App {
+    contender: Contender,
+    id: String,
+    input: String,
+    output: String,
+    state_dir: PathBuf,
+    /// Millrace's admin port (`/tasks` reports restores).
+    admin_port: u16,
+    /// The contender's output, per launch (Kafka Streams writes a line per
+    /// finished restore there).
+    log: PathBuf,
+}
+
+impl App {
+    fn new(setup: &Setup, c: Contender, label: &str, input: &str) -> anyhow::Result<Self> {
+        let id = format!("{}-{}-{label}", setup.run_id, c.slug());
+        let tmp = std::env::temp_dir();
+        kafka::create_topics(&setup.bootstrap, &[format!("{id}-out")], PARTITIONS)?;
+        Ok(Self {
+            contender: c,
+            output: format!("{id}-out"),
+            state_dir: tmp.join(format!("{id}-state")),
+            log: tmp.join(format!("{id}.log")),
+            admin_port: free_port()?,
+            input: input.to_string(),
+            id,
+        })
+    }
+
+    /// Both name their store `totals`, so their changelogs are named alike.
+    fn internal_topics(&self) -> Vec<String> {
+        vec![self.output.clone(), format!("{}-totals-changelog", self.id)]
+    }
+
+    fn launch(&self, setup: &Setup) -> anyhow::Result<Child> {
+        let mut cmd = match self.contender {
+            Contender::Millrace => {
+                let manifest = std::env::temp_dir().join(format!("{}.yaml", self.id));
+                std::fs::write(&manifest, self.manifest(&setup.bootstrap))?;
+                let mut cmd = Command::new(harness::binary(&setup.target, "millrace-runtime")?);
+                cmd.arg("run")
+                    .arg("--manifest")
+                    .arg(&manifest)
+                    .arg("--state-dir")
+                    .arg(&self.state_dir)
+                    .args(["--admin-addr", &format!("127.0.0.1:{}", self.admin_port)])
+                    .env("RUST_LOG", "warn");
+                cmd
+            }
+            Contender::KafkaStreams => {
+                let dir = setup.repo.join("bench/kstreams/target");
+                let jar = dir.join("kstreams-orders-router-1.jar");
+                anyhow::ensure!(jar.exists(), "the Kafka Streams app is not built: run `make bench` (mvn package in bench/kstreams)");
+                let mut cmd = Command::new("java");
+                cmd.arg("-cp")
+                    .arg(format!("{}:{}/*", jar.display(), dir.join("lib").display()))
+                    .arg("dev.millrace.bench.RunningCount")
+                    .args([&setup.bootstrap, &self.id, &self.input, &self.output])
+                    .arg(setup.threads.to_string())
+                    .arg(&self.state_dir);
+                cmd
+            }
+        };
+        let log = std::fs::File::create(&self.log)?;
+        cmd.stderr(log.try_clone()?).stdout(log);
+        Ok(cmd.spawn()?)
+    }
+
+    fn manifest(&self, bootstrap: &str) -> String {
+        format!(
+            r#"apiVersion: millrace.dev/v1alpha1
+kind: StreamApp
+metadata: {{name: bench-state}}
+spec:
+  kafka: {{bootstrapServers: "{bootstrap}"}}
+  applicationId: {id}
+  processingGuarantee: ExactlyOnce
+  commitInterval: 100ms
+  state: {{}}
+  pipeline:
+    source: {{topics: [{input}]}}
+    steps:
+    - name: totals
+      aggregate:
+        groupBy: key
+        aggregations:
+          count: {{count: {{}}}}
+          total: {{sum: value.n}}
+    - route: {{default: {output}}}
+"#,
+            id = self.id,
+            input = self.input,
+            output = self.output,
+        )
+    }
+
+    /// Changelog records the running contender restored since its launch,
+    /// as it reports them.
+    fn restored(&self) -> anyhow::Result<u64> {
+        match self.contender {
+            Contender::Millrace => {
+                let tasks: serde_json::Value =
+                    serde_json::from_str(&http_get(self.admin_port, "/tasks")?)?;
+                Ok(tasks["restores"]
+                    .as_object()
+                    .into_iter()
+                    .flat_map(|r| r.values())
+                    .filter_map(|r| r["recordsRestored"].as_u64())
+                    .sum())
+            }
+            Contender::KafkaStreams => Ok(std::fs::read_to_string(&self.log)?
+                .lines()
+                .filter_map(|l| {
+                    l.strip_prefix("restored ")?
+                        .split(' ')
+                        .next()?
+                        .parse::<u64>()
+                        .ok()
+                })
+                .sum()),
+        }
+    }
+
+    /// Starts the contender and waits for it to commit the input's end.
+    fn run_to_end(&self, setup: &Setup) -> anyhow::Result<(Child, Usage)> {
+        let broker = harness::broker_before();
+        let started = Instant::now();
+        let mut child = self.launch(setup)?;
+        match harness::until_drained(
+            setup,
+            self.contender.name(),
+            &mut child,
+            &self.id,
+            &self.input,
+            started,
+            broker,
+        ) {
+            Ok(usage) => Ok((child, usage)),
+            Err(e) => {
+                harness::stop(child);
+                Err(e)
+            }
+        }
+    }
+
+    /// The output holds exactly one committed record per input record.
+    fn check_output(&self, setup: &Setup, expected: u64) -> anyhow::Result<()> {
+        let seen = kafka::count_committed(&setup.bootstrap, &self.output, PARTITIONS)?;
+        anyhow::ensure!(
+            seen == expected,
+            "{}: {seen} committed outputs for {expected} input records (a run that fails the count is not timed)",
+            self.contender.name()
+        );
+        Ok(())
+    }
+
+    fn clean_up(&self, setup: &Setup) -> anyhow::Result<()> {
+        let _ = std::fs::remove_dir_all(&self.state_dir);
+        harness::clean_up(setup, &self.internal_topics())
+    }
+}
+
+/// One throughput run.
+struct Measured {
+    contender: Contender,
+    usage: Usage,
+}
+
+/// One recovery run: the initial load, then the two restarts.
+struct Recovery {
+    contender: Contender,
+    load: Usage,
+    after_kill: Restart,
+    after_loss: Restart,
+}
+
+struct Restart {
+    /// Restart → the new input committed.
+    seconds: f64,
+    restored: u64,
+}
+
+pub fn run(setup: &Setup, args: &Args) -> anyhow::Result<()> {
+    let input = format!("{}-state-input", setup.run_id);
+    kafka::create_topics(&setup.bootstrap, std::slice::from_ref(&input), PARTITIONS)?;
+    kafka::fill_keyed(&setup.bootstrap, &input, 0..args.records, args.keys)?;
+    eprintln!(
+        "filled {input}: {} records over {} keys",
+        args.records, args.keys
+    );
+    let mut measured = Vec::new();
+    for round in 0..args.warmup_rounds + args.rounds {
+        let warmup = round < args.warmup_rounds;
+        // Alternate who goes first: neither always meets a broker just
+        // busy with the other's deletions.
+        let mut order = Contender::ALL;
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for c in order {
+            let app = App::new(setup, c, &format!("r{round}"), &input)?;
+            let (child, usage) = app.run_to_end(setup)?;
+            harness::stop(child);
+            app.check_output(setup, args.records)?;
+            app.clean_up(setup)?;
+            eprintln!(
+                "{} {}: {:30} {:>6.1} s {:>9.0} records/s {:>6.1} CPU s {:>5.0} MB",
+                if warmup { "warm-up" } else { "round" },
+                round + 1,
+                c.name(),
+                usage.seconds,
+                args.records as f64 / usage.seconds,
+                usage.cpu_seconds,
+                usage.peak_rss_mb
+            );
+            if !warmup {
+                measured.push(Measured {
+                    contender: c,
+                    usage,
+                });
+            }
+        }
+    }
+    harness::clean_up(setup, std::slice::from_ref(&input))?;
+
+    let mut recoveries = Vec::new();
+    for c in Contender::ALL {
+        let recovery = recover(setup, c, args.recovery_keys)?;
+        eprintln!(
+            "recovery {:30} after SIGKILL {:.1} s ({} restored), after losing its state {:.1} s ({} restored)",
+            c.name(),
+            recovery.after_kill.seconds,
+            recovery.after_kill.restored,
+            recovery.after_loss.seconds,
+            recovery.after_loss.restored
+        );
+        recoveries.push(recovery);
+    }
+
+    let report = report(setup, args, &measured, &recoveries);
+    println!("{report}");
+    std::fs::create_dir_all(&args.results)?;
+    let file = args.results.join(format!("{}-state.md", setup.run_id));
+    std::fs::write(&file, &report)?;
+    eprintln!("written to {}", file.display());
+    Ok(())
+}
+
+/// Loads `keys` keys of state from an input of its own, SIGKILLs the
+/// contender and restarts it on its state directory; then stops it
+/// cleanly, deletes its state directory and restarts it again. Before each
+/// restart `TAIL` records are appended; each restart is timed until they
+/// are committed.
+fn recover(setup: &Setup, c: Contender, keys: u64) -> anyhow::Result<Recovery> {
+    let input = format!("{}-{}-recovery-input", setup.run_id, c.slug());
+    kafka::create_topics(&setup.bootstrap, std::slice::from_ref(&input), PARTITIONS)?;
+    kafka::fill_keyed(&setup.bootstrap, &input, 0..keys, keys)?;
+    let app = App::new(setup, c, "recovery", &input)?;
+    let (mut child, load) = app.run_to_end(setup)?;
+    child.kill()?;
+    child.wait()?;
+    let mut appended = keys;
+    let mut restart = |lose_state: bool| -> anyhow::Result<Restart> {
+        if lose_state {
+            std::fs::remove_dir_all(&app.state_dir)?;
+        }
+        kafka::fill_keyed(&setup.bootstrap, &input, appended..appended + TAIL, keys)?;
+        appended += TAIL;
+        let (child, usage) = app.run_to_end(setup)?;
+        let restored = app.restored();
+        harness::stop(child);
+        Ok(Restart {
+            seconds: usage.seconds,
+            restored: restored?,
+        })
+    };
+    let after_kill = restart(false)?;
+    let after_loss = restart(true)?;
+    app.check_output(setup, appended)?;
+    app.clean_up(setup)?;
+    harness::clean_up(setup, &[input])?;
+    Ok(Recovery {
+        contender: c,
+        load,
+        after_kill,
+        after_loss,
+    })
+}
+
+fn report(setup: &Setup, args: &Args, measured: &[Measured], recoveries: &[Recovery]) -> String {
+    let med = |c: Contender, f: fn(&Usage) -> f64| {
+        harness::median(
+            measured
+                .iter()
+                .filter(|m| m.contender == c)
+                .map(|m| f(&m.usage))
+                .collect(),
+        )
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# Millrace stateful benchmark, {}\n",
+        harness::utc_now()
+    );
+    let _ = writeln!(out, "{}\n", harness::machine_line(setup));
+    let _ = writeln!(out, "Topology: a running count and sum per record key (RocksDB store `totals` in Kafka Streams, Millrace's `aggregate` step), every update written to one output topic, exactly once; {PARTITIONS} partitions. Input: {} records (~80 B of JSON) over {} keys; {} round(s) after {} warm-up round(s), contenders alternating who goes first; medians, and the range of records/s. Every run's output is counted under read_committed: exactly one record per input record.\n", args.records, args.keys, args.rounds, args.warmup_rounds);
+    let _ = writeln!(out, "| contender | records/s | range | CPU s | records per CPU s | peak RSS MB | broker CPU s |\n|---|---:|---:|---:|---:|---:|---:|");
+    for c in Contender::ALL {
+        let rps: Vec<f64> = measured
+            .iter()
+            .filter(|m| m.contender == c)
+            .map(|m| args.records as f64 / m.usage.seconds)
+            .collect();
+        let (low, high) = rps
+            .iter()
+            .fold((f64::MAX, 0.0_f64), |(l, h), v| (l.min(*v), h.max(*v)));
+        let cpu = med(c, |u| u.cpu_seconds);
+        let _ = writeln!(
+            out,
+            "| {} | {:.0} | {low:.0}–{high:.0} | {cpu:.1} | {:.0} | {:.0} | {:.1} |",
+            c.name(),
+            harness::median(rps.clone()),
+            args.records as f64 / cpu.max(f64::MIN_POSITIVE),
+            med(c, |u| u.peak_rss_mb),
+            med(c, |u| u.broker_cpu_seconds.unwrap_or(f64::NAN)),
+        );
+    }
+    let ratio = |f: fn(&Usage) -> f64, invert: bool| {
+        let (m, k) = (med(Contender::Millrace, f), med(Contender::KafkaStreams, f));
+        if invert {
+            k / m
+        } else {
+            m / k
+        }
+    };
+    let _ = writeln!(
+        out,
+        "\n| ratio, Millrace / Kafka Streams | measured |\n|---|---:|\n| stateful throughput | {:.2} |\n| peak RSS | {:.2} |",
+        ratio(|u| u.seconds, true),
+        ratio(|u| u.peak_rss_mb, false)
+    );
+    let _ = writeln!(out, "\nRecovery: {} keys of state (one record per key, so the changelog holds {} records), then {TAIL} more records appended before each restart; a restart is timed from the process start until its group has committed them. Restored records are as each contender reports them (Millrace: `/tasks`; Kafka Streams: its state restore listener). Restore rate = restored records ÷ that time (start-up included).\n", args.recovery_keys, args.recovery_keys);
+    let _ = writeln!(out, "| contender | initial load s | after SIGKILL: s | restored | after losing the state directory: s | restored | restore rate, records/s |\n|---|---:|---:|---:|---:|---:|---:|");
+    for r in recoveries {
+        let _ = writeln!(
+            out,
+            "| {} | {:.1} | {:.2} | {} | {:.2} | {} | {:.0} |",
+            r.contender.name(),
+            r.load.seconds,
+            r.after_kill.seconds,
+            r.after_kill.restored,
+            r.after_loss.seconds,
+            r.after_loss.restored,
+            r.after_loss.restored as f64 / r.after_loss.seconds
+        );
+    }
+    out
+}
+
+/// A port free now, for a contender's admin endpoint.
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// The body of `GET path` from a local HTTP/1.0 endpoint.
+fn http_get(port: u16, path: &str) -> anyhow::Result<String> {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("GET {path}: no HTTP response"))?;
+    anyhow::ensure!(
+        head.contains(" 200 "),
+        "GET {path}: {}",
+        head.lines().next().unwrap_or("")
+    );
+    Ok(body.to_string())
+}

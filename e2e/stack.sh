@@ -11,6 +11,12 @@ source "$(dirname "$0")/lib/common.sh"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$REPO_ROOT/target}"
 PODRUNNER="$CARGO_TARGET_DIR/debug/millrace-podrunner"
 NODE_NAME=millrace-node
+# Which build the worker and operator pods run: debug (tests), or release
+# for measurements (`MILLRACE_BUILD_PROFILE=release make stack-up` on a
+# stack that is down; docs/testbed.md).
+BUILD_PROFILE="${MILLRACE_BUILD_PROFILE:-debug}"
+[[ "$BUILD_PROFILE" == debug || "$BUILD_PROFILE" == release ]] \
+  || die "MILLRACE_BUILD_PROFILE must be debug or release, not '$BUILD_PROFILE'"
 
 print_env() {
   echo "export KUBECONFIG=$STACK_DIR/kubeconfig"
@@ -31,11 +37,15 @@ podrunner_up() {
   if pid_alive podrunner && node_ready; then log "pod runner already running"; return 0; fi
   stop_bg 10 podrunner
   need cargo "Install Rust (https://rustup.rs)."
-  log "building the pod runner and the images it maps (cargo build)"
+  log "building the pod runner and the images it maps (cargo build, $BUILD_PROFILE)"
   (cd "$REPO_ROOT" && cargo build -q -p millrace-podrunner -p millrace-runtime -p millrace-operator)
+  if [[ "$BUILD_PROFILE" == release ]]; then
+    (cd "$REPO_ROOT" && cargo build -q --release -p millrace-runtime -p millrace-operator)
+  fi
   mkdir -p "$STACK_DIR/podrunner" "$LOG_DIR/pods"
   : > "$LOG_DIR/podrunner.log"
-  KUBECONFIG="$STACK_DIR/kubeconfig" RUST_LOG="${RUST_LOG:-info}" start_bg podrunner "$PODRUNNER" \
+  KUBECONFIG="$STACK_DIR/kubeconfig" RUST_LOG="${RUST_LOG:-info}" MILLRACE_BUILD_PROFILE="$BUILD_PROFILE" \
+    start_bg podrunner "$PODRUNNER" \
     --node-name "$NODE_NAME" --state-dir "$STACK_DIR/podrunner" --log-dir "$LOG_DIR/pods" \
     --images "$E2E_DIR/images.conf" --apiserver-port "${MILLRACE_APISERVER_PORT:-6443}"
   wait_for "node $NODE_NAME" 60 "$LOG_DIR/podrunner.log" node_ready || die "the pod runner's node never became Ready"

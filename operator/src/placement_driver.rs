@@ -56,6 +56,9 @@ struct Memory {
 
 struct Pause {
     namespace: String,
+    /// Apps of one namespace each measure only their own moves: another's
+    /// poll would drop them as moved to a pod it does not see.
+    app: String,
     task: i32,
     from: String,
     to: String,
@@ -450,6 +453,7 @@ async fn record(
                 });
                 memory.pauses.push(Pause {
                     namespace: namespace.to_string(),
+                    app: app.name_any(),
                     task: *task,
                     from: from.clone(),
                     to: to.clone(),
@@ -480,10 +484,11 @@ async fn record(
 /// commit on the new one.
 async fn measure_pauses(driver: &Driver, app: &StreamApp, namespace: &str, seen: &[ObservedPod]) {
     let mut measured = Vec::new();
+    let name = app.name_any();
     {
         let mut memory = lock(&driver.memory);
         memory.pauses.retain(|p| {
-            if p.namespace != namespace {
+            if p.namespace != namespace || p.app != name {
                 return true;
             }
             let Some(s) = seen.iter().find(|s| s.name == p.to) else {

@@ -125,6 +125,9 @@ fn write_records(
     });
 }
 
+/// How far ahead of its schedule the writer may run before it sleeps.
+const PACE_SLACK: Duration = Duration::from_millis(5);
+
 /// Writes `record(seq)` (key, value) for each of `seqs` to `topic` with an
 /// idempotent producer, spread over about `over`, to `partition` or the
 /// key's (murmur2, as Java clients).
@@ -145,9 +148,11 @@ pub fn write_paced(
         .create()
         .unwrap();
     for seq in seqs {
-        if (seq - first).is_multiple_of(500) {
-            let due = over.mul_f64((seq - first) as f64 / records as f64);
-            if let Some(ahead) = due.checked_sub(started.elapsed()) {
+        // Smooth, not in bursts: a burst every few seconds would make every
+        // task idle between bursts, and a moved task's pause look as long.
+        let due = over.mul_f64((seq - first) as f64 / records as f64);
+        if let Some(ahead) = due.checked_sub(started.elapsed()) {
+            if ahead > PACE_SLACK {
                 std::thread::sleep(ahead);
             }
         }

@@ -46,24 +46,25 @@ pub fn wait_settled(ns: &str, app: &str, replicas: i32, tasks: i32) {
     });
 }
 
-/// Pauses of an app's moved tasks (ms, sorted): its last commit on the old
-/// worker → its first on the new, from the operator's TaskResumed Events.
-pub fn task_pauses(ns: &str, app: &str) -> Vec<u64> {
+/// The moved tasks of an app: the worker each resumed on and its pause
+/// (ms: its last commit on the old worker → its first on the new), from
+/// the operator's TaskResumed Events, as listed.
+pub fn task_pauses(ns: &str, app: &str) -> Vec<(String, u64)> {
     let notes = get(
         ns,
         "events",
         "{range .items[?(@.reason==\"TaskResumed\")]}{.note}{.message}{\"\\n\"}{end}",
     );
-    let mut ms: Vec<u64> = notes
+    notes
         .lines()
         .filter_map(|l| {
             let (_, rest) = l.split_once(" resumed on ")?;
-            rest.starts_with(&format!("{app}-")).then_some(())?;
-            rest.split_whitespace().nth(1)?.parse().ok()
+            let mut words = rest.split_whitespace();
+            let to = words.next()?;
+            to.starts_with(&format!("{app}-")).then_some(())?;
+            Some((to.to_string(), words.next()?.parse().ok()?))
         })
-        .collect();
-    ms.sort_unstable();
-    ms
+        .collect()
 }
 
 /// The number of an app's Events of `reason`.

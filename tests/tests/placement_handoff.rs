@@ -75,7 +75,8 @@ fn exactly_once_holds_while_rescaling_and_losing_pods() {
         || drained(&app_id, &topics).then_some(()),
     );
     let s = verify(&topics, records);
-    let pauses = task_pauses(ns, app);
+    let mut pauses: Vec<u64> = task_pauses(ns, app).into_iter().map(|(_, ms)| ms).collect();
+    pauses.sort_unstable();
     let median = pauses.get(pauses.len() / 2).copied().unwrap_or(0);
     println!(
         "placement verifier: {s}; {done} faults, replicas 1→4→2→3→1, {} moves, {} fences, in {:.0?}",

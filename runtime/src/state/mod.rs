@@ -25,14 +25,26 @@ pub use store::{Applied, Store, StoreError, DEFAULT_MEMORY_MB};
 pub use view::View;
 pub use writes::Writes;
 
-/// A consumer of the changelogs (restore, standbys) at `isolation`.
+/// A consumer of the changelogs (restore, standbys) at `isolation`; with
+/// `partition_eof` it says when it has read a partition to its end.
 pub(crate) fn changelog_reader(
     config: &WorkerConfig,
     isolation: &str,
+    partition_eof: bool,
 ) -> anyhow::Result<BaseConsumer> {
     let mut c = crate::engine::clients::consumer(config)?;
-    c.set("isolation.level", isolation);
+    c.set("isolation.level", isolation)
+        .set("enable.partition.eof", partition_eof.to_string());
     Ok(c.create()?)
+}
+
+/// Drops a client on a thread of its own: librdkafka's destroy waits for
+/// its threads to stop (about 100 ms here), which a task about to take its
+/// first record need not wait for.
+pub(crate) fn dispose(consumer: BaseConsumer) {
+    let _ = std::thread::Builder::new()
+        .name("dispose".into())
+        .spawn(move || drop(consumer));
 }
 
 /// A changelog record's (store, task): its topic's store and its partition.

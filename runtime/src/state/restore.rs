@@ -21,11 +21,14 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 
 use super::store::{Applied, Store, StoreError};
 use super::writes::Writes;
-use super::{changelog_positions, changelog_reader, store_of};
+use super::{changelog_positions, changelog_reader, dispose, store_of};
 use millrace_crds::worker_config::WorkerConfig;
 use millrace_crds::worker_status::{unix_ms, RestoreState, TaskRestore};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a replay waits for a record before it looks whether its
+/// position has passed the end.
+const IDLE_POLL: Duration = Duration::from_millis(10);
 /// Changelog records applied per store batch while restoring.
 const RESTORE_BATCH: usize = 10_000;
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
@@ -106,7 +109,9 @@ impl Restorer<'_> {
             return Ok(Restored::default());
         }
         let client = |isolation: &str| {
-            changelog_reader(self.config, isolation)
+            // At the end of each partition the replay hears it at once
+            // instead of after a poll's timeout.
+            changelog_reader(self.config, isolation, true)
                 .map_err(|e| RestoreError::Client(e.to_string()))
         };
         let probe = client("read_uncommitted")?;
@@ -139,10 +144,14 @@ impl Restorer<'_> {
                 }
             }
         }
+        dispose(probe);
         let started_ms = unix_ms();
         self.report_progress(tasks, &replays, started_ms);
         if !replays.is_empty() {
-            restored.records = self.replay(client("read_committed")?, &mut replays, started_ms)?;
+            let consumer = client("read_committed")?;
+            let replayed = self.replay(&consumer, &mut replays, started_ms);
+            dispose(consumer);
+            restored.records = replayed?;
         }
         self.report_progress(tasks, &replays, started_ms);
         Ok(restored)
@@ -190,7 +199,7 @@ impl Restorer<'_> {
 
     fn replay(
         &self,
-        consumer: BaseConsumer,
+        consumer: &BaseConsumer,
         replays: &mut [Replay],
         since_ms: u64,
     ) -> Result<u64, RestoreError> {
@@ -222,7 +231,9 @@ impl Restorer<'_> {
                 return Err(RestoreError::Stopped);
             }
             (self.beat)();
-            match consumer.poll(Duration::from_millis(100)) {
+            // A short wait: the end is found by the position once nothing
+            // is left to read, and a moving task waits for it.
+            match consumer.poll(IDLE_POLL) {
                 Some(Ok(m)) => {
                     let of = store_of(self.changelogs, m.topic(), m.partition());
                     let Some(&i) = of.and_then(|of| index.get(&of)) else {
@@ -236,16 +247,17 @@ impl Restorer<'_> {
                     r.restored += 1;
                     records += 1;
                 }
-                Some(Err(e)) => tracing::warn!("restoring state: {e}"),
-                // Nothing more to read: the rest up to the end is markers
-                // or aborted records, which the position has passed.
-                None => {
-                    for (of, p) in changelog_positions(&consumer, self.changelogs) {
+                // At a partition's end, or nothing more to read: the rest
+                // up to the end is markers or aborted records, which the
+                // position has passed.
+                Some(Err(KafkaError::PartitionEOF(_))) | None => {
+                    for (of, p) in changelog_positions(consumer, self.changelogs) {
                         if let Some(&i) = index.get(&of) {
                             replays[i].next = replays[i].next.max(p);
                         }
                     }
                 }
+                Some(Err(e)) => tracing::warn!("restoring state: {e}"),
             }
             if writes.len() >= RESTORE_BATCH {
                 self.store.apply(&writes, &reached(replays))?;

@@ -62,8 +62,8 @@ impl Standby {
     }
 
     fn run(&self) -> anyhow::Result<()> {
-        let consumer = changelog_reader(&self.config, "read_committed")?;
-        let probe = changelog_reader(&self.config, "read_uncommitted")?;
+        let consumer = changelog_reader(&self.config, "read_committed", false)?;
+        let probe = changelog_reader(&self.config, "read_uncommitted", false)?;
         let store = &self.state.store;
         let mut tasks = BTreeSet::new();
         let mut followed = Followed::new();

@@ -3,7 +3,6 @@ package dev.millrace.bench;
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
 import java.util.Properties;
-import java.util.concurrent.CountDownLatch;
 import org.apache.kafka.common.serialization.Serdes;
 import org.apache.kafka.streams.KafkaStreams;
 import org.apache.kafka.streams.KeyValue;
@@ -59,13 +58,7 @@ public final class OrdersRouter {
         .defaultBranch(Branched.withConsumer(s -> s.mapValues(Parsed::raw).to(prefix + "-other", produced)));
 
     KafkaStreams streams = new KafkaStreams(builder.build(), p);
-    CountDownLatch done = new CountDownLatch(1);
-    Runtime.getRuntime().addShutdownHook(new Thread(() -> {
-      streams.close();
-      done.countDown();
-    }));
-    streams.start();
-    done.await();
+    UntilStopped.run(streams);
   }
 
   private static Parsed parse(String raw) {

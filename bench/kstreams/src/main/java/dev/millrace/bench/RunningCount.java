@@ -6,7 +6,6 @@ import com.fasterxml.jackson.core.JsonToken;
 import java.nio.ByteBuffer;
 import java.util.Map;
 import java.util.Properties;
-import java.util.concurrent.CountDownLatch;
 import org.apache.kafka.clients.consumer.ConsumerConfig;
 import org.apache.kafka.common.TopicPartition;
 import org.apache.kafka.common.serialization.Deserializer;
@@ -91,13 +90,7 @@ public final class RunningCount {
 
     KafkaStreams streams = new KafkaStreams(builder.build(), p);
     streams.setGlobalStateRestoreListener(new Restores());
-    CountDownLatch done = new CountDownLatch(1);
-    Runtime.getRuntime().addShutdownHook(new Thread(() -> {
-      streams.close();
-      done.countDown();
-    }));
-    streams.start();
-    done.await();
+    UntilStopped.run(streams);
   }
 
   /** `n` of a JSON object, read by a streaming parser (no tree is built). */

@@ -184,6 +184,14 @@ pub fn input_value(seq: u64) -> String {
     }
 }
 
+/// The end (high watermark) of one partition.
+pub fn end_offset(topic: &str, partition: i32) -> i64 {
+    reader(&unique("end"))
+        .fetch_watermarks(topic, partition, Duration::from_secs(10))
+        .unwrap()
+        .1
+}
+
 pub fn reader(group: &str) -> BaseConsumer {
     ClientConfig::new()
         .set("bootstrap.servers", kafka_bootstrap())

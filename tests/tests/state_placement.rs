@@ -2,21 +2,22 @@
 //! count and sum per key) in worker pods with `standbyReplicas: 1`, while
 //! replicas go 1 → 3 → 2 → 1 and pods are SIGKILLed and deleted: tasks
 //! move between pods and restore from their changelogs (a tail where the
-//! pod's volume has an older copy). Every update must be exact. The
-//! changelogs the workers created are recorded in the status, for
-//! deletion to find.
+//! pod's volume has an older copy). Every update must be exact. Then the
+//! last pod's volume is lost: a full restore, with Events, and the counts
+//! go on exactly. The changelogs the workers created are recorded in the
+//! status, for deletion to find.
 //!
 //! Sizes: `MILLRACE_STATE_RECORDS` (default 20,000) and
 //! `MILLRACE_STATE_FAULTS` (default 3).
 
 use std::time::Duration;
 
-use millrace_tests::state_verifier::{generate, manifest, verify};
-use millrace_tests::verifier::{drained, env_or, Topics};
+use millrace_tests::state_verifier::{generate, generate_seqs, manifest, verify};
+use millrace_tests::verifier::{drained, end_offset, env_or, Topics};
 use millrace_tests::workers::{
     apply_yaml, get, rescale_with_faults, scale, standby_lags, wait_settled,
 };
-use millrace_tests::{install_chart, unique, wait_until, TestNamespace};
+use millrace_tests::{install_chart, kubectl, unique, wait_until, TestNamespace};
 
 const PARTITIONS: i32 = 8;
 
@@ -66,8 +67,54 @@ fn counts_stay_exact_while_stateful_tasks_move_between_pods() {
         Duration::from_secs(600),
         || drained(&app_id, &topics).then_some(()),
     );
-    let summary = verify(&topics.outputs[0], PARTITIONS, records);
-    println!("state on the test bed: {summary}; {done} faults, replicas 1→3→2→1");
+    let moved = verify(&topics.outputs[0], PARTITIONS, records);
+    println!("state on the test bed: {moved}; {done} faults, replicas 1→3→2→1");
+    assert!(moved.wrong.is_empty(), "{moved}");
+
+    // The last pod's volume lost (claim and pod deleted): a new volume and
+    // a full restore of every task that has state, announced by Events,
+    // then more input on the restored counts.
+    let pod = format!("{app}-0");
+    let claim = format!("state-{pod}");
+    let old_claim = get(ns, &format!("pvc/{claim}"), "{.metadata.uid}");
+    assert!(!old_claim.is_empty(), "{pod} has a state volume");
+    kubectl(&["-n", ns, "delete", "pvc", &claim, "--wait=false"]).unwrap();
+    kubectl(&["-n", ns, "delete", "pod", &pod, "--wait=false"]).unwrap();
+    wait_until("a new state volume", Duration::from_secs(180), || {
+        let uid = get(ns, &format!("pvc/{claim}"), "{.metadata.uid}");
+        (!uid.is_empty() && uid != old_claim).then_some(())
+    });
+    let more = records / 4;
+    generate_seqs(
+        &topics.input,
+        records..records + more,
+        Duration::from_secs(5),
+    );
+    // A task whose partition got no input has an empty changelog: nothing
+    // to restore, and no Event.
+    let with_state = (0..PARTITIONS)
+        .filter(|p| end_offset(&topics.input, *p) > 0)
+        .count();
+    let restored = wait_until("full restores announced", Duration::from_secs(180), || {
+        let full: Vec<String> = get(
+            ns,
+            "events",
+            "{range .items[?(@.reason==\"Restored\")]}{.message}{\"\\n\"}{end}",
+        )
+        .lines()
+        .filter(|n| n.contains(&format!("on {pod}:")) && n.contains("full:"))
+        .map(String::from)
+        .collect();
+        (full.len() >= with_state).then_some(full)
+    });
+    eprintln!("after the volume was lost: {restored:#?}");
+    wait_until(
+        "the app to commit the new input",
+        Duration::from_secs(600),
+        || drained(&app_id, &topics).then_some(()),
+    );
+    let summary = verify(&topics.outputs[0], PARTITIONS, records + more);
+    println!("state on the test bed after a lost volume: {summary}");
     assert!(summary.wrong.is_empty(), "{summary}");
 
     let recorded = get(ns, &format!("streamapp/{app}"), "{.status.internalTopics}");

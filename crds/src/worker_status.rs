@@ -40,10 +40,13 @@ pub struct WorkerStatus {
     /// or done and the task active.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub restores: BTreeMap<i32, TaskRestore>,
-    /// Internal topics (changelogs) this worker created: the operator
-    /// records them in `status.internalTopics`, which deletion deletes.
+    /// Internal topics (changelogs) this worker uses, created by it or
+    /// found and checked: the operator records them in
+    /// `status.internalTopics`, which deletion deletes. Every start reports
+    /// them again, so one created by a worker that crashed before the
+    /// operator read its report is still recorded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub created_topics: Vec<String>,
+    pub internal_topics: Vec<String>,
 }
 
 /// A task's restore from its changelogs, over its stores.

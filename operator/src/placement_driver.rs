@@ -144,7 +144,7 @@ async fn drive(driver: &Driver, app: &StreamApp) -> Result<bool> {
         publish(driver, app, EventType::Normal, reason, note).await;
     }
     report_stopped(driver, app, seen).await?;
-    state_reports::record_created_topics(&driver.client, app, seen).await?;
+    state_reports::record_internal_topics(&driver.client, app, seen).await?;
     let available: BTreeSet<String> = seen
         .iter()
         .filter(|s| s.ready && s.status().is_some())

@@ -129,11 +129,11 @@ pub fn state_summary<'a>(reports: impl Iterator<Item = &'a WorkerStatus>) -> Opt
     }
 }
 
-/// Internal topics the workers report creating go to
+/// Internal topics the workers report using go to
 /// `status.internalTopics`, where deletion finds them. Only names of the
 /// app's own internal topics: a report can never make a user's topic
 /// deletable.
-pub async fn record_created_topics(
+pub async fn record_internal_topics(
     client: &Client,
     app: &StreamApp,
     seen: &[ObservedPod],
@@ -170,7 +170,7 @@ fn recorded_topics<'a>(
     for report in reports {
         topics.extend(
             report
-                .created_topics
+                .internal_topics
                 .iter()
                 .filter(|t| internal(t))
                 .cloned(),
@@ -334,7 +334,7 @@ mod tests {
     #[test]
     fn created_internal_topics_are_recorded_once_and_other_names_never() {
         let report = WorkerStatus {
-            created_topics: vec!["app-count-changelog".into(), "users-topic".into()],
+            internal_topics: vec!["app-count-changelog".into(), "users-topic".into()],
             ..WorkerStatus::default()
         };
         let internal = |t: &str| t.ends_with("-changelog");

@@ -250,12 +250,12 @@ impl Status {
         }
     }
 
-    /// Internal topics this worker created, for the operator to record.
-    pub fn created_topics(&self, topics: Vec<String>) {
+    /// Internal topics this worker uses, for the operator to record.
+    pub fn internal_topics(&self, topics: &[String]) {
         let mut detail = self.detail.lock().unwrap();
-        detail.created_topics.extend(topics);
-        detail.created_topics.sort();
-        detail.created_topics.dedup();
+        detail.internal_topics.extend_from_slice(topics);
+        detail.internal_topics.sort();
+        detail.internal_topics.dedup();
     }
 
     /// A task stopped at a record (replacing an older report of it).

@@ -192,6 +192,16 @@ fn counts_and_sums_are_exact_and_dedup_holds_across_sigkills_and_a_lost_volume()
                 .min()
         },
     ) - last_start;
+    // The last start found its changelogs (an earlier one created them):
+    // it reports them all the same, for the operator to record.
+    let reported = tasks(run.port).map(|t| t["internalTopics"].to_string());
+    for step in ["once", "totals"] {
+        let changelog = format!("{}-{step}-changelog", run.app_id);
+        assert!(
+            reported.as_deref().is_some_and(|r| r.contains(&changelog)),
+            "{changelog} in /tasks internalTopics: {reported:?}"
+        );
+    }
     let summary = run.finish(worker);
     println!(
         "state verifier: {summary} ({kills} SIGKILLs; full restore after the lost volume: \

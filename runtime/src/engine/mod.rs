@@ -320,7 +320,10 @@ impl<P: Processor> Engine<P> {
                 .tombstone_retention_ms
                 .store(ensured.tombstone_retention_ms, Ordering::Relaxed);
         }
-        core.status.created_topics(ensured.created);
+        // Reported whether created now or found: a worker that created
+        // one and crashed before the operator read its report reports it
+        // again here.
+        core.status.internal_topics(core.changelogs());
         core.assign(&consumer, tasks.as_mut())?;
         Ok(Self {
             consumer,

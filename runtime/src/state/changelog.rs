@@ -55,8 +55,6 @@ pub struct Ensured {
     /// The shortest tombstone retention among them (`restore` must not
     /// trust a store older than that).
     pub tombstone_retention_ms: u64,
-    /// Those it created (the rest existed).
-    pub created: Vec<String>,
 }
 
 /// Creates the missing changelogs and checks the rest; grows one with
@@ -64,7 +62,6 @@ pub struct Ensured {
 pub fn ensure(config: &WorkerConfig, topics: &[String], tasks: i32) -> Result<Ensured, String> {
     let mut ensured = Ensured {
         tombstone_retention_ms: DEFAULT_TOMBSTONE_RETENTION_MS,
-        created: Vec::new(),
     };
     if topics.is_empty() {
         return Ok(ensured);
@@ -87,7 +84,6 @@ pub fn ensure(config: &WorkerConfig, topics: &[String], tasks: i32) -> Result<En
         match result {
             Ok(topic) => {
                 tracing::info!(topic, partitions = tasks, "created the changelog topic");
-                ensured.created.push(topic);
             }
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((topic, code)) => {

@@ -320,9 +320,7 @@ impl<P: Processor> Engine<P> {
                 .tombstone_retention_ms
                 .store(ensured.tombstone_retention_ms, Ordering::Relaxed);
         }
-        // Reported whether created now or found: a worker that created
-        // one and crashed before the operator read its report reports it
-        // again here.
+        // Created now or found: reported again after a crash either way.
         core.status.internal_topics(core.changelogs());
         core.assign(&consumer, tasks.as_mut())?;
         Ok(Self {

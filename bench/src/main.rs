@@ -53,21 +53,8 @@ enum Cmd {
     State {
         #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
         bootstrap: String,
-        /// Input records of the throughput rounds.
-        #[arg(long, default_value_t = 2_000_000)]
-        records: u64,
-        /// Distinct keys among them.
-        #[arg(long, default_value_t = 100_000)]
-        keys: u64,
-        #[arg(long, default_value_t = 3)]
-        rounds: usize,
-        #[arg(long, default_value_t = 1)]
-        warmup_rounds: usize,
-        /// Keys of state for the recovery runs (one record each).
-        #[arg(long, default_value_t = 1_000_000)]
-        recovery_keys: u64,
-        #[arg(long, default_value = "bench/results")]
-        results: PathBuf,
+        #[command(flatten)]
+        args: state::Args,
     },
     /// Create `topic` (16 partitions) and fill it with the benchmark's
     /// orders, for profiling one contender by hand (bench/README.md).
@@ -116,25 +103,7 @@ fn main() -> anyhow::Result<()> {
             },
             threads,
         ),
-        Cmd::State {
-            bootstrap,
-            records,
-            keys,
-            rounds,
-            warmup_rounds,
-            recovery_keys,
-            results,
-        } => state::run(
-            &Setup::new(bootstrap)?,
-            &state::Args {
-                records,
-                keys,
-                rounds,
-                warmup_rounds,
-                recovery_keys,
-                results,
-            },
-        ),
+        Cmd::State { bootstrap, args } => state::run(&Setup::new(bootstrap)?, &args),
         Cmd::Fill {
             bootstrap,
             topic,

@@ -26,12 +26,23 @@ use crate::kafka;
 /// the restarted contender must commit.
 const TAIL: u64 = 16_000;
 
+#[derive(clap::Args)]
 pub struct Args {
+    /// Input records of the throughput rounds.
+    #[arg(long, default_value_t = 2_000_000)]
     pub records: u64,
+    /// Distinct keys among them.
+    #[arg(long, default_value_t = 100_000)]
     pub keys: u64,
+    #[arg(long, default_value_t = 3)]
     pub rounds: usize,
+    #[arg(long, default_value_t = 1)]
     pub warmup_rounds: usize,
+    /// Keys of state for the recovery runs (one record each).
+    #[arg(long, default_value_t = 1_000_000)]
     pub recovery_keys: u64,
+    /// Where the report goes.
+    #[arg(long, default_value = "bench/results")]
     pub results: PathBuf,
 }
 

@@ -10,6 +10,8 @@ use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::stateful_steps::{AggregateStep, DedupStep};
+
 /// A pipeline: read the source topics, run the steps in order, write to the
 /// topics the route step chooses.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -160,63 +162,6 @@ pub struct Step {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aggregate: Option<AggregateStep>,
 }
-
-/// Drops a record whose id was already seen within `within` of its
-/// timestamp. Ids are forgotten once records `within` newer arrive, so the
-/// state stays bounded. Its state is kept in the task's store and its
-/// changelog topic `<applicationId>-<step>-changelog`.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct DedupStep {
-    /// CEL expression for the record's id (a string, bytes or a number),
-    /// e.g. `value.orderId`.
-    #[schemars(length(min = 1, max = 4096))]
-    pub id: String,
-    /// How long an id is remembered, by record timestamp: `10m`, `24h`.
-    pub within: String,
-}
-
-/// A running aggregate per group. Every record updates its group and is
-/// replaced, for the following steps, by the update: key = the group (as
-/// a string), value = a JSON object with `key` and one field per
-/// aggregation.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct AggregateStep {
-    /// CEL expression of the group. Only `key` (the record's key) for now:
-    /// grouping by anything else needs a repartition, which is not built yet.
-    #[schemars(length(min = 1, max = 4096))]
-    pub group_by: String,
-    /// Output field name → aggregation.
-    #[schemars(extend("minProperties" = 1, "maxProperties" = 32))]
-    pub aggregations: BTreeMap<String, Aggregation>,
-}
-
-/// One aggregation: set exactly one of `count`, `sum`, `min` or `max`.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
-#[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("[has(self.count), has(self.sum), has(self.min), has(self.max)].filter(x, x).size() == 1").message("an aggregation sets exactly one of count, sum, min or max"))]
-pub struct Aggregation {
-    /// Records in the group: `count: {}`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub count: Option<Count>,
-    /// Sum of a CEL number expression, e.g. `value.amount`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 4096))]
-    pub sum: Option<String>,
-    /// Smallest value of a CEL number expression.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 4096))]
-    pub min: Option<String>,
-    /// Largest value of a CEL number expression.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 4096))]
-    pub max: Option<String>,
-}
-
-/// `count: {}` takes no settings.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-pub struct Count {}
 
 /// New key, value and headers computed from the record.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]

@@ -15,10 +15,12 @@ use cel::context::VariableResolver;
 use cel::{Context, Env, Value};
 use millrace_crds::{Format, RouteMode, TopicName, TopicPattern};
 
-use super::stateful::{aggregate, seen_before, State, Stateless};
+use super::stateful::{seen_before, State, Stateless};
 use super::value::{bind, decode, decode_fields, encode, Bound};
 use super::{CompiledPipeline, CompiledStep, Destination, Expr};
 use crate::record::{InputRecord, OutputRecord, Processed, RecordError};
+
+mod aggregate;
 
 /// Evaluates a pipeline; one per processing thread.
 pub struct Evaluator {
@@ -79,6 +81,33 @@ struct Current<'a> {
     value_format: Format,
 }
 
+impl<'a> Current<'a> {
+    /// The record replaced by an aggregate's update: a string key and a
+    /// JSON value, the rest (headers, coordinates) as they were.
+    fn updated(&self, key: Vec<u8>, value: Vec<u8>) -> Result<Current<'a>, String> {
+        let text = String::from_utf8_lossy(&key).into_owned();
+        let parsed: Value = decode(Some(&value), Format::Json)?
+            .as_ref()
+            .try_into()
+            .map_err(|e| format!("{e:?}"))?;
+        Ok(Current {
+            vars: Vars {
+                topic: self.vars.topic,
+                partition: self.vars.partition,
+                offset: self.vars.offset,
+                timestamp: self.vars.timestamp,
+                key: bind(Value::String(Arc::new(text)))?,
+                value: bind(parsed)?,
+                headers: self.vars.headers.clone(),
+            },
+            key_bytes: Some(std::borrow::Cow::Owned(key)),
+            value_bytes: Some(std::borrow::Cow::Owned(value)),
+            key_format: Format::String,
+            value_format: Format::Json,
+        })
+    }
+}
+
 impl Evaluator {
     pub fn new(pipeline: Arc<CompiledPipeline>) -> Self {
         Self {
@@ -108,7 +137,7 @@ impl Evaluator {
             step: "source".into(),
             message: format!("{what} {m}"),
         };
-        let mut current = Current {
+        let current = Current {
             vars: Vars {
                 topic: record.topic,
                 partition: record.partition,
@@ -129,13 +158,28 @@ impl Evaluator {
             value_format: p.value_format,
         };
         let mut processed = Processed::default();
-        for step in &p.steps {
+        self.run(0, current, record, state, &mut processed)?;
+        Ok(processed)
+    }
+
+    /// Steps `from..` on the record as `current` has it. An aggregate may
+    /// turn one record into several (windows closing) or none: each goes
+    /// on through the following steps on its own.
+    fn run<'a>(
+        &self,
+        from: usize,
+        mut current: Current<'a>,
+        record: &InputRecord<'_>,
+        state: &mut dyn State,
+        processed: &mut Processed,
+    ) -> Result<(), RecordError> {
+        for (index, step) in self.pipeline.steps.iter().enumerate().skip(from) {
             let vars = &current.vars;
             match step {
                 CompiledStep::Filter { name, condition } => {
                     if !self.truth(name, condition, vars)? {
                         processed.filtered = true;
-                        return Ok(processed);
+                        return Ok(());
                     }
                 }
                 CompiledStep::Map {
@@ -211,16 +255,15 @@ impl Evaluator {
                         }
                     }
                     topics.dedup();
-                    processed.outputs = topics
-                        .into_iter()
-                        .map(|topic| OutputRecord {
+                    processed
+                        .outputs
+                        .extend(topics.into_iter().map(|topic| OutputRecord {
                             topic,
                             key: current.key_bytes.as_deref().map(<[u8]>::to_vec),
                             value: current.value_bytes.as_deref().map(<[u8]>::to_vec),
                             headers: current.vars.headers.clone(),
-                        })
-                        .collect();
-                    return Ok(processed);
+                        }));
+                    return Ok(());
                 }
                 CompiledStep::Dedup {
                     name,
@@ -233,47 +276,22 @@ impl Evaluator {
                     if seen_before(state, *store, &id, ts, *within_ms) {
                         processed.filtered = true;
                         processed.duplicate = true;
-                        return Ok(processed);
+                        return Ok(());
                     }
                 }
-                CompiledStep::Aggregate {
-                    name,
-                    store,
-                    aggregations,
-                } => {
-                    let err = |message: String| RecordError {
-                        step: name.clone(),
-                        message,
-                    };
-                    let group = current
-                        .key_bytes
-                        .as_deref()
-                        .ok_or_else(|| err("the record has no key to group by".into()))?
-                        .to_vec();
-                    let mut inputs = Vec::with_capacity(aggregations.len());
-                    for (output, kind, e) in aggregations {
-                        let value = e.as_ref().map(|e| self.eval(name, e, vars)).transpose()?;
-                        inputs.push((output.as_str(), *kind, value));
+                CompiledStep::Aggregate { .. } => {
+                    for (key, value) in self.aggregate(step, &current, record, state, processed)? {
+                        let next = current.updated(key, value).map_err(|m| RecordError {
+                            step: step.name().into(),
+                            message: m,
+                        })?;
+                        self.run(index + 1, next, record, state, processed)?;
                     }
-                    let text = String::from_utf8_lossy(&group).into_owned();
-                    let previous = state.get(*store, &group);
-                    let update = aggregate(name, &text, previous.as_deref(), &inputs)?;
-                    state.put(*store, &group, Some(&update));
-                    let value: Value = decode(Some(&update), Format::Json)
-                        .map_err(&err)?
-                        .as_ref()
-                        .try_into()
-                        .map_err(|e| err(format!("{e:?}")))?;
-                    current.vars.value = bind(value).map_err(&err)?;
-                    current.vars.key = bind(Value::String(Arc::new(text))).map_err(&err)?;
-                    current.key_bytes = Some(std::borrow::Cow::Owned(group));
-                    current.value_bytes = Some(std::borrow::Cow::Owned(update));
-                    current.key_format = Format::String;
-                    current.value_format = Format::Json;
+                    return Ok(());
                 }
             }
         }
-        Ok(processed)
+        Ok(())
     }
 
     /// A dedup step's id, as bytes: a string's or bytes' own, a number's
@@ -295,7 +313,7 @@ impl Evaluator {
     }
 
     /// Windows go by record time: a record without one cannot be placed.
-    fn timestamp(step: &str, record: &InputRecord<'_>) -> Result<i64, RecordError> {
+    pub(crate) fn timestamp(step: &str, record: &InputRecord<'_>) -> Result<i64, RecordError> {
         record
             .timestamp
             .filter(|t| *t >= 0)

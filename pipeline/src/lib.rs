@@ -6,6 +6,7 @@
 //! runtime (which executes what it returns), so the two can never disagree.
 //! No I/O: records in, outputs out.
 
+pub mod aggregation;
 mod check;
 mod compile_stateful;
 pub mod eval;
@@ -13,13 +14,15 @@ mod fields;
 pub mod record;
 pub mod stateful;
 pub mod value;
+pub mod window;
 
+use aggregation::AggregationKind;
 use cel::Program;
 use millrace_crds::{
     ErrorPolicy, Format, PipelineSpec, ProcessingGuarantee, RecordCoordinates, RouteMode, Step,
     TopicName, TopicPattern,
 };
-use stateful::AggregationKind;
+use window::Windowing;
 
 pub use check::{CelType, SUPPORTED_FUNCTIONS};
 
@@ -105,6 +108,12 @@ pub enum CompiledStep {
         store: usize,
         /// In output order: name, kind, and the expression (none for count).
         aggregations: Vec<(String, AggregationKind, Option<Expr>)>,
+        /// Per event-time window; `None`: one running aggregate per group.
+        windowing: Option<Windowing>,
+        /// Event time (`timestamp:`); `None`: the record's timestamp.
+        event_time: Option<Expr>,
+        /// Late records go to the dead-letter topic (else dropped).
+        late_to_dead_letter: bool,
     },
 }
 
@@ -183,8 +192,13 @@ impl CompiledPipeline {
                     }
                 }
                 CompiledStep::Dedup { id, .. } => out.push(id),
-                CompiledStep::Aggregate { aggregations, .. } => {
-                    out.extend(aggregations.iter().filter_map(|(_, _, e)| e.as_ref()))
+                CompiledStep::Aggregate {
+                    aggregations,
+                    event_time,
+                    ..
+                } => {
+                    out.extend(aggregations.iter().filter_map(|(_, _, e)| e.as_ref()));
+                    out.extend(event_time.iter());
                 }
             }
         }
@@ -245,6 +259,10 @@ enum Want {
     Bool,
     String,
     StringOrBytes,
+    /// An int, uint or double (sum, min, max, avg).
+    Number,
+    /// Epoch milliseconds (an int) or a timestamp.
+    Time,
     Any,
 }
 
@@ -544,6 +562,13 @@ impl Compiler<'_> {
             Want::StringOrBytes => (!result.ty.can_be(CelType::String)
                 && !result.ty.can_be(CelType::Bytes))
             .then_some("this expression must give a string or bytes"),
+            Want::Number => (![CelType::Int, CelType::Uint, CelType::Double]
+                .iter()
+                .any(|t| result.ty.can_be(*t)))
+            .then_some("this aggregation needs a number"),
+            Want::Time => (!result.ty.can_be(CelType::Int)
+                && !result.ty.can_be(CelType::Timestamp))
+            .then_some("event time must be epoch milliseconds (an int) or a timestamp"),
             Want::Any => None,
         };
         if let Some(m) = mismatch {
@@ -564,3 +589,5 @@ impl Compiler<'_> {
 mod stateful_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod window_pipeline_tests;

@@ -40,6 +40,9 @@ pub struct Processed {
     pub duplicate: bool,
     /// No route rule matched and there is no default.
     pub unrouted: bool,
+    /// A windowed aggregate found every window of the record closed (it is
+    /// dropped, or dead-lettered when the step says so).
+    pub late: bool,
 }
 
 /// Headers a dead-lettered record carries, so it can be traced and replayed.

@@ -1,16 +1,11 @@
-//! The stateful steps, `dedup` and `aggregate`, over a task's [`State`].
+//! A task's [`State`] as the stateful steps see it, and `dedup` over it
+//! (aggregates: `aggregation.rs`, windows: `window.rs`).
 //!
 //! The steps only read and write keys of their own store; where the bytes
 //! live, how they reach the changelog and when they become durable is the
 //! runtime's business (`runtime/src/state`). A record's writes count only
 //! if the whole record succeeds: the runtime drops them when a later step
 //! fails, so a dead-lettered or stopped record never updates a count.
-
-use std::collections::BTreeMap;
-
-use cel::Value;
-
-use crate::record::RecordError;
 
 /// One task's state, as the stateful steps see it. `store` numbers the
 /// pipeline's stateful steps in order ([`crate::CompiledPipeline::stores`]).
@@ -46,11 +41,11 @@ const ID: u8 = b'i';
 const BY_TIME: u8 = b't';
 
 /// Timestamps as bytes that sort like the numbers (negatives first).
-fn time_bytes(ts: i64) -> [u8; 8] {
+pub(crate) fn time_bytes(ts: i64) -> [u8; 8] {
     ((ts as u64) ^ (1 << 63)).to_be_bytes()
 }
 
-fn time_of(bytes: &[u8]) -> Option<i64> {
+pub(crate) fn time_of(bytes: &[u8]) -> Option<i64> {
     Some((u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?) ^ (1 << 63)) as i64)
 }
 
@@ -99,143 +94,6 @@ fn forget_before(state: &mut dyn State, store: usize, cutoff: i64) {
             state.put(store, &id_key, None);
         }
     }
-}
-
-/// What an aggregation keeps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AggregationKind {
-    Count,
-    Sum,
-    Min,
-    Max,
-}
-
-/// A number an aggregation keeps: integers stay exact until a double joins.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Number {
-    Int(i64),
-    Float(f64),
-}
-
-impl Number {
-    fn of_cel(v: &Value) -> Option<Number> {
-        match v {
-            Value::Int(i) => Some(Number::Int(*i)),
-            Value::UInt(u) => Some(i64::try_from(*u).map_or(Number::Float(*u as f64), Number::Int)),
-            Value::Float(f) => Some(Number::Float(*f)),
-            _ => None,
-        }
-    }
-
-    fn of_json(v: &serde_json::Value) -> Option<Number> {
-        let n = v.as_number()?;
-        n.as_i64()
-            .map(Number::Int)
-            .or_else(|| n.as_f64().map(Number::Float))
-    }
-
-    fn float(self) -> f64 {
-        match self {
-            Number::Int(i) => i as f64,
-            Number::Float(f) => f,
-        }
-    }
-
-    fn json(self) -> Result<serde_json::Value, String> {
-        match self {
-            Number::Int(i) => Ok(i.into()),
-            Number::Float(f) => serde_json::Number::from_f64(f)
-                .map(serde_json::Value::Number)
-                .ok_or_else(|| format!("{f} is not a number JSON can hold")),
-        }
-    }
-
-    fn add(self, other: Number) -> Result<Number, String> {
-        match (self, other) {
-            (Number::Int(a), Number::Int(b)) => a
-                .checked_add(b)
-                .map(Number::Int)
-                .ok_or_else(|| format!("{a} + {b} overflows a 64-bit integer")),
-            (a, b) => Ok(Number::Float(a.float() + b.float())),
-        }
-    }
-
-    fn less(self, other: Number) -> bool {
-        match (self, other) {
-            (Number::Int(a), Number::Int(b)) => a < b,
-            (a, b) => a.float() < b.float(),
-        }
-    }
-}
-
-/// The group's aggregate after one more record: `inputs` holds, per
-/// aggregation in order, its name, kind and (but for `Count`) the record's
-/// value. `previous` is the stored aggregate (the last update's value).
-/// Returns the new update: `{"key": group, <name>: <value>, ...}`.
-pub fn aggregate(
-    step: &str,
-    group: &str,
-    previous: Option<&[u8]>,
-    inputs: &[(&str, AggregationKind, Option<Value>)],
-) -> Result<Vec<u8>, RecordError> {
-    let error = |message: String| RecordError {
-        step: step.into(),
-        message,
-    };
-    let previous: BTreeMap<String, serde_json::Value> = match previous {
-        Some(bytes) => serde_json::from_slice(bytes).map_err(|e| {
-            error(format!(
-                "the stored aggregate of '{group}' is not JSON: {e}"
-            ))
-        })?,
-        None => BTreeMap::new(),
-    };
-    let mut out = serde_json::Map::new();
-    out.insert("key".into(), group.into());
-    for (name, kind, value) in inputs {
-        let old = previous.get(*name).and_then(Number::of_json);
-        let new = match (kind, value) {
-            (AggregationKind::Count, _) => old.unwrap_or(Number::Int(0)).add(Number::Int(1)),
-            (kind, Some(value)) => {
-                let n = Number::of_cel(value).ok_or_else(|| {
-                    error(format!(
-                        "aggregation '{name}': {value:?} is not a number to {}",
-                        match kind {
-                            AggregationKind::Sum => "sum",
-                            AggregationKind::Min => "take the minimum of",
-                            _ => "take the maximum of",
-                        }
-                    ))
-                })?;
-                Ok(match (kind, old) {
-                    (_, None) => n,
-                    (AggregationKind::Sum, Some(o)) => o.add(n).map_err(|m| {
-                        error(format!("aggregation '{name}' of group '{group}': {m}"))
-                    })?,
-                    (AggregationKind::Min, Some(o)) => {
-                        if n.less(o) {
-                            n
-                        } else {
-                            o
-                        }
-                    }
-                    (_, Some(o)) => {
-                        if o.less(n) {
-                            n
-                        } else {
-                            o
-                        }
-                    }
-                })
-            }
-            (_, None) => unreachable!("the evaluator gives every sum, min and max a value"),
-        };
-        let json = new
-            .and_then(Number::json)
-            .map_err(|m| error(format!("aggregation '{name}': {m}")))?;
-        out.insert((*name).to_string(), json);
-    }
-    Ok(serde_json::to_vec(&serde_json::Value::Object(out)).expect("a JSON map serialises"))
 }
 
 #[cfg(test)]
@@ -311,64 +169,5 @@ mod tests {
     fn negative_timestamps_sort_before_positive_ones() {
         assert!(time_bytes(-5) < time_bytes(3));
         assert_eq!(time_of(&time_bytes(-5)), Some(-5));
-    }
-
-    fn update(previous: Option<&[u8]>, amount: Value) -> serde_json::Value {
-        let out = aggregate(
-            "totals",
-            "k1",
-            previous,
-            &[
-                ("n", AggregationKind::Count, None),
-                ("sum", AggregationKind::Sum, Some(amount.clone())),
-                ("low", AggregationKind::Min, Some(amount.clone())),
-                ("high", AggregationKind::Max, Some(amount)),
-            ],
-        )
-        .unwrap();
-        serde_json::from_slice(&out).unwrap()
-    }
-
-    #[test]
-    fn aggregates_count_sum_min_and_max_exactly() {
-        let first = update(None, Value::Int(5));
-        assert_eq!(
-            first,
-            serde_json::json!({"key": "k1", "n": 1, "sum": 5, "low": 5, "high": 5})
-        );
-        let bytes = serde_json::to_vec(&first).unwrap();
-        let second = update(Some(&bytes), Value::Int(-2));
-        assert_eq!(
-            second,
-            serde_json::json!({"key": "k1", "n": 2, "sum": 3, "low": -2, "high": 5})
-        );
-        let bytes = serde_json::to_vec(&second).unwrap();
-        let third = update(Some(&bytes), Value::Float(0.5));
-        assert_eq!(
-            third,
-            serde_json::json!({"key": "k1", "n": 3, "sum": 3.5, "low": -2, "high": 5})
-        );
-    }
-
-    #[test]
-    fn overflow_and_non_numbers_are_the_records_errors() {
-        let big = serde_json::to_vec(&serde_json::json!({"sum": i64::MAX})).unwrap();
-        let err = aggregate(
-            "totals",
-            "k1",
-            Some(&big),
-            &[("sum", AggregationKind::Sum, Some(Value::Int(1)))],
-        )
-        .unwrap_err();
-        assert_eq!(err.step, "totals");
-        assert!(err.message.contains("overflows"), "{}", err.message);
-        let err = aggregate(
-            "totals",
-            "k1",
-            None,
-            &[("sum", AggregationKind::Sum, Some(Value::from("x")))],
-        )
-        .unwrap_err();
-        assert!(err.message.contains("not a number"), "{}", err.message);
     }
 }

@@ -13,11 +13,11 @@ fn spec(yaml: &str) -> PipelineSpec {
     serde_saphyr::from_str(yaml).expect("test pipeline parses")
 }
 
-fn compiled(yaml: &str) -> CompiledPipeline {
+pub(crate) fn compiled(yaml: &str) -> CompiledPipeline {
     compile(&spec(yaml)).unwrap()
 }
 
-fn errors(yaml: &str) -> Vec<String> {
+pub(crate) fn errors(yaml: &str) -> Vec<String> {
     match compile(&spec(yaml)) {
         Ok(_) => Vec::new(),
         Err(e) => e.0.iter().map(ToString::to_string).collect(),
@@ -166,7 +166,7 @@ fn bad_stateful_steps_are_refused_naming_the_field() {
     assert!(
         errs.iter().any(
             |e| e.starts_with("spec.pipeline.steps[0].aggregate.aggregations['s']")
-                && e.contains("exactly one of count, sum, min or max")
+                && e.contains("exactly one of count, sum, min, max, avg, latest or first")
         ),
         "{errs:?}"
     );

@@ -33,6 +33,8 @@ pub struct Metrics {
     pub dead_lettered: Counter,
     pub filtered: Counter,
     pub unrouted: Counter,
+    /// Records too late for every window of a windowed aggregate.
+    pub late: Counter,
     pub skipped: Counter,
     pub stopped_tasks: Counter,
     pub commits: Counter,
@@ -52,6 +54,7 @@ impl Default for Metrics {
             dead_lettered: Counter::default(),
             filtered: Counter::default(),
             unrouted: Counter::default(),
+            late: Counter::default(),
             skipped: Counter::default(),
             stopped_tasks: Counter::default(),
             commits: Counter::default(),
@@ -85,6 +88,11 @@ impl Default for Metrics {
             "unrouted",
             "Records no route rule matched, without a default",
             m.unrouted.clone(),
+        );
+        registry.register(
+            "late_records",
+            "Records too late for every window of a windowed aggregate (dropped, or dead-lettered when the step says so)",
+            m.late.clone(),
         );
         registry.register(
             "skipped",

@@ -52,6 +52,9 @@ impl Core {
         if processed.unrouted {
             self.metrics.unrouted.inc();
         }
+        if processed.late {
+            self.metrics.late.inc();
+        }
         let refusal = record_size::too_large(&processed.outputs, self.max_message_bytes)
             .or_else(|| self.destinations.missing(consumer, &processed.outputs));
         if let Some(message) = refusal {

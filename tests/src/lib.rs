@@ -8,6 +8,7 @@
 pub mod runtime;
 pub mod state_verifier;
 pub mod verifier;
+pub mod window_verifier;
 pub mod workers;
 
 use std::process::Command;

@@ -133,11 +133,11 @@ impl Format {
     }
 }
 
-/// One step. Set exactly one of `filter`, `map`, `route`, `dedup` or
-/// `aggregate`.
+/// One step. Set exactly one of `filter`, `map`, `rekey`, `route`, `dedup`
+/// or `aggregate`.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("[has(self.filter), has(self.map), has(self.route), has(self.dedup), has(self.aggregate)].filter(x, x).size() == 1").message("a step sets exactly one of filter, map, route, dedup or aggregate"))]
+#[x_kube(validation = Rule::new("[has(self.filter), has(self.map), has(self.rekey), has(self.route), has(self.dedup), has(self.aggregate)].filter(x, x).size() == 1").message("a step sets exactly one of filter, map, rekey, route, dedup or aggregate"))]
 pub struct Step {
     /// Name used in errors, metrics and dead-letter headers. Default
     /// `step-<index>` (from 0).
@@ -152,6 +152,14 @@ pub struct Step {
     /// Replace the record's value (and optionally key and headers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub map: Option<MapStep>,
+    /// A new key for the record, as a CEL expression giving a string, bytes
+    /// or an integer, e.g. `value.customerId`. When a later step keeps state
+    /// (`aggregate`, `dedup`), records are repartitioned by it through the
+    /// internal topic `<applicationId>-<step>-repartition`, so each key's
+    /// records meet in one task; otherwise it only sets the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub rekey: Option<String>,
     /// Send the record to topics.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route: Option<RouteStep>,

@@ -21,6 +21,12 @@ pub struct DedupStep {
     pub id: String,
     /// How long an id is remembered, by record timestamp: `10m`, `24h`.
     pub within: String,
+    /// Repartition by the id first (through the internal topic
+    /// `<applicationId>-<step>-repartition`), so duplicates written with
+    /// different keys still meet in one task; the records go on keyed by
+    /// their id. Default `false`: duplicates must share a partition.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub repartition: bool,
 }
 
 /// An aggregate per group: running (every record updates its group), or per
@@ -33,8 +39,11 @@ pub struct DedupStep {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.window) || (!has(self.grace) && !has(self.emit) && !has(self.lateRecords))").message("grace, emit and lateRecords need a window"))]
 pub struct AggregateStep {
-    /// CEL expression of the group. Only `key` (the record's key) for now:
-    /// grouping by anything else needs a repartition, which is not built yet.
+    /// CEL expression of the group (a string, bytes or an integer): `key`,
+    /// the record's key, or any value, e.g. `value.region`. Grouping by
+    /// anything but the key the records were written with repartitions them
+    /// by the group first (through the internal topic
+    /// `<applicationId>-<step>-repartition`); the records go on keyed by it.
     #[schemars(length(min = 1, max = 4096))]
     pub group_by: String,
     /// Output field name → aggregation.

@@ -24,6 +24,20 @@ pub fn has_state_stores(app: &StreamApp) -> bool {
     })
 }
 
+/// The repartition topics of the app's pipeline (none if it does not
+/// compile: then no worker runs to create them).
+pub fn repartition_topics(app: &StreamApp, application_id: &str) -> Vec<String> {
+    app.spec
+        .pipeline
+        .as_ref()
+        .and_then(|p| millrace_pipeline::compile(p).ok())
+        .map(|c| c.for_application(application_id).repartition_topics())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|t| t.0)
+        .collect()
+}
+
 /// Per task, the workers whose standby or warm-up copy is within
 /// `acceptable_lag` records (`spec.state.acceptableLag`) of its
 /// changelogs' ends, from their reports: a task moved to one restores that

@@ -6,6 +6,7 @@ use std::time::Duration;
 use millrace_crds::{AggregateStep, Emit, Format, LatePolicy, Step};
 
 use super::aggregation::AggregationKind;
+use super::compile_repartition::Rekeyed;
 use super::window::{WindowKind, Windowing};
 use super::{CompiledStep, Compiler, Want};
 
@@ -17,24 +18,16 @@ impl Compiler<'_> {
         step: &Step,
     ) -> Option<CompiledStep> {
         let at = |field: &str| format!("spec.pipeline.steps[{index}].{field}");
-        // The step's changelog topic is named after it.
-        if let Some(c) = name
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-        {
-            self.error(
-                at("name"),
-                &name,
-                format!(
-                    "contains {c:?}: a stateful step's name is part of its changelog topic's \
-                     name (<applicationId>-{name}-changelog), so only letters, digits, '.', '_' \
-                     and '-'"
-                ),
-            );
-        }
+        self.topic_safe_name(index, &name, "changelog");
         let store = self.stores;
         self.stores += 1;
         if let Some(dedup) = &step.dedup {
+            if dedup.repartition {
+                self.partition_for(&name, Some((at("dedup.id"), &dedup.id)));
+            } else if let Some(Rekeyed::ByRekeyStep(_)) = self.rekeyed {
+                // Ids follow the key a rekey step set: repartition by it.
+                self.partition_for(&name, None);
+            }
             let id = self.expr(&at("dedup.id"), &name, &dedup.id, Want::Any);
             let within = parse_duration(&dedup.within).filter(|d| !d.is_zero());
             if within.is_none() {
@@ -55,25 +48,9 @@ impl Compiler<'_> {
             });
         }
         let aggregate = step.aggregate.as_ref()?;
-        if aggregate.group_by.trim() != "key" {
-            self.error(
-                at("aggregate.groupBy"),
-                &name,
-                format!(
-                    "only `key` (the record's key) can be grouped by for now, not `{}`: grouping \
-                     by another value needs the records repartitioned by it, which is not built \
-                     yet",
-                    aggregate.group_by
-                ),
-            );
-        } else if self.rekeyed {
-            self.error(
-                at("aggregate.groupBy"),
-                &name,
-                "an earlier map step sets the key, so records of one group may be in different \
-                 partitions (and tasks); group by the key the records were written with",
-            );
-        }
+        let by_key = aggregate.group_by.trim() == "key";
+        let by = (!by_key).then(|| (at("aggregate.groupBy"), aggregate.group_by.as_str()));
+        self.partition_for(&name, by);
         if aggregate.aggregations.is_empty() {
             self.error(
                 at("aggregate.aggregations"),
@@ -154,6 +131,23 @@ impl Compiler<'_> {
             event_time,
             late_to_dead_letter,
         })
+    }
+
+    /// A stateful step's name is part of its internal topics' names.
+    pub(super) fn topic_safe_name(&mut self, index: usize, name: &str, topic: &str) {
+        if let Some(c) = name
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        {
+            self.error(
+                format!("spec.pipeline.steps[{index}].name"),
+                name,
+                format!(
+                    "contains {c:?}: the step's name is part of its {topic} topic's name \
+                     (<applicationId>-{name}-{topic}), so only letters, digits, '.', '_' and '-'"
+                ),
+            );
+        }
     }
 
     /// The step's window, checked; `None` without one (or when wrong).

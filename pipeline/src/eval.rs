@@ -21,6 +21,7 @@ use super::{CompiledPipeline, CompiledStep, Destination, Expr};
 use crate::record::{InputRecord, OutputRecord, Processed, RecordError};
 
 mod aggregate;
+mod repartition;
 
 /// Evaluates a pipeline; one per processing thread.
 pub struct Evaluator {
@@ -133,6 +134,8 @@ impl Evaluator {
         state: &mut dyn State,
     ) -> Result<Processed, RecordError> {
         let p = &self.pipeline;
+        // A record read back from a repartition topic resumes after it.
+        let (from, key_format, value_format) = self.resume_point(record.topic);
         let source_error = |what: &str, m: String| RecordError {
             step: "source".into(),
             message: format!("{what} {m}"),
@@ -143,8 +146,8 @@ impl Evaluator {
                 partition: record.partition,
                 offset: record.offset,
                 timestamp: record.timestamp,
-                key: decode(record.key, p.key_format).map_err(|m| source_error("key", m))?,
-                value: decode_fields(record.value, p.value_format, p.value_fields.as_deref())
+                key: decode(record.key, key_format).map_err(|m| source_error("key", m))?,
+                value: decode_fields(record.value, value_format, p.value_fields.as_deref())
                     .map_err(|m| source_error("value", m))?,
                 headers: record
                     .headers
@@ -154,11 +157,11 @@ impl Evaluator {
             },
             key_bytes: record.key.map(std::borrow::Cow::Borrowed),
             value_bytes: record.value.map(std::borrow::Cow::Borrowed),
-            key_format: p.key_format,
-            value_format: p.value_format,
+            key_format,
+            value_format,
         };
         let mut processed = Processed::default();
-        self.run(0, current, record, state, &mut processed)?;
+        self.run(from, current, record, state, &mut processed)?;
         Ok(processed)
     }
 
@@ -262,6 +265,7 @@ impl Evaluator {
                             key: current.key_bytes.as_deref().map(<[u8]>::to_vec),
                             value: current.value_bytes.as_deref().map(<[u8]>::to_vec),
                             headers: current.vars.headers.clone(),
+                            timestamp: None,
                         }));
                     return Ok(());
                 }
@@ -271,13 +275,26 @@ impl Evaluator {
                     id,
                     within_ms,
                 } => {
-                    let id = self.id(name, id, vars)?;
+                    let id = self.key_of(name, id, vars, "an id")?;
                     let ts = Self::timestamp(name, record)?;
                     if seen_before(state, *store, &id, ts, *within_ms) {
                         processed.filtered = true;
                         processed.duplicate = true;
                         return Ok(());
                     }
+                }
+                CompiledStep::Rekey { name, key } => {
+                    let key = self.key_of(name, key, vars, "a key")?;
+                    current.rekey(key).map_err(|m| RecordError {
+                        step: name.clone(),
+                        message: m,
+                    })?;
+                }
+                CompiledStep::Repartition { .. } => {
+                    processed
+                        .outputs
+                        .push(self.repartitioned(step, &current, record)?);
+                    return Ok(());
                 }
                 CompiledStep::Aggregate { .. } => {
                     for (key, value) in self.aggregate(step, &current, record, state, processed)? {
@@ -294,9 +311,15 @@ impl Evaluator {
         Ok(())
     }
 
-    /// A dedup step's id, as bytes: a string's or bytes' own, a number's
+    /// A key or id, as bytes: a string's or bytes' own, an integer's
     /// decimal text.
-    fn id(&self, step: &str, e: &Expr, vars: &Vars<'_>) -> Result<Vec<u8>, RecordError> {
+    fn key_of(
+        &self,
+        step: &str,
+        e: &Expr,
+        vars: &Vars<'_>,
+        what: &str,
+    ) -> Result<Vec<u8>, RecordError> {
         match self.eval(step, e, vars)? {
             Value::String(s) => Ok(s.as_bytes().to_vec()),
             Value::Bytes(b) => Ok(b.to_vec()),
@@ -305,7 +328,7 @@ impl Evaluator {
             other => Err(RecordError {
                 step: step.into(),
                 message: format!(
-                    "`{}` gave {other:?}, not an id (a string, bytes or an integer)",
+                    "`{}` gave {other:?}, not {what} (a string, bytes or an integer)",
                     e.source
                 ),
             }),

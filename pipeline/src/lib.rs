@@ -8,6 +8,7 @@
 
 pub mod aggregation;
 mod check;
+mod compile_repartition;
 mod compile_stateful;
 pub mod eval;
 mod fields;
@@ -18,6 +19,7 @@ pub mod window;
 
 use aggregation::AggregationKind;
 use cel::Program;
+use millrace_crds::identity::{internal_topic, InternalTopic};
 use millrace_crds::{
     ErrorPolicy, Format, PipelineSpec, ProcessingGuarantee, RecordCoordinates, RouteMode, Step,
     TopicName, TopicPattern,
@@ -82,6 +84,11 @@ pub enum CompiledStep {
         name: String,
         condition: Expr,
     },
+    /// A `rekey` no stateful step needed: it only sets the key.
+    Rekey {
+        name: String,
+        key: Expr,
+    },
     Map {
         name: String,
         key: Option<Expr>,
@@ -95,6 +102,22 @@ pub enum CompiledStep {
         default: Option<TopicName>,
         /// Where computed topics may go (empty: anywhere but the sources).
         allowed: Vec<TopicPattern>,
+    },
+    /// The end of a sub-topology: the record goes to the internal topic
+    /// `topic`, keyed by `key` (the current key when `None`), and the
+    /// steps after this one run on it when it is read back, in the task its
+    /// key is partitioned to.
+    Repartition {
+        /// The step that asked for it (a `rekey`, or the `aggregate` or
+        /// `dedup` needing it): the topic is named after it.
+        name: String,
+        key: Option<Expr>,
+        /// `<applicationId>-<name>-repartition`, once the application id is
+        /// known ([`CompiledPipeline::for_application`]).
+        topic: String,
+        /// How its records' keys and values read downstream.
+        key_format: Format,
+        value_format: Format,
     },
     Dedup {
         name: String,
@@ -131,8 +154,10 @@ impl CompiledStep {
     pub fn name(&self) -> &str {
         match self {
             CompiledStep::Filter { name, .. }
+            | CompiledStep::Rekey { name, .. }
             | CompiledStep::Map { name, .. }
             | CompiledStep::Route { name, .. }
+            | CompiledStep::Repartition { name, .. }
             | CompiledStep::Dedup { name, .. }
             | CompiledStep::Aggregate { name, .. } => name,
         }
@@ -174,6 +199,7 @@ impl CompiledPipeline {
         for step in &self.steps {
             match step {
                 CompiledStep::Filter { condition, .. } => out.push(condition),
+                CompiledStep::Rekey { key, .. } => out.push(key),
                 CompiledStep::Map {
                     key,
                     value,
@@ -191,6 +217,7 @@ impl CompiledPipeline {
                         }
                     }
                 }
+                CompiledStep::Repartition { key, .. } => out.extend(key.iter()),
                 CompiledStep::Dedup { id, .. } => out.push(id),
                 CompiledStep::Aggregate {
                     aggregations,
@@ -212,6 +239,31 @@ impl CompiledPipeline {
             .iter()
             .filter(|s| s.store().is_some())
             .map(|s| s.name().to_string())
+            .collect()
+    }
+
+    /// The pipeline of the app `application_id`: its repartition topics
+    /// named.
+    pub fn for_application(mut self, application_id: &str) -> Self {
+        for step in &mut self.steps {
+            if let CompiledStep::Repartition { name, topic, .. } = step {
+                *topic = internal_topic(application_id, name, InternalTopic::Repartition);
+            }
+        }
+        self
+    }
+
+    /// The repartition topics, in step order (empty until
+    /// [`Self::for_application`]).
+    pub fn repartition_topics(&self) -> Vec<TopicName> {
+        self.steps
+            .iter()
+            .filter_map(|s| match s {
+                CompiledStep::Repartition { topic, .. } if !topic.is_empty() => {
+                    Some(TopicName(topic.clone()))
+                }
+                _ => None,
+            })
             .collect()
     }
 
@@ -261,6 +313,8 @@ enum Want {
     StringOrBytes,
     /// An int, uint or double (sum, min, max, avg).
     Number,
+    /// A key: a string, bytes or an integer.
+    Key,
     /// Epoch milliseconds (an int) or a timestamp.
     Time,
     Any,
@@ -274,9 +328,12 @@ struct Compiler<'a> {
     variables: check::Variables,
     /// Stateful steps compiled so far: the next one's store number.
     stores: usize,
-    /// A map step has set the key: records are no longer partitioned by
-    /// it, so grouping by it would split groups over tasks.
-    rekeyed: bool,
+    /// An earlier step set the key: records are no longer partitioned by
+    /// it, so grouping by it needs a repartition.
+    rekeyed: Option<compile_repartition::Rekeyed>,
+    rekeys: compile_repartition::Rekeys,
+    /// The steps compiled so far (with the repartitions they need).
+    steps: Vec<CompiledStep>,
 }
 
 /// Compiles and checks a pipeline; every error found is returned.
@@ -289,14 +346,16 @@ pub fn compile(spec: &PipelineSpec) -> Result<CompiledPipeline, CompileErrors> {
             value: spec.source.value_format,
         },
         stores: 0,
-        rekeyed: false,
+        rekeyed: None,
+        rekeys: Default::default(),
+        steps: Vec::new(),
     };
-    let steps: Vec<Option<CompiledStep>> = spec
-        .steps
-        .iter()
-        .enumerate()
-        .map(|(i, s)| c.step(i, s))
-        .collect();
+    for (i, s) in spec.steps.iter().enumerate() {
+        if let Some(step) = c.step(i, s) {
+            c.steps.push(step);
+        }
+    }
+    c.finish_rekeys();
     c.check_shape();
     if !c.errors.is_empty() {
         return Err(CompileErrors(c.errors));
@@ -305,7 +364,7 @@ pub fn compile(spec: &PipelineSpec) -> Result<CompiledPipeline, CompileErrors> {
         source_topics: spec.source.topics.clone(),
         key_format: spec.source.key_format,
         value_format: spec.source.value_format,
-        steps: steps.into_iter().flatten().collect(),
+        steps: std::mem::take(&mut c.steps),
         error_policy: spec.on_error.policy,
         dead_letter_topic: spec.on_error.dead_letter_topic.clone(),
         skip: spec.on_error.skip.clone(),
@@ -408,6 +467,7 @@ impl Compiler<'_> {
         let kinds = [
             step.filter.is_some(),
             step.map.is_some(),
+            step.rekey.is_some(),
             step.route.is_some(),
             step.dedup.is_some(),
             step.aggregate.is_some(),
@@ -419,9 +479,12 @@ impl Compiler<'_> {
             self.error(
                 format!("spec.pipeline.steps[{index}]"),
                 &name,
-                "a step sets exactly one of filter, map, route, dedup or aggregate",
+                "a step sets exactly one of filter, map, rekey, route, dedup or aggregate",
             );
             return None;
+        }
+        if let Some(rekey) = &step.rekey {
+            return self.rekey(index, name, rekey);
         }
         if step.dedup.is_some() || step.aggregate.is_some() {
             return self.stateful(index, name, step);
@@ -445,7 +508,9 @@ impl Compiler<'_> {
                 .key
                 .as_ref()
                 .and_then(|k| self.expr(&at("map.key"), &name, k, Want::StringOrBytes));
-            self.rekeyed |= map.key.is_some();
+            if map.key.is_some() {
+                self.rekeyed = Some(compile_repartition::Rekeyed::ByMap);
+            }
             let value = map
                 .value
                 .as_ref()
@@ -562,6 +627,10 @@ impl Compiler<'_> {
             Want::StringOrBytes => (!result.ty.can_be(CelType::String)
                 && !result.ty.can_be(CelType::Bytes))
             .then_some("this expression must give a string or bytes"),
+            Want::Key => (![CelType::String, CelType::Bytes, CelType::Int, CelType::Uint]
+                .iter()
+                .any(|t| result.ty.can_be(*t)))
+            .then_some("a key must be a string, bytes or an integer"),
             Want::Number => (![CelType::Int, CelType::Uint, CelType::Double]
                 .iter()
                 .any(|t| result.ty.can_be(*t)))
@@ -585,6 +654,8 @@ impl Compiler<'_> {
     }
 }
 
+#[cfg(test)]
+mod repartition_tests;
 #[cfg(test)]
 mod stateful_tests;
 #[cfg(test)]

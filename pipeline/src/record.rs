@@ -20,6 +20,10 @@ pub struct OutputRecord {
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
     pub headers: Vec<(String, Vec<u8>)>,
+    /// Its timestamp (create time); `None`: when it is produced. Records
+    /// written to a repartition topic keep their input's, for the windows
+    /// after it.
+    pub timestamp: Option<i64>,
 }
 
 /// Why a record could not be processed, and where.

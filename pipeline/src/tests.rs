@@ -188,7 +188,7 @@ fn pipeline_shape_rules() {
     assert!(
         two_kinds
             .iter()
-            .any(|e| e.contains("exactly one of filter, map, route, dedup or aggregate")),
+            .any(|e| e.contains("exactly one of filter, map, rekey, route, dedup or aggregate")),
         "{two_kinds:?}"
     );
 }

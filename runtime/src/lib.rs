@@ -12,6 +12,7 @@ pub mod lag;
 pub mod manifest;
 pub mod metrics;
 pub mod placement;
+pub mod purge;
 pub use millrace_pipeline as pipeline;
 pub mod processor;
 pub mod state;

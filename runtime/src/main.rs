@@ -46,7 +46,8 @@ fn start_pipeline(config: &WorkerConfig, loops: usize) -> Result<(Io, Vec<Evalua
     let spec = config.pipeline.as_ref().ok_or(
         "the configuration has no pipeline: an app with spec.image runs its own binary, not millrace-runtime",
     )?;
-    let compiled = Arc::new(pipeline::compile(spec).map_err(|errors| errors.to_string())?);
+    let compiled = pipeline::compile(spec).map_err(|errors| errors.to_string())?;
+    let compiled = Arc::new(compiled.for_application(&config.application_id));
     if let Some((field, problem)) = compiled
         .unrunnable_problems(config.processing_guarantee)
         .into_iter()

@@ -75,9 +75,25 @@ pub struct Io {
     /// The stateful steps' names, store by store: each has a store per
     /// task and a changelog (none: the app keeps no state).
     pub stores: Vec<String>,
+    /// Internal topics the app writes records to and reads them back from,
+    /// partition N in task N (`CompiledStep::Repartition`).
+    pub repartition_topics: Vec<TopicName>,
 }
 
 impl Io {
+    /// Every topic a task reads a partition of: the sources, then the
+    /// repartition topics.
+    pub fn consumed_topics(&self) -> impl Iterator<Item = &TopicName> {
+        self.source_topics.iter().chain(&self.repartition_topics)
+    }
+
+    pub fn repartition_names(&self) -> Vec<String> {
+        self.repartition_topics
+            .iter()
+            .map(|t| t.0.clone())
+            .collect()
+    }
+
     pub fn of_pipeline(pipeline: &CompiledPipeline, max_records_per_second: Option<i64>) -> Self {
         Self {
             source_topics: pipeline.source_topics.clone(),
@@ -87,6 +103,7 @@ impl Io {
             skip: pipeline.skip.clone(),
             max_records_per_second: max_records_per_second.map(|n| n.max(1) as u64),
             stores: pipeline.stores(),
+            repartition_topics: pipeline.repartition_topics(),
         }
     }
 
@@ -110,6 +127,7 @@ impl Io {
             skip,
             max_records_per_second: None,
             stores: Vec::new(),
+            repartition_topics: Vec::new(),
         })
     }
 }

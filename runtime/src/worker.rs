@@ -378,6 +378,10 @@ fn serve<P: Processor>(setup: Setup, start: &Start<'_, P>) -> i32 {
     if let Err(e) = lag::spawn(&config, metrics.clone(), status.clone(), shutdown.clone()) {
         return config_error(e);
     }
+    let repartitions = io.repartition_names();
+    if let Err(e) = crate::purge::spawn(&config, repartitions, status.clone(), shutdown.clone()) {
+        return config_error(e);
+    }
     let rate_limit = io
         .max_records_per_second
         .map(|n| Arc::new(RateLimit::new(n)));

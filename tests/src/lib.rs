@@ -5,7 +5,9 @@
 //! These tests never fall back to mocks: without the stack they fail and say
 //! how to start it.
 
+pub mod repartition_verifier;
 pub mod runtime;
+pub mod standalone;
 pub mod state_verifier;
 pub mod verifier;
 pub mod window_verifier;

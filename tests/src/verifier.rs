@@ -393,19 +393,37 @@ pub fn verify(topics: &Topics, records: u64) -> Summary {
 
 /// Committed offsets of the app's group have reached the end of the input.
 pub fn drained(group: &str, topics: &Topics) -> bool {
-    let (input, partitions) = (topics.input.as_str(), topics.partitions);
+    topic_drained(group, &topics.input, topics.partitions)
+}
+
+/// Committed offsets of `group` have reached the end of every partition of
+/// `topic` (a repartition topic, say).
+pub fn topic_drained(group: &str, topic: &str, partitions: i32) -> bool {
     let consumer = reader(group);
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
-        tpl.add_partition(input, p);
+        tpl.add_partition(topic, p);
     }
     let Ok(committed) = consumer.committed_offsets(tpl, Duration::from_secs(10)) else {
         return false;
     };
     (0..partitions).all(|p| {
-        let end = consumer.fetch_watermarks(input, p, Duration::from_secs(10)).map(|w| w.1).unwrap_or(i64::MAX);
+        let end = consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).map(|w| w.1).unwrap_or(i64::MAX);
         // A partition nothing was written to has no committed offset.
         end == 0
-            || matches!(committed.find_partition(input, p).map(|e| e.offset()), Some(Offset::Offset(o)) if o >= end)
+            || matches!(committed.find_partition(topic, p).map(|e| e.offset()), Some(Offset::Offset(o)) if o >= end)
     })
+}
+
+/// Records a topic holds now (from its log start to its end), over all
+/// partitions: what purging keeps bounded.
+pub fn retained(topic: &str, partitions: i32) -> i64 {
+    let consumer = reader(&unique("retained"));
+    (0..partitions)
+        .map(|p| {
+            consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .map_or(0, |(start, end)| end - start)
+        })
+        .sum()
 }

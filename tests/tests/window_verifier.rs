@@ -13,10 +13,10 @@
 //! Sizes: `MILLRACE_WINDOW_RECORDS` (default 6,000) and
 //! `MILLRACE_WINDOW_KILLS` (default 6).
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use millrace_tests::runtime::{admin_get, log_path, start_logging_with, Running};
+use millrace_tests::runtime::Running;
+use millrace_tests::standalone::{kill_in_turn, App};
 use millrace_tests::verifier::{drained, env_or, Topics};
 use millrace_tests::window_verifier::{
     differences, expected, generate, is_late, manifest, read_dead_letters, read_windows, KEYS,
@@ -25,58 +25,14 @@ use millrace_tests::{unique, wait_until};
 
 const PARTITIONS: i32 = 4;
 
-/// One app: its manifest, output and dead-letter topics, state directory
-/// and admin port.
-struct App {
-    app_id: String,
-    manifest: PathBuf,
-    output: String,
-    dlq: String,
-    state_dir: PathBuf,
-    port: u16,
-}
-
-impl App {
-    fn prepare(
-        prefix: &str,
-        topics: &Topics,
-        emit: &str,
-        output: &str,
-        dlq: &str,
-        port: u16,
-    ) -> Self {
-        let app_id = format!("{prefix}-{}", emit.to_lowercase());
-        let manifest = std::env::temp_dir().join(format!("{app_id}.yaml"));
-        let text = self::manifest("window-verifier", &app_id, &topics.input, output, dlq, emit);
-        std::fs::write(&manifest, text).unwrap();
-        let _ = std::fs::remove_file(log_path(port));
-        eprintln!("{emit} worker log: {}", log_path(port).display());
-        Self {
-            state_dir: std::env::temp_dir().join(format!("{app_id}-state")),
-            app_id,
-            manifest,
-            output: output.into(),
-            dlq: dlq.into(),
-            port,
-        }
-    }
-
-    fn start(&self) -> Running {
-        let dir = self.state_dir.to_str().unwrap();
-        start_logging_with(
-            &self.manifest,
-            self.port,
-            &["--state-dir", dir],
-            &[("RUST_LOG", "info")],
-        )
-    }
-
-    fn late_metric(&self) -> Option<u64> {
-        admin_get(self.port, "/metrics")?
-            .lines()
-            .find_map(|l| l.strip_prefix("millrace_late_records_total "))
-            .and_then(|v| v.trim().parse().ok())
-    }
+/// The app emitting `emit` to `output`, late records to `dlq`.
+fn windowed(prefix: &str, input: &str, emit: &str, (output, dlq): (&str, &str), port: u16) -> App {
+    let app_id = format!("{prefix}-{}", emit.to_lowercase());
+    App::new(
+        &app_id,
+        &manifest("window-verifier", &app_id, input, output, dlq, emit),
+        port,
+    )
 }
 
 #[test]
@@ -84,23 +40,14 @@ fn windows_are_exact_and_late_records_dead_lettered_once_across_sigkills_and_los
     let prefix = unique("windows");
     let topics = Topics::new(&prefix, PARTITIONS);
     topics.create();
+    // (output, dead-letter topic) of each app.
+    let sinks = [
+        (topics.outputs[0].as_str(), topics.outputs[2].as_str()),
+        (topics.outputs[1].as_str(), topics.dlq.as_str()),
+    ];
     let apps = [
-        App::prepare(
-            &prefix,
-            &topics,
-            "EveryUpdate",
-            &topics.outputs[0],
-            &topics.outputs[2],
-            18130,
-        ),
-        App::prepare(
-            &prefix,
-            &topics,
-            "WindowClose",
-            &topics.outputs[1],
-            &topics.dlq,
-            18131,
-        ),
+        windowed(&prefix, &topics.input, "EveryUpdate", sinks[0], 18130),
+        windowed(&prefix, &topics.input, "WindowClose", sinks[1], 18131),
     ];
     let records = env_or("MILLRACE_WINDOW_RECORDS", 6_000);
     let kills = env_or("MILLRACE_WINDOW_KILLS", 6);
@@ -117,45 +64,26 @@ fn windows_are_exact_and_late_records_dead_lettered_once_across_sigkills_and_los
             Duration::from_millis(1_500 * kills + 1_000),
         )
     });
-    let mut seed = std::process::id() as u64 ^ 0x9e37_79b9_7f4a_7c15;
-    for kill in 0..kills {
-        seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        std::thread::sleep(Duration::from_millis(600 + (seed >> 33) % 1400));
-        let which = (kill % 2) as usize;
-        // Each app loses its volume once, midway.
-        let lose = kill / 2 == kills / 4;
-        workers[which].kill();
-        if lose {
-            let _ = std::fs::remove_dir_all(&apps[which].state_dir);
-        }
-        eprintln!(
-            "kill {}: {}{}",
-            kill + 1,
-            apps[which].app_id,
-            if lose { ", volume deleted" } else { "" }
-        );
-        workers[which] = apps[which].start();
-    }
+    // Each app loses its volume once, midway.
+    kill_in_turn(&apps, &mut workers, kills, kills / 4);
     generator.join().unwrap();
     generate(&topics.input, last..records + KEYS, records, Duration::ZERO);
     let want = expected(records);
     let late_after_last_start = (last..records).filter(|s| is_late(*s, records)).count() as u64;
-    for (app, worker) in apps.iter().zip(workers) {
+    for ((app, worker), (_, dlq)) in apps.iter().zip(workers).zip(sinks) {
         wait_until(
             &format!("{} to commit the whole input", app.app_id),
             Duration::from_secs(300),
             || drained(&app.app_id, &topics).then_some(()),
         );
-        let late = app.late_metric();
+        let late = app.counter("late_records");
         worker.terminate();
         assert!(
             late.is_some_and(|n| n >= late_after_last_start),
             "{}: late records counted in the metric: {late:?}, at least {late_after_last_start}",
             app.app_id
         );
-        let mut dead: Vec<u64> = read_dead_letters(&app.dlq, PARTITIONS);
+        let mut dead: Vec<u64> = read_dead_letters(dlq, PARTITIONS);
         dead.sort_unstable();
         let want_dead: Vec<u64> = want.late.iter().copied().collect();
         assert_eq!(
@@ -164,7 +92,7 @@ fn windows_are_exact_and_late_records_dead_lettered_once_across_sigkills_and_los
             app.app_id
         );
     }
-    let updates = read_windows(&apps[0].output, PARTITIONS);
+    let updates = read_windows(sinks[0].0, PARTITIONS);
     let wrong = differences(&want.updates, &updates, 5);
     println!(
         "window verifier, EveryUpdate: {} updates of {} windows, {} wrong{wrong:?}",
@@ -174,7 +102,7 @@ fn windows_are_exact_and_late_records_dead_lettered_once_across_sigkills_and_los
     );
     assert!(wrong.is_empty(), "EveryUpdate: {wrong:?}");
     let finals: std::collections::BTreeMap<String, Vec<(i64, i64)>> =
-        read_windows(&apps[1].output, PARTITIONS);
+        read_windows(sinks[1].0, PARTITIONS);
     let want_finals = want
         .finals
         .iter()

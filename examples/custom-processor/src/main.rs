@@ -72,6 +72,8 @@ impl Processor for Enricher {
                     .iter()
                     .map(|(k, v)| (k.to_string(), v.to_vec()))
                     .collect(),
+                // Keep the input's time, as Kafka Streams does.
+                timestamp: record.timestamp,
             }],
             ..Processed::default()
         })

@@ -151,11 +151,13 @@ async fn poll(a: &Autoscaler, app: &StreamApp) -> Result<()> {
     if topics.is_empty() {
         return Ok(());
     }
-    let reading =
-        tokio::task::spawn_blocking(move || measure::read(&props, &group, &topics, tasks, now))
-            .await
-            .map_err(|e| Error::Other(format!("measuring lag: {e}")))?
-            .map_err(Error::Kafka)?;
+    let internal = crate::state_reports::repartition_topics(app, &group);
+    let reading = tokio::task::spawn_blocking(move || {
+        measure::read(&props, &group, (&topics, &internal), tasks, now)
+    })
+    .await
+    .map_err(|e| Error::Other(format!("measuring lag: {e}")))?
+    .map_err(Error::Kafka)?;
     let before = lock(&a.readings).insert(key, reading.clone());
     let Some(settings) = settings else {
         // No autoscaling: report the lag only.

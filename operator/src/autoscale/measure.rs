@@ -62,17 +62,19 @@ fn client(
 }
 
 /// Reads lag for `tasks` partitions of each of `topics` for the app's group.
+/// `internal` topics (repartition topics, partition N in task N) count
+/// like `topics`, but may not exist yet: the workers create them.
 pub fn read(
     props: &BTreeMap<String, String>,
     group: &str,
-    topics: &[String],
+    (topics, internal): (&[String], &[String]),
     tasks: i32,
     at_s: f64,
 ) -> Result<Reading, String> {
     let stable = client(props, group, "read_committed")?;
     let offsets = client(props, group, "read_uncommitted")?;
     let mut wanted = TopicPartitionList::new();
-    for t in topics {
+    for t in topics.iter().chain(internal) {
         for p in 0..tasks {
             wanted.add_partition(t, p);
         }
@@ -87,11 +89,13 @@ pub fn read(
         end: vec![0; n],
         done: vec![0; n],
     };
-    for t in topics {
+    for t in topics.iter().chain(internal) {
         for p in 0..tasks {
-            let (log_start, lso) = stable
-                .fetch_watermarks(t, p, TIMEOUT)
-                .map_err(|e| format!("watermarks of {t}/{p}: {e}"))?;
+            let (log_start, lso) = match stable.fetch_watermarks(t, p, TIMEOUT) {
+                Ok(marks) => marks,
+                Err(_) if internal.contains(t) => continue,
+                Err(e) => return Err(format!("watermarks of {t}/{p}: {e}")),
+            };
             let c = committed
                 .find_partition(t, p)
                 .and_then(|e| match e.offset() {

@@ -98,6 +98,7 @@ impl Evaluator {
                         key: record.key.map(<[u8]>::to_vec),
                         value: record.value.map(<[u8]>::to_vec),
                         headers: dead_letter_headers(&error, record),
+                        timestamp: None,
                     });
                 }
                 Ok(Vec::new())

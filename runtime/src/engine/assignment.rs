@@ -61,9 +61,16 @@ impl Core {
                 to = count,
                 "the source topics have more partitions: more tasks"
             );
-            // The changelogs first: a new task's restore reads its partition.
-            if let Err(e) = crate::state::changelog::ensure(&self.config, self.changelogs(), count)
-            {
+            // The internal topics first: a new task's restore reads its
+            // changelog partition, and records go to its repartition ones.
+            let repartitions = self.io.repartition_names();
+            let ensured = crate::state::changelog::ensure(
+                &self.config,
+                self.changelogs(),
+                &repartitions,
+                count,
+            );
+            if let Err(e) = ensured {
                 tracing::warn!("{e}; the new tasks wait for the next look");
                 return;
             }
@@ -122,7 +129,7 @@ impl Core {
     ) -> Result<(), EngineError> {
         let owned = tasks.tasks(self.task_count);
         let mut wanted = TopicPartitionList::new();
-        for t in &self.io.source_topics {
+        for t in self.io.consumed_topics() {
             for p in &owned {
                 wanted.add_partition(&t.0, *p);
             }
@@ -172,7 +179,7 @@ impl Core {
         consumer: &BaseConsumer,
         change: PlacementChange,
     ) -> Result<u64, EngineError> {
-        let sources: Vec<String> = self.io.source_topics.iter().map(|t| t.0.clone()).collect();
+        let sources: Vec<String> = self.io.consumed_topics().map(|t| t.0.clone()).collect();
         let (epoch, taken) = match change {
             PlacementChange::Release { epoch, tasks } => {
                 self.checkpoint.release(&tasks);

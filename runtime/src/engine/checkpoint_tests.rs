@@ -18,6 +18,7 @@ fn output(value: &str) -> OutputRecord {
         key: None,
         value: Some(value.as_bytes().to_vec()),
         headers: Vec::new(),
+        timestamp: None,
     }
 }
 

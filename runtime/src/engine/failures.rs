@@ -138,6 +138,7 @@ impl Core {
                     key: record.key.map(<[u8]>::to_vec),
                     value: record.value.map(<[u8]>::to_vec),
                     headers: dead_letter_headers(&error, record),
+                    timestamp: None,
                 };
                 let out = record_size::fit_dead_letter(out, self.max_message_bytes);
                 self.send(out, origin)?;

@@ -311,9 +311,13 @@ impl<P: Processor> Engine<P> {
             shutdown,
         };
         core.task_count = core.check_topics(&consumer)?;
-        let ensured =
-            crate::state::changelog::ensure(&core.config, core.changelogs(), core.task_count)
-                .map_err(EngineError::Config)?;
+        let ensured = crate::state::changelog::ensure(
+            &core.config,
+            core.changelogs(),
+            &core.io.repartition_names(),
+            core.task_count,
+        )
+        .map_err(EngineError::Config)?;
         core.tombstone_retention_ms = ensured.tombstone_retention_ms;
         if let Some(state) = &core.state {
             state
@@ -322,6 +326,7 @@ impl<P: Processor> Engine<P> {
         }
         // Created now or found: reported again after a crash either way.
         core.status.internal_topics(core.changelogs());
+        core.status.internal_topics(&core.io.repartition_names());
         core.assign(&consumer, tasks.as_mut())?;
         Ok(Self {
             consumer,
@@ -550,6 +555,7 @@ impl Core {
             key: out.key.as_deref(),
             value: out.value.as_deref(),
             headers: &out.headers,
+            timestamp: out.timestamp,
         };
         self.send_record(record)
     }
@@ -562,12 +568,16 @@ impl Core {
             key,
             value,
             headers,
+            timestamp,
         } = out;
         let batch = self.checkpoint.batch_number();
         let mut record: BaseRecord<'_, [u8], [u8], usize> =
             BaseRecord::with_opaque_to(topic, origin.opaque(batch));
         if let Some(p) = partition {
             record = record.partition(p);
+        }
+        if let Some(ts) = timestamp {
+            record = record.timestamp(ts);
         }
         if !headers.is_empty() {
             let mut owned = OwnedHeaders::new_with_capacity(headers.len());

@@ -83,6 +83,7 @@ mod tests {
                 .iter()
                 .map(|(k, n)| (k.to_string(), vec![b'h'; *n]))
                 .collect(),
+            timestamp: None,
         }
     }
 

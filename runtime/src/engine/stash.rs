@@ -40,6 +40,7 @@ struct Held {
     value: Option<Range<usize>>,
     /// Usually empty (no allocation); dead-lettered records carry some.
     headers: Vec<(String, Vec<u8>)>,
+    timestamp: Option<i64>,
 }
 
 /// A held output, borrowed from the stash.
@@ -52,6 +53,8 @@ pub(super) struct HeldRecord<'a> {
     pub key: Option<&'a [u8]>,
     pub value: Option<&'a [u8]>,
     pub headers: &'a [(String, Vec<u8>)],
+    /// `None`: when it is produced.
+    pub timestamp: Option<i64>,
 }
 
 impl Stash {
@@ -77,6 +80,7 @@ impl Stash {
             key,
             value,
             headers: out.headers,
+            timestamp: out.timestamp,
         });
     }
 
@@ -103,6 +107,7 @@ impl Stash {
             key: r.key.clone().map(|k| &self.bytes[k]),
             value: r.value.clone().map(|v| &self.bytes[v]),
             headers: &r.headers,
+            timestamp: r.timestamp,
         })
     }
 
@@ -125,6 +130,7 @@ mod tests {
             key: Some(vec![1; 8]),
             value: Some(vec![2; bytes - 8]),
             headers: Vec::new(),
+            timestamp: None,
         }
     }
 
@@ -157,18 +163,21 @@ mod tests {
                 key: Some(b"k1".to_vec()),
                 value: Some(b"v1".to_vec()),
                 headers: Vec::new(),
+                timestamp: None,
             },
             OutputRecord {
                 topic: "b".into(),
                 key: None,
                 value: Some(Vec::new()),
                 headers: vec![("h".into(), b"x".to_vec())],
+                timestamp: None,
             },
             OutputRecord {
                 topic: "a".into(),
                 key: Some(b"k3".to_vec()),
                 value: None,
                 headers: Vec::new(),
+                timestamp: None,
             },
         ];
         for out in outputs.clone() {
@@ -181,6 +190,7 @@ mod tests {
                 key: r.key.map(<[u8]>::to_vec),
                 value: r.value.map(<[u8]>::to_vec),
                 headers: r.headers.to_vec(),
+                timestamp: None,
             })
             .collect();
         assert_eq!(back, outputs);

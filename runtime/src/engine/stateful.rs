@@ -60,6 +60,7 @@ impl Core {
                 key: Some(key),
                 value,
                 headers: &[],
+                timestamp: None,
             })?;
         }
         self.checkpoint.give_back_writes(writes);

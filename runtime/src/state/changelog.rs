@@ -1,7 +1,13 @@
-//! The changelog topics: `<applicationId>-<step>-changelog`, compacted,
-//! one partition per task. Created by the worker when missing, checked
-//! when present: a changelog that deletes by time, or has fewer
-//! partitions than there are tasks, would lose state.
+//! The internal topics, created by the worker when missing and checked
+//! when present:
+//! - changelogs, `<applicationId>-<step>-changelog`: compacted, a partition
+//!   per task. One that deletes by time, or has fewer partitions than there
+//!   are tasks, would lose state.
+//! - repartition topics, `<applicationId>-<step>-repartition`: kept until
+//!   purged (`retention.ms=-1`, deleted up to the committed offsets by
+//!   `purge.rs`), exactly a partition per task. A compacted one would drop
+//!   records of one key; one with more partitions than tasks would take
+//!   records no task reads.
 
 use std::time::Duration;
 
@@ -29,24 +35,36 @@ pub fn names(application_id: &str, stores: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// What is wrong with an existing changelog, if anything.
+/// What is wrong with an existing internal topic, if anything.
 pub fn problem(
+    kind: InternalTopic,
     topic: &str,
     cleanup_policy: Option<&str>,
     partitions: i32,
     tasks: i32,
 ) -> Option<String> {
-    let compacted = cleanup_policy.is_some_and(|p| p.split(',').any(|p| p.trim() == "compact"));
-    if !compacted || cleanup_policy.is_some_and(|p| p.contains("delete")) {
-        return Some(format!(
+    let has =
+        |policy: &str| cleanup_policy.is_some_and(|p| p.split(',').any(|p| p.trim() == policy));
+    match kind {
+        InternalTopic::Changelog if !has("compact") || has("delete") => Some(format!(
             "changelog topic '{topic}' has cleanup.policy '{}': a changelog must be compacted \
              (cleanup.policy=compact) or it loses state; fix the topic or delete it for Millrace \
              to create it",
             cleanup_policy.unwrap_or("unknown")
-        ));
+        )),
+        InternalTopic::Repartition if has("compact") => Some(format!(
+            "repartition topic '{topic}' is compacted: records of one key would be dropped; \
+             set cleanup.policy=delete or delete it for Millrace to create it"
+        )),
+        InternalTopic::Repartition if partitions > tasks => Some(format!(
+            "repartition topic '{topic}' has {partitions} partitions for {tasks} tasks: records \
+             in the partitions past the tasks' would never be read; delete it (once the app has \
+             read it) for Millrace to create it"
+        )),
+        _ => (partitions < tasks).then(|| {
+            format!("internal topic '{topic}' has {partitions} partitions for {tasks} tasks")
+        }),
     }
-    (partitions < tasks)
-        .then(|| format!("changelog topic '{topic}' has {partitions} partitions for {tasks} tasks"))
 }
 
 /// The changelogs as [`ensure`] left them.
@@ -57,16 +75,26 @@ pub struct Ensured {
     pub tombstone_retention_ms: u64,
 }
 
-/// Creates the missing changelogs and checks the rest; grows one with
-/// fewer partitions than tasks.
-pub fn ensure(config: &WorkerConfig, topics: &[String], tasks: i32) -> Result<Ensured, String> {
+/// Creates the missing changelogs and repartition topics and checks the
+/// rest; grows one with fewer partitions than tasks.
+pub fn ensure(
+    config: &WorkerConfig,
+    changelogs: &[String],
+    repartitions: &[String],
+    tasks: i32,
+) -> Result<Ensured, String> {
     let mut ensured = Ensured {
         tombstone_retention_ms: DEFAULT_TOMBSTONE_RETENTION_MS,
     };
+    let topics: Vec<(&String, InternalTopic)> = changelogs
+        .iter()
+        .map(|t| (t, InternalTopic::Changelog))
+        .chain(repartitions.iter().map(|t| (t, InternalTopic::Repartition)))
+        .collect();
     if topics.is_empty() {
         return Ok(ensured);
     }
-    let fail = |e: &dyn std::fmt::Display| format!("changelog topics: {e}");
+    let fail = |e: &dyn std::fmt::Display| format!("internal topics: {e}");
     let admin: AdminClient<DefaultClientContext> = clients::admin(config)
         .map_err(|e| fail(&e))?
         .create()
@@ -74,8 +102,14 @@ pub fn ensure(config: &WorkerConfig, topics: &[String], tasks: i32) -> Result<En
     let options = AdminOptions::new().request_timeout(Some(TIMEOUT));
     let new: Vec<NewTopic<'_>> = topics
         .iter()
-        .map(|t| {
-            NewTopic::new(t, tasks, TopicReplication::Fixed(-1)).set("cleanup.policy", "compact")
+        .map(|(t, kind)| {
+            let topic = NewTopic::new(t, tasks, TopicReplication::Fixed(-1));
+            match kind {
+                InternalTopic::Changelog => topic.set("cleanup.policy", "compact"),
+                InternalTopic::Repartition => topic
+                    .set("cleanup.policy", "delete")
+                    .set("retention.ms", "-1"),
+            }
         })
         .collect();
     let created =
@@ -83,29 +117,34 @@ pub fn ensure(config: &WorkerConfig, topics: &[String], tasks: i32) -> Result<En
     for result in created {
         match result {
             Ok(topic) => {
-                tracing::info!(topic, partitions = tasks, "created the changelog topic");
+                tracing::info!(topic, partitions = tasks, "created the internal topic");
             }
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => {
-                return Err(format!("creating changelog topic '{topic}': {code}"))
-            }
+            Err((topic, code)) => return Err(format!("creating internal topic '{topic}': {code}")),
         }
     }
     let consumer: BaseConsumer = clients::consumer(config)
         .map_err(|e| fail(&e))?
         .create()
         .map_err(|e| fail(&e))?;
-    for topic in topics {
+    for (topic, kind) in topics {
         let configs = topic_configs(&admin, &options, topic)?;
         let value = |name: &str| configs.get(name).cloned();
-        if let Some(ms) = value("delete.retention.ms").and_then(|v| v.parse().ok()) {
+        let retention = value("delete.retention.ms").and_then(|v| v.parse().ok());
+        if let Some(ms) = retention.filter(|_| kind == InternalTopic::Changelog) {
             ensured.tombstone_retention_ms = ensured.tombstone_retention_ms.min(ms);
         }
         let partitions = partition_count(&consumer, topic)?;
-        match problem(topic, value("cleanup.policy").as_deref(), partitions, tasks) {
+        match problem(
+            kind,
+            topic,
+            value("cleanup.policy").as_deref(),
+            partitions,
+            tasks,
+        ) {
             None => {}
             Some(_) if partitions > 0 && partitions < tasks => {
-                // The source topics gained partitions: so does the changelog.
+                // The source topics gained partitions: so does the topic.
                 let grow = NewPartitions::new(topic, tasks as usize);
                 let grown = futures::executor::block_on(admin.create_partitions(&[grow], &options))
                     .map_err(|e| fail(&e))?;
@@ -116,7 +155,7 @@ pub fn ensure(config: &WorkerConfig, topics: &[String], tasks: i32) -> Result<En
                     topic,
                     from = partitions,
                     to = tasks,
-                    "grew the changelog topic"
+                    "grew the internal topic"
                 );
             }
             Some(problem) => return Err(problem),
@@ -138,7 +177,7 @@ fn topic_configs(
         let described = futures::executor::block_on(
             admin.describe_configs(&[ResourceSpecifier::Topic(topic)], options),
         )
-        .map_err(|e| format!("describing changelog topic '{topic}': {e}"))?;
+        .map_err(|e| format!("describing internal topic '{topic}': {e}"))?;
         let entries: std::collections::BTreeMap<String, String> = match described.into_iter().next()
         {
             Some(Ok(resource)) => resource
@@ -147,7 +186,7 @@ fn topic_configs(
                 .filter_map(|e| Some((e.name, e.value?)))
                 .collect(),
             Some(Err(e)) if since.elapsed() > NEW_TOPIC_GRACE => {
-                return Err(format!("changelog topic '{topic}': {e}"))
+                return Err(format!("internal topic '{topic}': {e}"))
             }
             _ => Default::default(),
         };
@@ -165,7 +204,7 @@ fn partition_count(consumer: &BaseConsumer, topic: &str) -> Result<i32, String> 
     loop {
         let md = consumer
             .fetch_metadata(Some(topic), TIMEOUT)
-            .map_err(|e| format!("metadata of changelog topic '{topic}': {e}"))?;
+            .map_err(|e| format!("metadata of internal topic '{topic}': {e}"))?;
         let count = md
             .topics()
             .iter()
@@ -184,19 +223,39 @@ mod tests {
 
     #[test]
     fn a_changelog_must_be_compacted_only_and_cover_every_task() {
-        assert_eq!(problem("c", Some("compact"), 8, 8), None);
-        assert_eq!(problem("c", Some("compact"), 12, 8), None, "more is fine");
-        let deletes = problem("c", Some("delete"), 8, 8).unwrap();
+        let problem = |policy, partitions, tasks| {
+            problem(InternalTopic::Changelog, "c", policy, partitions, tasks)
+        };
+        assert_eq!(problem(Some("compact"), 8, 8), None);
+        assert_eq!(problem(Some("compact"), 12, 8), None, "more is fine");
+        let deletes = problem(Some("delete"), 8, 8).unwrap();
         assert!(
             deletes.contains("'c' has cleanup.policy 'delete'"),
             "{deletes}"
         );
         assert!(
-            problem("c", Some("compact,delete"), 8, 8).is_some(),
+            problem(Some("compact,delete"), 8, 8).is_some(),
             "loses old keys"
         );
-        assert!(problem("c", None, 8, 8).is_some());
-        assert!(problem("c", Some("compact"), 4, 8)
+        assert!(problem(None, 8, 8).is_some());
+        assert!(problem(Some("compact"), 4, 8)
+            .unwrap()
+            .contains("4 partitions for 8"));
+    }
+
+    #[test]
+    fn a_repartition_topic_must_not_compact_and_have_a_partition_per_task() {
+        let problem = |policy, partitions, tasks| {
+            problem(InternalTopic::Repartition, "r", policy, partitions, tasks)
+        };
+        assert_eq!(problem(Some("delete"), 8, 8), None);
+        assert!(problem(Some("compact"), 8, 8)
+            .unwrap()
+            .contains("compacted"));
+        assert!(problem(Some("delete"), 12, 8)
+            .unwrap()
+            .contains("never be read"));
+        assert!(problem(Some("delete"), 4, 8)
             .unwrap()
             .contains("4 partitions for 8"));
     }

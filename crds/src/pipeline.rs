@@ -10,7 +10,7 @@ use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::stateful_steps::{AggregateStep, DedupStep};
+use crate::stateful_steps::{AggregateStep, DedupStep, JoinStep};
 
 /// A pipeline: read the source topics, run the steps in order, write to the
 /// topics the route step chooses.
@@ -133,11 +133,11 @@ impl Format {
     }
 }
 
-/// One step. Set exactly one of `filter`, `map`, `rekey`, `route`, `dedup`
-/// or `aggregate`.
+/// One step. Set exactly one of `filter`, `map`, `rekey`, `route`, `dedup`,
+/// `aggregate` or `join`.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("[has(self.filter), has(self.map), has(self.rekey), has(self.route), has(self.dedup), has(self.aggregate)].filter(x, x).size() == 1").message("a step sets exactly one of filter, map, rekey, route, dedup or aggregate"))]
+#[x_kube(validation = Rule::new("[has(self.filter), has(self.map), has(self.rekey), has(self.route), has(self.dedup), has(self.aggregate), has(self.join)].filter(x, x).size() == 1").message("a step sets exactly one of filter, map, rekey, route, dedup, aggregate or join"))]
 pub struct Step {
     /// Name used in errors, metrics and dead-letter headers. Default
     /// `step-<index>` (from 0).
@@ -166,9 +166,12 @@ pub struct Step {
     /// Drop a record whose id was seen recently (stateful).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dedup: Option<DedupStep>,
-    /// A running aggregate per group, emitted on every update (stateful).
+    /// An aggregate per group, running or per window (stateful).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aggregate: Option<AggregateStep>,
+    /// Look the record up in a table topic (stateful).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join: Option<JoinStep>,
 }
 
 /// New key, value and headers computed from the record.

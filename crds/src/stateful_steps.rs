@@ -161,6 +161,51 @@ pub struct Aggregation {
     pub first: Option<String>,
 }
 
+/// A stream–table join: the table topic (usually compacted: the latest
+/// value per key, a tombstone deleting it) is kept in a store per task, and
+/// each record is looked up in it by `key`; the following steps see the
+/// match as the variable named by `as`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JoinStep {
+    /// The table topic. It must have as many partitions as the sources,
+    /// its records keyed as the lookups are (partition N of it is read by
+    /// task N).
+    pub table: crate::TopicName,
+    /// CEL expression of the lookup key (a string, bytes or an integer),
+    /// e.g. `value.customerId`. Default: the record's key. Any other key
+    /// repartitions the records by it first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub key: Option<String>,
+    /// The variable later steps see the table's value as, e.g. `customer`
+    /// (`customer.name`); null under `Left` when the key is not in the
+    /// table.
+    #[serde(rename = "as")]
+    #[schemars(length(min = 1, max = 63))]
+    pub as_name: String,
+    /// `Inner` (default): a record whose key is not in the table is
+    /// dropped (counted in the `filtered` metric). `Left`: it goes on with
+    /// the variable null.
+    #[serde(default)]
+    pub r#type: JoinType,
+    /// How the table's values are read: `Json` (default), `String` or
+    /// `Bytes`.
+    #[serde(default = "json_format")]
+    pub value_format: crate::Format,
+}
+
+fn json_format() -> crate::Format {
+    crate::Format::Json
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum JoinType {
+    #[default]
+    Inner,
+    Left,
+}
+
 /// `count: {}` takes no settings.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 pub struct Count {}

@@ -51,6 +51,8 @@ pub enum Workload {
     Pipeline {
         spec: PipelineSpec,
         outputs: Vec<TopicName>,
+        /// Join tables: read like sources, so co-partitioned with them.
+        tables: Vec<TopicName>,
     },
     Custom {
         command: Option<Vec<String>>,
@@ -96,7 +98,9 @@ pub struct AppModel {
 impl AppModel {
     pub fn source_topics(&self) -> Vec<TopicName> {
         match &self.workload {
-            Workload::Pipeline { spec, .. } => spec.source.topics.clone(),
+            Workload::Pipeline { spec, tables, .. } => {
+                spec.source.topics.iter().chain(tables).cloned().collect()
+            }
             Workload::Custom { io, .. } => io.source.topics.clone(),
         }
     }
@@ -104,6 +108,9 @@ impl AppModel {
     /// Where the source topics are declared, for messages about them.
     pub fn source_field(&self) -> &'static str {
         match &self.workload {
+            Workload::Pipeline { tables, .. } if !tables.is_empty() => {
+                "spec.pipeline.source.topics and the join tables"
+            }
             Workload::Pipeline { .. } => "spec.pipeline.source.topics",
             Workload::Custom { .. } => "spec.source.topics",
         }
@@ -198,6 +205,7 @@ pub fn validate(app: &StreamApp, defaults: &Defaults) -> Result<AppModel, Vec<In
                 runnable.then(|| Workload::Pipeline {
                     spec: pipeline.clone(),
                     outputs: compiled.static_output_topics(),
+                    tables: compiled.table_topics(),
                 })
             }
             Err(errors) => {

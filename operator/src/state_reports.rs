@@ -20,7 +20,7 @@ pub fn has_state_stores(app: &StreamApp) -> bool {
     app.spec.pipeline.as_ref().is_some_and(|p| {
         p.steps
             .iter()
-            .any(|s| s.dedup.is_some() || s.aggregate.is_some())
+            .any(|s| s.dedup.is_some() || s.aggregate.is_some() || s.join.is_some())
     })
 }
 

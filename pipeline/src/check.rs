@@ -82,6 +82,8 @@ pub const SUPPORTED_FUNCTIONS: &[(&str, CelType)] = &[
 pub struct Variables {
     pub key: Format,
     pub value: Format,
+    /// Joined values (`join.as`) and how each reads.
+    pub joined: Vec<(String, Format)>,
 }
 
 pub const VARIABLE_NAMES: &[&str] = &[
@@ -107,7 +109,13 @@ impl Variables {
             "headers" => CelType::Map,
             "topic" => CelType::String,
             "partition" | "offset" | "timestamp" => CelType::Int,
-            _ => return None,
+            _ => {
+                return self
+                    .joined
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, f)| of(*f))
+            }
         })
     }
 }
@@ -228,9 +236,11 @@ impl Checker<'_> {
         match self.variables.type_of(name) {
             Some(t) => t,
             None => {
+                let joined = self.variables.joined.iter().map(|(n, _)| n.as_str());
+                let names: Vec<&str> = VARIABLE_NAMES.iter().copied().chain(joined).collect();
                 self.problems.push(format!(
                     "unknown variable '{name}' (expressions see {})",
-                    VARIABLE_NAMES.join(", ")
+                    names.join(", ")
                 ));
                 CelType::Dyn
             }

@@ -75,7 +75,9 @@ impl Compiler<'_> {
 
     /// A repartition: downstream the key is the text it was partitioned by.
     fn repartition_step(&mut self, name: String, key: Option<Expr>) -> CompiledStep {
+        // Only the key, value and headers cross: joined values do not.
         self.variables.key = Format::String;
+        self.variables.joined.clear();
         CompiledStep::Repartition {
             name,
             key,

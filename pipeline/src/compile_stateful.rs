@@ -47,6 +47,9 @@ impl Compiler<'_> {
                 within_ms: i64::try_from(within?.as_millis()).unwrap_or(i64::MAX),
             });
         }
+        if let Some(join) = &step.join {
+            return self.join(index, name, store, join);
+        }
         let aggregate = step.aggregate.as_ref()?;
         let by_key = aggregate.group_by.trim() == "key";
         let by = (!by_key).then(|| (at("aggregate.groupBy"), aggregate.group_by.as_str()));
@@ -123,6 +126,7 @@ impl Compiler<'_> {
         // The steps after it see the update instead of the record.
         self.variables.key = Format::String;
         self.variables.value = Format::Json;
+        self.variables.joined.clear();
         Some(CompiledStep::Aggregate {
             name,
             store,

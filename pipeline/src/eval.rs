@@ -21,6 +21,7 @@ use super::{CompiledPipeline, CompiledStep, Destination, Expr};
 use crate::record::{InputRecord, OutputRecord, Processed, RecordError};
 
 mod aggregate;
+mod join;
 mod repartition;
 
 /// Evaluates a pipeline; one per processing thread.
@@ -40,6 +41,8 @@ struct Vars<'a> {
     key: Bound<'a>,
     value: Bound<'a>,
     headers: Vec<(String, Vec<u8>)>,
+    /// Values join steps bound, by their `as` names.
+    joined: Vec<(String, Bound<'static>)>,
 }
 
 impl VariableResolver for Vars<'_> {
@@ -65,7 +68,10 @@ impl VariableResolver for Vars<'_> {
                     .collect();
                 CowVal::owned(CelMap::from(map))
             }
-            _ => return None,
+            name => {
+                let (_, value) = self.joined.iter().find(|(n, _)| n == name)?;
+                CowVal::Borrowed(value.as_ref())
+            }
         })
     }
 }
@@ -100,6 +106,7 @@ impl<'a> Current<'a> {
                 key: bind(Value::String(Arc::new(text)))?,
                 value: bind(parsed)?,
                 headers: self.vars.headers.clone(),
+                joined: Vec::new(),
             },
             key_bytes: Some(std::borrow::Cow::Owned(key)),
             value_bytes: Some(std::borrow::Cow::Owned(value)),
@@ -134,6 +141,9 @@ impl Evaluator {
         state: &mut dyn State,
     ) -> Result<Processed, RecordError> {
         let p = &self.pipeline;
+        if let Some(store) = self.table_store(record.topic) {
+            return Ok(Self::materialize(store, record, state));
+        }
         // A record read back from a repartition topic resumes after it.
         let (from, key_format, value_format) = self.resume_point(record.topic);
         let source_error = |what: &str, m: String| RecordError {
@@ -154,6 +164,7 @@ impl Evaluator {
                     .iter()
                     .map(|(k, v)| (k.to_string(), v.to_vec()))
                     .collect(),
+                joined: Vec::new(),
             },
             key_bytes: record.key.map(std::borrow::Cow::Borrowed),
             value_bytes: record.value.map(std::borrow::Cow::Borrowed),
@@ -289,6 +300,12 @@ impl Evaluator {
                         step: name.clone(),
                         message: m,
                     })?;
+                }
+                CompiledStep::Join { .. } => {
+                    if !self.join(step, &mut current, state)? {
+                        processed.filtered = true;
+                        return Ok(());
+                    }
                 }
                 CompiledStep::Repartition { .. } => {
                     processed

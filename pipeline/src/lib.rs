@@ -8,6 +8,7 @@
 
 pub mod aggregation;
 mod check;
+mod compile_join;
 mod compile_repartition;
 mod compile_stateful;
 pub mod eval;
@@ -126,6 +127,18 @@ pub enum CompiledStep {
         id: Expr,
         within_ms: i64,
     },
+    /// Looks the record up in its task's copy of the table topic `table`
+    /// (by the current key: a join by anything else repartitions first).
+    Join {
+        name: String,
+        store: usize,
+        table: TopicName,
+        /// The variable the match is bound to.
+        as_name: String,
+        /// `Inner`: no match drops the record; `Left`: the variable is null.
+        inner: bool,
+        value_format: Format,
+    },
     Aggregate {
         name: String,
         store: usize,
@@ -144,9 +157,9 @@ impl CompiledStep {
     /// The step's store, for a stateful step.
     pub fn store(&self) -> Option<usize> {
         match self {
-            CompiledStep::Dedup { store, .. } | CompiledStep::Aggregate { store, .. } => {
-                Some(*store)
-            }
+            CompiledStep::Dedup { store, .. }
+            | CompiledStep::Aggregate { store, .. }
+            | CompiledStep::Join { store, .. } => Some(*store),
             _ => None,
         }
     }
@@ -159,6 +172,7 @@ impl CompiledStep {
             | CompiledStep::Route { name, .. }
             | CompiledStep::Repartition { name, .. }
             | CompiledStep::Dedup { name, .. }
+            | CompiledStep::Join { name, .. }
             | CompiledStep::Aggregate { name, .. } => name,
         }
     }
@@ -219,6 +233,7 @@ impl CompiledPipeline {
                 }
                 CompiledStep::Repartition { key, .. } => out.extend(key.iter()),
                 CompiledStep::Dedup { id, .. } => out.push(id),
+                CompiledStep::Join { .. } => {}
                 CompiledStep::Aggregate {
                     aggregations,
                     event_time,
@@ -262,6 +277,18 @@ impl CompiledPipeline {
                 CompiledStep::Repartition { topic, .. } if !topic.is_empty() => {
                     Some(TopicName(topic.clone()))
                 }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The join steps' table topics: read like sources, partition N in
+    /// task N.
+    pub fn table_topics(&self) -> Vec<TopicName> {
+        self.steps
+            .iter()
+            .filter_map(|s| match s {
+                CompiledStep::Join { table, .. } => Some(table.clone()),
                 _ => None,
             })
             .collect()
@@ -344,6 +371,7 @@ pub fn compile(spec: &PipelineSpec) -> Result<CompiledPipeline, CompileErrors> {
         variables: check::Variables {
             key: spec.source.key_format,
             value: spec.source.value_format,
+            joined: Vec::new(),
         },
         stores: 0,
         rekeyed: None,
@@ -471,6 +499,7 @@ impl Compiler<'_> {
             step.route.is_some(),
             step.dedup.is_some(),
             step.aggregate.is_some(),
+            step.join.is_some(),
         ]
         .iter()
         .filter(|k| **k)
@@ -479,14 +508,14 @@ impl Compiler<'_> {
             self.error(
                 format!("spec.pipeline.steps[{index}]"),
                 &name,
-                "a step sets exactly one of filter, map, rekey, route, dedup or aggregate",
+                "a step sets exactly one of filter, map, rekey, route, dedup, aggregate or join",
             );
             return None;
         }
         if let Some(rekey) = &step.rekey {
             return self.rekey(index, name, rekey);
         }
-        if step.dedup.is_some() || step.aggregate.is_some() {
+        if step.dedup.is_some() || step.aggregate.is_some() || step.join.is_some() {
             return self.stateful(index, name, step);
         }
         if let Some(filter) = &step.filter {
@@ -654,6 +683,8 @@ impl Compiler<'_> {
     }
 }
 
+#[cfg(test)]
+mod join_tests;
 #[cfg(test)]
 mod repartition_tests;
 #[cfg(test)]

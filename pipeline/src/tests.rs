@@ -188,7 +188,8 @@ fn pipeline_shape_rules() {
     assert!(
         two_kinds
             .iter()
-            .any(|e| e.contains("exactly one of filter, map, rekey, route, dedup or aggregate")),
+            .any(|e| e
+                .contains("exactly one of filter, map, rekey, route, dedup, aggregate or join")),
         "{two_kinds:?}"
     );
 }

@@ -78,13 +78,22 @@ pub struct Io {
     /// Internal topics the app writes records to and reads them back from,
     /// partition N in task N (`CompiledStep::Repartition`).
     pub repartition_topics: Vec<TopicName>,
+    /// Join tables, read like the sources (partition N in task N) into
+    /// the joins' stores.
+    pub table_topics: Vec<TopicName>,
 }
 
 impl Io {
-    /// Every topic a task reads a partition of: the sources, then the
-    /// repartition topics.
+    /// Every topic a task reads a partition of: the sources, the join
+    /// tables, then the repartition topics.
     pub fn consumed_topics(&self) -> impl Iterator<Item = &TopicName> {
-        self.source_topics.iter().chain(&self.repartition_topics)
+        self.co_partitioned().chain(&self.repartition_topics)
+    }
+
+    /// The topics that must have one partition count, the task count:
+    /// the sources and the join tables.
+    pub fn co_partitioned(&self) -> impl Iterator<Item = &TopicName> {
+        self.source_topics.iter().chain(&self.table_topics)
     }
 
     pub fn repartition_names(&self) -> Vec<String> {
@@ -104,6 +113,7 @@ impl Io {
             max_records_per_second: max_records_per_second.map(|n| n.max(1) as u64),
             stores: pipeline.stores(),
             repartition_topics: pipeline.repartition_topics(),
+            table_topics: pipeline.table_topics(),
         }
     }
 
@@ -128,6 +138,7 @@ impl Io {
             max_records_per_second: None,
             stores: Vec::new(),
             repartition_topics: Vec::new(),
+            table_topics: Vec::new(),
         })
     }
 }

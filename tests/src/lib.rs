@@ -5,6 +5,7 @@
 //! These tests never fall back to mocks: without the stack they fail and say
 //! how to start it.
 
+pub mod join_verifier;
 pub mod repartition_verifier;
 pub mod runtime;
 pub mod standalone;

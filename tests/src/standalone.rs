@@ -71,16 +71,24 @@ pub fn kill_in_turn(apps: &[App], workers: &mut [Running], kills: u64, lose_at: 
         std::thread::sleep(std::time::Duration::from_millis(600 + (seed >> 33) % 1400));
         let which = (kill % apps.len() as u64) as usize;
         let lose = kill / apps.len() as u64 == lose_at;
-        workers[which].kill();
+        eprint!("kill {}: ", kill + 1);
+        apps[which].restart(&mut workers[which], lose);
+    }
+}
+
+impl App {
+    /// SIGKILLs `worker` and starts it again, on an empty state directory
+    /// if `lose`.
+    pub fn restart(&self, worker: &mut Running, lose: bool) {
+        worker.kill();
         if lose {
-            apps[which].lose_state();
+            self.lose_state();
         }
         eprintln!(
-            "kill {}: {}{}",
-            kill + 1,
-            apps[which].app_id,
+            "{} killed{}",
+            self.app_id,
             if lose { ", volume deleted" } else { "" }
         );
-        workers[which] = apps[which].start();
+        *worker = self.start();
     }
 }

@@ -15,10 +15,11 @@ const RECOUNT_TIMEOUT: Duration = Duration::from_secs(5);
 use crate::placement::{PlacementChange, TaskSource};
 
 impl Core {
-    /// Source topics exist with one partition count; static outputs exist.
+    /// Source topics and join tables exist with one partition count;
+    /// static outputs exist.
     pub(super) fn check_topics(&self, consumer: &BaseConsumer) -> Result<i32, EngineError> {
         let mut counts = Vec::new();
-        for topic in &self.io.source_topics {
+        for topic in self.io.co_partitioned() {
             counts.push((topic.0.clone(), self.partition_count(consumer, &topic.0)?));
         }
         for topic in &self.io.output_topics {
@@ -27,7 +28,8 @@ impl Core {
         let first = counts.first().map(|(_, n)| *n).unwrap_or(0);
         if let Some((t, n)) = counts.iter().find(|(_, n)| *n != first) {
             return Err(EngineError::Config(format!(
-                "source topics must have the same partition count: {} has {first}, {t} has {n}",
+                "source topics (and join tables) must have the same partition count, partition N \
+                 of each being task N: {} has {first}, {t} has {n}",
                 counts[0].0
             )));
         }
@@ -41,7 +43,7 @@ impl Core {
     /// partitions), and sources that disagree count as their smallest.
     pub(super) fn recount_tasks(&mut self, consumer: &BaseConsumer, tasks: &mut dyn TaskSource) {
         let mut smallest: Option<i32> = None;
-        for topic in &self.io.source_topics {
+        for topic in self.io.co_partitioned() {
             let Ok(md) = consumer.fetch_metadata(Some(&topic.0), RECOUNT_TIMEOUT) else {
                 return;
             };

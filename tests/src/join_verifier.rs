@@ -46,10 +46,7 @@ pub fn manifest(
     dlq: &str,
 ) -> String {
     format!(
-        r#"{head}  commitInterval: 500ms
-  transactionTimeout: 30s
-  state: {{}}
-  pipeline:
+        r#"{head}{spec}  pipeline:
     source: {{topics: [{orders}]}}
     steps:
     - name: with-customer
@@ -60,6 +57,7 @@ pub fn manifest(
     onError: {{policy: DeadLetter, deadLetterTopic: {dlq}}}
 "#,
         head = manifest_head(name, app_id),
+        spec = crate::standalone::SPEC,
     )
 }
 

@@ -5,6 +5,10 @@ use std::path::PathBuf;
 
 use crate::runtime::{admin_get, log_path, start_logging_with, Running};
 
+/// The spec lines (under `spec:`) the verifiers' apps run with as
+/// standalone workers.
+pub const SPEC: &str = "  commitInterval: 500ms\n  transactionTimeout: 30s\n  state: {}\n";
+
 pub struct App {
     pub app_id: String,
     pub manifest: PathBuf,

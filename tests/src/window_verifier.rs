@@ -66,20 +66,17 @@ pub fn window_key(key: &str, at: i64) -> String {
 }
 
 /// A StreamApp counting and summing per key and window into `output`,
-/// late records to `dlq`; `emit` is `EveryUpdate` or `WindowClose`.
+/// late records to `dlq`; `emit` is `EveryUpdate` or `WindowClose`; `spec`
+/// is more YAML under `spec:` (two spaces).
 pub fn manifest(
     name: &str,
     app_id: &str,
-    input: &str,
-    output: &str,
-    dlq: &str,
+    (input, output, dlq): (&str, &str, &str),
     emit: &str,
+    spec: &str,
 ) -> String {
     format!(
-        r#"{head}  commitInterval: 500ms
-  transactionTimeout: 30s
-  state: {{}}
-  pipeline:
+        r#"{head}{spec}  pipeline:
     source: {{topics: [{input}]}}
     steps:
     - name: per-window

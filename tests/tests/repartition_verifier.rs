@@ -19,7 +19,7 @@ use std::time::Duration;
 use millrace_tests::repartition_verifier::{
     generate, manifest, read_regions, repartition_topic, wrong,
 };
-use millrace_tests::standalone::{kill_in_turn, App};
+use millrace_tests::standalone::{kill_in_turn, App, SPEC};
 use millrace_tests::verifier::{drained, env_or, retained, topic_drained, Topics};
 use millrace_tests::{unique, wait_until};
 
@@ -31,14 +31,13 @@ fn region_counts_are_exact_across_the_repartition_and_sigkills_and_the_topic_is_
     let topics = Topics::new(&prefix, PARTITIONS);
     topics.create();
     let app_id = format!("{prefix}-app");
-    let spec = "  commitInterval: 500ms\n  transactionTimeout: 30s\n  state: {}\n";
     let text = manifest(
         "repartition-verifier",
         &app_id,
         &topics.input,
         &topics.outputs[0],
         &topics.dlq,
-        spec,
+        SPEC,
     );
     let mut app = App::new(&app_id, &text, 18132);
     app.envs

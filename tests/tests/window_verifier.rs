@@ -16,7 +16,7 @@
 use std::time::Duration;
 
 use millrace_tests::runtime::Running;
-use millrace_tests::standalone::{kill_in_turn, App};
+use millrace_tests::standalone::{kill_in_turn, App, SPEC};
 use millrace_tests::verifier::{drained, env_or, Topics};
 use millrace_tests::window_verifier::{
     differences, expected, generate, is_late, manifest, read_dead_letters, read_windows, KEYS,
@@ -30,7 +30,7 @@ fn windowed(prefix: &str, input: &str, emit: &str, (output, dlq): (&str, &str), 
     let app_id = format!("{prefix}-{}", emit.to_lowercase());
     App::new(
         &app_id,
-        &manifest("window-verifier", &app_id, input, output, dlq, emit),
+        &manifest("window-verifier", &app_id, (input, output, dlq), emit, SPEC),
         port,
     )
 }

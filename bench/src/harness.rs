@@ -323,28 +323,32 @@ pub struct Usage {
 
 /// Waits for `child`'s group to commit the end of `input` as it is now,
 /// measuring from `started` (the child's launch). The child keeps running.
+/// `then` are internal topics the app writes while it reads the input (a
+/// repartition topic): once the input is drained they are complete, and
+/// are drained in turn.
 pub fn until_drained(
     setup: &Setup,
     name: &str,
     child: &mut Child,
-    group: &str,
-    input: &str,
+    (group, input, then): (&str, &str, &[String]),
     started: Instant,
     broker_before: Option<(u32, f64)>,
 ) -> anyhow::Result<Usage> {
-    let watch = kafka::DrainWatch::new(&setup.bootstrap, group, input, PARTITIONS)?;
-    loop {
-        if let Some(status) = child.try_wait()? {
-            anyhow::bail!("{name} exited early: {status}");
+    for topic in std::iter::once(input).chain(then.iter().map(String::as_str)) {
+        let watch = kafka::DrainWatch::new(&setup.bootstrap, group, topic, PARTITIONS)?;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                anyhow::bail!("{name} exited early: {status}");
+            }
+            if watch.drained() {
+                break;
+            }
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(1800),
+                "{name} did not finish in 30 minutes"
+            );
+            std::thread::sleep(Duration::from_millis(100));
         }
-        if watch.drained() {
-            break;
-        }
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(1800),
-            "{name} did not finish in 30 minutes"
-        );
-        std::thread::sleep(Duration::from_millis(100));
     }
     let seconds = started.elapsed().as_secs_f64();
     // CPU time and VmHWM only grow: reading them once, at the end, is the peak.
@@ -374,7 +378,14 @@ pub fn measure(
     let broker = broker_before();
     let started = Instant::now();
     let (mut child, group) = launch(setup, c, round, input)?;
-    let usage = until_drained(setup, c.name(), &mut child, &group, input, started, broker);
+    let usage = until_drained(
+        setup,
+        c.name(),
+        &mut child,
+        (&group, input, &[]),
+        started,
+        broker,
+    );
     stop(child);
     let usage = usage?;
     clean_up(setup, &output_topics(setup, c, round))?;

@@ -108,6 +108,31 @@ pub fn fill_keyed(
     })
 }
 
+/// Records `seqs`, each keyed by its own id and carrying a group `g` (one
+/// of `groups`), an amount and an event time `at` 1 ms after the previous,
+/// from now: Kafka Streams writes a record's event time as its timestamp
+/// to the repartition topic, and the broker refuses timestamps more than
+/// an hour ahead (`log.message.timestamp.after.max.ms`).
+pub fn fill_grouped(
+    bootstrap: &str,
+    topic: &str,
+    seqs: std::ops::Range<u64>,
+    groups: u64,
+) -> anyhow::Result<()> {
+    let base = now_ms();
+    produce(bootstrap, topic, seqs, None, |i| {
+        (
+            format!("o-{i}"),
+            format!(
+                r#"{{"id":{i},"g":"g-{}","n":{},"at":{}}}"#,
+                i % groups,
+                (i * 7) % 100,
+                base + u128::from(i)
+            ),
+        )
+    })
+}
+
 fn produce(
     bootstrap: &str,
     topic: &str,

@@ -5,6 +5,7 @@ mod harness;
 mod kafka;
 mod pipe;
 mod state;
+mod state_report;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

@@ -1,9 +1,11 @@
 //! `millrace-bench state`: the stateful benchmark. Millrace and Kafka
-//! Streams run the same topology (a running count and sum per record key,
-//! every update written out, exactly once, state in a local store with a
-//! changelog) on the same broker, and are measured for:
+//! Streams run the same topologies on the same broker, exactly once, state
+//! in a local store with a changelog, every update written out:
+//! `running`, a count and sum per record key; `windowed`, records keyed by
+//! id regrouped by a value field through a repartition topic and counted
+//! per one-minute tumbling window of event time. They are measured for:
 //!
-//! - throughput, CPU and peak RSS over a keyed input, rounds interleaved;
+//! - throughput, CPU and peak RSS of each topology, rounds interleaved;
 //! - recovery with a large state (one key per record): the time from a
 //!   restart after SIGKILL until new input is committed (Kafka Streams wipes
 //!   its state after an unclean exactly-once shutdown; Millrace keeps it),
@@ -13,7 +15,6 @@
 //! Every run's output is counted under read_committed and must be exactly
 //! one record per input record, or the run fails. See bench/README.md.
 
-use std::fmt::Write as _;
 use std::io::{Read as _, Write as _};
 use std::path::PathBuf;
 use std::process::{Child, Command};
@@ -24,7 +25,7 @@ use crate::kafka;
 
 /// Records appended before each restart of the recovery runs: new input
 /// the restarted contender must commit.
-const TAIL: u64 = 16_000;
+pub(crate) const TAIL: u64 = 16_000;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -34,6 +35,10 @@ pub struct Args {
     /// Distinct keys among them.
     #[arg(long, default_value_t = 100_000)]
     pub keys: u64,
+    /// Distinct groups of the windowed topology (its records all have
+    /// distinct keys).
+    #[arg(long, default_value_t = 1_000)]
+    pub groups: u64,
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
     #[arg(long, default_value_t = 1)]
@@ -47,15 +52,15 @@ pub struct Args {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Contender {
+pub(crate) enum Contender {
     Millrace,
     KafkaStreams,
 }
 
 impl Contender {
-    const ALL: [Contender; 2] = [Contender::Millrace, Contender::KafkaStreams];
+    pub const ALL: [Contender; 2] = [Contender::Millrace, Contender::KafkaStreams];
 
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Contender::Millrace => "millrace exactly-once",
             Contender::KafkaStreams => "kafka-streams exactly_once_v2",
@@ -70,10 +75,72 @@ impl Contender {
     }
 }
 
+/// A topology both contenders run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Workload {
+    /// A running count and sum per record key.
+    Running,
+    /// Regrouped by `g` (a repartition) and counted per minute of `at`.
+    Windowed,
+}
+
+impl Workload {
+    pub const ALL: [Workload; 2] = [Workload::Running, Workload::Windowed];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Running => "running count per key",
+            Workload::Windowed => "regrouped, per 1-minute window",
+        }
+    }
+
+    /// The store (and so the changelog's name) of both contenders.
+    fn store(self) -> &'static str {
+        match self {
+            Workload::Running => "totals",
+            Workload::Windowed => "per-window",
+        }
+    }
+
+    fn java_class(self) -> &'static str {
+        match self {
+            Workload::Running => "dev.millrace.bench.RunningCount",
+            Workload::Windowed => "dev.millrace.bench.WindowedCount",
+        }
+    }
+
+    /// Millrace's aggregate step, under `steps:`.
+    fn step(self) -> String {
+        let (group, window) = match self {
+            Workload::Running => ("key", ""),
+            Workload::Windowed => (
+                "value.g",
+                "\n        window: {tumbling: 1m}\n        grace: 10m\n        timestamp: value.at",
+            ),
+        };
+        format!(
+            "    - name: {}\n      aggregate:\n        groupBy: {group}{window}\n        aggregations:\n          count: {{count: {{}}}}\n          total: {{sum: value.n}}\n",
+            self.store()
+        )
+    }
+
+    fn fill(self, setup: &Setup, input: &str, args: &Args) -> anyhow::Result<()> {
+        match self {
+            Workload::Running => {
+                kafka::fill_keyed(&setup.bootstrap, input, 0..args.records, args.keys)
+            }
+            Workload::Windowed => {
+                kafka::fill_grouped(&setup.bootstrap, input, 0..args.records, args.groups)
+            }
+        }
+    }
+}
+
 /// One contender's app over one input: its ids, output, state directory,
 /// and where it reports its restores.
 struct App {
     contender: Contender,
+    workload: Workload,
     id: String,
     input: String,
     output: String,
@@ -86,12 +153,18 @@ struct App {
 }
 
 impl App {
-    fn new(setup: &Setup, c: Contender, label: &str, input: &str) -> anyhow::Result<Self> {
+    fn new(
+        setup: &Setup,
+        (c, workload): (Contender, Workload),
+        label: &str,
+        input: &str,
+    ) -> anyhow::Result<Self> {
         let id = format!("{}-{}-{label}", setup.run_id, c.slug());
         let tmp = std::env::temp_dir();
         kafka::create_topics(&setup.bootstrap, &[format!("{id}-out")], PARTITIONS)?;
         Ok(Self {
             contender: c,
+            workload,
             output: format!("{id}-out"),
             state_dir: tmp.join(format!("{id}-state")),
             log: tmp.join(format!("{id}.log")),
@@ -101,9 +174,18 @@ impl App {
         })
     }
 
-    /// Both name their store `totals`, so their changelogs are named alike.
+    /// Both name their store (and repartition topic) alike, so their
+    /// internal topics are named alike.
     fn internal_topics(&self) -> Vec<String> {
-        vec![self.output.clone(), format!("{}-totals-changelog", self.id)]
+        let store = self.workload.store();
+        let mut topics = vec![
+            self.output.clone(),
+            format!("{}-{store}-changelog", self.id),
+        ];
+        if self.workload == Workload::Windowed {
+            topics.push(format!("{}-{store}-repartition", self.id));
+        }
+        topics
     }
 
     fn launch(&self, setup: &Setup) -> anyhow::Result<Child> {
@@ -128,7 +210,7 @@ impl App {
                 let mut cmd = Command::new("java");
                 cmd.arg("-cp")
                     .arg(format!("{}:{}/*", jar.display(), dir.join("lib").display()))
-                    .arg("dev.millrace.bench.RunningCount")
+                    .arg(self.workload.java_class())
                     .args([&setup.bootstrap, &self.id, &self.input, &self.output])
                     .arg(setup.threads.to_string())
                     .arg(&self.state_dir);
@@ -154,14 +236,9 @@ spec:
   pipeline:
     source: {{topics: [{input}]}}
     steps:
-    - name: totals
-      aggregate:
-        groupBy: key
-        aggregations:
-          count: {{count: {{}}}}
-          total: {{sum: value.n}}
-    - route: {{default: {output}}}
+{step}    - route: {{default: {output}}}
 "#,
+            step = self.workload.step(),
             id = self.id,
             input = self.input,
             output = self.output,
@@ -200,12 +277,16 @@ spec:
         let broker = harness::broker_before();
         let started = Instant::now();
         let mut child = self.launch(setup)?;
+        let repartitions: Vec<String> = self
+            .internal_topics()
+            .into_iter()
+            .filter(|t| t.ends_with("-repartition"))
+            .collect();
         match harness::until_drained(
             setup,
             self.contender.name(),
             &mut child,
-            &self.id,
-            &self.input,
+            (&self.id, &self.input, &repartitions),
             started,
             broker,
         ) {
@@ -235,67 +316,31 @@ spec:
 }
 
 /// One throughput run.
-struct Measured {
-    contender: Contender,
-    usage: Usage,
+pub(crate) struct Measured {
+    pub contender: Contender,
+    pub workload: Workload,
+    pub usage: Usage,
 }
 
 /// One recovery run: the initial load, then the two restarts.
-struct Recovery {
-    contender: Contender,
-    load: Usage,
-    after_kill: Restart,
-    after_loss: Restart,
+pub(crate) struct Recovery {
+    pub contender: Contender,
+    pub load: Usage,
+    pub after_kill: Restart,
+    pub after_loss: Restart,
 }
 
-struct Restart {
+pub(crate) struct Restart {
     /// Restart → the new input committed.
-    seconds: f64,
-    restored: u64,
+    pub seconds: f64,
+    pub restored: u64,
 }
 
 pub fn run(setup: &Setup, args: &Args) -> anyhow::Result<()> {
-    let input = format!("{}-state-input", setup.run_id);
-    kafka::create_topics(&setup.bootstrap, std::slice::from_ref(&input), PARTITIONS)?;
-    kafka::fill_keyed(&setup.bootstrap, &input, 0..args.records, args.keys)?;
-    eprintln!(
-        "filled {input}: {} records over {} keys",
-        args.records, args.keys
-    );
     let mut measured = Vec::new();
-    for round in 0..args.warmup_rounds + args.rounds {
-        let warmup = round < args.warmup_rounds;
-        // Alternate who goes first: neither always meets a broker just
-        // busy with the other's deletions.
-        let mut order = Contender::ALL;
-        if round % 2 == 1 {
-            order.reverse();
-        }
-        for c in order {
-            let app = App::new(setup, c, &format!("r{round}"), &input)?;
-            let (child, usage) = app.run_to_end(setup)?;
-            harness::stop(child);
-            app.check_output(setup, args.records)?;
-            app.clean_up(setup)?;
-            eprintln!(
-                "{} {}: {:30} {:>6.1} s {:>9.0} records/s {:>6.1} CPU s {:>5.0} MB",
-                if warmup { "warm-up" } else { "round" },
-                round + 1,
-                c.name(),
-                usage.seconds,
-                args.records as f64 / usage.seconds,
-                usage.cpu_seconds,
-                usage.peak_rss_mb
-            );
-            if !warmup {
-                measured.push(Measured {
-                    contender: c,
-                    usage,
-                });
-            }
-        }
+    for workload in Workload::ALL {
+        measured.extend(throughput(setup, args, workload)?);
     }
-    harness::clean_up(setup, std::slice::from_ref(&input))?;
 
     let mut recoveries = Vec::new();
     for c in Contender::ALL {
@@ -311,13 +356,67 @@ pub fn run(setup: &Setup, args: &Args) -> anyhow::Result<()> {
         recoveries.push(recovery);
     }
 
-    let report = report(setup, args, &measured, &recoveries);
+    let report = super::state_report::report(setup, args, &measured, &recoveries);
     println!("{report}");
     std::fs::create_dir_all(&args.results)?;
     let file = args.results.join(format!("{}-state.md", setup.run_id));
     std::fs::write(&file, &report)?;
     eprintln!("written to {}", file.display());
     Ok(())
+}
+
+/// Rounds of one topology over one input, contenders alternating.
+fn throughput(setup: &Setup, args: &Args, workload: Workload) -> anyhow::Result<Vec<Measured>> {
+    let input = format!("{}-state-{}-input", setup.run_id, workload.store());
+    kafka::create_topics(&setup.bootstrap, std::slice::from_ref(&input), PARTITIONS)?;
+    workload.fill(setup, &input, args)?;
+    eprintln!(
+        "filled {input}: {} records ({})",
+        args.records,
+        workload.name()
+    );
+    let mut measured = Vec::new();
+    for round in 0..args.warmup_rounds + args.rounds {
+        let warmup = round < args.warmup_rounds;
+        // Alternate who goes first: neither always meets a broker just
+        // busy with the other's deletions.
+        let mut order = Contender::ALL;
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for c in order {
+            let app = App::new(
+                setup,
+                (c, workload),
+                &format!("{}{round}", workload.store()),
+                &input,
+            )?;
+            let (child, usage) = app.run_to_end(setup)?;
+            harness::stop(child);
+            app.check_output(setup, args.records)?;
+            app.clean_up(setup)?;
+            eprintln!(
+                "{} {} ({}): {:30} {:>6.1} s {:>9.0} records/s {:>6.1} CPU s {:>5.0} MB",
+                if warmup { "warm-up" } else { "round" },
+                round + 1,
+                workload.name(),
+                c.name(),
+                usage.seconds,
+                args.records as f64 / usage.seconds,
+                usage.cpu_seconds,
+                usage.peak_rss_mb
+            );
+            if !warmup {
+                measured.push(Measured {
+                    contender: c,
+                    workload,
+                    usage,
+                });
+            }
+        }
+    }
+    harness::clean_up(setup, std::slice::from_ref(&input))?;
+    Ok(measured)
 }
 
 /// Loads `keys` keys of state from an input of its own, SIGKILLs the
@@ -329,7 +428,7 @@ fn recover(setup: &Setup, c: Contender, keys: u64) -> anyhow::Result<Recovery> {
     let input = format!("{}-{}-recovery-input", setup.run_id, c.slug());
     kafka::create_topics(&setup.bootstrap, std::slice::from_ref(&input), PARTITIONS)?;
     kafka::fill_keyed(&setup.bootstrap, &input, 0..keys, keys)?;
-    let app = App::new(setup, c, "recovery", &input)?;
+    let app = App::new(setup, (c, Workload::Running), "recovery", &input)?;
     let (mut child, load) = app.run_to_end(setup)?;
     child.kill()?;
     child.wait()?;
@@ -359,77 +458,6 @@ fn recover(setup: &Setup, c: Contender, keys: u64) -> anyhow::Result<Recovery> {
         after_kill,
         after_loss,
     })
-}
-
-fn report(setup: &Setup, args: &Args, measured: &[Measured], recoveries: &[Recovery]) -> String {
-    let med = |c: Contender, f: fn(&Usage) -> f64| {
-        harness::median(
-            measured
-                .iter()
-                .filter(|m| m.contender == c)
-                .map(|m| f(&m.usage))
-                .collect(),
-        )
-    };
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# Millrace stateful benchmark, {}\n",
-        harness::utc_now()
-    );
-    let _ = writeln!(out, "{}\n", harness::machine_line(setup));
-    let _ = writeln!(out, "Topology: a running count and sum per record key (RocksDB store `totals` in Kafka Streams, Millrace's `aggregate` step), every update written to one output topic, exactly once; {PARTITIONS} partitions. Input: {} records (~80 B of JSON) over {} keys; {} round(s) after {} warm-up round(s), contenders alternating who goes first; medians, and the range of records/s. Every run's output is counted under read_committed: exactly one record per input record.\n", args.records, args.keys, args.rounds, args.warmup_rounds);
-    let _ = writeln!(out, "| contender | records/s | range | CPU s | records per CPU s | peak RSS MB | broker CPU s |\n|---|---:|---:|---:|---:|---:|---:|");
-    for c in Contender::ALL {
-        let rps: Vec<f64> = measured
-            .iter()
-            .filter(|m| m.contender == c)
-            .map(|m| args.records as f64 / m.usage.seconds)
-            .collect();
-        let (low, high) = rps
-            .iter()
-            .fold((f64::MAX, 0.0_f64), |(l, h), v| (l.min(*v), h.max(*v)));
-        let cpu = med(c, |u| u.cpu_seconds);
-        let _ = writeln!(
-            out,
-            "| {} | {:.0} | {low:.0}–{high:.0} | {cpu:.1} | {:.0} | {:.0} | {:.1} |",
-            c.name(),
-            harness::median(rps.clone()),
-            args.records as f64 / cpu.max(f64::MIN_POSITIVE),
-            med(c, |u| u.peak_rss_mb),
-            med(c, |u| u.broker_cpu_seconds.unwrap_or(f64::NAN)),
-        );
-    }
-    let ratio = |f: fn(&Usage) -> f64, invert: bool| {
-        let (m, k) = (med(Contender::Millrace, f), med(Contender::KafkaStreams, f));
-        if invert {
-            k / m
-        } else {
-            m / k
-        }
-    };
-    let _ = writeln!(
-        out,
-        "\n| ratio, Millrace / Kafka Streams | measured |\n|---|---:|\n| stateful throughput | {:.2} |\n| peak RSS | {:.2} |",
-        ratio(|u| u.seconds, true),
-        ratio(|u| u.peak_rss_mb, false)
-    );
-    let _ = writeln!(out, "\nRecovery: {} keys of state (one record per key, so the changelog holds {} records), then {TAIL} more records appended before each restart; a restart is timed from the process start until its group has committed them. Restored records are as each contender reports them (Millrace: `/tasks`; Kafka Streams: its state restore listener). Restore rate = restored records ÷ that time (start-up included).\n", args.recovery_keys, args.recovery_keys);
-    let _ = writeln!(out, "| contender | initial load s | after SIGKILL: s | restored | after losing the state directory: s | restored | restore rate, records/s |\n|---|---:|---:|---:|---:|---:|---:|");
-    for r in recoveries {
-        let _ = writeln!(
-            out,
-            "| {} | {:.1} | {:.2} | {} | {:.2} | {} | {:.0} |",
-            r.contender.name(),
-            r.load.seconds,
-            r.after_kill.seconds,
-            r.after_kill.restored,
-            r.after_loss.seconds,
-            r.after_loss.restored,
-            r.after_loss.restored as f64 / r.after_loss.seconds
-        );
-    }
-    out
 }
 
 /// A port free now, for a contender's admin endpoint.

@@ -47,7 +47,31 @@ public final class RunningCount {
   private static final JsonFactory JSON = new JsonFactory();
 
   public static void main(String[] args) throws Exception {
-    String bootstrap = args[0], appId = args[1], input = args[2], output = args[3];
+    Properties p = settings(args);
+    String input = args[2], output = args[3];
+
+    StreamsBuilder builder = new StreamsBuilder();
+    builder.stream(input, Consumed.with(Serdes.String(), Serdes.ByteArray()))
+        .groupByKey(Grouped.with(Serdes.String(), Serdes.ByteArray()))
+        .aggregate(
+            () -> new Totals(0, 0),
+            (key, value, t) -> new Totals(t.count() + 1, t.total() + amount(value)),
+            Materialized.<String, Totals, KeyValueStore<Bytes, byte[]>>as("totals")
+                .withKeySerde(Serdes.String())
+                .withValueSerde(Totals.SERDE))
+        .toStream()
+        .map((key, t) -> KeyValue.pair(key,
+            "{\"key\":\"" + key + "\",\"count\":" + t.count() + ",\"total\":" + t.total() + "}"))
+        .to(output, Produced.with(Serdes.String(), Serdes.String()));
+
+    KafkaStreams streams = new KafkaStreams(builder.build(), p);
+    streams.setGlobalStateRestoreListener(new Restores());
+    UntilStopped.run(streams);
+  }
+
+  /** The settings both stateful contenders run with, from their arguments. */
+  static Properties settings(String[] args) {
+    String bootstrap = args[0], appId = args[1];
     int threads = Integer.parseInt(args[4]);
     String stateDir = args[5];
 
@@ -73,44 +97,40 @@ public final class RunningCount {
     // show for bounding memory; by default every store has its own cache
     // and write buffers.
     p.put(StreamsConfig.ROCKSDB_CONFIG_SETTER_CLASS_CONFIG, BoundedMemory.class);
-
-    StreamsBuilder builder = new StreamsBuilder();
-    builder.stream(input, Consumed.with(Serdes.String(), Serdes.ByteArray()))
-        .groupByKey(Grouped.with(Serdes.String(), Serdes.ByteArray()))
-        .aggregate(
-            () -> new Totals(0, 0),
-            (key, value, t) -> new Totals(t.count() + 1, t.total() + amount(value)),
-            Materialized.<String, Totals, KeyValueStore<Bytes, byte[]>>as("totals")
-                .withKeySerde(Serdes.String())
-                .withValueSerde(Totals.SERDE))
-        .toStream()
-        .map((key, t) -> KeyValue.pair(key,
-            "{\"key\":\"" + key + "\",\"count\":" + t.count() + ",\"total\":" + t.total() + "}"))
-        .to(output, Produced.with(Serdes.String(), Serdes.String()));
-
-    KafkaStreams streams = new KafkaStreams(builder.build(), p);
-    streams.setGlobalStateRestoreListener(new Restores());
-    UntilStopped.run(streams);
+    return p;
   }
 
   /** `n` of a JSON object, read by a streaming parser (no tree is built). */
   static long amount(byte[] value) {
+    return field(value, "n", JsonParser::getLongValue, 0L);
+  }
+
+  /** A read of a parser positioned on a field's value. */
+  interface Read<T> {
+    T from(JsonParser parser) throws java.io.IOException;
+  }
+
+  /**
+   * The top-level field `name` of a JSON object, read by `read` from a
+   * streaming parser (no tree is built), or `otherwise` when it is absent.
+   */
+  static <T> T field(byte[] value, String name, Read<T> read, T otherwise) {
     try (JsonParser parser = JSON.createParser(value)) {
       if (parser.nextToken() != JsonToken.START_OBJECT) {
-        return 0;
+        return otherwise;
       }
       while (parser.nextToken() == JsonToken.FIELD_NAME) {
         String field = parser.currentName();
         parser.nextToken();
-        if ("n".equals(field)) {
-          return parser.getLongValue();
+        if (name.equals(field)) {
+          return read.from(parser);
         }
         parser.skipChildren();
       }
     } catch (Exception e) {
-      // The benchmark's input is well formed; a bad record counts as 0.
+      // The benchmark's input is well formed; a bad record reads as `otherwise`.
     }
-    return 0;
+    return otherwise;
   }
 
   record Totals(long count, long total) {

@@ -115,7 +115,7 @@ impl Workload {
             Workload::Running => ("key", ""),
             Workload::Windowed => (
                 "value.g",
-                "\n        window: {tumbling: 1m}\n        grace: 10m\n        timestamp: value.at",
+                "\n        window: {tumbling: 1m}\n        grace: 1h\n        timestamp: value.at",
             ),
         };
         format!(

@@ -25,7 +25,7 @@ pub fn report(
         "- running count per key: a count and sum per record key, {} keys.",
         args.keys
     );
-    let _ = writeln!(out, "- regrouped, per 1-minute window: records with distinct keys regrouped by a value field ({} groups) through a repartition topic, then counted and summed per one-minute tumbling window of the event time in the value (grace 10 minutes, so no record is late however the partitions interleave; 1 ms of event time between records).\n", args.groups);
+    let _ = writeln!(out, "- regrouped, per 1-minute window: records with distinct keys regrouped by a value field ({} groups) through a repartition topic, then counted and summed per one-minute tumbling window of the event time in the value (1 ms of event time between records; an hour of grace, longer than the input's event time, so no record is late however the partitions interleave, and windows stay open for the run).\n", args.groups);
     for workload in Workload::ALL {
         table(&mut out, args, measured, workload);
     }

@@ -154,7 +154,7 @@ pub struct Step {
     pub map: Option<MapStep>,
     /// A new key for the record, as a CEL expression giving a string, bytes
     /// or an integer, e.g. `value.customerId`. When a later step keeps state
-    /// (`aggregate`, `dedup`), records are repartitioned by it through the
+    /// (`aggregate`, `dedup`, `join`), records are repartitioned by it through the
     /// internal topic `<applicationId>-<step>-repartition`, so each key's
     /// records meet in one task; otherwise it only sets the key.
     #[serde(default, skip_serializing_if = "Option::is_none")]

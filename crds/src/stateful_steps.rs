@@ -86,7 +86,7 @@ pub struct Window {
     /// `size / advance` of them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hopping: Option<Hopping>,
-    /// A window per burst of activity: records of a group less than `gap`
+    /// A window per burst of activity: records of a group at most `gap`
     /// apart share one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session: Option<Session>,

@@ -24,18 +24,24 @@ pub fn has_state_stores(app: &StreamApp) -> bool {
     })
 }
 
-/// The repartition topics of the app's pipeline (none if it does not
-/// compile: then no worker runs to create them).
-pub fn repartition_topics(app: &StreamApp, application_id: &str) -> Vec<String> {
-    app.spec
+/// The join tables and the repartition topics of the app's pipeline, which
+/// its tasks read beside the sources (none if it does not compile: then no
+/// worker runs).
+pub fn read_topics(app: &StreamApp, application_id: &str) -> (Vec<String>, Vec<String>) {
+    let Some(compiled) = app
+        .spec
         .pipeline
         .as_ref()
         .and_then(|p| millrace_pipeline::compile(p).ok())
-        .map(|c| c.for_application(application_id).repartition_topics())
-        .unwrap_or_default()
-        .into_iter()
-        .map(|t| t.0)
-        .collect()
+    else {
+        return Default::default();
+    };
+    let compiled = compiled.for_application(application_id);
+    let names = |topics: Vec<millrace_crds::TopicName>| topics.into_iter().map(|t| t.0).collect();
+    (
+        names(compiled.table_topics()),
+        names(compiled.repartition_topics()),
+    )
 }
 
 /// Per task, the workers whose standby or warm-up copy is within

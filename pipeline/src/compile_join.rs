@@ -21,6 +21,21 @@ impl Compiler<'_> {
             .filter(|k| k.trim() != "key")
             .map(|k| (at("key"), k));
         self.partition_for(&name, by);
+        let earlier = self
+            .steps
+            .iter()
+            .any(|s| matches!(s, CompiledStep::Join { table, .. } if *table == join.table));
+        if earlier {
+            self.error(
+                at("table"),
+                &name,
+                format!(
+                    "'{}' is the table of an earlier join; join it once and read the variable \
+                     that join sets",
+                    join.table
+                ),
+            );
+        }
         if self.spec.source.topics.contains(&join.table) {
             self.error(
                 at("table"),

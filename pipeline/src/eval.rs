@@ -313,13 +313,32 @@ impl Evaluator {
                         .push(self.repartitioned(step, &current, record)?);
                     return Ok(());
                 }
-                CompiledStep::Aggregate { .. } => {
+                CompiledStep::Aggregate { windowing, .. } => {
+                    let closed = windowing.is_some_and(|w| w.on_close);
                     for (key, value) in self.aggregate(step, &current, record, state, processed)? {
-                        let next = current.updated(key, value).map_err(|m| RecordError {
-                            step: step.name().into(),
-                            message: m,
+                        let next = current.updated(key.clone(), value.clone()).map_err(|m| {
+                            RecordError {
+                                step: step.name().into(),
+                                message: m,
+                            }
                         })?;
-                        self.run(index + 1, next, record, state, processed)?;
+                        let sent = processed.outputs.len();
+                        let Err(e) = self.run(index + 1, next, record, state, processed) else {
+                            continue;
+                        };
+                        // A closed window is not this record's: failing the
+                        // record would undo the close, and every later
+                        // record would close it and fail again. Under
+                        // DeadLetter the window goes there on its own (its
+                        // key and value), and the record goes on. (State a
+                        // stateful step after this one wrote for it stays.)
+                        match (closed, self.window_dead_letter(&e, record, key, value)) {
+                            (true, Some(dead)) => {
+                                processed.outputs.truncate(sent);
+                                processed.outputs.push(dead);
+                            }
+                            _ => return Err(e),
+                        }
                     }
                     return Ok(());
                 }
@@ -356,10 +375,11 @@ impl Evaluator {
     pub(crate) fn timestamp(step: &str, record: &InputRecord<'_>) -> Result<i64, RecordError> {
         record
             .timestamp
-            .filter(|t| *t >= 0)
+            .filter(|t| crate::window::EVENT_TIMES.contains(t))
             .ok_or_else(|| RecordError {
                 step: step.into(),
-                message: "the record has no timestamp, and the step's window goes by record time"
+                message: "the record has no timestamp (or one outside years 1970–9999), and the \
+                          step's window goes by record time"
                     .into(),
             })
     }
@@ -416,6 +436,13 @@ impl Evaluator {
         if self.pipeline.source_topics.iter().any(|t| t.0 == name) {
             return Err(error(format!(
                 "`{}` gave '{name}', a source topic of this app: its records would be read again",
+                e.source
+            )));
+        }
+        if self.pipeline.reserved_topics.contains(&name) {
+            return Err(error(format!(
+                "`{}` gave '{name}', a changelog, repartition or table topic of this app: \
+                 records written there would corrupt its state",
                 e.source
             )));
         }

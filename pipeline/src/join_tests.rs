@@ -126,3 +126,47 @@ fn bad_joins_are_refused_naming_the_field() {
         "an aggregate replaces the record, joined values too: {later:?}"
     );
 }
+
+#[test]
+fn tables_are_read_once_and_never_written() {
+    let two = errors("source: {topics: [orders]}\nsteps:\n- {name: a, join: {table: t, as: c}}\n- {name: b, join: {table: t, as: d}}\n- route: {default: out}\n");
+    assert!(
+        two.iter()
+            .any(|e| e.starts_with("spec.pipeline.steps[1].join.table")
+                && e.contains("earlier join")),
+        "{two:?}"
+    );
+    let routed = errors("source: {topics: [orders]}\nsteps:\n- {name: a, join: {table: t, as: c}}\n- route: {default: t}\nonError: {policy: DeadLetter, deadLetterTopic: t}\n");
+    assert!(
+        routed
+            .iter()
+            .any(|e| e.starts_with("spec.pipeline.steps[1].route.default")
+                && e.contains("join table")),
+        "{routed:?}"
+    );
+    assert!(
+        routed
+            .iter()
+            .any(|e| e.starts_with("spec.pipeline.onError.deadLetterTopic")),
+        "{routed:?}"
+    );
+    let skip = "source: {topics: [orders]}\nsteps:\n- {name: a, join: {table: t, key: value.c, as: c}}\n- route: {default: out}\nonError: {skip: [{topic: t, partition: 0, offset: 5}, {topic: shop-a-repartition, partition: 1, offset: 2}]}\n";
+    assert!(errors(skip).is_empty(), "{:?}", errors(skip));
+    // A computed route to the app's own internal topics is the record's error.
+    let yaml = "source: {topics: [orders]}\nsteps:\n- {name: a, join: {table: t, as: c}}\n- route: {rules: [{topicExpression: value.to}]}\n";
+    let e = Evaluator::new(Arc::new(compiled(yaml).for_application("shop")));
+    for to in ["t", "shop-a-changelog"] {
+        let value = format!(r#"{{"to": "{to}"}}"#);
+        let mut s = MemoryState::default();
+        e.process_with(&record("t", "k", Some("{}")), &mut s)
+            .unwrap();
+        let err = e
+            .process_with(&record("orders", "k", Some(&value)), &mut s)
+            .unwrap_err();
+        assert!(
+            err.message.contains("corrupt its state"),
+            "{to}: {}",
+            err.message
+        );
+    }
+}

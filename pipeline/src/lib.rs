@@ -204,6 +204,10 @@ pub struct CompiledPipeline {
     /// The top-level fields of a JSON value that expressions read; `None`:
     /// all of them (see `fields`).
     pub value_fields: Option<Vec<String>>,
+    /// Topics a computed route may never write to: the app's changelogs
+    /// and repartition topics (once [`Self::for_application`] names them)
+    /// and its join tables.
+    pub reserved_topics: Vec<String>,
 }
 
 impl CompiledPipeline {
@@ -265,6 +269,15 @@ impl CompiledPipeline {
                 *topic = internal_topic(application_id, name, InternalTopic::Repartition);
             }
         }
+        let changelogs = self
+            .stores()
+            .into_iter()
+            .map(|s| internal_topic(application_id, &s, InternalTopic::Changelog));
+        let others = self
+            .repartition_topics()
+            .into_iter()
+            .chain(self.table_topics());
+        self.reserved_topics = changelogs.chain(others.map(|t| t.0)).collect();
         self
     }
 
@@ -385,6 +398,10 @@ pub fn compile(spec: &PipelineSpec) -> Result<CompiledPipeline, CompileErrors> {
     }
     c.finish_rekeys();
     c.check_shape();
+    // An expression compiled twice (a dedup id that also repartitions)
+    // reports its problems once.
+    let mut seen = std::collections::HashSet::new();
+    c.errors.retain(|e| seen.insert(e.to_string()));
     if !c.errors.is_empty() {
         return Err(CompileErrors(c.errors));
     }
@@ -397,6 +414,7 @@ pub fn compile(spec: &PipelineSpec) -> Result<CompiledPipeline, CompileErrors> {
         dead_letter_topic: spec.on_error.dead_letter_topic.clone(),
         skip: spec.on_error.skip.clone(),
         value_fields: None,
+        reserved_topics: Vec::new(),
     };
     pipeline.value_fields = fields::value_fields(
         pipeline
@@ -446,22 +464,23 @@ impl Compiler<'_> {
             }
         }
         if let Some(dlq) = &self.spec.on_error.dead_letter_topic {
-            if self.spec.source.topics.contains(dlq) {
-                self.error(
-                    "spec.pipeline.onError.deadLetterTopic".into(),
-                    "",
-                    format!("'{dlq}' is also a source topic; failed records would be read again"),
-                );
-            }
+            self.not_a_source("spec.pipeline.onError.deadLetterTopic".into(), "", dlq);
         }
         for (i, record) in self.spec.on_error.skip.iter().enumerate() {
-            if !self.spec.source.topics.contains(&record.topic) {
+            let topic = &record.topic;
+            // A repartition topic's full name needs the application id:
+            // its step's part is what can be checked here.
+            let repartition = self.steps.iter().any(|s| {
+                matches!(s, CompiledStep::Repartition { name, .. }
+                    if topic.0.ends_with(&format!("-{name}-repartition")))
+            });
+            if !self.spec.source.topics.contains(topic) && !self.is_table(topic) && !repartition {
                 self.error(
                     format!("spec.pipeline.onError.skip[{i}].topic"),
                     "",
                     format!(
-                        "'{}' is not a source topic; only records the app reads can be skipped",
-                        record.topic
+                        "'{topic}' is not a topic the app reads (a source, a join table or a \
+                         repartition topic); only records the app reads can be skipped"
                     ),
                 );
             }
@@ -486,7 +505,21 @@ impl Compiler<'_> {
                 step,
                 format!("'{topic}' is also a source topic; routed records would be read again (a feedback loop)"),
             );
+        } else if self.is_table(topic) {
+            self.error(
+                field,
+                step,
+                format!(
+                    "'{topic}' is a join table of this app; records written there would change it"
+                ),
+            );
         }
+    }
+
+    fn is_table(&self, topic: &TopicName) -> bool {
+        self.steps
+            .iter()
+            .any(|s| matches!(s, CompiledStep::Join { table, .. } if table == topic))
     }
 
     fn step(&mut self, index: usize, step: &Step) -> Option<CompiledStep> {

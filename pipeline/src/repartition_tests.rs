@@ -199,3 +199,12 @@ fn a_key_set_by_map_or_a_dedup_across_keys_repartitions_before_the_stateful_step
         "grouped by the key written: no repartition"
     );
 }
+
+#[test]
+fn a_key_that_is_not_text_cannot_cross_a_repartition() {
+    let p = for_app("source: {topics: [a]}\nsteps:\n- {name: by-raw, rekey: \"b'\\\\xff'\"}\n- {name: n, aggregate: {groupBy: key, aggregations: {n: {count: {}}}}}\n- route: {default: b}\n");
+    let e = Evaluator::new(Arc::new(p));
+    let err = e.process(&input("a", b"k", b"{}", 1)).unwrap_err();
+    assert_eq!(err.step, "by-raw");
+    assert!(err.message.contains("not UTF-8"), "{}", err.message);
+}

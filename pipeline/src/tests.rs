@@ -172,7 +172,7 @@ fn pipeline_shape_rules() {
         skip_other
             .iter()
             .any(|e| e.starts_with("spec.pipeline.onError.skip[0].topic")
-                && e.contains("not a source topic")),
+                && e.contains("not a topic the app reads")),
         "{skip_other:?}"
     );
     let bad_pattern = errors("source: {topics: [a]}\nsteps:\n- {route: {rules: [{topicExpression: 'value.t'}], allowedTopics: ['ok-*', 'x/y']}}\n");

@@ -8,9 +8,9 @@
 //!   aligned to the epoch. A session is `[first, last]` of its records'
 //!   times (both inclusive); records at most `gap` apart share one.
 //! - A window closes when stream time reaches its end plus `grace` (for a
-//!   session, its last record's time plus `gap` plus `grace`). A record
-//!   whose every window is closed is late. Closed windows' state is
-//!   deleted, so the store holds only open windows.
+//!   session, when it passes its last record's time plus `gap` plus
+//!   `grace`). A record whose every window is closed is late. Closed
+//!   windows' state is deleted, so the store holds only open windows.
 //!
 //! Store layout, one store per step (all of it goes to the changelog, so a
 //! restore is a plain copy):
@@ -23,6 +23,12 @@ use serde_json::{json, Value as Json};
 
 use crate::aggregation::{self, Accumulator, AggregationKind, Input};
 use crate::stateful::{time_bytes, time_of, State};
+
+/// Event times a window accepts, in epoch milliseconds: years 1970 to
+/// 9999, so window arithmetic (plus a year of size and 30 days of grace)
+/// never overflows, and a time in microseconds by mistake is refused, not
+/// taken as a stream time that would close every window for good.
+pub const EVENT_TIMES: std::ops::RangeInclusive<i64> = 0..=253_402_300_799_999;
 
 const STREAM_TIME: &[u8] = b"s";
 const WINDOW: u8 = b'a';
@@ -99,12 +105,16 @@ fn parse_closing(key: &[u8]) -> Option<(Vec<u8>, i64)> {
 }
 
 impl Windowing {
+    /// The stream time at which a window ending at `end` is closed. A
+    /// time window's end is exclusive; a session's is its last record,
+    /// and a record exactly `gap` after it still joins it (as in Kafka
+    /// Streams), so it closes 1 ms later.
     fn close_at(&self, end: i64) -> i64 {
-        let gap = match self.kind {
-            WindowKind::Session { gap } => gap,
+        let after = match self.kind {
+            WindowKind::Session { gap } => gap.saturating_add(1),
             WindowKind::Time { .. } => 0,
         };
-        end.saturating_add(gap).saturating_add(self.grace)
+        end.saturating_add(after).saturating_add(self.grace)
     }
 
     /// Starts of the time windows holding `ts`, oldest first.
@@ -211,7 +221,14 @@ fn session(
     let upto = [&prefix[..], &[0xff; 9]].concat();
     let mut joined = Vec::new();
     let (mut start, mut end) = (ts, ts);
-    for key in state.keys_in(store, &prefix, &upto, MAX_SESSIONS_PER_GROUP) {
+    let sessions = state.keys_in(store, &prefix, &upto, MAX_SESSIONS_PER_GROUP + 1);
+    if sessions.len() > MAX_SESSIONS_PER_GROUP {
+        return Err(format!(
+            "{what} has more than {MAX_SESSIONS_PER_GROUP} open sessions; a shorter gap or \
+             grace keeps fewer open"
+        ));
+    }
+    for key in sessions {
         let Some(s) = key.get(prefix.len()..).and_then(time_of) else {
             continue;
         };

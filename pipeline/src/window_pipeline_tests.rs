@@ -222,3 +222,59 @@ fn bad_windows_are_refused_naming_the_field() {
     has(&errs, "aggregations['s'].sum", "needs a number");
     has(&errs, "aggregations['window']", "field of every update");
 }
+
+#[test]
+fn a_closed_window_failing_later_is_dead_lettered_alone_and_closes_once() {
+    let yaml = PER_MINUTE.replace(
+        "- {name: busy, filter: \"value.n >= 2\"}",
+        "- {name: ratio, map: {value: \"{'r': 10 / (value.n - 2)}\"}}",
+    );
+    let e = Evaluator::new(Arc::new(compiled(&yaml)));
+    let mut s = MemoryState::default();
+    run(&e, &mut s, &click("a", 1_000, 1));
+    run(&e, &mut s, &click("a", 2_000, 1));
+    run(&e, &mut s, &click("b", 3_000, 1));
+    // Stream time 70 s closes [0, 60 s): a's window (n = 2) fails in the
+    // map, b's goes on; the record that closed them is fine.
+    let p = run(&e, &mut s, &click("c", 70_000, 1));
+    let topics: Vec<(String, String)> = values(&p).into_iter().map(|(t, k, _)| (t, k)).collect();
+    assert_eq!(
+        topics,
+        [
+            ("late".to_string(), "a@0/60000".to_string()),
+            ("minutes".to_string(), "b@0/60000".to_string())
+        ]
+    );
+    let reason = &p.outputs[0]
+        .headers
+        .iter()
+        .find(|(k, _)| k == "millrace.error")
+        .unwrap()
+        .1;
+    assert!(String::from_utf8_lossy(reason).contains("a closed window"));
+    let next = run(&e, &mut s, &click("c", 71_000, 1));
+    assert!(next.outputs.is_empty(), "closed once: nothing fails again");
+}
+
+#[test]
+fn event_times_outside_years_1970_to_9999_are_the_records_error() {
+    let e = Evaluator::new(Arc::new(compiled(PER_MINUTE)));
+    let mut s = MemoryState::default();
+    let record = |ts| InputRecord {
+        topic: "clicks",
+        partition: 0,
+        offset: 0,
+        timestamp: Some(ts),
+        key: Some(b"a"),
+        value: Some(br#"{"amount": 1, "page": "p"}"#),
+        headers: vec![],
+    };
+    // Microseconds by mistake: the year 55,000.
+    let err = e
+        .process_with(&record(1_733_500_000_000_000), &mut s)
+        .unwrap_err();
+    assert_eq!(err.step, "per-minute");
+    assert!(err.message.contains("1970–9999"), "{}", err.message);
+    assert!(s.0.is_empty(), "stream time untouched");
+    assert!(e.process_with(&record(1_733_500_000_000), &mut s).is_ok());
+}

@@ -183,11 +183,11 @@ fn sessions_grow_join_and_close_after_gap_and_grace() {
         json!({"n": 4, "sum": 10}).as_object().unwrap().clone()
     );
     assert_eq!(results[0].replaces, vec![(100, 100), (120, 130)]);
-    // Stream time 190 reaches 130 + gap + grace: the session closes and is
+    // Stream time 191 passes 130 + gap + grace: the session closes and is
     // forgotten.
     assert_eq!(
-        add(&mut s, &w, "k", 190, 1),
-        Some(vec![("k".into(), 190, 190, 1, 1)])
+        add(&mut s, &w, "k", 191, 1),
+        Some(vec![("k".into(), 191, 191, 1, 1)])
     );
     assert_eq!(
         s.0.len(),
@@ -197,7 +197,7 @@ fn sessions_grow_join_and_close_after_gap_and_grace() {
     assert_eq!(add(&mut s, &w, "k", 125, 1), None, "its session closed");
     assert_eq!(
         add(&mut s, &w, "k", 181, 1),
-        Some(vec![("k".into(), 181, 190, 2, 2)]),
+        Some(vec![("k".into(), 181, 191, 2, 2)]),
         "joins the open one"
     );
 }
@@ -211,10 +211,30 @@ fn a_session_closes_after_gap_and_grace_even_when_no_record_joins() {
     };
     let mut s = MemoryState::default();
     assert_eq!(add(&mut s, &w, "k", 100, 1), Some(vec![]));
-    assert_eq!(add(&mut s, &w, "j", 109, 1), Some(vec![]), "open until 110");
     assert_eq!(
         add(&mut s, &w, "j", 110, 1),
+        Some(vec![]),
+        "open while within gap"
+    );
+    assert_eq!(
+        add(&mut s, &w, "j", 111, 1),
         Some(vec![("k".into(), 100, 100, 1, 1)])
+    );
+}
+
+#[test]
+fn a_record_exactly_gap_after_a_session_joins_it_whatever_came_between() {
+    let w = Windowing {
+        kind: WindowKind::Session { gap: 10 },
+        grace: 0,
+        on_close: false,
+    };
+    let mut s = MemoryState::default();
+    add(&mut s, &w, "k", 100, 1);
+    add(&mut s, &w, "j", 110, 1);
+    assert_eq!(
+        add(&mut s, &w, "k", 110, 1),
+        Some(vec![("k".into(), 100, 110, 2, 2)])
     );
 }
 

@@ -76,10 +76,24 @@ pub fn spawn(
                     let _ =
                         offsets.add_partition_offset(topic, *partition, Offset::Offset(*offset));
                 }
+                // A partition that failed is tried again at the next
+                // interval; its records only wait longer.
                 match futures::executor::block_on(admin.delete_records(&offsets, &options)) {
-                    Ok(_) => purged.extend(due),
-                    // Tried again at the next interval; the records only
-                    // wait longer.
+                    Ok(result) => {
+                        for e in result.elements() {
+                            let tp = (e.topic().to_string(), e.partition());
+                            match e.error() {
+                                Ok(()) => {
+                                    if let Some((_, offset)) = due.iter().find(|(d, _)| *d == tp) {
+                                        purged.insert(tp, *offset);
+                                    }
+                                }
+                                Err(err) => {
+                                    tracing::warn!(topic = tp.0, partition = tp.1, "purging: {err}")
+                                }
+                            }
+                        }
+                    }
                     Err(e) => tracing::warn!("purging the repartition topics: {e}"),
                 }
             }

@@ -151,7 +151,10 @@ async fn poll(a: &Autoscaler, app: &StreamApp) -> Result<()> {
     if topics.is_empty() {
         return Ok(());
     }
-    let internal = crate::state_reports::repartition_topics(app, &group);
+    // Join tables exist (checked like the sources); repartition topics only
+    // once a worker has created them.
+    let (tables, internal) = crate::state_reports::read_topics(app, &group);
+    let topics: Vec<String> = topics.into_iter().chain(tables).collect();
     let reading = tokio::task::spawn_blocking(move || {
         measure::read(&props, &group, (&topics, &internal), tasks, now)
     })

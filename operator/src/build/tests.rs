@@ -170,6 +170,43 @@ fn replicas_and_image_and_command() {
 }
 
 #[test]
+fn join_tables_are_read_like_sources_so_checked_with_them() {
+    let model = validate(
+        &app("kafka: {bootstrapServers: 'k:9092'}\nstate: {}\npipeline:\n  source: {topics: [orders]}\n  steps:\n  - {name: j, join: {table: customers, as: c}}\n  - route: {default: out}\n"),
+        &Defaults::default(),
+    )
+    .unwrap();
+    let sources: Vec<String> = model.source_topics().into_iter().map(|t| t.0).collect();
+    assert_eq!(
+        sources,
+        ["orders", "customers"],
+        "one partition count: the task count"
+    );
+    assert_eq!(
+        model.source_field(),
+        "spec.pipeline.source.topics and the join tables"
+    );
+    let counts = std::collections::BTreeMap::from([
+        (millrace_crds::TopicName("orders".into()), Some(8)),
+        (millrace_crds::TopicName("customers".into()), Some(4)),
+        (millrace_crds::TopicName("out".into()), Some(8)),
+    ]);
+    let refused = crate::kafka::check_topics(
+        model.source_field(),
+        &model.source_topics(),
+        &model.output_topics(),
+        &counts,
+    )
+    .unwrap_err();
+    assert_eq!(refused.reason, "PartitionMismatch");
+    assert!(
+        refused.message.contains("customers=4"),
+        "{}",
+        refused.message
+    );
+}
+
+#[test]
 fn state_adds_a_claim_template_and_mount() {
     let d = build(&format!(
         "{PIPELINE}state: {{standbyReplicas: 1, size: 5Gi, storageClassName: fast}}\n"

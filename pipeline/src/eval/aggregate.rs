@@ -3,6 +3,7 @@
 
 use cel::Value;
 use chrono::{DateTime, SecondsFormat};
+use millrace_crds::ErrorPolicy;
 use serde_json::{json, Map, Value as Json};
 
 use super::{Current, Evaluator};
@@ -110,6 +111,33 @@ impl Evaluator {
         }
     }
 
+    /// A closed window that failed in a later step, as its dead letter:
+    /// `None` unless `onError` dead-letters.
+    pub(super) fn window_dead_letter(
+        &self,
+        error: &RecordError,
+        record: &InputRecord<'_>,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    ) -> Option<OutputRecord> {
+        let p = &self.pipeline;
+        let dlq = p
+            .dead_letter_topic
+            .as_ref()
+            .filter(|_| p.error_policy == ErrorPolicy::DeadLetter)?;
+        let error = RecordError {
+            step: error.step.clone(),
+            message: format!("a closed window: {}", error.message),
+        };
+        Some(OutputRecord {
+            topic: dlq.0.clone(),
+            key: Some(key),
+            value: Some(value),
+            headers: dead_letter_headers(&error, record),
+            timestamp: None,
+        })
+    }
+
     /// A `timestamp:` expression's value as epoch milliseconds.
     fn event_time(
         &self,
@@ -123,13 +151,15 @@ impl Evaluator {
             Value::Timestamp(t) => Some(t.timestamp_millis()),
             _ => None,
         };
-        ms.filter(|ms| *ms >= 0).ok_or_else(|| RecordError {
-            step: step.into(),
-            message: format!(
-                "`{}` is not an event time (epoch milliseconds from 0, or a timestamp)",
-                e.source
-            ),
-        })
+        ms.filter(|ms| crate::window::EVENT_TIMES.contains(ms))
+            .ok_or_else(|| RecordError {
+                step: step.into(),
+                message: format!(
+                    "`{}` is not an event time (epoch milliseconds in years 1970–9999, or a \
+                     timestamp)",
+                    e.source
+                ),
+            })
     }
 }
 

@@ -58,6 +58,15 @@ impl Evaluator {
                 })?
                 .to_vec(),
         };
+        // Read back, the key is the next steps' string `key`.
+        if std::str::from_utf8(&key).is_err() {
+            return Err(RecordError {
+                step: name.clone(),
+                message: "the key to repartition by is not UTF-8 text; group, rekey or join by a \
+                          string or an integer"
+                    .into(),
+            });
+        }
         Ok(OutputRecord {
             topic: topic.clone(),
             key: Some(key),

@@ -106,9 +106,12 @@ pub fn ensure(
             let topic = NewTopic::new(t, tasks, TopicReplication::Fixed(-1));
             match kind {
                 InternalTopic::Changelog => topic.set("cleanup.policy", "compact"),
+                // The records keep their input's time, for windows
+                // downstream, whatever the broker's default.
                 InternalTopic::Repartition => topic
                     .set("cleanup.policy", "delete")
-                    .set("retention.ms", "-1"),
+                    .set("retention.ms", "-1")
+                    .set("message.timestamp.type", "CreateTime"),
             }
         })
         .collect();

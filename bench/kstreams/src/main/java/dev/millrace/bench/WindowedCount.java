@@ -23,9 +23,10 @@ import org.apache.kafka.streams.state.WindowStore;
  * topology as the Millrace pipeline in bench/src/state.rs. Records keyed by
  * id are regrouped by their `g` field (repartition topic
  * APPLICATION_ID-per-window-repartition) and counted and summed per
- * one-minute tumbling window of the event time in `at` (10 minutes of grace:
- * the four input partitions reach the regrouped tasks at different speeds,
- * and no record may be late, or the output count would not match), in a
+ * one-minute tumbling window of the event time in `at` (an hour of grace:
+ * every input partition spans the whole event time, and they reach the
+ * regrouped tasks at different speeds; no record may be late, or the output
+ * count would not match), in a
  * RocksDB window store "per-window"; every update is written to OUTPUT as
  * {"key":..,"window":{"startMs":..,"endMs":..},"count":..,"total":..}.
  *
@@ -42,7 +43,7 @@ public final class WindowedCount {
     StreamsBuilder builder = new StreamsBuilder();
     builder.stream(input, Consumed.with(Serdes.String(), Serdes.ByteArray()))
         .groupBy((key, value) -> group(value), Grouped.with("per-window", Serdes.String(), Serdes.ByteArray()))
-        .windowedBy(TimeWindows.ofSizeAndGrace(Duration.ofMinutes(1), Duration.ofMinutes(10)))
+        .windowedBy(TimeWindows.ofSizeAndGrace(Duration.ofMinutes(1), Duration.ofHours(1)))
         .aggregate(
             () -> new RunningCount.Totals(0, 0),
             (key, value, t) -> new RunningCount.Totals(t.count() + 1, t.total() + RunningCount.amount(value)),

@@ -13,7 +13,7 @@ use std::time::Duration;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 use crate::kafka_bootstrap;
-use crate::verifier::{manifest_head, read_all, write_paced};
+use crate::verifier::{pipeline_manifest, read_all, write_paced};
 
 pub const CUSTOMERS: u64 = 40;
 pub const ORDERS_PER_PHASE: u64 = 600;
@@ -40,25 +40,18 @@ pub fn expected_version(order: u64, phase: u64) -> i64 {
 pub fn manifest(
     name: &str,
     app_id: &str,
-    orders: &str,
+    (orders, output, dlq): (&str, &str, &str),
     customers: &str,
-    output: &str,
-    dlq: &str,
 ) -> String {
-    format!(
-        r#"{head}{spec}  pipeline:
-    source: {{topics: [{orders}]}}
-    steps:
-    - name: with-customer
+    let steps = format!(
+        "    - name: with-customer
       join: {{table: {customers}, key: value.customer, as: customer, type: Left}}
     - map:
-        value: "{{'order': value.order, 'version': customer == null ? -1 : customer.version}}"
-    - route: {{default: {output}}}
-    onError: {{policy: DeadLetter, deadLetterTopic: {dlq}}}
-"#,
-        head = manifest_head(name, app_id),
-        spec = crate::standalone::SPEC,
-    )
+        value: \"{{'order': value.order, 'version': customer == null ? -1 : customer.version}}\"
+"
+    );
+    let spec = crate::standalone::SPEC;
+    pipeline_manifest((name, app_id), spec, (orders, output, dlq), &steps)
 }
 
 /// Writes phase `phase` of the table: each customer's new version, or its

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::verifier::{manifest_head, read_all, write_paced};
+use crate::verifier::{pipeline_manifest, read_all, write_paced};
 
 pub const REGIONS: [&str; 5] = ["eu", "us", "apac", "latam", "mea"];
 /// The aggregate step, and so the repartition topic's middle name.
@@ -28,26 +28,19 @@ pub fn amount_of(seq: u64) -> i64 {
 pub fn manifest(
     name: &str,
     app_id: &str,
-    input: &str,
-    output: &str,
-    dlq: &str,
+    (input, output, dlq): (&str, &str, &str),
     spec: &str,
 ) -> String {
-    format!(
-        r#"{head}{spec}  pipeline:
-    source: {{topics: [{input}]}}
-    steps:
-    - name: {STEP}
+    let steps = format!(
+        "    - name: {STEP}
       aggregate:
         groupBy: value.region
         aggregations:
           count: {{count: {{}}}}
           total: {{sum: value.n}}
-    - route: {{default: {output}}}
-    onError: {{policy: DeadLetter, deadLetterTopic: {dlq}}}
-"#,
-        head = manifest_head(name, app_id),
-    )
+"
+    );
+    pipeline_manifest((name, app_id), spec, (input, output, dlq), &steps)
 }
 
 pub fn repartition_topic(app_id: &str) -> String {

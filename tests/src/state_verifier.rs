@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::verifier::{manifest_head, read_all, write_paced, Topics};
+use crate::verifier::{pipeline_manifest, read_all, write_paced, Topics};
 
 pub const KEYS: u64 = 50;
 /// Every `DUPLICATE_EVERY`th record (from the third on) repeats the id of
@@ -49,26 +49,16 @@ pub fn amount_of(id: u64) -> i64 {
 /// A StreamApp deduplicating and counting the verifier's input into
 /// `topics.outputs[0]`; `spec` is more YAML under `spec:` (two spaces).
 pub fn manifest(name: &str, app_id: &str, topics: &Topics, spec: &str) -> String {
-    format!(
-        r#"{head}{spec}  pipeline:
-    source: {{topics: [{input}]}}
-    steps:
-    - name: once
-      dedup: {{id: value.id, within: 1h}}
+    let steps = "    - name: once
+      dedup: {id: value.id, within: 1h}
     - name: totals
       aggregate:
         groupBy: key
         aggregations:
-          count: {{count: {{}}}}
-          total: {{sum: value.n}}
-    - route: {{default: {output}}}
-    onError: {{policy: DeadLetter, deadLetterTopic: {dlq}}}
-"#,
-        head = manifest_head(name, app_id),
-        input = topics.input,
-        output = topics.outputs[0],
-        dlq = topics.dlq,
-    )
+          count: {count: {}}
+          total: {sum: value.n}
+";
+    pipeline_manifest((name, app_id), spec, topics.sinks(), steps)
 }
 
 /// Writes records `0..records` spread over about `over`.

@@ -51,6 +51,12 @@ impl Topics {
             .collect();
         crate::ensure_topics(&specs);
     }
+    /// The input, the first output and the dead-letter topic: where a
+    /// [`pipeline_manifest`] app reads and writes.
+    pub fn sinks(&self) -> (&str, &str, &str) {
+        (&self.input, &self.outputs[0], &self.dlq)
+    }
+
     pub fn all(&self) -> Vec<&String> {
         let mut v = vec![&self.input, &self.dlq];
         v.extend(self.outputs.iter());
@@ -73,6 +79,27 @@ pub fn manifest_head(name: &str, app_id: &str) -> String {
     format!(
         "apiVersion: millrace.dev/v1alpha1\nkind: StreamApp\nmetadata: {{name: {name}}}\nspec:\n  kafka: {{bootstrapServers: \"{}\"}}\n  applicationId: {app_id}\n",
         kafka_bootstrap()
+    )
+}
+
+/// A StreamApp running `steps` (list items under `steps:`, each line
+/// indented four spaces) on `input`, then routing every record to
+/// `output`, failed ones to `dlq`; `spec` is more YAML under `spec:` (two
+/// spaces). The stateful verifiers' apps are all of this shape.
+pub fn pipeline_manifest(
+    (name, app_id): (&str, &str),
+    spec: &str,
+    (input, output, dlq): (&str, &str, &str),
+    steps: &str,
+) -> String {
+    format!(
+        r#"{head}{spec}  pipeline:
+    source: {{topics: [{input}]}}
+    steps:
+{steps}    - route: {{default: {output}}}
+    onError: {{policy: DeadLetter, deadLetterTopic: {dlq}}}
+"#,
+        head = manifest_head(name, app_id),
     )
 }
 

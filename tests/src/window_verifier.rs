@@ -18,7 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use crate::verifier::{manifest_head, read_all, write_paced};
+use crate::verifier::{pipeline_manifest, read_all, write_paced};
 
 pub const KEYS: u64 = 20;
 pub const STEP_MS: i64 = 10;
@@ -75,11 +75,8 @@ pub fn manifest(
     emit: &str,
     spec: &str,
 ) -> String {
-    format!(
-        r#"{head}{spec}  pipeline:
-    source: {{topics: [{input}]}}
-    steps:
-    - name: per-window
+    let steps = format!(
+        "    - name: per-window
       aggregate:
         groupBy: key
         window: {{tumbling: {WINDOW_MS}ms}}
@@ -90,11 +87,9 @@ pub fn manifest(
         aggregations:
           count: {{count: {{}}}}
           total: {{sum: value.n}}
-    - route: {{default: {output}}}
-    onError: {{policy: DeadLetter, deadLetterTopic: {dlq}}}
-"#,
-        head = manifest_head(name, app_id),
-    )
+"
+    );
+    pipeline_manifest((name, app_id), spec, (input, output, dlq), &steps)
 }
 
 /// Writes records `seqs` of an input of `records` (`records..records +

@@ -26,14 +26,7 @@ fn every_order_is_joined_once_with_the_table_value_current_at_its_processing() {
     ensure_topics(&[(&customers, PARTITIONS)]);
     let app_id = format!("{prefix}-app");
     let repartition = format!("{app_id}-with-customer-repartition");
-    let text = manifest(
-        "join-verifier",
-        &app_id,
-        &topics.input,
-        &customers,
-        &topics.outputs[0],
-        &topics.dlq,
-    );
+    let text = manifest("join-verifier", &app_id, topics.sinks(), &customers);
     let app = App::new(&app_id, &text, 18133);
     let phases = env_or("MILLRACE_JOIN_PHASES", 8);
     let kills = phases.min(6);

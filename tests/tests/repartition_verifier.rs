@@ -31,14 +31,7 @@ fn region_counts_are_exact_across_the_repartition_and_sigkills_and_the_topic_is_
     let topics = Topics::new(&prefix, PARTITIONS);
     topics.create();
     let app_id = format!("{prefix}-app");
-    let text = manifest(
-        "repartition-verifier",
-        &app_id,
-        &topics.input,
-        &topics.outputs[0],
-        &topics.dlq,
-        SPEC,
-    );
+    let text = manifest("repartition-verifier", &app_id, topics.sinks(), SPEC);
     let mut app = App::new(&app_id, &text, 18132);
     app.envs
         .push(("MILLRACE_REPARTITION_PURGE_MS", "1000".into()));
@@ -111,8 +104,12 @@ fn region_counts_are_exact_across_the_repartition_and_sigkills_and_the_topic_is_
         wrong.len()
     );
     assert!(wrong.is_empty(), "{wrong:?}");
+    // Never purged, it would hold every record written to it: those of the
+    // kill phase and then of the steady one, more than twice `steady`.
+    // Purged, it holds what is in flight (1,508 and 3,713 records in two
+    // runs, the second beside the whole test bed).
     assert!(
-        most < steady as i64 / 2,
+        most < steady as i64,
         "the repartition topic held {most} records while {steady} flowed: not purged as read"
     );
 }

@@ -71,16 +71,14 @@ fn windows_and_repartitioned_counts_are_exact_across_moves_and_a_lost_pod() {
     let ns = TestNamespace::create("pipelines");
     let ns = ns.0.as_str();
     let win = App::new("windows");
-    let t = &win.topics;
-    let sinks = (t.input.as_str(), t.outputs[0].as_str(), t.dlq.as_str());
+    let sinks = win.topics.sinks();
     apply_yaml(
         ns,
         win.name,
         &windows::manifest(win.name, &win.app_id, sinks, "WindowClose", SPEC),
     );
     let reg = App::new("regions");
-    let t = &reg.topics;
-    let text = regions::manifest(reg.name, &reg.app_id, &t.input, &t.outputs[0], &t.dlq, SPEC);
+    let text = regions::manifest(reg.name, &reg.app_id, reg.topics.sinks(), SPEC);
     apply_yaml(ns, reg.name, &text);
     for app in [&win, &reg] {
         wait_settled(ns, app.name, 2, PARTITIONS);

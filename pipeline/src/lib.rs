@@ -10,7 +10,9 @@ pub mod aggregation;
 mod check;
 mod compile_join;
 mod compile_repartition;
+mod compile_shape;
 mod compile_stateful;
+mod compiled;
 pub mod eval;
 mod fields;
 pub mod record;
@@ -20,10 +22,8 @@ pub mod window;
 
 use aggregation::AggregationKind;
 use cel::Program;
-use millrace_crds::identity::{internal_topic, InternalTopic};
 use millrace_crds::{
-    ErrorPolicy, Format, PipelineSpec, ProcessingGuarantee, RecordCoordinates, RouteMode, Step,
-    TopicName, TopicPattern,
+    ErrorPolicy, Format, PipelineSpec, RecordCoordinates, RouteMode, Step, TopicName, TopicPattern,
 };
 use window::Windowing;
 
@@ -210,141 +210,6 @@ pub struct CompiledPipeline {
     pub reserved_topics: Vec<String>,
 }
 
-impl CompiledPipeline {
-    /// Every compiled expression, for finding the variables they use.
-    pub fn expressions(&self) -> Vec<&Expr> {
-        let mut out = Vec::new();
-        for step in &self.steps {
-            match step {
-                CompiledStep::Filter { condition, .. } => out.push(condition),
-                CompiledStep::Rekey { key, .. } => out.push(key),
-                CompiledStep::Map {
-                    key,
-                    value,
-                    headers,
-                    ..
-                } => {
-                    out.extend(key.iter().chain(value.iter()));
-                    out.extend(headers.iter().map(|(_, e)| e));
-                }
-                CompiledStep::Route { rules, .. } => {
-                    for rule in rules {
-                        out.extend(rule.when.iter());
-                        if let Destination::Computed(e) = &rule.to {
-                            out.push(e);
-                        }
-                    }
-                }
-                CompiledStep::Repartition { key, .. } => out.extend(key.iter()),
-                CompiledStep::Dedup { id, .. } => out.push(id),
-                CompiledStep::Join { .. } => {}
-                CompiledStep::Aggregate {
-                    aggregations,
-                    event_time,
-                    ..
-                } => {
-                    out.extend(aggregations.iter().filter_map(|(_, _, e)| e.as_ref()));
-                    out.extend(event_time.iter());
-                }
-            }
-        }
-        out
-    }
-
-    /// The names of the stateful steps, in order: store `i` is step
-    /// `stores()[i]`, whose changelog is `<applicationId>-<name>-changelog`.
-    pub fn stores(&self) -> Vec<String> {
-        self.steps
-            .iter()
-            .filter(|s| s.store().is_some())
-            .map(|s| s.name().to_string())
-            .collect()
-    }
-
-    /// The pipeline of the app `application_id`: its repartition topics
-    /// named.
-    pub fn for_application(mut self, application_id: &str) -> Self {
-        for step in &mut self.steps {
-            if let CompiledStep::Repartition { name, topic, .. } = step {
-                *topic = internal_topic(application_id, name, InternalTopic::Repartition);
-            }
-        }
-        let changelogs = self
-            .stores()
-            .into_iter()
-            .map(|s| internal_topic(application_id, &s, InternalTopic::Changelog));
-        let others = self
-            .repartition_topics()
-            .into_iter()
-            .chain(self.table_topics());
-        self.reserved_topics = changelogs.chain(others.map(|t| t.0)).collect();
-        self
-    }
-
-    /// The repartition topics, in step order (empty until
-    /// [`Self::for_application`]).
-    pub fn repartition_topics(&self) -> Vec<TopicName> {
-        self.steps
-            .iter()
-            .filter_map(|s| match s {
-                CompiledStep::Repartition { topic, .. } if !topic.is_empty() => {
-                    Some(TopicName(topic.clone()))
-                }
-                _ => None,
-            })
-            .collect()
-    }
-
-    /// The join steps' table topics: read like sources, partition N in
-    /// task N.
-    pub fn table_topics(&self) -> Vec<TopicName> {
-        self.steps
-            .iter()
-            .filter_map(|s| match s {
-                CompiledStep::Join { table, .. } => Some(table.clone()),
-                _ => None,
-            })
-            .collect()
-    }
-
-    /// Why this pipeline cannot run under `guarantee`, field by field.
-    pub fn unrunnable_problems(&self, guarantee: ProcessingGuarantee) -> Vec<(String, String)> {
-        self.guarantee_problem(guarantee)
-            .map(|p| ("spec.processingGuarantee".to_string(), p))
-            .into_iter()
-            .collect()
-    }
-
-    /// Why this pipeline cannot run under `guarantee`, if it cannot.
-    pub fn guarantee_problem(&self, guarantee: ProcessingGuarantee) -> Option<String> {
-        let stores = self.stores();
-        (guarantee == ProcessingGuarantee::AtLeastOnce && !stores.is_empty()).then(|| {
-            format!(
-                "the stateful steps {stores:?} need processingGuarantee ExactlyOnce: \
-                 at-least-once state is not supported yet"
-            )
-        })
-    }
-
-    /// Every topic the pipeline names as an output (routes, default,
-    /// dead-letter); computed topics are known only per record.
-    pub fn static_output_topics(&self) -> Vec<TopicName> {
-        let mut topics: Vec<TopicName> = self.dead_letter_topic.iter().cloned().collect();
-        for step in &self.steps {
-            if let CompiledStep::Route { rules, default, .. } = step {
-                topics.extend(rules.iter().filter_map(|r| match &r.to {
-                    Destination::Topic(t) => Some(t.clone()),
-                    Destination::Computed(_) => None,
-                }));
-                topics.extend(default.iter().cloned());
-            }
-        }
-        topics.sort();
-        topics.dedup();
-        topics
-    }
-}
-
 /// What an expression must produce where it is used.
 #[derive(Clone, Copy)]
 enum Want {
@@ -437,89 +302,6 @@ impl Compiler<'_> {
             position: None,
             message: message.into(),
         });
-    }
-
-    /// Rules the schema cannot express: the route comes last, names are
-    /// unique, the dead-letter topic is not a source.
-    fn check_shape(&mut self) {
-        let steps = &self.spec.steps;
-        let last_route = steps.iter().rposition(|s| s.route.is_some());
-        match last_route {
-            None => self.error("spec.pipeline.steps".into(), "", "the pipeline has no route step, so no record would reach a topic; end it with a route"),
-            Some(i) if i + 1 != steps.len() => {
-                let name = step_name(i + 1, &steps[i + 1]);
-                self.error(format!("spec.pipeline.steps[{}]", i + 1), &name, "steps after the last route never see a record; the route must be the last step")
-            }
-            _ => {}
-        }
-        let mut seen = std::collections::BTreeSet::new();
-        for (i, s) in steps.iter().enumerate() {
-            let name = step_name(i, s);
-            if !seen.insert(name.clone()) {
-                self.error(
-                    format!("spec.pipeline.steps[{i}].name"),
-                    &name,
-                    format!("step name '{name}' is used twice"),
-                );
-            }
-        }
-        if let Some(dlq) = &self.spec.on_error.dead_letter_topic {
-            self.not_a_source("spec.pipeline.onError.deadLetterTopic".into(), "", dlq);
-        }
-        for (i, record) in self.spec.on_error.skip.iter().enumerate() {
-            let topic = &record.topic;
-            // A repartition topic's full name needs the application id:
-            // its step's part is what can be checked here.
-            let repartition = self.steps.iter().any(|s| {
-                matches!(s, CompiledStep::Repartition { name, .. }
-                    if topic.0.ends_with(&format!("-{name}-repartition")))
-            });
-            if !self.spec.source.topics.contains(topic) && !self.is_table(topic) && !repartition {
-                self.error(
-                    format!("spec.pipeline.onError.skip[{i}].topic"),
-                    "",
-                    format!(
-                        "'{topic}' is not a topic the app reads (a source, a join table or a \
-                         repartition topic); only records the app reads can be skipped"
-                    ),
-                );
-            }
-        }
-        if self.spec.on_error.policy == ErrorPolicy::DeadLetter
-            && self.spec.on_error.dead_letter_topic.is_none()
-        {
-            self.error(
-                "spec.pipeline.onError.deadLetterTopic".into(),
-                "",
-                "policy DeadLetter needs a deadLetterTopic",
-            );
-        }
-    }
-
-    /// A route to a source topic of the app would read its own output
-    /// again: a feedback loop (doubling under `AllMatches`).
-    fn not_a_source(&mut self, field: String, step: &str, topic: &TopicName) {
-        if self.spec.source.topics.contains(topic) {
-            self.error(
-                field,
-                step,
-                format!("'{topic}' is also a source topic; routed records would be read again (a feedback loop)"),
-            );
-        } else if self.is_table(topic) {
-            self.error(
-                field,
-                step,
-                format!(
-                    "'{topic}' is a join table of this app; records written there would change it"
-                ),
-            );
-        }
-    }
-
-    fn is_table(&self, topic: &TopicName) -> bool {
-        self.steps
-            .iter()
-            .any(|s| matches!(s, CompiledStep::Join { table, .. } if table == topic))
     }
 
     fn step(&mut self, index: usize, step: &Step) -> Option<CompiledStep> {

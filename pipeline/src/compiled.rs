@@ -91,6 +91,20 @@ impl CompiledPipeline {
             .collect()
     }
 
+    /// Each store's join table, in store order (`None`: the store has a
+    /// changelog of its own). A join's store is its table's copy: the
+    /// table topic is its changelog, read and never written.
+    pub fn store_tables(&self) -> Vec<Option<TopicName>> {
+        self.steps
+            .iter()
+            .filter(|s| s.store().is_some())
+            .map(|s| match s {
+                CompiledStep::Join { table, .. } => Some(table.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The join steps' table topics: read like sources, partition N in
     /// task N.
     pub fn table_topics(&self) -> Vec<TopicName> {

@@ -36,6 +36,11 @@ fn records_see_the_tables_current_value_and_tombstones_delete() {
     let p = compiled(ENRICH).for_application("shop");
     assert_eq!(p.table_topics()[0].0, "customers");
     assert_eq!(
+        p.store_tables(),
+        vec![Some(crate::TopicName("customers".into()))],
+        "the table is the join store's changelog"
+    );
+    assert_eq!(
         p.repartition_topics()[0].0,
         "shop-with-customer-repartition",
         "joined by a value"

@@ -78,9 +78,11 @@ pub struct Io {
     /// Internal topics the app writes records to and reads them back from,
     /// partition N in task N (`CompiledStep::Repartition`).
     pub repartition_topics: Vec<TopicName>,
-    /// Join tables, read like the sources (partition N in task N) into
-    /// the joins' stores.
-    pub table_topics: Vec<TopicName>,
+    /// Each store's join table (`None`: the store has a changelog of its
+    /// own). Tables are read like the sources (partition N in task N) into
+    /// the joins' stores, and restore those stores: a table is its own
+    /// changelog.
+    pub store_tables: Vec<Option<TopicName>>,
 }
 
 impl Io {
@@ -93,7 +95,9 @@ impl Io {
     /// The topics that must have one partition count, the task count:
     /// the sources and the join tables.
     pub fn co_partitioned(&self) -> impl Iterator<Item = &TopicName> {
-        self.source_topics.iter().chain(&self.table_topics)
+        self.source_topics
+            .iter()
+            .chain(self.store_tables.iter().flatten())
     }
 
     pub fn repartition_names(&self) -> Vec<String> {
@@ -113,7 +117,7 @@ impl Io {
             max_records_per_second: max_records_per_second.map(|n| n.max(1) as u64),
             stores: pipeline.stores(),
             repartition_topics: pipeline.repartition_topics(),
-            table_topics: pipeline.table_topics(),
+            store_tables: pipeline.store_tables(),
         }
     }
 
@@ -138,7 +142,7 @@ impl Io {
             max_records_per_second: None,
             stores: Vec::new(),
             repartition_topics: Vec::new(),
-            table_topics: Vec::new(),
+            store_tables: Vec::new(),
         })
     }
 }

@@ -474,6 +474,7 @@ fn open_state(config: &WorkerConfig, io: &Io) -> anyhow::Result<Option<State>> {
         &dir,
         &config.application_id,
         &io.stores,
+        &io.store_tables,
         memory_mb,
     )?))
 }

@@ -56,14 +56,25 @@ pub fn manifest(
 
 /// Writes phase `phase` of the table: each customer's new version, or its
 /// tombstone. Keyed records go where Java clients put them (murmur2), as
-/// the repartitioned orders do.
+/// the repartitioned orders do. Odd phases are written in a transaction,
+/// as another exactly-once app would write a table: a restore from the
+/// table then meets commit markers, read to its last stable offset.
 pub fn write_table(topic: &str, phase: u64) {
-    let producer: BaseProducer = rdkafka::ClientConfig::new()
+    let transactional = phase % 2 == 1;
+    let mut config = rdkafka::ClientConfig::new();
+    config
         .set("bootstrap.servers", kafka_bootstrap())
         .set("enable.idempotence", "true")
-        .set("partitioner", "murmur2_random")
-        .create()
-        .unwrap();
+        .set("partitioner", "murmur2_random");
+    if transactional {
+        config.set("transactional.id", format!("{topic}-writer"));
+    }
+    let producer: BaseProducer = config.create().unwrap();
+    let timeout = Duration::from_secs(30);
+    if transactional {
+        producer.init_transactions(timeout).unwrap();
+        producer.begin_transaction().unwrap();
+    }
     for c in 0..CUSTOMERS {
         let key = format!("c{c}");
         let value = format!(r#"{{"version":{phase}}}"#);
@@ -73,7 +84,10 @@ pub fn write_table(topic: &str, phase: u64) {
         }
         producer.send(record).map_err(|(e, _)| e).unwrap();
     }
-    producer.flush(Duration::from_secs(30)).unwrap();
+    match transactional {
+        true => producer.commit_transaction(timeout).unwrap(),
+        false => producer.flush(timeout).unwrap(),
+    }
 }
 
 /// Writes the orders of `phase`.

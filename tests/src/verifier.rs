@@ -219,6 +219,16 @@ pub fn end_offset(topic: &str, partition: i32) -> i64 {
         .1
 }
 
+/// Whether the cluster has `topic` (listed, so asking does not create it).
+pub fn topic_exists(topic: &str) -> bool {
+    reader(&unique("exists"))
+        .fetch_metadata(None, Duration::from_secs(10))
+        .unwrap()
+        .topics()
+        .iter()
+        .any(|t| t.name() == topic)
+}
+
 pub fn reader(group: &str) -> BaseConsumer {
     ClientConfig::new()
         .set("bootstrap.servers", kafka_bootstrap())

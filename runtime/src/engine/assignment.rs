@@ -65,14 +65,7 @@ impl Core {
             );
             // The internal topics first: a new task's restore reads its
             // changelog partition, and records go to its repartition ones.
-            let repartitions = self.io.repartition_names();
-            let ensured = crate::state::changelog::ensure(
-                &self.config,
-                self.changelogs(),
-                &repartitions,
-                count,
-            );
-            if let Err(e) = ensured {
+            if let Err(e) = self.ensure_internal_topics(count) {
                 tracing::warn!("{e}; the new tasks wait for the next look");
                 return;
             }

@@ -153,7 +153,7 @@ impl Core {
         // A crash before this leaves the store behind its changelog, which
         // the next start replays.
         crate::failpoint::reach("state.committed");
-        self.apply_committed(&writes)?;
+        self.apply_committed(&writes, &offsets)?;
         crate::failpoint::reach("state.applied");
         self.report_commit(&offsets);
         self.metrics

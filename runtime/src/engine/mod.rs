@@ -311,13 +311,9 @@ impl<P: Processor> Engine<P> {
             shutdown,
         };
         core.task_count = core.check_topics(&consumer)?;
-        let ensured = crate::state::changelog::ensure(
-            &core.config,
-            core.changelogs(),
-            &core.io.repartition_names(),
-            core.task_count,
-        )
-        .map_err(EngineError::Config)?;
+        let ensured = core
+            .ensure_internal_topics(core.task_count)
+            .map_err(EngineError::Config)?;
         core.tombstone_retention_ms = ensured.tombstone_retention_ms;
         if let Some(state) = &core.state {
             state
@@ -325,7 +321,8 @@ impl<P: Processor> Engine<P> {
                 .store(ensured.tombstone_retention_ms, Ordering::Relaxed);
         }
         // Created now or found: reported again after a crash either way.
-        core.status.internal_topics(core.changelogs());
+        let own = core.state.as_ref().map(crate::state::State::own_changelogs);
+        core.status.internal_topics(&own.unwrap_or_default());
         core.status.internal_topics(&core.io.repartition_names());
         core.assign(&consumer, tasks.as_mut())?;
         Ok(Self {

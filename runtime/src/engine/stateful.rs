@@ -5,6 +5,7 @@
 
 use rdkafka::producer::Producer;
 
+use super::checkpoint::Offsets;
 use super::refusals::Origin;
 use super::{stash, Core, EngineError};
 use crate::processor::{InputRecord, Processed, Processor, RecordError};
@@ -37,9 +38,27 @@ impl Core {
         }
     }
 
-    /// The changelog topics, store by store (none for a stateless app).
+    /// The changelog topics, store by store (none for a stateless app),
+    /// join tables included.
     pub(super) fn changelogs(&self) -> &[String] {
         self.state.as_ref().map_or(&[], |s| &s.changelogs)
+    }
+
+    /// Creates or checks the changelogs and repartition topics for `tasks`
+    /// tasks, and reads the join tables' settings.
+    pub(super) fn ensure_internal_topics(
+        &self,
+        tasks: i32,
+    ) -> Result<crate::state::changelog::Ensured, String> {
+        let (own, tables) = self.state.as_ref().map_or_else(Default::default, |s| {
+            (s.own_changelogs(), s.table_changelogs())
+        });
+        let topics = crate::state::changelog::Internal {
+            changelogs: &own,
+            repartitions: &self.io.repartition_names(),
+            tables: &tables,
+        };
+        crate::state::changelog::ensure(&self.config, topics, tasks)
     }
 
     /// One changelog record per key the open batch changed (its last value;
@@ -52,7 +71,10 @@ impl Core {
         // Lent out while sent (sending needs the whole core). A failed send
         // discards the batch, and these with it.
         let writes = self.checkpoint.lend_writes();
-        for (task, store, key, value) in writes.iter() {
+        let own = writes
+            .iter()
+            .filter(|(_, store, _, _)| !state.tables.contains(store));
+        for (task, store, key, value) in own {
             self.send_record(stash::HeldRecord {
                 topic: &state.changelogs[store],
                 partition: Some(task),
@@ -68,15 +90,26 @@ impl Core {
     }
 
     /// The committed batch's writes, and the changelog offsets they reach,
-    /// in one store batch.
+    /// in one store batch: for a join's store, the table offsets the batch
+    /// read (`offsets`, its committed input offsets).
     pub(super) fn apply_committed(
         &mut self,
         writes: &crate::state::Writes,
+        offsets: &Offsets,
     ) -> Result<(), EngineError> {
         let Some(state) = &self.state else {
             return Ok(());
         };
-        let reached = self.producer.context().take_changelog_ends();
+        let mut reached = self.producer.context().take_changelog_ends();
+        for &store in &state.tables {
+            let table = &state.changelogs[store];
+            reached.extend(
+                offsets
+                    .iter()
+                    .filter(|((topic, _), _)| topic == table)
+                    .map(|((_, task), next)| (*task, store, *next)),
+            );
+        }
         if writes.is_empty() && reached.is_empty() {
             return Ok(());
         }
@@ -105,6 +138,7 @@ impl Core {
             config: &self.config,
             store: &state.store,
             changelogs: &state.changelogs,
+            tables: &state.tables,
             tombstone_retention_ms: self.tombstone_retention_ms,
             beat: &|| heartbeat.beat(),
             report: &|task, progress| status.restore_progress(task, progress),
@@ -113,6 +147,21 @@ impl Core {
         let restored = restorer
             .restore(tasks)
             .map_err(|e| EngineError::State(e.to_string()))?;
+        // A join's table is read on from where its store stands (it is
+        // that store's changelog: restored up to the table's last stable
+        // offset, past the group's committed offset when the store was
+        // ahead). The offset joins the next commit, so lag counts from it.
+        for &store in &state.tables {
+            let table = &state.changelogs[store];
+            for &task in tasks {
+                if let Some(applied) = state.store.applied(task, store)? {
+                    let next = applied.next_offset;
+                    self.checkpoint
+                        .resume_at((table.clone(), task), rdkafka::Offset::Offset(next));
+                    self.checkpoint.processed(table, task, next);
+                }
+            }
+        }
         self.metrics.restored_records.inc_by(restored.records);
         if restored.records > 0 {
             tracing::info!(

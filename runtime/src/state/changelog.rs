@@ -8,6 +8,9 @@
 //!   `purge.rs`), exactly a partition per task. A compacted one would drop
 //!   records of one key; one with more partitions than tasks would take
 //!   records no task reads.
+//!
+//! A join's store has no changelog here: its table topic is one (the
+//! user's, never created or changed; only its retention is read).
 
 use std::time::Duration;
 
@@ -67,6 +70,21 @@ pub fn problem(
     }
 }
 
+/// A join table that deletes by time loses keys a store restored from it
+/// then misses: allowed (the user's topic, their retention), said.
+pub fn table_warning(topic: &str, cleanup_policy: Option<&str>) -> Option<String> {
+    let compacted =
+        cleanup_policy.is_some_and(|p| p.split(',').map(str::trim).eq(std::iter::once("compact")));
+    (!compacted).then(|| {
+        format!(
+            "join table '{topic}' has cleanup.policy '{}': a join's store is restored from its \
+             table, so keys the table has deleted by time are missing from a restored store; \
+             make it cleanup.policy=compact for every key's latest value",
+            cleanup_policy.unwrap_or("unknown")
+        )
+    })
+}
+
 /// The changelogs as [`ensure`] left them.
 #[derive(Debug, Default)]
 pub struct Ensured {
@@ -75,23 +93,41 @@ pub struct Ensured {
     pub tombstone_retention_ms: u64,
 }
 
+/// The topics [`ensure`] sees to.
+pub struct Internal<'a> {
+    /// The app's own changelogs: created, checked, grown.
+    pub changelogs: &'a [String],
+    /// Created, checked, grown.
+    pub repartitions: &'a [String],
+    /// Join tables, their stores' changelogs: only read (the user's
+    /// topics), for their tombstone retention.
+    pub tables: &'a [String],
+}
+
 /// Creates the missing changelogs and repartition topics and checks the
-/// rest; grows one with fewer partitions than tasks.
+/// rest; grows one with fewer partitions than tasks. Reads the join
+/// tables' tombstone retention too: a store restored from a table must not
+/// trust a copy older than that either.
 pub fn ensure(
     config: &WorkerConfig,
-    changelogs: &[String],
-    repartitions: &[String],
+    internal: Internal<'_>,
     tasks: i32,
 ) -> Result<Ensured, String> {
     let mut ensured = Ensured {
         tombstone_retention_ms: DEFAULT_TOMBSTONE_RETENTION_MS,
     };
-    let topics: Vec<(&String, InternalTopic)> = changelogs
+    let topics: Vec<(&String, InternalTopic)> = internal
+        .changelogs
         .iter()
         .map(|t| (t, InternalTopic::Changelog))
-        .chain(repartitions.iter().map(|t| (t, InternalTopic::Repartition)))
+        .chain(
+            internal
+                .repartitions
+                .iter()
+                .map(|t| (t, InternalTopic::Repartition)),
+        )
         .collect();
-    if topics.is_empty() {
+    if topics.is_empty() && internal.tables.is_empty() {
         return Ok(ensured);
     }
     let fail = |e: &dyn std::fmt::Display| format!("internal topics: {e}");
@@ -100,6 +136,22 @@ pub fn ensure(
         .create()
         .map_err(|e| fail(&e))?;
     let options = AdminOptions::new().request_timeout(Some(TIMEOUT));
+    for table in internal.tables {
+        let configs = topic_configs(&admin, &options, table)?;
+        if let Some(ms) = configs
+            .get("delete.retention.ms")
+            .and_then(|v| v.parse().ok())
+        {
+            ensured.tombstone_retention_ms = ensured.tombstone_retention_ms.min(ms);
+        }
+        let policy = configs.get("cleanup.policy").map(String::as_str);
+        if let Some(warning) = table_warning(table, policy) {
+            tracing::warn!("{warning}");
+        }
+    }
+    if topics.is_empty() {
+        return Ok(ensured);
+    }
     let new: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|(t, kind)| {
@@ -261,6 +313,15 @@ mod tests {
         assert!(problem(Some("delete"), 4, 8)
             .unwrap()
             .contains("4 partitions for 8"));
+    }
+
+    #[test]
+    fn a_join_table_that_deletes_by_time_is_warned_about() {
+        assert_eq!(table_warning("t", Some("compact")), None);
+        for policy in [Some("delete"), Some("compact,delete"), None] {
+            let warning = table_warning("t", policy).unwrap();
+            assert!(warning.contains("join table 't'"), "{warning}");
+        }
     }
 
     #[test]

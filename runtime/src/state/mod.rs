@@ -18,6 +18,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::Offset;
 
 use millrace_crds::worker_config::WorkerConfig;
+use millrace_crds::TopicName;
+use std::collections::BTreeSet;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
@@ -78,7 +80,13 @@ pub(crate) fn changelog_positions(
 #[derive(Clone)]
 pub struct State {
     pub store: Arc<Store>,
+    /// Store `i` is restored from `changelogs[i]`: its own
+    /// `<applicationId>-<step>-changelog`, or a join's table topic.
     pub changelogs: Vec<String>,
+    /// The stores whose changelog is a join's table: the engine writes no
+    /// changelog records for them (the table's records are their
+    /// changes); a committed batch records the table offsets it read.
+    pub tables: BTreeSet<usize>,
     /// The changelogs' shortest `delete.retention.ms`, once a loop has
     /// checked them (`changelog::ensure`); Kafka's default until then.
     pub tombstone_retention_ms: Arc<AtomicU64>,
@@ -86,19 +94,57 @@ pub struct State {
 
 impl State {
     /// Opens the worker's store in `dir` for the app's `stores` (stateful
-    /// step names, in order).
+    /// step names, in order), `tables[i]` the join table of store `i`.
     pub fn open(
         dir: &Path,
         application_id: &str,
         stores: &[String],
+        tables: &[Option<TopicName>],
         memory_mb: u64,
     ) -> Result<Self, StoreError> {
+        let own = changelog::names(application_id, stores);
+        let table = |i: usize| tables.get(i).and_then(Option::as_ref);
+        // A table store's keyspaces are named apart from the changelog
+        // copy a join kept before (its offsets count another topic's
+        // records): such a store restores from its table instead.
+        let keyspaces = stores
+            .iter()
+            .enumerate()
+            .map(|(i, name)| match table(i) {
+                Some(_) => format!("{name}@table"),
+                None => name.clone(),
+            })
+            .collect();
         Ok(Self {
-            store: Arc::new(Store::open(dir, stores.to_vec(), memory_mb)?),
-            changelogs: changelog::names(application_id, stores),
+            store: Arc::new(Store::open(dir, keyspaces, memory_mb)?),
+            changelogs: own
+                .into_iter()
+                .enumerate()
+                .map(|(i, topic)| table(i).map_or(topic, |t| t.0.clone()))
+                .collect(),
+            tables: (0..stores.len()).filter(|i| table(*i).is_some()).collect(),
             tombstone_retention_ms: Arc::new(AtomicU64::new(
                 changelog::DEFAULT_TOMBSTONE_RETENTION_MS,
             )),
         })
+    }
+
+    /// The changelogs the app writes (not the join tables).
+    pub fn own_changelogs(&self) -> Vec<String> {
+        self.topics(false)
+    }
+
+    /// The join tables that are stores' changelogs.
+    pub fn table_changelogs(&self) -> Vec<String> {
+        self.topics(true)
+    }
+
+    fn topics(&self, tables: bool) -> Vec<String> {
+        self.changelogs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.tables.contains(i) == tables)
+            .map(|(_, t)| t.clone())
+            .collect()
     }
 }

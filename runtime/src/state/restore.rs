@@ -10,8 +10,12 @@
 //! read_uncommitted sees: right after the previous owner's commit, its
 //! markers may not all be written yet, and the last stable offset is then
 //! short of records the committed input offsets already count.
+//!
+//! A join's store has no changelog of its own: its table topic is one, read
+//! to its last stable offset (the table's writers are not the app's, and
+//! the task reads on from where the store stands).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -94,6 +98,8 @@ pub struct Restorer<'a> {
     pub store: &'a Store,
     /// Store `i`'s changelog is `changelogs[i]`.
     pub changelogs: &'a [String],
+    /// The stores whose changelog is a join's table.
+    pub tables: &'a BTreeSet<usize>,
     pub tombstone_retention_ms: u64,
     /// Called while waiting: a restore is not a stuck loop.
     pub beat: &'a dyn Fn(),
@@ -115,11 +121,22 @@ impl Restorer<'_> {
                 .map_err(|e| RestoreError::Client(e.to_string()))
         };
         let probe = client("read_uncommitted")?;
+        // A table's end is its last stable offset: its writers are not
+        // fenced by this restore, and a transaction of theirs still open
+        // is read once it commits, by the task.
+        let table_probe = match self.tables.is_empty() {
+            true => None,
+            false => Some(client("read_committed")?),
+        };
         let mut restored = Restored::default();
         let mut replays = Vec::new();
         for &task in tasks {
             for (store, topic) in self.changelogs.iter().enumerate() {
-                let bounds = self.watermarks(&probe, topic, task)?;
+                let probe = match &table_probe {
+                    Some(p) if self.tables.contains(&store) => p,
+                    _ => &probe,
+                };
+                let bounds = self.watermarks(probe, topic, task)?;
                 let applied = self.store.applied(task, store)?;
                 let (from, wipe) =
                     replay_from(applied, bounds, self.tombstone_retention_ms, unix_ms());
@@ -145,6 +162,7 @@ impl Restorer<'_> {
             }
         }
         dispose(probe);
+        table_probe.into_iter().for_each(dispose);
         let started_ms = unix_ms();
         self.report_progress(tasks, &replays, started_ms);
         if !replays.is_empty() {

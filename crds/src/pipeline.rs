@@ -32,6 +32,16 @@ pub struct PipelineSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_records_per_second: Option<i64>,
+    /// Partition count of the app's repartition topics (Kafka Streams'
+    /// `Repartitioned.withNumberOfPartitions`). Unset: the sources'
+    /// partition count, grown with them. Set, it stays fixed when the
+    /// sources grow, and the app runs as many tasks as the larger of the
+    /// two counts: task N reads partition N of each topic that has one.
+    /// Not allowed with a `join` step (its table and the records looked up
+    /// in it must share the sources' count).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub repartition_partitions: Option<i32>,
 }
 
 /// Source topics and how their keys and values are read.

@@ -53,6 +53,8 @@ pub enum Workload {
         outputs: Vec<TopicName>,
         /// Join tables: read like sources, so co-partitioned with them.
         tables: Vec<TopicName>,
+        /// The task count for the sources' partition count.
+        partitioning: millrace_pipeline::Partitioning,
     },
     Custom {
         command: Option<Vec<String>>,
@@ -113,6 +115,15 @@ impl AppModel {
             }
             Workload::Pipeline { .. } => "spec.pipeline.source.topics",
             Workload::Custom { .. } => "spec.source.topics",
+        }
+    }
+
+    /// The app's task count when its sources have `source_partitions`
+    /// partitions: more with a set `repartitionPartitions`.
+    pub fn task_count(&self, source_partitions: i32) -> i32 {
+        match &self.workload {
+            Workload::Pipeline { partitioning, .. } => partitioning.task_count(source_partitions),
+            Workload::Custom { .. } => source_partitions,
         }
     }
 
@@ -206,6 +217,7 @@ pub fn validate(app: &StreamApp, defaults: &Defaults) -> Result<AppModel, Vec<In
                     spec: pipeline.clone(),
                     outputs: compiled.static_output_topics(),
                     tables: compiled.table_topics(),
+                    partitioning: compiled.partitioning,
                 })
             }
             Err(errors) => {

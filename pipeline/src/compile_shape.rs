@@ -52,6 +52,7 @@ impl Compiler<'_> {
                 );
             }
         }
+        self.check_repartition_partitions();
         if self.spec.on_error.policy == ErrorPolicy::DeadLetter
             && self.spec.on_error.dead_letter_topic.is_none()
         {
@@ -59,6 +60,44 @@ impl Compiler<'_> {
                 "spec.pipeline.onError.deadLetterTopic".into(),
                 "",
                 "policy DeadLetter needs a deadLetterTopic",
+            );
+        }
+    }
+
+    /// `repartitionPartitions` needs a repartition to apply to, and no
+    /// join: a join looks records up in its table's partition N, so they
+    /// must be partitioned as the table is (the sources' count).
+    fn check_repartition_partitions(&mut self) {
+        if self.spec.repartition_partitions.is_none() {
+            return;
+        }
+        let field = "spec.pipeline.repartitionPartitions";
+        let repartitions = self
+            .steps
+            .iter()
+            .any(|s| matches!(s, CompiledStep::Repartition { .. }));
+        if !repartitions {
+            self.error(
+                field.into(),
+                "",
+                "the pipeline has no repartition topic for it to size: only a rekey before a \
+                 stateful step, aggregate.groupBy, dedup.repartition or join.key make one; \
+                 remove it",
+            );
+        }
+        let join = self.steps.iter().find_map(|s| match s {
+            CompiledStep::Join { name, .. } => Some(name.clone()),
+            _ => None,
+        });
+        if let Some(join) = join {
+            self.error(
+                field.into(),
+                &join,
+                format!(
+                    "cannot be set with a join step ('{join}'): a join finds a record's match in \
+                     partition N of its table, so the records must be partitioned as the table \
+                     is, with the sources' partition count; remove it"
+                ),
             );
         }
     }

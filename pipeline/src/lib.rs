@@ -208,6 +208,32 @@ pub struct CompiledPipeline {
     /// and repartition topics (once [`Self::for_application`] names them)
     /// and its join tables.
     pub reserved_topics: Vec<String>,
+    /// How many tasks and repartition partitions the app has.
+    pub partitioning: Partitioning,
+}
+
+/// `spec.pipeline.repartitionPartitions` and what follows from it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Partitioning {
+    /// The repartition topics' set partition count, if set.
+    pub repartition: Option<i32>,
+}
+
+impl Partitioning {
+    /// The app's task count when its sources (and join tables) have
+    /// `source_partitions` partitions: that, or the repartition topics'
+    /// count when set and larger. Task N reads partition N of each topic
+    /// that has one.
+    pub fn task_count(&self, source_partitions: i32) -> i32 {
+        self.repartition
+            .map_or(source_partitions, |n| n.max(source_partitions))
+    }
+
+    /// The partition count of each repartition topic for `tasks` tasks:
+    /// the set count, else one per task.
+    pub fn repartition_count(&self, tasks: i32) -> i32 {
+        self.repartition.unwrap_or(tasks)
+    }
 }
 
 /// What an expression must produce where it is used.
@@ -280,6 +306,9 @@ pub fn compile(spec: &PipelineSpec) -> Result<CompiledPipeline, CompileErrors> {
         skip: spec.on_error.skip.clone(),
         value_fields: None,
         reserved_topics: Vec::new(),
+        partitioning: Partitioning {
+            repartition: spec.repartition_partitions,
+        },
     };
     pipeline.value_fields = fields::value_fields(
         pipeline

@@ -208,3 +208,51 @@ fn a_key_that_is_not_text_cannot_cross_a_repartition() {
     assert_eq!(err.step, "by-raw");
     assert!(err.message.contains("not UTF-8"), "{}", err.message);
 }
+
+#[test]
+fn set_repartition_partitions_fix_the_topics_count_and_may_add_tasks() {
+    let p = for_app(&format!("repartitionPartitions: 12\n{BY_REGION}")).partitioning;
+    assert_eq!(p.repartition_count(4), 12, "fixed, whatever the sources");
+    assert_eq!(
+        p.task_count(4),
+        12,
+        "tasks 4..12 read only the repartition topic"
+    );
+    assert_eq!(
+        p.task_count(16),
+        16,
+        "no fewer tasks than source partitions"
+    );
+    let unset = for_app(BY_REGION).partitioning;
+    assert_eq!(
+        (unset.repartition_count(4), unset.task_count(4)),
+        (4, 4),
+        "one partition per task"
+    );
+}
+
+#[test]
+fn repartition_partitions_need_a_repartition_and_no_join() {
+    let errors = crate::stateful_tests::errors(
+        "repartitionPartitions: 8\nsource: {topics: [orders]}\nsteps:\n- route: {default: out}\n",
+    );
+    assert!(
+        errors[0].starts_with("spec.pipeline.repartitionPartitions")
+            && errors[0].contains("no repartition topic"),
+        "{errors:?}"
+    );
+    let errors = crate::stateful_tests::errors(
+        r#"
+repartitionPartitions: 8
+source: {topics: [orders]}
+steps:
+- name: with-customer
+  join: {table: customers, key: value.customer, as: customer}
+- route: {default: out}
+"#,
+    );
+    assert!(
+        errors.len() == 1 && errors[0].contains("cannot be set with a join step ('with-customer')"),
+        "{errors:?}"
+    );
+}

@@ -14,7 +14,7 @@ use millrace_crds::{ErrorPolicy, OnError, RecordCoordinates, TopicName};
 use crate::pipeline::eval::Evaluator;
 pub use crate::pipeline::record::{InputRecord, OutputRecord, Processed, RecordError};
 pub use crate::pipeline::stateful::State;
-use crate::pipeline::CompiledPipeline;
+use crate::pipeline::{CompiledPipeline, Partitioning};
 
 /// Record in, outputs out. One instance per processing loop (a loop is one
 /// thread), so a processor may keep caches without locks; it must not keep
@@ -83,6 +83,8 @@ pub struct Io {
     /// the joins' stores, and restore those stores: a table is its own
     /// changelog.
     pub store_tables: Vec<Option<TopicName>>,
+    /// The task count and the repartition topics' partition count.
+    pub partitioning: Partitioning,
 }
 
 impl Io {
@@ -98,6 +100,15 @@ impl Io {
         self.source_topics
             .iter()
             .chain(self.store_tables.iter().flatten())
+    }
+
+    /// How many partitions `topic`, one the app reads, has when the
+    /// sources have `source_partitions` (and the app `tasks` tasks).
+    pub fn partitions_of(&self, topic: &str, source_partitions: i32, tasks: i32) -> i32 {
+        match self.repartition_topics.iter().any(|t| t.0 == topic) {
+            true => self.partitioning.repartition_count(tasks),
+            false => source_partitions,
+        }
     }
 
     pub fn repartition_names(&self) -> Vec<String> {
@@ -118,6 +129,7 @@ impl Io {
             stores: pipeline.stores(),
             repartition_topics: pipeline.repartition_topics(),
             store_tables: pipeline.store_tables(),
+            partitioning: pipeline.partitioning,
         }
     }
 
@@ -143,6 +155,7 @@ impl Io {
             stores: Vec::new(),
             repartition_topics: Vec::new(),
             store_tables: Vec::new(),
+            partitioning: Partitioning::default(),
         })
     }
 }

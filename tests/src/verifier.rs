@@ -221,12 +221,22 @@ pub fn end_offset(topic: &str, partition: i32) -> i64 {
 
 /// Whether the cluster has `topic` (listed, so asking does not create it).
 pub fn topic_exists(topic: &str) -> bool {
+    partitions_listed(topic).is_some()
+}
+
+/// How many partitions `topic` has (0: none, it does not exist).
+pub fn partition_count(topic: &str) -> i32 {
+    partitions_listed(topic).unwrap_or(0)
+}
+
+fn partitions_listed(topic: &str) -> Option<i32> {
     reader(&unique("exists"))
         .fetch_metadata(None, Duration::from_secs(10))
         .unwrap()
         .topics()
         .iter()
-        .any(|t| t.name() == topic)
+        .find(|t| t.name() == topic)
+        .map(|t| t.partitions().len() as i32)
 }
 
 pub fn reader(group: &str) -> BaseConsumer {

@@ -9,6 +9,11 @@
 //! repartition topic is purged as it is read: what it holds is sampled
 //! during the run, and it is empty once the app has read it all.
 //!
+//! The app sets `repartitionPartitions: 6` over 4-partition sources: it
+//! runs 6 tasks, tasks 4 and 5 reading only the repartition topic, which
+//! keeps its 6 partitions. (The test bed's `stateful_pipelines` runs a
+//! repartition with the count unset, through rescaling.)
+//!
 //! Sizes: `MILLRACE_REPARTITION_RECORDS` (default 20,000) and
 //! `MILLRACE_REPARTITION_KILLS` (default 5).
 
@@ -20,10 +25,14 @@ use millrace_tests::repartition_verifier::{
     generate, manifest, read_regions, repartition_topic, wrong,
 };
 use millrace_tests::standalone::{kill_in_turn, App, SPEC};
-use millrace_tests::verifier::{drained, env_or, retained, topic_drained, Topics};
+use millrace_tests::verifier::{
+    drained, end_offset, env_or, partition_count, retained, topic_drained, Topics,
+};
 use millrace_tests::{unique, wait_until};
 
 const PARTITIONS: i32 = 4;
+/// `spec.pipeline.repartitionPartitions`: more than the sources have.
+const REPARTITIONS: i32 = 6;
 
 #[test]
 fn region_counts_are_exact_across_the_repartition_and_sigkills_and_the_topic_is_purged() {
@@ -31,7 +40,10 @@ fn region_counts_are_exact_across_the_repartition_and_sigkills_and_the_topic_is_
     let topics = Topics::new(&prefix, PARTITIONS);
     topics.create();
     let app_id = format!("{prefix}-app");
-    let text = manifest("repartition-verifier", &app_id, topics.sinks(), SPEC);
+    let text = manifest("repartition-verifier", &app_id, topics.sinks(), SPEC).replace(
+        "  pipeline:\n",
+        &format!("  pipeline:\n    repartitionPartitions: {REPARTITIONS}\n"),
+    );
     let mut app = App::new(&app_id, &text, 18132);
     app.envs
         .push(("MILLRACE_REPARTITION_PURGE_MS", "1000".into()));
@@ -53,7 +65,7 @@ fn region_counts_are_exact_across_the_repartition_and_sigkills_and_the_topic_is_
             "the app to read the whole input and repartition topic",
             Duration::from_secs(300),
             || {
-                (drained(&app_id, &topics) && topic_drained(&app_id, &repartition, PARTITIONS))
+                (drained(&app_id, &topics) && topic_drained(&app_id, &repartition, REPARTITIONS))
                     .then_some(())
             },
         )
@@ -69,7 +81,7 @@ fn region_counts_are_exact_across_the_repartition_and_sigkills_and_the_topic_is_
         let (done, most, topic) = (done.clone(), most.clone(), repartition.clone());
         std::thread::spawn(move || {
             while !done.load(Ordering::Relaxed) {
-                most.fetch_max(retained(&topic, PARTITIONS), Ordering::Relaxed);
+                most.fetch_max(retained(&topic, REPARTITIONS), Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(250));
             }
         })
@@ -86,9 +98,9 @@ fn region_counts_are_exact_across_the_repartition_and_sigkills_and_the_topic_is_
         "the repartition topic to be purged",
         Duration::from_secs(30),
         || {
-            let left = retained(&repartition, PARTITIONS);
+            let left = retained(&repartition, REPARTITIONS);
             // A transaction's commit marker may stay past the last purge.
-            (left <= PARTITIONS as i64).then_some(left)
+            (left <= REPARTITIONS as i64).then_some(left)
         },
     );
     workers.pop().unwrap().terminate();
@@ -104,6 +116,22 @@ fn region_counts_are_exact_across_the_repartition_and_sigkills_and_the_topic_is_
         wrong.len()
     );
     assert!(wrong.is_empty(), "{wrong:?}");
+    // Six tasks: the repartition topic kept its set count, the changelog
+    // has a partition per task, and the tasks past the sources' four read
+    // the regions that hash there.
+    let changelog = format!(
+        "{app_id}-{}-changelog",
+        millrace_tests::repartition_verifier::STEP
+    );
+    assert_eq!(partition_count(&repartition), REPARTITIONS);
+    assert_eq!(partition_count(&changelog), REPARTITIONS);
+    let beyond: i64 = (PARTITIONS..REPARTITIONS)
+        .map(|p| end_offset(&repartition, p))
+        .sum();
+    assert!(
+        beyond > 0,
+        "no region hashed to tasks 4..6: nothing shows they ran"
+    );
     // Never purged, it would hold every record written to it: those of the
     // kill phase and then of the steady one, more than twice `steady`.
     // Purged, it holds what is in flight (1,508 and 3,713 records in two

@@ -73,9 +73,26 @@ pub fn read(
 ) -> Result<Reading, String> {
     let stable = client(props, group, "read_committed")?;
     let offsets = client(props, group, "read_uncommitted")?;
+    // Task N reads partition N of each topic that has one: with a set
+    // `repartitionPartitions` there may be more tasks than a topic has
+    // partitions (or fewer). A topic whose count is unknown (not created
+    // yet) counts as having one per task.
+    let partitions = |topic: &str| -> Result<i32, String> {
+        let metadata = stable
+            .fetch_metadata(Some(topic), TIMEOUT)
+            .map_err(|e| format!("metadata of {topic}: {e}"))?;
+        Ok(metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+            .map_or(tasks, |t| (t.partitions().len() as i32).min(tasks)))
+    };
     let mut wanted = TopicPartitionList::new();
+    let mut read: Vec<(&String, i32)> = Vec::new();
     for t in topics.iter().chain(internal) {
-        for p in 0..tasks {
+        let count = partitions(t)?;
+        read.push((t, count));
+        for p in 0..count {
             wanted.add_partition(t, p);
         }
     }
@@ -89,8 +106,8 @@ pub fn read(
         end: vec![0; n],
         done: vec![0; n],
     };
-    for t in topics.iter().chain(internal) {
-        for p in 0..tasks {
+    for (t, count) in read {
+        for p in 0..count {
             let (log_start, lso) = match stable.fetch_watermarks(t, p, TIMEOUT) {
                 Ok(marks) => marks,
                 Err(_) if internal.contains(t) => continue,

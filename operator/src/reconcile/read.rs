@@ -66,8 +66,9 @@ async fn placement(client: &Client, model: &AppModel) -> Result<Option<Placement
         .and_then(|json| PlacementDoc::parse(json).ok()))
 }
 
-/// The source topics exist and agree on their partition count (the task
-/// count); output topics exist.
+/// The source topics exist and agree on their partition count; output
+/// topics exist. The task count: that count, or more with a set
+/// `repartitionPartitions`.
 async fn check_kafka(client: &Client, model: &AppModel) -> Result<Option<i32>, Degradation> {
     let sources = model.source_topics();
     if sources.is_empty() {
@@ -97,12 +98,13 @@ async fn check_kafka(client: &Client, model: &AppModel) -> Result<Option<i32>, D
             model.kafka.bootstrap_servers
         ),
     })?;
-    kafka::check_topics(
+    let source_partitions = kafka::check_topics(
         model.source_field(),
         &sources,
         &model.output_topics(),
         &counts,
-    )
+    )?;
+    Ok(source_partitions.map(|n| model.task_count(n)))
 }
 
 /// The admin client properties of `spec`, with the Secrets it names read

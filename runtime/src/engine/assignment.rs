@@ -41,37 +41,68 @@ impl Core {
     /// commits, from their beginning). A count that cannot be read now is
     /// read at the next look; a count never shrinks (Kafka cannot remove
     /// partitions), and sources that disagree count as their smallest.
-    pub(super) fn recount_tasks(&mut self, consumer: &BaseConsumer, tasks: &mut dyn TaskSource) {
+    pub(super) fn recount_tasks(
+        &mut self,
+        consumer: &BaseConsumer,
+        tasks: &mut dyn TaskSource,
+    ) -> Result<(), EngineError> {
         let mut smallest: Option<i32> = None;
         for topic in self.io.co_partitioned() {
             let Ok(md) = consumer.fetch_metadata(Some(&topic.0), RECOUNT_TIMEOUT) else {
-                return;
+                return Ok(());
             };
             let Some(t) = md.topics().iter().find(|t| t.name() == topic.0) else {
-                return;
+                return Ok(());
             };
             if t.error().is_some() {
-                return;
+                return Ok(());
             }
             let count = t.partitions().len() as i32;
             smallest = Some(smallest.map_or(count, |s| s.min(count)));
         }
-        let Some(count) = smallest else { return };
-        if count > self.task_count {
-            tracing::info!(
-                from = self.task_count,
-                to = count,
-                "the source topics have more partitions: more tasks"
-            );
-            // The internal topics first: a new task's restore reads its
-            // changelog partition, and records go to its repartition ones.
-            if let Err(e) = self.ensure_internal_topics(count) {
-                tracing::warn!("{e}; the new tasks wait for the next look");
-                return;
-            }
-            self.task_count = count;
-            tasks.task_count_changed(count);
+        let Some(count) = smallest.filter(|c| *c > self.source_partitions) else {
+            return Ok(());
+        };
+        let task_count = self.io.partitioning.task_count(count);
+        tracing::info!(
+            from = self.source_partitions,
+            to = count,
+            tasks = task_count,
+            "the source topics have more partitions"
+        );
+        // The internal topics first: a new task's restore reads its
+        // changelog partition, and records go to its repartition ones.
+        if let Err(e) = self.ensure_internal_topics(task_count) {
+            tracing::warn!("{e}; the new tasks wait for the next look");
+            return Ok(());
         }
+        self.source_partitions = count;
+        self.task_count = task_count;
+        if self.io.partitioning.repartition.is_none() {
+            tasks.task_count_changed(task_count);
+            return Ok(());
+        }
+        // With a set repartition count, tasks that already run (reading
+        // only their repartition partition) gain source partitions too:
+        // what they processed is committed, then every task is assigned
+        // afresh from its committed offsets.
+        self.commit(consumer)?;
+        self.reassign(consumer, tasks)
+    }
+
+    /// The partitions of `tasks` the loop reads: partition N of each topic
+    /// it consumes that has one.
+    fn partitions_of_tasks(&self, tasks: &[i32]) -> TopicPartitionList {
+        let mut wanted = TopicPartitionList::new();
+        for t in self.io.consumed_topics() {
+            let count = self
+                .io
+                .partitions_of(&t.0, self.source_partitions, self.task_count);
+            for p in tasks.iter().filter(|p| **p < count) {
+                wanted.add_partition(&t.0, *p);
+            }
+        }
+        wanted
     }
 
     pub(super) fn partition_count(
@@ -123,12 +154,7 @@ impl Core {
         tasks: &mut dyn TaskSource,
     ) -> Result<(), EngineError> {
         let owned = tasks.tasks(self.task_count);
-        let mut wanted = TopicPartitionList::new();
-        for t in self.io.consumed_topics() {
-            for p in &owned {
-                wanted.add_partition(&t.0, *p);
-            }
-        }
+        let wanted = self.partitions_of_tasks(&owned);
         let committed = self.committed_offsets(consumer, &wanted)?;
         // A stopped task still owned stays stopped (its committed offset is
         // the record's), and says so again: `reassign` released its report.
@@ -174,7 +200,6 @@ impl Core {
         consumer: &BaseConsumer,
         change: PlacementChange,
     ) -> Result<u64, EngineError> {
-        let sources: Vec<String> = self.io.consumed_topics().map(|t| t.0.clone()).collect();
         let (epoch, taken) = match change {
             PlacementChange::Release { epoch, tasks } => {
                 self.checkpoint.release(&tasks);
@@ -188,12 +213,7 @@ impl Core {
             PlacementChange::Take { epoch, tasks } => (epoch, tasks),
         };
         if !taken.is_empty() {
-            let mut wanted = TopicPartitionList::new();
-            for t in &sources {
-                for p in &taken {
-                    wanted.add_partition(t, *p);
-                }
-            }
+            let wanted = self.partitions_of_tasks(&taken);
             let committed = self.committed_offsets(consumer, &wanted)?;
             self.resume_from(&committed);
             self.restore(&taken)?;

@@ -194,7 +194,10 @@ struct Core {
     placement_stale: bool,
     /// `maxRecordsPerSecond`, shared by the worker's loops.
     rate_limit: Option<Arc<rate_limit::RateLimit>>,
-    /// Partitions per source topic.
+    /// Partitions per source topic (and join table).
+    source_partitions: i32,
+    /// Tasks: the sources' partitions, or more with a set repartition
+    /// count (`Partitioning::task_count`).
     task_count: i32,
     /// The producer's `message.max.bytes`: larger outputs are record errors.
     max_message_bytes: usize,
@@ -289,6 +292,7 @@ impl<P: Processor> Engine<P> {
             placement_stale: false,
             rate_limit: None,
             task_count: 0,
+            source_partitions: 0,
             max_message_bytes,
             offset_refresh: limits.offset_refresh(),
             destinations,
@@ -310,7 +314,8 @@ impl<P: Processor> Engine<P> {
             status,
             shutdown,
         };
-        core.task_count = core.check_topics(&consumer)?;
+        core.source_partitions = core.check_topics(&consumer)?;
+        core.task_count = core.io.partitioning.task_count(core.source_partitions);
         let ensured = core
             .ensure_internal_topics(core.task_count)
             .map_err(EngineError::Config)?;
@@ -439,7 +444,7 @@ impl<P: Processor> Engine<P> {
                 refreshed = Instant::now();
             }
             if counted.elapsed() >= TASK_COUNT_REFRESH {
-                core.recount_tasks(consumer, tasks.as_mut());
+                core.recount_tasks(consumer, tasks.as_mut())?;
                 counted = Instant::now();
             }
             let started = Instant::now();

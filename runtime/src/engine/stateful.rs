@@ -56,6 +56,7 @@ impl Core {
         let topics = crate::state::changelog::Internal {
             changelogs: &own,
             repartitions: &self.io.repartition_names(),
+            repartition_partitions: self.io.partitioning.repartition,
             tables: &tables,
         };
         crate::state::changelog::ensure(&self.config, topics, tasks)

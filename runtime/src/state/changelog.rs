@@ -38,14 +38,42 @@ pub fn names(application_id: &str, stores: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// The partition count an internal topic should have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wanted {
+    /// One per task: a topic with fewer is grown.
+    PerTask(i32),
+    /// `spec.pipeline.repartitionPartitions`: exactly this many. Growing
+    /// the topic would move groups to other partitions (tasks), away from
+    /// their state.
+    Set(i32),
+}
+
+impl Wanted {
+    pub fn count(self) -> i32 {
+        match self {
+            Wanted::PerTask(n) | Wanted::Set(n) => n,
+        }
+    }
+}
+
 /// What is wrong with an existing internal topic, if anything.
 pub fn problem(
     kind: InternalTopic,
     topic: &str,
     cleanup_policy: Option<&str>,
     partitions: i32,
-    tasks: i32,
+    wanted: Wanted,
 ) -> Option<String> {
+    if let (Wanted::Set(n), true) = (wanted, partitions != wanted.count()) {
+        return Some(format!(
+            "repartition topic '{topic}' has {partitions} partitions and \
+             spec.pipeline.repartitionPartitions is {n}: a repartition topic's count cannot \
+             change under a running app (its groups would move away from their state); set it \
+             back to {partitions}, or give the app a new applicationId"
+        ));
+    }
+    let tasks = wanted.count();
     let has =
         |policy: &str| cleanup_policy.is_some_and(|p| p.split(',').any(|p| p.trim() == policy));
     match kind {
@@ -97,8 +125,10 @@ pub struct Ensured {
 pub struct Internal<'a> {
     /// The app's own changelogs: created, checked, grown.
     pub changelogs: &'a [String],
-    /// Created, checked, grown.
+    /// Created, checked, grown with the tasks; or, with a set count
+    /// (`repartitionPartitions`), created with it and held to it.
     pub repartitions: &'a [String],
+    pub repartition_partitions: Option<i32>,
     /// Join tables, their stores' changelogs: only read (the user's
     /// topics), for their tombstone retention.
     pub tables: &'a [String],
@@ -152,10 +182,15 @@ pub fn ensure(
     if topics.is_empty() {
         return Ok(ensured);
     }
+    let wanted = |kind: InternalTopic| match (kind, internal.repartition_partitions) {
+        (InternalTopic::Repartition, Some(n)) => Wanted::Set(n),
+        _ => Wanted::PerTask(tasks),
+    };
     let new: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|(t, kind)| {
-            let topic = NewTopic::new(t, tasks, TopicReplication::Fixed(-1));
+            let partitions = wanted(*kind).count();
+            let topic = NewTopic::new(t, partitions, TopicReplication::Fixed(-1));
             match kind {
                 InternalTopic::Changelog => topic.set("cleanup.policy", "compact"),
                 // The records keep their input's time, for windows
@@ -171,9 +206,7 @@ pub fn ensure(
         futures::executor::block_on(admin.create_topics(&new, &options)).map_err(|e| fail(&e))?;
     for result in created {
         match result {
-            Ok(topic) => {
-                tracing::info!(topic, partitions = tasks, "created the internal topic");
-            }
+            Ok(topic) => tracing::info!(topic, "created the internal topic"),
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((topic, code)) => return Err(format!("creating internal topic '{topic}': {code}")),
         }
@@ -190,15 +223,11 @@ pub fn ensure(
             ensured.tombstone_retention_ms = ensured.tombstone_retention_ms.min(ms);
         }
         let partitions = partition_count(&consumer, topic)?;
-        match problem(
-            kind,
-            topic,
-            value("cleanup.policy").as_deref(),
-            partitions,
-            tasks,
-        ) {
+        let wanted = wanted(kind);
+        let policy = value("cleanup.policy");
+        match problem(kind, topic, policy.as_deref(), partitions, wanted) {
             None => {}
-            Some(_) if partitions > 0 && partitions < tasks => {
+            Some(_) if partitions > 0 && matches!(wanted, Wanted::PerTask(n) if partitions < n) => {
                 // The source topics gained partitions: so does the topic.
                 let grow = NewPartitions::new(topic, tasks as usize);
                 let grown = futures::executor::block_on(admin.create_partitions(&[grow], &options))
@@ -279,7 +308,13 @@ mod tests {
     #[test]
     fn a_changelog_must_be_compacted_only_and_cover_every_task() {
         let problem = |policy, partitions, tasks| {
-            problem(InternalTopic::Changelog, "c", policy, partitions, tasks)
+            problem(
+                InternalTopic::Changelog,
+                "c",
+                policy,
+                partitions,
+                Wanted::PerTask(tasks),
+            )
         };
         assert_eq!(problem(Some("compact"), 8, 8), None);
         assert_eq!(problem(Some("compact"), 12, 8), None, "more is fine");
@@ -301,7 +336,13 @@ mod tests {
     #[test]
     fn a_repartition_topic_must_not_compact_and_have_a_partition_per_task() {
         let problem = |policy, partitions, tasks| {
-            problem(InternalTopic::Repartition, "r", policy, partitions, tasks)
+            problem(
+                InternalTopic::Repartition,
+                "r",
+                policy,
+                partitions,
+                Wanted::PerTask(tasks),
+            )
         };
         assert_eq!(problem(Some("delete"), 8, 8), None);
         assert!(problem(Some("compact"), 8, 8)
@@ -313,6 +354,29 @@ mod tests {
         assert!(problem(Some("delete"), 4, 8)
             .unwrap()
             .contains("4 partitions for 8"));
+    }
+
+    #[test]
+    fn a_set_repartition_count_is_held_to_exactly() {
+        let problem = |partitions| {
+            problem(
+                InternalTopic::Repartition,
+                "r",
+                Some("delete"),
+                partitions,
+                Wanted::Set(12),
+            )
+        };
+        assert_eq!(problem(12), None, "whatever the task count");
+        for other in [8, 16] {
+            let message = problem(other).unwrap();
+            assert!(
+                message.contains(&format!(
+                    "has {other} partitions and spec.pipeline.repartitionPartitions is 12"
+                )),
+                "{message}"
+            );
+        }
     }
 
     #[test]

@@ -141,3 +141,48 @@ fn region_counts_are_exact_across_the_repartition_and_sigkills_and_the_topic_is_
         "the repartition topic held {most} records while {steady} flowed: not purged as read"
     );
 }
+
+/// With `repartitionPartitions` set, sources that gain partitions keep the
+/// task count (4 here) and the repartition topic's count: the running
+/// tasks take their new source partitions (the worker commits and assigns
+/// afresh), and every region's counts stay exact.
+#[test]
+fn sources_that_grow_under_a_set_repartition_count_are_read_and_no_group_moves() {
+    let prefix = unique("regrow");
+    let topics = Topics::new(&prefix, 2);
+    topics.create();
+    let app_id = format!("{prefix}-app");
+    let text = manifest("repartition-regrow", &app_id, topics.sinks(), SPEC).replace(
+        "  pipeline:\n",
+        "  pipeline:\n    repartitionPartitions: 4\n",
+    );
+    let app = App::new(&app_id, &text, 18134);
+    let repartition = repartition_topic(&app_id);
+    let mut worker = app.start();
+    let mut read_all_of = |sources: i32| {
+        wait_until(
+            "the app to read the input and the repartition topic",
+            // The worker looks at the partition count every 30 s.
+            Duration::from_secs(120),
+            || {
+                worker.assert_alive();
+                (topic_drained(&app_id, &topics.input, sources)
+                    && topic_drained(&app_id, &repartition, 4))
+                .then_some(())
+            },
+        )
+    };
+    generate(&topics.input, 0..1_000, Duration::from_secs(1));
+    read_all_of(2);
+    millrace_tests::add_partitions(&topics.input, 3);
+    generate(&topics.input, 1_000..2_000, Duration::from_secs(1));
+    assert!(
+        end_offset(&topics.input, 2) > 0,
+        "records went to the new partition"
+    );
+    read_all_of(3);
+    worker.terminate();
+    let wrong = wrong(2_000, &read_regions(&topics.outputs[0], 2));
+    assert!(wrong.is_empty(), "{wrong:?}");
+    assert_eq!(partition_count(&repartition), 4, "never grown");
+}

@@ -58,6 +58,23 @@ pub struct SourceSpec {
     /// How record values are read: `Json` (default), `String` or `Bytes`.
     #[serde(default = "Format::json")]
     pub value_format: Format,
+    /// The partitioner the topics' producers use, so a query finds the
+    /// task holding a key: `Murmur2` (default: Java clients, Kafka
+    /// Streams) or `Crc32` (librdkafka's default `consistent_random`:
+    /// Python, Go, .NET, kcat). A query that misses asks the other's task
+    /// too.
+    #[serde(default)]
+    pub partitioner: Partitioner,
+}
+
+/// How producers map a record key to a partition.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Partitioner {
+    /// murmur2 of the key, as Java clients and Kafka Streams.
+    #[default]
+    Murmur2,
+    /// CRC32 of the key, as librdkafka's default (`consistent_random`).
+    Crc32,
 }
 
 /// A Kafka topic name.

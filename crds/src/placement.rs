@@ -15,6 +15,12 @@ use serde::{Deserialize, Serialize};
 /// Key of the JSON document in the placement ConfigMap's `data`.
 pub const PLACEMENT_KEY: &str = "placement.json";
 
+/// Key of the workers' query endpoints (JSON: pod name → `ip:port`) in the
+/// placement ConfigMap: written by the operator as it sees the pods, read
+/// by workers to forward queries. Apart from the document, so an address
+/// change is no placement epoch.
+pub const ENDPOINTS_KEY: &str = "endpoints.json";
+
 /// Name of an app's placement ConfigMap.
 pub fn placement_config_map(app: &str) -> String {
     format!("{app}-placement")

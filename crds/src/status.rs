@@ -55,6 +55,10 @@ pub struct StreamAppStatus {
     /// user made.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub internal_topics: Vec<String>,
+    /// Where the app's state answers queries (docs/queries.md): the
+    /// Service and port any worker answers on, for any key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_endpoint: Option<QueryEndpoint>,
     /// Tasks stopped at a failing record (`onError: Stop`), as their
     /// workers report them; the other tasks go on. Written by the
     /// placement driver.
@@ -115,4 +119,13 @@ pub struct PlacementSummary {
     /// shows it as State).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
+}
+
+/// The Service of an app's query API.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QueryEndpoint {
+    /// `<app>-query`, in the app's namespace.
+    pub service: String,
+    pub port: i32,
 }

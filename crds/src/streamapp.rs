@@ -8,8 +8,8 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    AutoscalingSpec, KafkaSpec, OnError, PipelineSpec, SourceSpec, StateSpec, StreamAppStatus,
-    TopicName, WorkerTemplate,
+    AutoscalingSpec, KafkaSpec, OnError, PipelineSpec, QuerySpec, SourceSpec, StateSpec,
+    StreamAppStatus, TopicName, WorkerTemplate,
 };
 
 /// A Kafka stream application run by Millrace: a zero-code CEL pipeline or a
@@ -136,6 +136,10 @@ pub struct StreamAppSpec {
     /// gets a state volume only when this is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<StateSpec>,
+    /// The query API over the app's state (stateful pipelines): on by
+    /// default, port 8081.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<QuerySpec>,
     /// Overrides for the worker pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<WorkerTemplate>,
@@ -147,6 +151,15 @@ pub struct StreamAppSpec {
 }
 
 impl StreamAppSpec {
+    /// The query API its workers serve: a pipeline with state, unless
+    /// `spec.query.enabled` is false.
+    pub fn query_config(&self) -> Option<crate::worker_config::QueryConfig> {
+        let stateful = self.pipeline.is_some() && self.state.is_some();
+        stateful
+            .then(|| crate::worker_config::QueryConfig::of(self.query.as_ref()))
+            .flatten()
+    }
+
     /// The topics the app reads: its pipeline's source, or a custom image's
     /// `spec.source`. Partition N of each is task N.
     pub fn source_topics(&self) -> &[TopicName] {

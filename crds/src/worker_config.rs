@@ -32,6 +32,9 @@ pub struct WorkerConfig {
     /// worker without one owns every task when it is pod ordinal 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placement_config_map: Option<String>,
+    /// The query API (stateful apps): its port and limits. `None`: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<QueryConfig>,
     /// Directory of the worker's local state volume, when it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_dir: Option<String>,
@@ -39,6 +42,27 @@ pub struct WorkerConfig {
     /// by the worker, not configured).
     #[serde(skip)]
     pub loops: usize,
+}
+
+/// The query API's settings (`spec.query`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct QueryConfig {
+    pub port: u16,
+    pub scan: bool,
+    pub max_concurrent: u32,
+}
+
+impl QueryConfig {
+    /// `spec.query` as a worker runs it: `None` when turned off.
+    pub fn of(spec: Option<&crate::QuerySpec>) -> Option<Self> {
+        let spec = spec.cloned().unwrap_or_default();
+        spec.enabled.then(|| Self {
+            port: u16::try_from(spec.port).unwrap_or(crate::QuerySpec::DEFAULT_PORT as u16),
+            scan: spec.scan,
+            max_concurrent: spec.max_concurrent.max(1) as u32,
+        })
+    }
 }
 
 /// Client settings; secrets are never here, only where to find them.

@@ -79,6 +79,52 @@ fn one() -> i32 {
     1
 }
 
+/// The query API every worker of a stateful app serves (docs/queries.md).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QuerySpec {
+    /// Serve it. Default true (for apps with stateful steps).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// The workers' query port (a `query` container port and the
+    /// `<app>-query` Service). Default 8081.
+    #[serde(default = "QuerySpec::default_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// Allow paged scans of a task's whole store. Default false.
+    #[serde(default)]
+    pub scan: bool,
+    /// Queries a worker serves at once; more get 503. Default 64.
+    #[serde(default = "QuerySpec::default_max_concurrent")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub max_concurrent: i32,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl QuerySpec {
+    pub const DEFAULT_PORT: i32 = 8081;
+    fn default_port() -> i32 {
+        Self::DEFAULT_PORT
+    }
+    fn default_max_concurrent() -> i32 {
+        64
+    }
+}
+
+impl Default for QuerySpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            port: Self::DEFAULT_PORT,
+            scan: false,
+            max_concurrent: Self::default_max_concurrent(),
+        }
+    }
+}
+
 /// Local state of the workers: a volume per worker and standby copies.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -93,6 +93,8 @@ pub struct AppModel {
     pub replicas: i32,
     pub autoscaling: Option<Autoscaling>,
     pub state: Option<StateModel>,
+    /// The query API (`spec.query`): a stateful pipeline's, unless off.
+    pub query: Option<millrace_crds::worker_config::QueryConfig>,
     pub template: WorkerTemplate,
     pub deletion_policy: DeletionPolicy,
 }
@@ -346,6 +348,7 @@ pub fn validate(app: &StreamApp, defaults: &Defaults) -> Result<AppModel, Vec<In
         replicas,
         autoscaling,
         state,
+        query: spec.query_config(),
         template,
         deletion_policy: spec.deletion_policy,
     })

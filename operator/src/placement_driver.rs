@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{ListParams, PostParams};
 use kube::runtime::events::{EventType, Reporter};
 use kube::{Api, Client, Resource, ResourceExt};
-use millrace_crds::placement::{placement_config_map, PlacementDoc, PLACEMENT_KEY};
+use millrace_crds::placement::{placement_config_map, PlacementDoc, ENDPOINTS_KEY, PLACEMENT_KEY};
 use millrace_crds::worker_status::unix_ms;
 use millrace_crds::worker_status::{StoppedTask, WorkerStatus};
 use millrace_crds::{AutoscalingMode, PlacementSummary, StreamApp};
@@ -183,20 +183,21 @@ async fn drive(driver: &Driver, app: &StreamApp) -> Result<bool> {
 
     let config_maps: Api<ConfigMap> = Api::namespaced(driver.client.clone(), &namespace);
     let cm_name = placement_config_map(&name);
-    let (mut doc, mut version) = match config_maps.get_opt(&cm_name).await? {
+    // Where each worker answers queries, as seen now: written with the
+    // document, or alone when only an address changed.
+    let endpoints = query_endpoints(seen);
+    let (mut doc, mut version, written_endpoints) = match config_maps.get_opt(&cm_name).await? {
         Some(cm) => {
-            let json = cm
-                .data
-                .as_ref()
-                .and_then(|d| d.get(PLACEMENT_KEY))
-                .cloned()
-                .unwrap_or_default();
-            let doc = PlacementDoc::parse(&json)
+            let data = |key: &str| cm.data.as_ref().and_then(|d| d.get(key)).cloned();
+            let doc = PlacementDoc::parse(&data(PLACEMENT_KEY).unwrap_or_default())
                 .map_err(|e| Error::Placement(format!("ConfigMap {cm_name}: {e}")))?;
-            (doc, cm.resource_version())
+            let written: Option<BTreeMap<String, String>> =
+                data(ENDPOINTS_KEY).and_then(|j| serde_json::from_str(&j).ok());
+            (doc, cm.resource_version(), written.unwrap_or_default())
         }
-        None => (adopt(seen), None),
+        None => (adopt(seen), None, BTreeMap::new()),
     };
+    let mut endpoints_stale = written_endpoints != endpoints;
 
     // A few steps per poll: a revoke of a lost worker, its fence and the
     // grant can all happen in one poll.
@@ -224,9 +225,22 @@ async fn drive(driver: &Driver, app: &StreamApp) -> Result<bool> {
             fence(driver, app, &namespace, &step.fence).await?;
         }
         // Only after the fences: the document relies on them.
-        version = Some(write(&config_maps, app, &cm_name, &step.doc, version).await?);
+        version = Some(
+            write(
+                &config_maps,
+                app,
+                &cm_name,
+                (&step.doc, &endpoints),
+                version,
+            )
+            .await?,
+        );
+        endpoints_stale = false;
         record(driver, app, &namespace, &step.doc, &step.happenings).await;
         doc = step.doc;
+    }
+    if endpoints_stale && version.is_some() {
+        write(&config_maps, app, &cm_name, (&doc, &endpoints), version).await?;
     }
     measure_pauses(driver, app, &namespace, seen).await;
     let state = state_reports::state_summary(seen.iter().filter_map(|s| s.status()));
@@ -314,6 +328,13 @@ fn stopped_tasks<'a>(
     stopped
 }
 
+/// Each worker's query address, of those that serve one.
+fn query_endpoints(seen: &[ObservedPod]) -> BTreeMap<String, String> {
+    seen.iter()
+        .filter_map(|s| Some((s.name.clone(), s.query_address.clone()?)))
+        .collect()
+}
+
 /// Without a document (first placement, or the ConfigMap was deleted), the
 /// workers' own reports are the truth: what they process stays theirs, and
 /// the epoch starts past any they have seen, so they accept what follows.
@@ -365,14 +386,17 @@ async fn write(
     api: &Api<ConfigMap>,
     app: &StreamApp,
     name: &str,
-    doc: &PlacementDoc,
+    (doc, endpoints): (&PlacementDoc, &BTreeMap<String, String>),
     version: Option<String>,
 ) -> Result<String> {
     let mut cm = ConfigMap {
-        data: Some(BTreeMap::from([(
-            PLACEMENT_KEY.to_string(),
-            serde_json::to_string_pretty(doc)?,
-        )])),
+        data: Some(BTreeMap::from([
+            (
+                PLACEMENT_KEY.to_string(),
+                serde_json::to_string_pretty(doc)?,
+            ),
+            (ENDPOINTS_KEY.to_string(), serde_json::to_string(endpoints)?),
+        ])),
         ..Default::default()
     };
     cm.metadata.name = Some(name.to_string());

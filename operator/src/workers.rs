@@ -26,7 +26,7 @@ use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 use millrace_crds::worker_status::{unix_ms, WorkerStatus};
 
-use crate::build::ADMIN_PORT_NAME;
+use crate::build::{ADMIN_PORT_NAME, QUERY_PORT_NAME};
 use crate::error::Result;
 use crate::supervise::lock;
 use crate::{model, worker_status};
@@ -47,6 +47,8 @@ pub struct ObservedPod {
     pub ready: bool,
     /// Its `/tasks` report, or why there is none.
     pub report: Result<WorkerStatus, String>,
+    /// Where its query API listens (`ip:port`), when it serves one.
+    pub query_address: Option<String>,
 }
 
 impl ObservedPod {
@@ -138,6 +140,10 @@ pub async fn observe(client: &Client, namespace: &str, app: &str) -> Result<Work
                 .and_then(|s| s.conditions.as_ref())
                 .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
         let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
+        let query_address = ip
+            .as_ref()
+            .zip(container_port(pod, QUERY_PORT_NAME))
+            .map(|(ip, port)| format!("{ip}:{port}"));
         let report = match (ip, admin_port(pod)) {
             (Some(ip), Some(port)) => worker_status::poll(&ip, port).await.inspect_err(|e| {
                 tracing::debug!("{e}");
@@ -149,6 +155,7 @@ pub async fn observe(client: &Client, namespace: &str, app: &str) -> Result<Work
             name: pod.name_any(),
             ready,
             report,
+            query_address,
         }
     });
     Ok(WorkerObservation {
@@ -160,6 +167,10 @@ pub async fn observe(client: &Client, namespace: &str, app: &str) -> Result<Work
 
 /// The worker container's admin port (`/tasks`).
 pub fn admin_port(pod: &Pod) -> Option<u16> {
+    container_port(pod, ADMIN_PORT_NAME)
+}
+
+fn container_port(pod: &Pod, name: &str) -> Option<u16> {
     pod.spec
         .as_ref()?
         .containers
@@ -167,7 +178,7 @@ pub fn admin_port(pod: &Pod) -> Option<u16> {
         .ports
         .as_ref()?
         .iter()
-        .find(|p| p.name.as_deref() == Some(ADMIN_PORT_NAME))
+        .find(|p| p.name.as_deref() == Some(name))
         .map(|p| p.container_port as u16)
 }
 

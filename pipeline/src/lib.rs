@@ -15,6 +15,8 @@ mod compile_stateful;
 mod compiled;
 pub mod eval;
 mod fields;
+pub mod partitioner;
+pub mod query;
 pub mod record;
 pub mod stateful;
 pub mod value;
@@ -210,6 +212,8 @@ pub struct CompiledPipeline {
     pub reserved_topics: Vec<String>,
     /// How many tasks and repartition partitions the app has.
     pub partitioning: Partitioning,
+    /// The input producers' partitioner (`source.partitioner`).
+    pub partitioner: millrace_crds::Partitioner,
 }
 
 /// `spec.pipeline.repartitionPartitions` and what follows from it.
@@ -309,6 +313,7 @@ pub fn compile(spec: &PipelineSpec) -> Result<CompiledPipeline, CompileErrors> {
         partitioning: Partitioning {
             repartition: spec.repartition_partitions,
         },
+        partitioner: spec.source.partitioner,
     };
     pipeline.value_fields = fields::value_fields(
         pipeline
@@ -529,6 +534,8 @@ impl Compiler<'_> {
 
 #[cfg(test)]
 mod join_tests;
+#[cfg(test)]
+mod query_tests;
 #[cfg(test)]
 mod repartition_tests;
 #[cfg(test)]

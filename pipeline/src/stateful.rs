@@ -37,7 +37,7 @@ const EXPIRED_PER_RECORD: usize = 16;
 /// A dedup store holds, per id, `i<id>` → the timestamp it was seen at, and
 /// `t<timestamp><id>` → nothing: the ids in time order, to forget the old.
 /// Both go to the changelog, so a restore is a plain copy.
-const ID: u8 = b'i';
+pub(crate) const ID: u8 = b'i';
 const BY_TIME: u8 = b't';
 
 /// Timestamps as bytes that sort like the numbers (negatives first).
@@ -49,7 +49,7 @@ pub(crate) fn time_of(bytes: &[u8]) -> Option<i64> {
     Some((u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?) ^ (1 << 63)) as i64)
 }
 
-fn id_key(id: &[u8]) -> Vec<u8> {
+pub(crate) fn id_key(id: &[u8]) -> Vec<u8> {
     [&[ID], id].concat()
 }
 

@@ -31,7 +31,7 @@ use crate::stateful::{time_bytes, time_of, State};
 pub const EVENT_TIMES: std::ops::RangeInclusive<i64> = 0..=253_402_300_799_999;
 
 const STREAM_TIME: &[u8] = b"s";
-const WINDOW: u8 = b'a';
+pub(crate) const WINDOW: u8 = b'a';
 const CLOSING: u8 = b'c';
 /// Closed windows handled per pass; passes repeat until none is left.
 const CLOSED_PER_PASS: usize = 512;
@@ -79,9 +79,29 @@ pub enum Outcome {
     Emit(Vec<WindowResult>),
 }
 
-fn window_key(group: &[u8], start: i64) -> Vec<u8> {
+pub(crate) fn window_key(group: &[u8], start: i64) -> Vec<u8> {
     let len = (group.len() as u32).to_be_bytes();
     [&[WINDOW][..], &len, group, &time_bytes(start)].concat()
+}
+
+/// `(group, start)` of a window's key.
+pub(crate) fn parse_window_key(key: &[u8]) -> Option<(Vec<u8>, i64)> {
+    let len = u32::from_be_bytes(key.get(1..5)?.try_into().ok()?) as usize;
+    let group = key.get(5..5 + len)?.to_vec();
+    let start = time_of(key.get(5 + len..)?)?;
+    Some((group, start))
+}
+
+pub(crate) fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+/// A window as outputs and queries show it: RFC 3339 and epoch
+/// milliseconds.
+pub(crate) fn window_json(start: i64, end: i64) -> Json {
+    json!({"start": rfc3339(start), "end": rfc3339(end), "startMs": start, "endMs": end})
 }
 
 fn closing_key(close_at: i64, group: &[u8], start: i64) -> Vec<u8> {

@@ -13,6 +13,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod placement;
 pub mod purge;
+pub mod query;
 pub use millrace_pipeline as pipeline;
 pub mod processor;
 pub mod state;

@@ -83,6 +83,7 @@ pub fn worker_config(
         custom,
         admin_port,
         placement_config_map: None,
+        query: millrace_crds::worker_config::QueryConfig::of(spec.query.as_ref()),
         state_dir: None,
         loops: 0,
     })

@@ -146,6 +146,8 @@ impl Metrics {
 #[derive(Default)]
 pub struct Status {
     pub ready: AtomicBool,
+    /// How the app's tasks are laid out (for routing queries).
+    pub layout: Mutex<crate::query::route::Layout>,
     pub detail: Mutex<WorkerStatus>,
     /// Next offset per owned (topic, partition) after the last commit,
     /// published by the engine for the lag watcher.

@@ -9,9 +9,10 @@
 //! whatever crashes or moves, and under at-least-once at least once.
 
 use millrace_crds::worker_config::WorkerConfig;
-use millrace_crds::{ErrorPolicy, OnError, RecordCoordinates, TopicName};
+use millrace_crds::{ErrorPolicy, OnError, Partitioner, RecordCoordinates, TopicName};
 
 use crate::pipeline::eval::Evaluator;
+use crate::pipeline::query::Queryable;
 pub use crate::pipeline::record::{InputRecord, OutputRecord, Processed, RecordError};
 pub use crate::pipeline::stateful::State;
 use crate::pipeline::{CompiledPipeline, Partitioning};
@@ -85,6 +86,10 @@ pub struct Io {
     pub store_tables: Vec<Option<TopicName>>,
     /// The task count and the repartition topics' partition count.
     pub partitioning: Partitioning,
+    /// The stateful steps a query can read, and the input producers'
+    /// partitioner it routes keys by.
+    pub queryables: Vec<Queryable>,
+    pub partitioner: Partitioner,
 }
 
 impl Io {
@@ -130,6 +135,8 @@ impl Io {
             repartition_topics: pipeline.repartition_topics(),
             store_tables: pipeline.store_tables(),
             partitioning: pipeline.partitioning,
+            queryables: pipeline.queryables(),
+            partitioner: pipeline.partitioner,
         }
     }
 
@@ -156,6 +163,8 @@ impl Io {
             repartition_topics: Vec::new(),
             store_tables: Vec::new(),
             partitioning: Partitioning::default(),
+            queryables: Vec::new(),
+            partitioner: Partitioner::default(),
         })
     }
 }

@@ -50,6 +50,10 @@ pub enum Command {
         worker_id: String,
         #[arg(long, default_value = "127.0.0.1:8080")]
         admin_addr: SocketAddr,
+        /// Port of the query API, on the admin address's interface
+        /// (default: spec.query.port, 8081).
+        #[arg(long)]
+        query_port: Option<u16>,
         /// Processing loops (default: one per core; at most 8).
         #[arg(long, env = "MILLRACE_LOOPS")]
         loops: Option<usize>,
@@ -136,6 +140,7 @@ impl Command {
                 bootstrap,
                 worker_id,
                 admin_addr,
+                query_port,
                 loops,
                 state_dir,
             } => match manifest::load(&path).and_then(|app| {
@@ -149,6 +154,9 @@ impl Command {
                                 PathBuf::from("millrace-state").join(&config.application_id)
                             });
                             config.state_dir = Some(dir.display().to_string());
+                            if let (Some(query), Some(port)) = (&mut config.query, query_port) {
+                                query.port = port;
+                            }
                             config
                         },
                         worker_id,
@@ -362,6 +370,23 @@ fn serve<P: Processor>(setup: Setup, start: &Start<'_, P>) -> i32 {
     if let Err(e) = fence_unused_loops(&config, &worker_id, loops) {
         return config_error(anyhow::anyhow!("fencing earlier processing loops: {e}"));
     }
+    if let (Some(state), Some(settings)) = (&state, config.query.clone()) {
+        let queries = Arc::new(crate::query::Queries::new(
+            io.queryables.clone(),
+            io.partitioner,
+            state.store.clone(),
+            status.clone(),
+            view.clone(),
+            worker_id.clone(),
+            settings.clone(),
+        ));
+        let addr = SocketAddr::new(admin_addr.ip(), settings.port);
+        runtime.spawn(async move {
+            if let Err(e) = crate::query::serve(addr, queries).await {
+                tracing::error!("{e:#}");
+            }
+        });
+    }
     if let (Some(state), Some(view)) = (&state, &view) {
         let view = view.clone();
         let standby = crate::state::standby::Standby {
@@ -512,6 +537,7 @@ mod tests {
             bootstrap: None,
             worker_id: "w".into(),
             admin_addr: "127.0.0.1:0".parse().unwrap(),
+            query_port: None,
             loops: Some(2),
             state_dir: None,
         }

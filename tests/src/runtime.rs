@@ -130,14 +130,20 @@ pub fn admin_get(port: u16, path: &str) -> Option<String> {
 
 /// [`admin_get`] of a worker at `host` (a pod's IP).
 pub fn admin_get_at(host: &str, port: u16, path: &str) -> Option<String> {
+    let (status, _, body) = http_get(host, port, path)?;
+    (status == 200).then_some(body)
+}
+
+/// A GET's status, head and body (`None`: no answer).
+pub fn http_get(host: &str, port: u16, path: &str) -> Option<(u16, String, String)> {
     let mut stream = std::net::TcpStream::connect((host, port)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let (head, body) = response.split_once("\r\n\r\n")?;
-    let ok = head.split_whitespace().nth(1) == Some("200");
-    ok.then(|| body.to_string())
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, head.to_string(), body.to_string()))
 }
 
 /// A record's value and headers, as text.

@@ -40,7 +40,14 @@ impl App {
         let mut envs = envs.to_vec();
         envs.extend(self.envs.iter().map(|(k, v)| (*k, v.as_str())));
         envs.push(("RUST_LOG", "info"));
-        start_logging_with(&self.manifest, self.port, &["--state-dir", dir], &envs)
+        let query = self.query_port().to_string();
+        let args = ["--state-dir", dir, "--query-port", &query];
+        start_logging_with(&self.manifest, self.port, &args, &envs)
+    }
+
+    /// The worker's query API port: its admin port + 1000.
+    pub fn query_port(&self) -> u16 {
+        self.port + 1000
     }
 
     pub fn start(&self) -> Running {

@@ -52,6 +52,7 @@ pub fn worker_config(model: &AppModel) -> WorkerConfig {
         },
         admin_port: model.admin_port,
         placement_config_map: Some(millrace_crds::placement::placement_config_map(&model.name)),
+        query: model.query.clone(),
         state_dir: model.state.as_ref().map(|_| STATE_MOUNT.to_string()),
         loops: 0,
     }

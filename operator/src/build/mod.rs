@@ -15,7 +15,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use crate::model::{labels, selector_labels, AppModel};
 
 pub use config::{config_hash, worker_config};
-pub use statefulset::{ADMIN_PORT_NAME, CONFIG_HASH_ANNOTATION, STATE_MOUNT};
+pub use statefulset::{ADMIN_PORT_NAME, CONFIG_HASH_ANNOTATION, QUERY_PORT_NAME, STATE_MOUNT};
 
 /// Names of the objects of app `name`.
 pub fn config_map_name(name: &str) -> String {
@@ -76,20 +76,31 @@ pub fn owner_reference(model: &AppModel) -> OwnerReference {
     }
 }
 
-/// Headless: gives each worker a stable DNS name for its admin endpoint.
+/// Headless: gives each worker a stable DNS name for its admin endpoint,
+/// and names the app's query port (any worker answers for any key).
 fn service(model: &AppModel) -> Service {
+    let query = model.query.as_ref().map(|q| ServicePort {
+        name: Some(QUERY_PORT_NAME.into()),
+        port: q.port.into(),
+        target_port: Some(IntOrString::String(QUERY_PORT_NAME.into())),
+        ..Default::default()
+    });
     Service {
         metadata: meta(model, &model.name),
         spec: Some(ServiceSpec {
             cluster_ip: Some("None".into()),
             selector: Some(selector_labels(&model.name)),
             publish_not_ready_addresses: Some(true),
-            ports: Some(vec![ServicePort {
-                name: Some(ADMIN_PORT_NAME.into()),
-                port: model.admin_port.into(),
-                target_port: Some(IntOrString::String(ADMIN_PORT_NAME.into())),
-                ..Default::default()
-            }]),
+            ports: Some(
+                std::iter::once(ServicePort {
+                    name: Some(ADMIN_PORT_NAME.into()),
+                    port: model.admin_port.into(),
+                    target_port: Some(IntOrString::String(ADMIN_PORT_NAME.into())),
+                    ..Default::default()
+                })
+                .chain(query)
+                .collect(),
+            ),
             ..Default::default()
         }),
         ..Default::default()

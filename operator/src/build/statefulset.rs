@@ -21,6 +21,8 @@ use super::config::{config_path, SASL_PASSWORD_ENV, SASL_USERNAME_ENV, TLS_DIR};
 use super::{config_map_name, meta, service_account_name};
 use crate::model::{labels, selector_labels, AppModel, Workload};
 
+/// The query API's port (`spec.query.port`), on stateful pipelines.
+pub const QUERY_PORT_NAME: &str = "query";
 pub const ADMIN_PORT_NAME: &str = "admin";
 pub const CONFIG_HASH_ANNOTATION: &str = "millrace.dev/config-hash";
 pub const STATE_MOUNT: &str = "/var/lib/millrace/state";
@@ -242,11 +244,19 @@ fn container(model: &AppModel) -> Container {
         command,
         args,
         env: Some(env),
-        ports: Some(vec![ContainerPort {
-            name: Some(ADMIN_PORT_NAME.into()),
-            container_port: model.admin_port.into(),
-            ..Default::default()
-        }]),
+        ports: Some(
+            std::iter::once(ContainerPort {
+                name: Some(ADMIN_PORT_NAME.into()),
+                container_port: model.admin_port.into(),
+                ..Default::default()
+            })
+            .chain(model.query.as_ref().map(|q| ContainerPort {
+                name: Some(QUERY_PORT_NAME.into()),
+                container_port: q.port.into(),
+                ..Default::default()
+            }))
+            .collect(),
+        ),
         liveness_probe: Some(probe("/healthz", 10, 6)),
         readiness_probe: Some(probe("/readyz", 2, 3)),
         resources: model.template.resources.clone(),

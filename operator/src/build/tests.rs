@@ -147,7 +147,7 @@ fn replicas_and_image_and_command() {
     );
     assert_eq!(
         config["custom"],
-        serde_json::json!({"source": {"topics": ["in"], "keyFormat": "String", "valueFormat": "Json"}, "outputs": ["out"], "onError": {"policy": "Stop"}}),
+        serde_json::json!({"source": {"topics": ["in"], "keyFormat": "String", "valueFormat": "Json", "partitioner": "Murmur2"}, "outputs": ["out"], "onError": {"policy": "Stop"}}),
         "their topics reach the worker"
     );
     let model = validate(

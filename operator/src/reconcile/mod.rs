@@ -18,7 +18,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Reporter};
 use kube::runtime::reflector::Store;
 use kube::{Api, Client, ResourceExt};
-use millrace_crds::{StreamApp, StreamAppStatus};
+use millrace_crds::{QueryEndpoint, StreamApp, StreamAppStatus};
 
 use crate::apply::apply_all;
 use crate::claims::{self, Claim};
@@ -411,6 +411,10 @@ async fn write_status(
         internal_topics: previous.internal_topics.clone(),
         // Written by the placement driver.
         stopped_tasks: previous.stopped_tasks.clone(),
+        query_endpoint: app.spec.query_config().map(|q| QueryEndpoint {
+            service: app.name_any(),
+            port: q.port.into(),
+        }),
     };
     if &status == previous {
         return Ok(());

@@ -2,15 +2,14 @@
 //! event-time window (`window.rs`), and what goes on to the next steps.
 
 use cel::Value;
-use chrono::{DateTime, SecondsFormat};
 use millrace_crds::ErrorPolicy;
-use serde_json::{json, Map, Value as Json};
+use serde_json::{Map, Value as Json};
 
 use super::{Current, Evaluator};
 use crate::aggregation::{self, AggregationKind};
 use crate::record::{dead_letter_headers, InputRecord, OutputRecord, Processed, RecordError};
 use crate::stateful::State;
-use crate::window::{self, Outcome, WindowResult};
+use crate::window::{self, window_json, Outcome, WindowResult};
 use crate::CompiledStep;
 
 /// The records an aggregate passes on: key and value bytes.
@@ -185,15 +184,6 @@ fn windowed_update(
     }
     let key = [&r.group[..], format!("@{}/{}", r.start, r.end).as_bytes()].concat();
     Ok((key, to_bytes(out)))
-}
-
-fn window_json(start: i64, end: i64) -> Json {
-    let rfc3339 = |ms: i64| {
-        DateTime::from_timestamp_millis(ms)
-            .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
-            .unwrap_or_default()
-    };
-    json!({"start": rfc3339(start), "end": rfc3339(end), "startMs": start, "endMs": end})
 }
 
 fn to_bytes(map: Map<String, Json>) -> Vec<u8> {

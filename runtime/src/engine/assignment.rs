@@ -78,6 +78,7 @@ impl Core {
         }
         self.source_partitions = count;
         self.task_count = task_count;
+        self.publish_layout();
         if self.io.partitioning.repartition.is_none() {
             tasks.task_count_changed(task_count);
             return Ok(());
@@ -88,6 +89,15 @@ impl Core {
         // afresh from its committed offsets.
         self.commit(consumer)?;
         self.reassign(consumer, tasks)
+    }
+
+    /// Queries route keys by the task layout: published for them.
+    pub(super) fn publish_layout(&self) {
+        *self.status.layout.lock().unwrap() = crate::query::route::Layout {
+            source_partitions: self.source_partitions,
+            tasks: self.task_count,
+            repartition_partitions: self.io.partitioning.repartition_count(self.task_count),
+        };
     }
 
     /// The partitions of `tasks` the loop reads: partition N of each topic

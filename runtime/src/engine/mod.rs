@@ -316,6 +316,7 @@ impl<P: Processor> Engine<P> {
         };
         core.source_partitions = core.check_topics(&consumer)?;
         core.task_count = core.io.partitioning.task_count(core.source_partitions);
+        core.publish_layout();
         let ensured = core
             .ensure_internal_topics(core.task_count)
             .map_err(EngineError::Config)?;

@@ -11,7 +11,7 @@
 //! When the API server is unreachable, tasks already owned keep running;
 //! only those reads wait.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,7 +20,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Api;
-use millrace_crds::placement::{PlacementDoc, PLACEMENT_KEY};
+use millrace_crds::placement::{PlacementDoc, ENDPOINTS_KEY, PLACEMENT_KEY};
 
 use super::{PlacementChange, TaskSource};
 use crate::metrics::Status;
@@ -32,6 +32,8 @@ pub struct PlacementView {
     config_map: String,
     pod: String,
     latest: Mutex<PlacementDoc>,
+    /// Where each worker's query endpoint is (`ENDPOINTS_KEY`).
+    endpoints: Mutex<BTreeMap<String, String>>,
     /// Epoch each loop has fully applied: the worker acknowledges the lowest.
     applied: Mutex<Vec<u64>>,
     status: Arc<Status>,
@@ -55,6 +57,7 @@ impl PlacementView {
             config_map: config_map.to_string(),
             pod: pod.to_string(),
             latest: Mutex::new(PlacementDoc::default()),
+            endpoints: Mutex::new(BTreeMap::new()),
             applied: Mutex::new(vec![0; loops]),
             status,
             handle: handle.clone(),
@@ -83,6 +86,12 @@ impl PlacementView {
 
     /// Keeps `cm`'s document if it is newer: epochs never go back.
     fn offer(&self, cm: &ConfigMap) {
+        if let Some(json) = cm.data.as_ref().and_then(|d| d.get(ENDPOINTS_KEY)) {
+            match serde_json::from_str(json) {
+                Ok(endpoints) => *self.endpoints.lock().unwrap() = endpoints,
+                Err(e) => tracing::warn!("{ENDPOINTS_KEY} in {}: {e}", self.config_map),
+            }
+        }
         let Some(json) = cm.data.as_ref().and_then(|d| d.get(PLACEMENT_KEY)) else {
             return;
         };
@@ -123,6 +132,12 @@ impl PlacementView {
             }
         }
         self.latest.lock().unwrap().clone()
+    }
+
+    /// The newest document and the workers' query endpoints.
+    pub fn doc_and_endpoints(&self) -> (PlacementDoc, BTreeMap<String, String>) {
+        let doc = self.latest.lock().unwrap().clone();
+        (doc, self.endpoints.lock().unwrap().clone())
     }
 
     /// The tasks whose state this worker is to keep warm (its standbys and
@@ -293,6 +308,7 @@ mod tests {
             config_map: "app-placement".into(),
             pod: "app-0".into(),
             latest: Mutex::new(PlacementDoc::default()),
+            endpoints: Mutex::new(BTreeMap::new()),
             applied: Mutex::new(vec![0; loops]),
             status: Arc::new(Status::default()),
             handle: runtime.handle().clone(),

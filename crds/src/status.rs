@@ -125,7 +125,7 @@ pub struct PlacementSummary {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct QueryEndpoint {
-    /// `<app>-query`, in the app's namespace.
+    /// The app's Service (`<app>`, in its namespace).
     pub service: String,
     pub port: i32,
 }

@@ -19,7 +19,7 @@ use serde_json::Value;
 use millrace_tests::runtime::http_get;
 use millrace_tests::verifier::{drained, env_or, pipeline_manifest, read_all, write_paced, Topics};
 use millrace_tests::workers::{apply_yaml, get, scale, wait_settled};
-use millrace_tests::{install_chart, kubectl, unique, wait_until, TestNamespace};
+use millrace_tests::{install_chart, kubectl, unique, wait_until, workspace_binary, TestNamespace};
 
 const PARTITIONS: i32 = 4;
 const CUSTOMERS: u64 = 40;
@@ -191,6 +191,40 @@ fn any_pod_answers_any_key_with_committed_values_while_the_app_scales() {
     // Once the input has stopped, every pod answers every key with its
     // final count (the last commit's writes are applied just after it).
     let per_customer = orders / CUSTOMERS;
+    // And the CLI finds it, and shows the app in one view.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(workspace_binary("millrace"))
+            .args(args)
+            .args(["-n", ns])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (
+            out.status.success(),
+            text + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let answer = wait_until("millrace query", Duration::from_secs(30), || {
+        let (ok, text) = cli(&["query", APP, "per-customer", "c7"]);
+        let body: Value = serde_json::from_str(&text).ok()?;
+        (ok && body["value"]["orders"] == per_customer).then_some(body)
+    });
+    assert_eq!(answer["key"], "c7", "{answer}");
+    let (ok, view) = cli(&["status", APP]);
+    assert!(ok, "{view}");
+    for expected in [
+        "Workers 1/1 ready",
+        "tasks 4",
+        "Queries  service counts port 8081",
+        "counts-0",
+    ] {
+        assert!(view.contains(expected), "'{expected}' in:\n{view}");
+    }
+    let (ok, missing) = cli(&["query", APP, "nope", "c7"]);
+    assert!(
+        !ok && missing.contains("no stateful step 'nope'"),
+        "{missing}"
+    );
     for (pod, ip) in pod_addresses(ns) {
         for customer in 0..CUSTOMERS {
             wait_until(

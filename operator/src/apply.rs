@@ -103,6 +103,7 @@ async fn dry_run(client: &Client, namespace: &str, d: &Desired) -> Result<()> {
     apply(client, namespace, &d.config_map, true).await?;
     apply(client, namespace, &d.service, true).await?;
     apply(client, namespace, &d.pod_disruption_budget, true).await?;
+    apply(client, namespace, &d.network_policy, true).await?;
     apply(client, namespace, &d.stateful_set, true).await?;
     Ok(())
 }
@@ -114,5 +115,7 @@ async fn apply_each(client: &Client, namespace: &str, d: &Desired) -> Result<Sta
     apply(client, namespace, &d.config_map, false).await?;
     apply(client, namespace, &d.service, false).await?;
     apply(client, namespace, &d.pod_disruption_budget, false).await?;
+    // Before the pods: a query port is never open to other namespaces.
+    apply(client, namespace, &d.network_policy, false).await?;
     apply(client, namespace, &d.stateful_set, false).await
 }

@@ -82,6 +82,15 @@ fn any_pod_answers_any_key_with_committed_values_while_the_app_scales() {
         format!("{APP}:8081"),
         "the status names the endpoint"
     );
+    let policy = get(
+        ns,
+        &format!("networkpolicy/{APP}"),
+        "{.spec.ingress[1].ports[0].port} from {.spec.ingress[1].from[0]}",
+    );
+    assert_eq!(
+        policy, "query from {\"podSelector\":{}}",
+        "queries from this namespace only"
+    );
 
     let input = topics.input.clone();
     let writer = std::thread::spawn(move || {

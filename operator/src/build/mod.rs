@@ -2,11 +2,13 @@
 //! reconciler in the order written down in [`crate::apply::apply_all`].
 
 mod config;
+mod network;
 mod rbac;
 mod statefulset;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount, ServicePort, ServiceSpec};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -34,6 +36,7 @@ pub struct Desired {
     pub config_map: ConfigMap,
     pub service: Service,
     pub pod_disruption_budget: PodDisruptionBudget,
+    pub network_policy: NetworkPolicy,
     pub stateful_set: StatefulSet,
 }
 
@@ -49,6 +52,7 @@ pub fn desired(model: &AppModel, replicas: i32) -> Desired {
         config_map: config::config_map(model, &config),
         service: service(model),
         pod_disruption_budget: pdb(model),
+        network_policy: network::policy(model),
         stateful_set: statefulset::stateful_set(model, replicas, &config_hash(&config)),
     }
 }

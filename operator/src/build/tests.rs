@@ -52,6 +52,7 @@ fn every_object_is_owned_by_the_app_and_labelled() {
         &d.config_map.metadata,
         &d.service.metadata,
         &d.pod_disruption_budget.metadata,
+        &d.network_policy.metadata,
         &d.stateful_set.metadata,
     ];
     for m in metas {
@@ -227,6 +228,79 @@ fn state_adds_a_claim_template_and_mount() {
     );
     let mounts = pod(&d).containers[0].volume_mounts.as_ref().unwrap();
     assert!(mounts.iter().any(|m| m.mount_path == STATE_MOUNT));
+}
+
+/// The query port: on the container, the Service, the worker's
+/// configuration and the NetworkPolicy (this namespace only), for a
+/// stateful pipeline unless turned off.
+#[test]
+fn a_stateful_pipeline_serves_queries_to_its_own_namespace_only() {
+    let stateful = format!("{PIPELINE}state: {{}}\nquery: {{port: 9090, scan: true}}\n");
+    let d = build(&stateful);
+    let ports = |d: &Desired| -> Vec<(String, i32)> {
+        let c = &pod(d).containers[0];
+        let s = d.service.spec.as_ref().unwrap().ports.clone().unwrap();
+        c.ports
+            .clone()
+            .unwrap()
+            .iter()
+            .map(|p| (p.name.clone().unwrap(), p.container_port))
+            .chain(
+                s.iter()
+                    .map(|p| (format!("svc-{}", p.name.clone().unwrap()), p.port)),
+            )
+            .collect()
+    };
+    assert!(
+        ports(&d).contains(&("query".into(), 9090)),
+        "{:?}",
+        ports(&d)
+    );
+    assert!(ports(&d).contains(&("svc-query".into(), 9090)));
+    let config: serde_json::Value =
+        serde_json::from_str(&d.config_map.data.as_ref().unwrap()["config.json"]).unwrap();
+    assert_eq!(
+        config["query"],
+        serde_json::json!({"port": 9090, "scan": true, "maxConcurrent": 64})
+    );
+    let rules = d.network_policy.spec.clone().unwrap().ingress.unwrap();
+    let rule = |name: &str| {
+        rules.iter().find(|r| {
+            r.ports.as_ref().is_some_and(|p| {
+                p[0].port
+                    == Some(
+                        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(
+                            name.into(),
+                        ),
+                    )
+            })
+        })
+    };
+    assert_eq!(
+        rule("admin").unwrap().from,
+        None,
+        "metrics and health from anywhere"
+    );
+    let from = rule("query").unwrap().from.clone().unwrap();
+    assert_eq!(
+        from[0].pod_selector,
+        Some(Default::default()),
+        "pods of this namespace"
+    );
+    assert!(from[0].namespace_selector.is_none(), "and no other");
+
+    let off = build(&format!(
+        "{PIPELINE}state: {{}}\nquery: {{enabled: false}}\n"
+    ));
+    assert!(!ports(&off).iter().any(|(n, _)| n.contains("query")));
+    let rules = off.network_policy.spec.unwrap().ingress.unwrap();
+    assert_eq!(rules.len(), 1, "admin only: {rules:?}");
+    assert!(
+        !ports(&build(PIPELINE))
+            .iter()
+            .any(|(n, _)| n.contains("query")),
+        "stateless"
+    );
 }
 
 #[test]

@@ -18,3 +18,7 @@ bash "$E2E_DIR/kafka/kafka.sh" up single
 # The stateful comparison (bench/README.md); BENCH_STATE_ARGS to size it.
 # shellcheck disable=SC2086
 "$CARGO_TARGET_DIR/release/millrace-bench" state ${BENCH_STATE_ARGS:-}
+# The query benchmark: query latency while a worker drains a backlog, and
+# the processing it costs (bench/README.md); BENCH_QUERY_ARGS to size it.
+# shellcheck disable=SC2086
+"$CARGO_TARGET_DIR/release/millrace-bench" query ${BENCH_QUERY_ARGS:-}

@@ -4,6 +4,7 @@
 mod harness;
 mod kafka;
 mod pipe;
+mod query;
 mod state;
 mod state_report;
 
@@ -57,6 +58,15 @@ enum Cmd {
         #[command(flatten)]
         args: state::Args,
     },
+    /// The query benchmark: query latency and rate against one worker
+    /// while it drains a backlog, and what serving them costs it
+    /// (bench/README.md).
+    Query {
+        #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+        bootstrap: String,
+        #[command(flatten)]
+        args: query::Args,
+    },
     /// Create `topic` (16 partitions) and fill it with the benchmark's
     /// orders, for profiling one contender by hand (bench/README.md).
     Fill {
@@ -105,6 +115,7 @@ fn main() -> anyhow::Result<()> {
             threads,
         ),
         Cmd::State { bootstrap, args } => state::run(&Setup::new(bootstrap)?, &args),
+        Cmd::Query { bootstrap, args } => query::run(&Setup::new(bootstrap)?, &args),
         Cmd::Fill {
             bootstrap,
             topic,

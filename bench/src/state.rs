@@ -138,7 +138,7 @@ impl Workload {
 
 /// One contender's app over one input: its ids, output, state directory,
 /// and where it reports its restores.
-struct App {
+pub(crate) struct App {
     contender: Contender,
     workload: Workload,
     id: String,
@@ -147,13 +147,15 @@ struct App {
     state_dir: PathBuf,
     /// Millrace's admin port (`/tasks` reports restores).
     admin_port: u16,
+    /// Millrace's query API port.
+    pub query_port: u16,
     /// The contender's output, per launch (Kafka Streams writes a line per
     /// finished restore there).
     log: PathBuf,
 }
 
 impl App {
-    fn new(
+    pub(crate) fn new(
         setup: &Setup,
         (c, workload): (Contender, Workload),
         label: &str,
@@ -169,6 +171,7 @@ impl App {
             state_dir: tmp.join(format!("{id}-state")),
             log: tmp.join(format!("{id}.log")),
             admin_port: free_port()?,
+            query_port: free_port()?,
             input: input.to_string(),
             id,
         })
@@ -200,6 +203,7 @@ impl App {
                     .arg("--state-dir")
                     .arg(&self.state_dir)
                     .args(["--admin-addr", &format!("127.0.0.1:{}", self.admin_port)])
+                    .args(["--query-port", &self.query_port.to_string()])
                     .env("RUST_LOG", "warn");
                 cmd
             }
@@ -273,7 +277,7 @@ spec:
     }
 
     /// Starts the contender and waits for it to commit the input's end.
-    fn run_to_end(&self, setup: &Setup) -> anyhow::Result<(Child, Usage)> {
+    pub(crate) fn run_to_end(&self, setup: &Setup) -> anyhow::Result<(Child, Usage)> {
         let broker = harness::broker_before();
         let started = Instant::now();
         let mut child = self.launch(setup)?;
@@ -299,7 +303,7 @@ spec:
     }
 
     /// The output holds exactly one committed record per input record.
-    fn check_output(&self, setup: &Setup, expected: u64) -> anyhow::Result<()> {
+    pub(crate) fn check_output(&self, setup: &Setup, expected: u64) -> anyhow::Result<()> {
         let seen = kafka::count_committed(&setup.bootstrap, &self.output, PARTITIONS)?;
         anyhow::ensure!(
             seen == expected,
@@ -309,7 +313,7 @@ spec:
         Ok(())
     }
 
-    fn clean_up(&self, setup: &Setup) -> anyhow::Result<()> {
+    pub(crate) fn clean_up(&self, setup: &Setup) -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(&self.state_dir);
         harness::clean_up(setup, &self.internal_topics())
     }

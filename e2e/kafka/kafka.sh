@@ -8,6 +8,10 @@
 #                             group offsets expire after a minute, transactions
 #                             last at most a minute (tests of those limits)
 #   kafka.sh down [single|cluster|all]
+#   kafka.sh kill LAYOUT N    SIGKILL node N (a crash), wait until it is gone
+#   kafka.sh start LAYOUT N   start node N again on its data, wait until
+#                             every node is back in the metadata
+#   kafka.sh controller LAYOUT  print the active KRaft controller's node id
 #   kafka.sh status
 #   kafka.sh bootstrap single|cluster   print the bootstrap servers
 #   kafka.sh topics ARGS...   kafka-topics against the single node
@@ -44,6 +48,10 @@ controller_port() {
   case "$1" in single) echo 9093 ;; limits) echo 9293 ;; *) echo $((19191 + $2)) ;; esac
 }
 
+# The single node's listener reached through a test's proxy (render_config).
+PROXIED_PORT=9094
+PROXIED_ADVERTISED_PORT=9095
+
 bootstrap() {
   local layout="$1" n out=()
   for n in $(seq 1 "$(node_count "$layout")"); do out+=("127.0.0.1:$(broker_port "$layout" "$n")"); done
@@ -65,6 +73,14 @@ render_config() {
       -e "s#@CONTROLLER_PORT@#$(controller_port "$layout" "$n")#" \
       -e "s#@DATA_DIR@#$dir/data#" -e "s#@RF@#$rf#" -e "s#@MIN_ISR@#$min_isr#" \
       "$E2E_DIR/kafka/server.properties.tmpl" > "$dir/server.properties"
+  if [[ "$layout" == single ]]; then
+    # A second listener, advertised at a port where a test runs a TCP proxy
+    # to it: clients bootstrapped there reach the broker only through the
+    # proxy, which the test cuts (the broker unreachable from a worker).
+    sed -i -e "s#^listeners=.*#&,PROXIED://127.0.0.1:$PROXIED_PORT#" \
+      -e "s#^advertised.listeners=.*#&,PROXIED://127.0.0.1:$PROXIED_ADVERTISED_PORT#" \
+      -e "s#^listener.security.protocol.map=.*#&,PROXIED:PLAINTEXT#" "$dir/server.properties"
+  fi
   if [[ "$layout" == limits ]]; then
     # Offsets of a group without members expire a minute after their last
     # commit, checked every 5 s (Kafka's least: whole minutes); no
@@ -95,6 +111,7 @@ up() {
   for n in $(seq 1 "$count"); do
     require_port_free "kafka node $n broker listener" "$(broker_port "$layout" "$n")"
     require_port_free "kafka node $n controller listener" "$(controller_port "$layout" "$n")"
+    [[ "$layout" == single ]] && require_port_free "kafka proxied listener" "$PROXIED_PORT"
     voters+="${voters:+,}$n@127.0.0.1:$(controller_port "$layout" "$n")"
   done
   rm -rf "${KAFKA_HOME:?}/$layout"
@@ -127,6 +144,46 @@ down() {
   done
 }
 
+node_pid() {
+  [[ -f "$PID_DIR/kafka-$1-$2.pid" ]] || die "kafka node $2 ($1) is not running (no pid file)"
+  cat "$PID_DIR/kafka-$1-$2.pid"
+}
+
+kill_node() {
+  local layout="$1" n="$2" pid
+  pid="$(node_pid "$layout" "$n")"
+  kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+  timeout 30 tail --pid="$pid" -f /dev/null || die "kafka node $n ($layout) did not exit after SIGKILL"
+  rm -f "$PID_DIR/kafka-$layout-$n.pid"
+}
+
+start_node() {
+  local layout="$1" n="$2" config="$KAFKA_HOME/$1/node-$2/server.properties"
+  [[ -f "$config" ]] || die "kafka node $n ($layout) was never formatted: run 'kafka.sh up $layout'"
+  pid_alive "kafka-$layout-$n" && die "kafka node $n ($layout) is already running"
+  # shellcheck disable=SC2046
+  start_bg "kafka-$layout-$n" java $(java_opts) -cp "$KAFKA_LIB/*" kafka.Kafka "$config"
+  wait_for "kafka node $n ($layout)" 90 "$LOG_DIR/kafka-$layout-$n.log" ready "$(bootstrap "$layout")" "$(node_count "$layout")" \
+    || die "kafka node $n ($layout) did not rejoin; see $LOG_DIR/kafka-$layout-$n.log"
+}
+
+# The leader of the metadata quorum as the node with the newest election
+# recorded it in its quorum-state file (every voter writes one).
+active_controller() {
+  local layout="$1" n best_epoch=-1 best="" epoch leader
+  for n in $(seq 1 "$(node_count "$layout")"); do
+    local f="$KAFKA_HOME/$layout/node-$n/data/__cluster_metadata-0/quorum-state"
+    [[ -f "$f" ]] || continue
+    epoch="$(grep -o '"leaderEpoch":[0-9]*' "$f" | cut -d: -f2)"
+    leader="$(grep -o '"leaderId":-\?[0-9]*' "$f" | cut -d: -f2)"
+    if [[ -n "$epoch" && -n "$leader" && "$leader" != -1 ]] && (( epoch > best_epoch )); then
+      best_epoch="$epoch"; best="$leader"
+    fi
+  done
+  [[ -n "$best" ]] || die "no node of $layout has recorded a controller leader"
+  echo "$best"
+}
+
 status() {
   local l n
   for l in "${LAYOUTS[@]}"; do
@@ -142,6 +199,9 @@ case "${1:-}" in
   fetch) fetch ;;
   up) up "${2:-single}" ;;
   down) down "${2:-all}" ;;
+  kill) kill_node "${2:?layout}" "${3:?node}" ;;
+  start) fetch; start_node "${2:?layout}" "${3:?node}" ;;
+  controller) active_controller "${2:-cluster}" ;;
   status) status ;;
   bootstrap) bootstrap "${2:-single}" ;;
   topics)

@@ -2,7 +2,6 @@
 //! loop is stuck), `/readyz`, `/metrics`, `/tasks` (JSON: owned tasks and
 //! committed offsets, for the operator).
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -22,7 +21,7 @@ struct Shared {
 }
 
 pub async fn serve(
-    addr: SocketAddr,
+    listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     status: Arc<Status>,
 ) -> anyhow::Result<()> {
@@ -72,10 +71,7 @@ pub async fn serve(
             get(|State(s): State<Shared>| async move { Json(s.status.snapshot()).into_response() }),
         )
         .with_state(Shared { metrics, status });
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("binding the admin port {addr}: {e}"))?;
-    tracing::info!(%addr, "admin endpoint: /healthz /readyz /metrics /tasks");
+    tracing::info!(addr = %listener.local_addr()?, "admin endpoint: /healthz /readyz /metrics /tasks");
     axum::serve(listener, app).await?;
     Ok(())
 }

@@ -39,6 +39,7 @@ pub struct Metrics {
     pub stopped_tasks: Counter,
     pub commits: Counter,
     pub aborts: Counter,
+    pub hung_commits: Counter,
     /// Changelog records replayed into the stores (restores, tails or full).
     pub restored_records: Counter,
     pub commit_seconds: Histogram,
@@ -59,6 +60,7 @@ impl Default for Metrics {
             stopped_tasks: Counter::default(),
             commits: Counter::default(),
             aborts: Counter::default(),
+            hung_commits: Counter::default(),
             restored_records: Counter::default(),
             commit_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             lag: Family::default(),
@@ -113,6 +115,11 @@ impl Default for Metrics {
             "transaction_aborts",
             "Transactions aborted and replayed",
             m.aborts.clone(),
+        );
+        registry.register(
+            "hung_commits",
+            "Commits abandoned without an outcome past their deadline (the producer replaced)",
+            m.hung_commits.clone(),
         );
         registry.register(
             "state_restored_records",

@@ -219,6 +219,16 @@ fn init_logs() {
 }
 
 /// Prints a configuration error on one line; its exit code.
+fn listen(
+    runtime: &tokio::runtime::Runtime,
+    addr: SocketAddr,
+    what: &str,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    runtime
+        .block_on(tokio::net::TcpListener::bind(addr))
+        .map_err(|e| anyhow::anyhow!("binding the {what} port {addr}: {e}"))
+}
+
 pub fn config_error(e: anyhow::Error) -> i32 {
     eprintln!("millrace-runtime: {e:#}");
     2
@@ -318,10 +328,16 @@ fn serve<P: Processor>(setup: Setup, start: &Start<'_, P>) -> i32 {
         .enable_all()
         .build()
         .expect("tokio runtime");
+    // Bound here, not in the spawned task: a port already taken ends the
+    // worker with the port named, instead of a worker nobody can probe.
+    let admin_listener = match listen(&runtime, admin_addr, "admin") {
+        Ok(listener) => listener,
+        Err(e) => return config_error(e),
+    };
     {
         let (metrics, status, shutdown) = (metrics.clone(), status.clone(), shutdown.clone());
         runtime.spawn(async move {
-            if let Err(e) = admin::serve(admin_addr, metrics, status).await {
+            if let Err(e) = admin::serve(admin_listener, metrics, status).await {
                 tracing::error!("{e:#}");
             }
         });
@@ -381,8 +397,12 @@ fn serve<P: Processor>(setup: Setup, start: &Start<'_, P>) -> i32 {
             settings.clone(),
         ));
         let addr = SocketAddr::new(admin_addr.ip(), settings.port);
+        let listener = match listen(&runtime, addr, "query") {
+            Ok(listener) => listener,
+            Err(e) => return config_error(e),
+        };
         runtime.spawn(async move {
-            if let Err(e) = crate::query::serve(addr, queries).await {
+            if let Err(e) = crate::query::serve(listener, queries).await {
                 tracing::error!("{e:#}");
             }
         });

@@ -5,7 +5,9 @@
 //! These tests never fall back to mocks: without the stack they fail and say
 //! how to start it.
 
+pub mod cluster;
 pub mod join_verifier;
+pub mod proxy;
 pub mod repartition_verifier;
 pub mod runtime;
 pub mod standalone;
@@ -170,7 +172,8 @@ pub fn ensure_topics_with(topics: &[(&str, i32)], config: &[(&str, &str)]) {
         .iter()
         .map(|(name, n)| {
             config.iter().fold(
-                NewTopic::new(name, *n, TopicReplication::Fixed(1)),
+                // The broker's default: 1 on the single node, 3 on the cluster.
+                NewTopic::new(name, *n, TopicReplication::Fixed(-1)),
                 |t, (k, v)| t.set(k, v),
             )
         })

@@ -75,6 +75,15 @@ impl Running {
         self.child.try_wait().unwrap().is_some()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its exit status once it has stopped by itself.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
     /// SIGKILL, and waits for it to be gone.
     pub fn kill(&mut self) {
         self.child.kill().unwrap();

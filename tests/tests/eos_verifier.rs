@@ -9,8 +9,11 @@
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use millrace_tests::runtime::log_path;
+use millrace_tests::standalone::App;
 use millrace_tests::verifier::{self, drained, env_or, generate, verify, Summary, Topics};
-use millrace_tests::{unique, wait_until, workspace_binary};
+use millrace_tests::workers::signal;
+use millrace_tests::{committed_offset, unique, wait_until, workspace_binary};
 
 const PARTITIONS: i32 = 8;
 
@@ -118,6 +121,76 @@ fn at_least_once_loses_nothing_across_sigkills() {
         (0, 0),
         "duplicates are allowed under AtLeastOnce, loss is not"
     );
+}
+
+/// A worker stalled (SIGSTOP) past its transaction timeout while input
+/// flows: the broker aborts the open transaction and bumps the producer's
+/// epoch; resumed (SIGCONT), the worker's stale transaction is refused
+/// (fenced), it re-initialises and starts over from the committed offsets,
+/// and nothing of the stalled batch is committed twice or lost.
+#[test]
+fn a_worker_stalled_past_its_transaction_timeout_commits_nothing_stale() {
+    let records = 20_000;
+    let prefix = unique("stall");
+    let topics = Topics::new(&prefix, PARTITIONS);
+    topics.create();
+    let app_id = format!("{prefix}-app");
+    let spec =
+        "  processingGuarantee: ExactlyOnce\n  commitInterval: 1s\n  transactionTimeout: 10s\n";
+    let app = App::new(
+        &app_id,
+        &verifier::manifest("stall", &app_id, &topics, spec, ""),
+        18099,
+    );
+    let mut worker = app.start();
+    let generator = {
+        let topics = Topics::new(&prefix, PARTITIONS);
+        std::thread::spawn(move || generate(&topics, records, Duration::from_secs(40)))
+    };
+    wait_until("a first commit", Duration::from_secs(60), || {
+        (app.counter("commits").unwrap_or(0) > 0).then_some(())
+    });
+    signal(&[worker.pid()], "STOP");
+    // The stall: past the 10 s timeout and the broker's 5 s check for timed
+    // out transactions (e2e/kafka/server.properties.tmpl).
+    std::thread::sleep(Duration::from_secs(25));
+    // Caught up once everything written during the stall is committed.
+    let ends: Vec<i64> = (0..PARTITIONS)
+        .map(|p| verifier::end_offset(&topics.input, p))
+        .collect();
+    signal(&[worker.pid()], "CONT");
+    let resumed = Instant::now();
+    wait_until(
+        "the stall's backlog committed",
+        Duration::from_secs(120),
+        || {
+            ends.iter()
+                .enumerate()
+                .all(|(p, end)| {
+                    matches!(committed_offset(&app_id, &topics.input, p as i32),
+                    rdkafka::Offset::Offset(o) if o >= *end)
+                })
+                .then_some(())
+        },
+    );
+    println!(
+        "stalled 25 s: its backlog committed {:.1} s after SIGCONT",
+        resumed.elapsed().as_secs_f64()
+    );
+    generator.join().unwrap();
+    wait_until(
+        "the app to commit the whole input",
+        Duration::from_secs(300),
+        || drained(&app_id, &topics).then_some(()),
+    );
+    worker.assert_alive();
+    worker.terminate();
+    let log = std::fs::read_to_string(log_path(app.port)).unwrap();
+    assert!(
+        log.contains("re-initialising the producer"),
+        "the resumed worker found itself fenced: {log}"
+    );
+    verify(&topics, records).assert_exactly_once("stalled past the transaction timeout");
 }
 
 /// Throughput figures (not a timed test): pre-fill the input, then time one

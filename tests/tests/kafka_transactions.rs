@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use millrace_runtime::engine::broker_tests::{Committer, Flusher};
+use millrace_runtime::engine::broker_tests::{Committer, Flusher, Progress};
 use millrace_tests::{kafka_bootstrap, unique, wait_until};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -419,7 +419,11 @@ fn the_committer_commits_outputs_and_offsets_while_the_caller_goes_on() {
     );
     let result = wait_until("the commit's outcome", Duration::from_secs(10), || {
         producer.poll(Duration::ZERO);
-        outcome.recv_timeout(Duration::from_millis(10)).ok()
+        match outcome.poll(Duration::from_millis(10)) {
+            Progress::Done(result) => Some(result),
+            Progress::Waiting => None,
+            Progress::Hung => panic!("the commit hung"),
+        }
     });
     result.expect("the commit succeeds");
 

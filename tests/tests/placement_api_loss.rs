@@ -3,73 +3,15 @@
 //! test cuts; records produced while it is cut are still processed and
 //! committed, exactly once.
 
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
 use std::process::{Child, Command};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use millrace_tests::proxy::Proxy;
 use millrace_tests::verifier::{self, drained, generate_seqs, verify, Topics};
 use millrace_tests::{kubeconfig, kubectl, unique, wait_until, workspace_binary, TestNamespace};
 
 const PARTITIONS: i32 = 4;
 const ADMIN_PORT: u16 = 18097;
-
-/// Forwards connections to `target` until cut; then refuses new ones and
-/// closes the open ones.
-struct Proxy {
-    port: u16,
-    cut: Arc<AtomicBool>,
-    open: Arc<Mutex<Vec<TcpStream>>>,
-}
-
-impl Proxy {
-    fn start(target: String) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let cut = Arc::new(AtomicBool::new(false));
-        let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
-        let (c, o) = (cut.clone(), open.clone());
-        std::thread::spawn(move || {
-            for client in listener.incoming().flatten() {
-                if c.load(Ordering::SeqCst) {
-                    let _ = client.shutdown(Shutdown::Both);
-                    continue;
-                }
-                let Ok(server) = TcpStream::connect(&target) else {
-                    continue;
-                };
-                let mut guard = o.lock().unwrap();
-                guard.push(client.try_clone().unwrap());
-                guard.push(server.try_clone().unwrap());
-                drop(guard);
-                pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
-                pipe(server, client);
-            }
-        });
-        Self { port, cut, open }
-    }
-
-    fn cut(&self) {
-        self.cut.store(true, Ordering::SeqCst);
-        for s in self.open.lock().unwrap().drain(..) {
-            let _ = s.shutdown(Shutdown::Both);
-        }
-    }
-}
-
-fn pipe(mut from: TcpStream, mut to: TcpStream) {
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 16384];
-        while let Ok(n) = from.read(&mut buf) {
-            if n == 0 || to.write_all(&buf[..n]).is_err() {
-                break;
-            }
-        }
-        let _ = to.shutdown(Shutdown::Write);
-    });
-}
 
 fn start_worker(config: &std::path::Path, kubeconfig: &std::path::Path, ns: &str) -> Child {
     Command::new(workspace_binary("millrace-runtime"))

@@ -221,4 +221,17 @@ fn any_key_is_found_with_its_committed_value_whichever_partitioner_wrote_it() {
         "{bad}"
     );
     worker.terminate();
+
+    // A query port already taken ends the worker with the port named,
+    // rather than leaving a worker nobody can query.
+    let _taken = std::net::TcpListener::bind(("127.0.0.1", app.query_port())).unwrap();
+    let mut worker = app.start();
+    let status = wait_until("the worker to stop", Duration::from_secs(60), || {
+        worker.exit_status()
+    });
+    let log = std::fs::read_to_string(millrace_tests::runtime::log_path(app.port)).unwrap();
+    assert!(
+        status.code() == Some(2) && log.contains("binding the query port"),
+        "{status}: {log}"
+    );
 }

@@ -16,15 +16,15 @@
 //! overtake the closed batch's outputs still in flight to the same
 //! partition.
 
-use std::sync::mpsc;
 use std::time::Duration;
 
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::{KafkaError, KafkaResult};
 
 use super::checkpoint::Closed;
+use super::committer::{Committer, Progress};
 use super::refusals::Origin;
-use super::{Core, EngineError, Guarantee};
+use super::{Core, EngineError, Guarantee, KAFKA_TIMEOUT};
 use crate::pipeline::record::OutputRecord;
 
 impl Core {
@@ -99,10 +99,11 @@ impl Core {
         let Some(pending) = self.checkpoint.closing() else {
             return Ok(());
         };
-        match pending.try_recv() {
-            Ok(outcome) => self.closed(consumer, outcome),
-            Err(mpsc::TryRecvError::Empty) if !self.checkpoint.stash_full() => Ok(()),
-            Err(_) => self.settle_closing(consumer),
+        match pending.poll(Duration::ZERO) {
+            Progress::Done(outcome) => self.closed(consumer, outcome),
+            Progress::Waiting if !self.checkpoint.stash_full() => Ok(()),
+            Progress::Waiting => self.settle_closing(consumer),
+            Progress::Hung => self.commit_hung(consumer),
         }
     }
 
@@ -118,13 +119,33 @@ impl Core {
         // once their reports are served: serve them while waiting.
         let outcome = loop {
             self.serve_deliveries();
-            match pending.recv_timeout(Duration::from_millis(1)) {
-                Ok(outcome) => break outcome,
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => break Err(KafkaError::Canceled),
+            match pending.poll(Duration::from_millis(1)) {
+                Progress::Done(outcome) => break outcome,
+                Progress::Waiting => {}
+                Progress::Hung => return self.commit_hung(consumer),
             }
         };
         self.closed(consumer, outcome)
+    }
+
+    /// The closing batch's commit never ended (`Progress::Hung`). A new
+    /// producer with the same transactional id fences the stuck one (the
+    /// coordinator aborts its open transaction, so whatever the stuck call
+    /// does later is refused), a new committer thread takes the next
+    /// commits, and the batch is replayed from the committed offsets, as
+    /// after any failed commit.
+    fn commit_hung(&mut self, consumer: &BaseConsumer) -> Result<(), EngineError> {
+        tracing::error!(
+            "a commit had no outcome within its deadline (a librdkafka hang after a broker loss): \
+             abandoning its producer and committer thread"
+        );
+        self.metrics.hung_commits.inc();
+        if let Guarantee::ExactlyOnce { committer, .. } = &mut self.guarantee {
+            *committer = Committer::spawn(KAFKA_TIMEOUT);
+        }
+        self.reinitialise()?;
+        self.checkpoint.closed(false);
+        self.commit_failed(consumer, EngineError::Kafka(KafkaError::Canceled))
     }
 
     /// The closing batch's commit is over. Failed: the transaction is

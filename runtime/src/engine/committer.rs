@@ -15,15 +15,48 @@
 
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, Producer, ProducerContext};
 use rdkafka::TopicPartitionList;
 
-/// The outcome of one commit, once the thread has it.
-pub type Pending = mpsc::Receiver<KafkaResult<()>>;
+/// One commit under way: its outcome, once the thread has it, and how long
+/// it may take.
+pub struct Pending {
+    outcome: mpsc::Receiver<KafkaResult<()>>,
+    deadline: Instant,
+}
+
+/// Where a commit is.
+pub enum Progress {
+    Done(KafkaResult<()>),
+    Waiting,
+    /// Past every bound its three steps have. librdkafka can block in
+    /// `send_offsets_to_transaction` for good once a coordinator's broker
+    /// is gone (confluentinc/librdkafka#5456: the call's timeout is not
+    /// applied; #5511: a decommissioned broker stays cached as the group
+    /// coordinator), seen here when the cluster's brokers crash in turn
+    /// (tests/tests/broker_faults.rs). The thread and its producer cannot
+    /// be got back: the loop abandons both.
+    Hung,
+}
+
+impl Pending {
+    /// The outcome if it comes within `wait`.
+    pub fn poll(&self, wait: Duration) -> Progress {
+        match self.outcome.recv_timeout(wait) {
+            Ok(outcome) => Progress::Done(outcome),
+            Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() >= self.deadline => {
+                Progress::Hung
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => Progress::Waiting,
+            // The thread panicked: the caller aborts and replays.
+            Err(mpsc::RecvTimeoutError::Disconnected) => Progress::Done(Err(KafkaError::Canceled)),
+        }
+    }
+}
 
 struct Request<C: ProducerContext + 'static> {
     producer: Arc<BaseProducer<C>>,
@@ -34,6 +67,7 @@ struct Request<C: ProducerContext + 'static> {
 
 pub struct Committer<C: ProducerContext + 'static> {
     requests: mpsc::Sender<Request<C>>,
+    timeout: Duration,
 }
 
 impl<C: ProducerContext + 'static> Committer<C> {
@@ -52,7 +86,7 @@ impl<C: ProducerContext + 'static> Committer<C> {
                 }
             })
             .expect("spawning the committer thread");
-        Self { requests }
+        Self { requests, timeout }
     }
 
     /// Starts committing `producer`'s open transaction with `offsets`. The
@@ -65,7 +99,9 @@ impl<C: ProducerContext + 'static> Committer<C> {
         offsets: TopicPartitionList,
         group: ConsumerGroupMetadata,
     ) -> Pending {
-        let (done, pending) = mpsc::channel();
+        let (done, outcome) = mpsc::channel();
+        // Three waits of `timeout` at most, and a little for the requests.
+        let deadline = Instant::now() + 3 * self.timeout + Duration::from_secs(5);
         let request = Request {
             producer: producer.clone(),
             offsets,
@@ -76,7 +112,7 @@ impl<C: ProducerContext + 'static> Committer<C> {
         // with its sender, and the caller sees the outcome disconnected
         // (aborts and replays) rather than waiting.
         let _ = self.requests.send(request);
-        pending
+        Pending { outcome, deadline }
     }
 }
 
@@ -99,4 +135,35 @@ fn commit<C: ProducerContext>(request: &Request<C>, timeout: Duration) -> KafkaR
         return Err(KafkaError::Flush(RDKafkaErrorCode::from(flushed)));
     }
     producer.commit_transaction(timeout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(deadline: Instant) -> (mpsc::Sender<KafkaResult<()>>, Pending) {
+        let (done, outcome) = mpsc::channel();
+        (done, Pending { outcome, deadline })
+    }
+
+    #[test]
+    fn a_commit_without_an_outcome_is_waiting_until_its_deadline_then_hung() {
+        let (_done, before) = pending(Instant::now() + Duration::from_secs(60));
+        assert!(matches!(before.poll(Duration::ZERO), Progress::Waiting));
+        let (_done, after) = pending(Instant::now());
+        assert!(matches!(after.poll(Duration::ZERO), Progress::Hung));
+    }
+
+    #[test]
+    fn an_outcome_counts_even_past_the_deadline_and_a_lost_thread_fails_the_commit() {
+        let (done, late) = pending(Instant::now());
+        done.send(Ok(())).unwrap();
+        assert!(matches!(late.poll(Duration::ZERO), Progress::Done(Ok(()))));
+        let (done, orphaned) = pending(Instant::now() + Duration::from_secs(60));
+        drop(done);
+        assert!(matches!(
+            orphaned.poll(Duration::ZERO),
+            Progress::Done(Err(KafkaError::Canceled))
+        ));
+    }
 }

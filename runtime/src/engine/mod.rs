@@ -29,7 +29,7 @@ use refusals::{Origin, Refused, Sources};
 /// adapters over librdkafka, tested against a real broker there.
 #[cfg(feature = "broker-tests")]
 pub mod broker_tests {
-    pub use super::committer::Committer;
+    pub use super::committer::{Committer, Progress};
     pub use super::flusher::Flusher;
 }
 
@@ -53,6 +53,13 @@ use millrace_crds::worker_config::WorkerConfig;
 use millrace_crds::worker_status::{unix_ms, StoppedTask};
 
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an abort may take before the producer is re-initialised
+/// instead. Either ends the transaction safely (a new producer with the
+/// same transactional id fences the old one and the coordinator aborts what
+/// it left open); a producer whose transaction the broker already aborted
+/// (a worker stalled past its timeout) can hang in the abort for all of
+/// `KAFKA_TIMEOUT`, and processing with it.
+const ABORT_TIMEOUT: Duration = Duration::from_secs(5);
 const MISSING_TOPIC_GRACE: Duration = Duration::from_secs(5);
 /// Longest a loop goes without serving delivery reports and closing work.
 const SERVICE_INTERVAL: Duration = Duration::from_millis(5);

@@ -18,7 +18,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use super::checkpoint::Offsets;
 use super::in_flight::Unacknowledged;
 use super::refusals::{is_record_refusal, too_large_alone, Origin, Refusal, MAX_KEPT};
-use super::{clients, Core, EngineError, Heartbeat, KAFKA_TIMEOUT};
+use super::{clients, Core, EngineError, Heartbeat, ABORT_TIMEOUT, KAFKA_TIMEOUT};
 
 /// The first wait before a replay after failed commits, doubled each time
 /// up to the second.
@@ -289,7 +289,7 @@ impl Core {
         self.checkpoint.transaction_ended();
         if let Err(e) = result {
             let fatal = matches!(&e, KafkaError::Transaction(rd) if rd.is_fatal());
-            if fatal || self.producer.abort_transaction(KAFKA_TIMEOUT).is_err() {
+            if fatal || self.producer.abort_transaction(ABORT_TIMEOUT).is_err() {
                 // Fenced (another incarnation of this worker took over) or
                 // the producer is unusable: start a new one, which aborts
                 // whatever this one left open.

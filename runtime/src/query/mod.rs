@@ -16,7 +16,6 @@ pub mod local;
 pub mod route;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
@@ -167,7 +166,7 @@ impl IntoResponse for Refusal {
 
 type Answer = Result<Response, Refusal>;
 
-pub async fn serve(addr: SocketAddr, queries: Arc<Queries>) -> anyhow::Result<()> {
+pub async fn serve(listener: tokio::net::TcpListener, queries: Arc<Queries>) -> anyhow::Result<()> {
     let app = Router::new()
         .route("/v1/stores", get(stores))
         .route("/v1/stores/{step}/keys/{key}", get(by_key))
@@ -181,10 +180,7 @@ pub async fn serve(addr: SocketAddr, queries: Arc<Queries>) -> anyhow::Result<()
             get(local_scan),
         )
         .with_state(queries);
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("binding the query port {addr}: {e}"))?;
-    tracing::info!(%addr, "query endpoint: /v1/stores");
+    tracing::info!(addr = %listener.local_addr()?, "query endpoint: /v1/stores");
     axum::serve(listener, app).await?;
     Ok(())
 }

@@ -51,6 +51,16 @@ pub struct TlsSpec {
     pub client_key: Option<SecretKeyRef>,
 }
 
+/// librdkafka's `security.protocol` for TLS and SASL on or off.
+pub fn security_protocol(tls: bool, sasl: bool) -> &'static str {
+    match (tls, sasl) {
+        (false, false) => "PLAINTEXT",
+        (true, false) => "SSL",
+        (false, true) => "SASL_PLAINTEXT",
+        (true, true) => "SASL_SSL",
+    }
+}
+
 fn default_true() -> bool {
     true
 }

@@ -48,9 +48,12 @@ controller_port() {
   case "$1" in single) echo 9093 ;; limits) echo 9293 ;; *) echo $((19191 + $2)) ;; esac
 }
 
-# The single node's listener reached through a test's proxy (render_config).
+# The single node's extra listeners (render_config): one reached through a
+# test's proxy, mutual TLS, and SCRAM over TLS.
 PROXIED_PORT=9094
 PROXIED_ADVERTISED_PORT=9095
+SSL_PORT=9096
+SASL_SSL_PORT=9097
 
 bootstrap() {
   local layout="$1" n out=()
@@ -74,12 +77,24 @@ render_config() {
       -e "s#@DATA_DIR@#$dir/data#" -e "s#@RF@#$rf#" -e "s#@MIN_ISR@#$min_isr#" \
       "$E2E_DIR/kafka/server.properties.tmpl" > "$dir/server.properties"
   if [[ "$layout" == single ]]; then
-    # A second listener, advertised at a port where a test runs a TCP proxy
-    # to it: clients bootstrapped there reach the broker only through the
-    # proxy, which the test cuts (the broker unreachable from a worker).
-    sed -i -e "s#^listeners=.*#&,PROXIED://127.0.0.1:$PROXIED_PORT#" \
-      -e "s#^advertised.listeners=.*#&,PROXIED://127.0.0.1:$PROXIED_ADVERTISED_PORT#" \
-      -e "s#^listener.security.protocol.map=.*#&,PROXIED:PLAINTEXT#" "$dir/server.properties"
+    # PROXIED: advertised at a port where a test runs a TCP proxy to it, so
+    # clients bootstrapped there reach the broker only through the proxy,
+    # which the test cuts (the broker unreachable from a worker).
+    # SSL (mutual TLS) and SASL_SSL (SCRAM-SHA-512 over TLS): the security
+    # tests' listeners, with the material of tls.sh.
+    local tls="$KAFKA_HOME/$layout/tls"
+    sed -i -e "s#^listeners=.*#&,PROXIED://127.0.0.1:$PROXIED_PORT,SSL://127.0.0.1:$SSL_PORT,SASL_SSL://127.0.0.1:$SASL_SSL_PORT#" \
+      -e "s#^advertised.listeners=.*#&,PROXIED://127.0.0.1:$PROXIED_ADVERTISED_PORT,SSL://127.0.0.1:$SSL_PORT,SASL_SSL://127.0.0.1:$SASL_SSL_PORT#" \
+      -e "s#^listener.security.protocol.map=.*#&,PROXIED:PLAINTEXT,SSL:SSL,SASL_SSL:SASL_SSL#" "$dir/server.properties"
+    cat >> "$dir/server.properties" <<PROPS
+ssl.keystore.type=PEM
+ssl.keystore.location=$tls/broker.pem
+ssl.truststore.type=PEM
+ssl.truststore.location=$tls/ca.crt
+listener.name.ssl.ssl.client.auth=required
+sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+PROPS
   fi
   if [[ "$layout" == limits ]]; then
     # Offsets of a group without members expire a minute after their last
@@ -111,15 +126,25 @@ up() {
   for n in $(seq 1 "$count"); do
     require_port_free "kafka node $n broker listener" "$(broker_port "$layout" "$n")"
     require_port_free "kafka node $n controller listener" "$(controller_port "$layout" "$n")"
-    [[ "$layout" == single ]] && require_port_free "kafka proxied listener" "$PROXIED_PORT"
+    if [[ "$layout" == single ]]; then
+      require_port_free "kafka proxied listener" "$PROXIED_PORT"
+      require_port_free "kafka SSL listener" "$SSL_PORT"
+      require_port_free "kafka SASL_SSL listener" "$SASL_SSL_PORT"
+    fi
     voters+="${voters:+,}$n@127.0.0.1:$(controller_port "$layout" "$n")"
   done
   rm -rf "${KAFKA_HOME:?}/$layout"
+  local scram=()
+  if [[ "$layout" == single ]]; then
+    bash "$E2E_DIR/kafka/tls.sh" "$KAFKA_HOME/$layout/tls" || die "generating the TLS material failed"
+    # The SCRAM user, written into the metadata log by the broker's own tool.
+    scram=(--add-scram "SCRAM-SHA-512=[name=millrace,password=$(cat "$KAFKA_HOME/$layout/tls/scram-password")]")
+  fi
   cluster_id="$(java -cp "$KAFKA_LIB/*" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n1)"
   for n in $(seq 1 "$count"); do
     render_config "$layout" "$n" "$voters"
     # shellcheck disable=SC2046
-    java $(java_opts) -cp "$KAFKA_LIB/*" kafka.tools.StorageTool format -t "$cluster_id" \
+    java $(java_opts) -cp "$KAFKA_LIB/*" kafka.tools.StorageTool format -t "$cluster_id" "${scram[@]}" \
       -c "$KAFKA_HOME/$layout/node-$n/server.properties" >>"$LOG_DIR/kafka-$layout-$n.log" 2>&1 \
       || die "formatting kafka node $n failed; see $LOG_DIR/kafka-$layout-$n.log"
   done

@@ -71,13 +71,8 @@ pub fn admin_properties(
     let mut props = kafka.properties.clone();
     props.insert("bootstrap.servers".into(), kafka.bootstrap_servers.clone());
     let tls = kafka.tls.as_ref().filter(|t| t.enabled);
-    let protocol = match (tls.is_some(), kafka.sasl.is_some()) {
-        (false, false) => "plaintext",
-        (true, false) => "ssl",
-        (false, true) => "sasl_plaintext",
-        (true, true) => "sasl_ssl",
-    };
-    props.insert("security.protocol".into(), protocol.into());
+    let protocol = millrace_crds::kafka::security_protocol(tls.is_some(), kafka.sasl.is_some());
+    props.insert("security.protocol".into(), protocol.to_lowercase());
     if let Some(tls) = tls {
         let pem = |r: &Option<SecretKeyRef>, field: &str| {
             r.as_ref()

@@ -5,6 +5,7 @@
 //! processor; a custom image brings its own and calls [`worker::main`].
 
 pub mod admin;
+pub mod brokers;
 pub mod engine;
 #[doc(hidden)]
 pub mod failpoint;

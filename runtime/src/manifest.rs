@@ -1,8 +1,9 @@
 //! `millrace-runtime run --manifest app.yaml`: the worker configuration of a
 //! StreamApp manifest, for running without Kubernetes.
 
-use millrace_crds::{durations, owned_property_problems, Invalid, StreamApp};
+use millrace_crds::{durations, owned_property_problems, Invalid, SecretKeyRef, StreamApp};
 
+use millrace_crds::kafka::security_protocol;
 use millrace_crds::worker_config::{CustomIo, KafkaClientConfig, WorkerConfig};
 
 /// Environment variables that carry SASL credentials in standalone mode.
@@ -24,10 +25,14 @@ pub fn load(path: &std::path::Path) -> anyhow::Result<StreamApp> {
 }
 
 /// The configuration the operator would render, from the manifest alone.
+///
+/// TLS material comes from `secrets_dir`, laid out as Kubernetes mounts a
+/// Secret: the key `k` of the Secret `s` is the file `<secrets_dir>/s/k`.
 pub fn worker_config(
     app: &StreamApp,
     bootstrap: Option<&str>,
     admin_port: u16,
+    secrets_dir: Option<&std::path::Path>,
 ) -> anyhow::Result<WorkerConfig> {
     let spec = &app.spec;
     let custom = match (&spec.pipeline, &spec.image, CustomIo::from_spec(spec)) {
@@ -49,9 +54,31 @@ pub fn worker_config(
             "spec: set exactly one of spec.pipeline (zero-code) or spec.image with spec.source (custom runtime)"
         ),
     };
-    if spec.kafka.tls.as_ref().is_some_and(|t| t.enabled) {
-        anyhow::bail!("spec.kafka.tls: TLS material comes from Kubernetes Secrets, which standalone mode cannot read; run it under the operator");
-    }
+    let tls = spec.kafka.tls.as_ref().filter(|t| t.enabled);
+    let tls_file = |field: &str, r: &Option<SecretKeyRef>| -> anyhow::Result<Option<String>> {
+        let Some(r) = r else { return Ok(None) };
+        let Some(dir) = secrets_dir else {
+            anyhow::bail!("spec.kafka.tls.{field}: Secret {} is read from a directory in standalone mode: pass --secrets-dir DIR holding {}/{}", r.name, r.name, r.key);
+        };
+        let path = dir.join(&r.name).join(&r.key);
+        if !path.is_file() {
+            anyhow::bail!(
+                "spec.kafka.tls.{field}: {} does not exist (Secret {}, key {})",
+                path.display(),
+                r.name,
+                r.key
+            );
+        }
+        Ok(Some(path.display().to_string()))
+    };
+    let (ca, client_cert, client_key) = match tls {
+        Some(t) => (
+            tls_file("ca", &t.ca)?,
+            tls_file("clientCert", &t.client_cert)?,
+            tls_file("clientKey", &t.client_key)?,
+        ),
+        None => (None, None, None),
+    };
     let timing = durations::timing(spec).map_err(one_line)?;
     let owned = owned_property_problems(&spec.kafka);
     if !owned.is_empty() {
@@ -68,16 +95,13 @@ pub fn worker_config(
                 .map(str::to_string)
                 .unwrap_or_else(|| spec.kafka.bootstrap_servers.clone()),
             properties: spec.kafka.properties.clone(),
-            security_protocol: if sasl.is_some() {
-                "SASL_PLAINTEXT"
-            } else {
-                "PLAINTEXT"
-            }
-            .into(),
+            security_protocol: security_protocol(tls.is_some(), sasl.is_some()).into(),
             sasl_mechanism: sasl.map(|s| s.mechanism.as_str().to_string()),
             sasl_username_env: sasl.map(|_| SASL_USERNAME_ENV.to_string()),
             sasl_password_env: sasl.map(|_| SASL_PASSWORD_ENV.to_string()),
-            ..Default::default()
+            ssl_ca_location: ca,
+            ssl_certificate_location: client_cert,
+            ssl_key_location: client_key,
         },
         pipeline: spec.pipeline.clone(),
         custom,

@@ -63,6 +63,10 @@ pub enum Command {
         /// changelog's tail.
         #[arg(long, env = "MILLRACE_STATE_DIR")]
         state_dir: Option<PathBuf>,
+        /// Where `spec.kafka.tls`'s Secrets are, laid out as Kubernetes
+        /// mounts them: key `k` of Secret `s` is the file `DIR/s/k`.
+        #[arg(long, env = "MILLRACE_SECRETS_DIR")]
+        secrets_dir: Option<PathBuf>,
     },
     /// Run as a worker pod of the operator.
     Worker {
@@ -143,8 +147,14 @@ impl Command {
                 query_port,
                 loops,
                 state_dir,
+                secrets_dir,
             } => match manifest::load(&path).and_then(|app| {
-                manifest::worker_config(&app, bootstrap.as_deref(), admin_addr.port())
+                manifest::worker_config(
+                    &app,
+                    bootstrap.as_deref(),
+                    admin_addr.port(),
+                    secrets_dir.as_deref(),
+                )
             }) {
                 Ok(mut config) => serve(
                     Setup {
@@ -383,6 +393,11 @@ fn serve<P: Processor>(setup: Setup, start: &Start<'_, P>) -> i32 {
         };
         Box::new(Share::new(inner, index, loops))
     };
+    match crate::brokers::wait_until_reachable(&config, &shutdown) {
+        Ok(true) => {}
+        Ok(false) => return 0,
+        Err(e) => return config_error(anyhow::anyhow!("the Kafka client settings: {e}")),
+    }
     if let Err(e) = fence_unused_loops(&config, &worker_id, loops) {
         return config_error(anyhow::anyhow!("fencing earlier processing loops: {e}"));
     }
@@ -560,6 +575,7 @@ mod tests {
             query_port: None,
             loops: Some(2),
             state_dir: None,
+            secrets_dir: None,
         }
         .execute(start)
     }

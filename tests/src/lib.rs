@@ -26,6 +26,15 @@ pub fn kafka_bootstrap() -> String {
     std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into())
 }
 
+/// The TLS material and SCRAM password of the single node's SSL and
+/// SASL_SSL listeners (`e2e/kafka/tls.sh`).
+pub fn kafka_tls_dir() -> std::path::PathBuf {
+    let stack = std::env::var("MILLRACE_STACK_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| repo_root().join(".stack"));
+    stack.join("kafka/single/tls")
+}
+
 /// The kubeconfig of the local API server; panics with the fix when unset.
 pub fn kubeconfig() -> String {
     match std::env::var("KUBECONFIG") {

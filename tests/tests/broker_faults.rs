@@ -11,12 +11,14 @@
 //! or misrouted, and every count and sum is exact; for each kill the
 //! longest time no committed output arrived is reported.
 //!
-//! Sizes: `MILLRACE_FAULT_RECORDS` (default 30,000 per app) and
-//! `MILLRACE_FAULT_DOWN_S` (how long a killed node stays down, default 12 s:
+//! Input flows at 250 records/s per app until the last kill is over.
+//! `MILLRACE_FAULT_DOWN_S`: how long a killed node stays down (default 12 s:
 //! longer than `broker.session.timeout.ms`, 9 s, so the controller fences
 //! it and its partitions move to new leaders, rather than the restarted
 //! broker taking them back).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use millrace_crds::identity::{loop_id, transactional_id};
@@ -36,6 +38,21 @@ struct Kill {
     roles: Vec<String>,
 }
 
+/// Records written per chunk, and over how long: 250 per second per app.
+const CHUNK: u64 = 1_000;
+const CHUNK_TIME: Duration = Duration::from_secs(4);
+
+/// Writes chunks of records (`write(seqs)`) until `stop`; the records
+/// written.
+fn in_chunks(stop: &AtomicBool, write: impl Fn(std::ops::Range<u64>)) -> u64 {
+    let mut next = 0;
+    while !stop.load(Ordering::Relaxed) {
+        write(next..next + CHUNK);
+        next += CHUNK;
+    }
+    next
+}
+
 fn written(topic: &str, partitions: i32) -> i64 {
     (0..partitions)
         .map(|p| verifier::end_offset(topic, p))
@@ -45,7 +62,6 @@ fn written(topic: &str, partitions: i32) -> i64 {
 #[test]
 fn exactly_once_and_exact_state_while_brokers_crash_one_at_a_time() {
     let cluster = cluster::Cluster::up();
-    let records = env_or("MILLRACE_FAULT_RECORDS", 30_000);
     let down = Duration::from_secs(env_or("MILLRACE_FAULT_DOWN_S", 12));
     eprintln!("cluster at {}", cluster.bootstrap);
     cluster::wait_fully_replicated();
@@ -77,18 +93,28 @@ fn exactly_once_and_exact_state_while_brokers_crash_one_at_a_time() {
         .collect();
     let arrivals = Arrivals::watch(&watched);
 
-    // Input flows through every kill: three rounds of down time, restart
-    // and catching up, with room to spare.
-    let flowing = (down + Duration::from_secs(30)) * 3;
-    let input_ends = Instant::now() + flowing;
+    // Input flows until the last kill is over, in paced chunks, however
+    // long the kills take on a loaded machine.
+    let stop = Arc::new(AtomicBool::new(false));
     let generators = [
         {
-            let topics = Topics::new(&routing_prefix, ROUTING_PARTITIONS);
-            std::thread::spawn(move || verifier::generate(&topics, records, flowing))
+            let (topics, stop) = (
+                Topics::new(&routing_prefix, ROUTING_PARTITIONS),
+                stop.clone(),
+            );
+            std::thread::spawn(move || {
+                in_chunks(&stop, |seqs| {
+                    verifier::generate_seqs(&topics, seqs, CHUNK_TIME)
+                })
+            })
         },
         {
-            let input = state_topics.input.clone();
-            std::thread::spawn(move || state_verifier::generate(&input, records, flowing))
+            let (input, stop) = (state_topics.input.clone(), stop.clone());
+            std::thread::spawn(move || {
+                in_chunks(&stop, |seqs| {
+                    state_verifier::generate_seqs(&input, seqs, CHUNK_TIME)
+                })
+            })
         },
     ];
     wait_until(
@@ -148,13 +174,9 @@ fn exactly_once_and_exact_state_while_brokers_crash_one_at_a_time() {
             roles,
         });
     }
-    assert!(
-        Instant::now() < input_ends,
-        "the kills outlasted the input: raise the flowing time"
-    );
-    for g in generators {
-        g.join().unwrap();
-    }
+    stop.store(true, Ordering::Relaxed);
+    let input_ends = Instant::now();
+    let [routing_records, state_records] = generators.map(|g| g.join().unwrap());
     wait_until(
         "both apps to commit their whole input",
         Duration::from_secs(300),
@@ -183,8 +205,9 @@ fn exactly_once_and_exact_state_while_brokers_crash_one_at_a_time() {
             longest_gap(&seen, k.at, k.until).as_secs_f64()
         );
     }
-    verifier::verify(&routing_topics, records).assert_exactly_once("routing, brokers crashing");
-    let summary = state_verifier::verify(&state_topics.outputs[0], STATE_PARTITIONS, records);
+    verifier::verify(&routing_topics, routing_records)
+        .assert_exactly_once("routing, brokers crashing");
+    let summary = state_verifier::verify(&state_topics.outputs[0], STATE_PARTITIONS, state_records);
     println!("state, brokers crashing: {summary}");
     assert!(summary.wrong.is_empty(), "{summary}");
 }

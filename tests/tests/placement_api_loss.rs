@@ -56,7 +56,8 @@ fn a_worker_cut_off_from_the_api_server_keeps_processing_its_tasks() {
         "",
     );
     let app: millrace_crds::StreamApp = serde_saphyr::from_str(&manifest).unwrap();
-    let mut config = millrace_runtime::manifest::worker_config(&app, None, ADMIN_PORT).unwrap();
+    let mut config =
+        millrace_runtime::manifest::worker_config(&app, None, ADMIN_PORT, None).unwrap();
     config.placement_config_map = Some("apiloss-placement".into());
     let dir = std::env::temp_dir().join(&run);
     std::fs::create_dir_all(&dir).unwrap();

@@ -81,7 +81,7 @@ fn released_tasks_stop_and_taken_tasks_resume_at_their_committed_offsets() {
         kafka_bootstrap()
     );
     let app_spec: millrace_crds::StreamApp = serde_saphyr::from_str(&yaml).unwrap();
-    let config = millrace_runtime::manifest::worker_config(&app_spec, None, 0).unwrap();
+    let config = millrace_runtime::manifest::worker_config(&app_spec, None, 0, None).unwrap();
     let compiled = millrace_runtime::pipeline::compile(config.pipeline.as_ref().unwrap()).unwrap();
     let source = Scripted::default();
     let shutdown = Arc::new(AtomicBool::new(false));

@@ -16,12 +16,7 @@ pub const SASL_PASSWORD_ENV: &str = "MILLRACE_SASL_PASSWORD";
 pub fn worker_config(model: &AppModel) -> WorkerConfig {
     let tls = model.kafka.tls.as_ref().filter(|t| t.enabled);
     let sasl = model.kafka.sasl.as_ref();
-    let security_protocol = match (tls.is_some(), sasl.is_some()) {
-        (false, false) => "PLAINTEXT",
-        (true, false) => "SSL",
-        (false, true) => "SASL_PLAINTEXT",
-        (true, true) => "SASL_SSL",
-    };
+    let security_protocol = millrace_crds::kafka::security_protocol(tls.is_some(), sasl.is_some());
     let file = |present: bool, name: &str| present.then(|| format!("{TLS_DIR}/{name}"));
     WorkerConfig {
         application_id: model.application_id.clone(),

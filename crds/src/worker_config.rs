@@ -1,6 +1,6 @@
 //! The worker configuration the operator renders into a ConfigMap and the
 //! runtime reads at start (`MILLRACE_CONFIG`, default
-//! `/etc/millrace/config.json`). One type for both sides, so a field the
+//! `/etc/millrace/config/config.json`). One type for both sides, so a field the
 //! operator writes is a field the runtime reads.
 
 use std::collections::BTreeMap;
@@ -9,7 +9,11 @@ use crate::{OnError, PipelineSpec, ProcessingGuarantee, SourceSpec, TopicName};
 use serde::{Deserialize, Serialize};
 
 pub const CONFIG_FILE: &str = "config.json";
-pub const CONFIG_DIR: &str = "/etc/millrace";
+/// A directory of its own, not `/etc/millrace`: the TLS Secrets mount
+/// beside it (`/etc/millrace/tls`), and a mount nested in a read-only
+/// ConfigMap volume cannot be made (its mount point cannot be created in
+/// the read-only directory; the pod runner failed to start such pods).
+pub const CONFIG_DIR: &str = "/etc/millrace/config";
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]

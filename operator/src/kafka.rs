@@ -160,14 +160,14 @@ pub fn partition_counts(
     props: &BTreeMap<String, String>,
     topics: &[TopicName],
 ) -> Result<BTreeMap<TopicName, Option<i32>>, String> {
-    let consumer: BaseConsumer = client_config(props)
-        .create()
+    let consumer: BaseConsumer<LastError> = client_config(props)
+        .create_with_context(LastError::default())
         .map_err(|e| format!("creating a Kafka client: {e}"))?;
     let mut counts = BTreeMap::new();
     for topic in topics {
         let metadata = consumer
             .fetch_metadata(Some(&topic.0), METADATA_TIMEOUT)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| why(&consumer, e))?;
         let count = metadata
             .topics()
             .iter()
@@ -179,6 +179,37 @@ pub fn partition_counts(
         counts.insert(topic.clone(), count);
     }
     Ok(counts)
+}
+
+/// Remembers librdkafka's last error, which names why the brokers cannot
+/// be used (an authentication failure, a failed TLS handshake and why):
+/// the failed request itself says only "broker transport failure".
+#[derive(Default)]
+pub struct LastError(std::sync::Mutex<Option<String>>);
+
+impl rdkafka::ClientContext for LastError {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        // "All broker connections are down" follows the error that says why.
+        if error.rdkafka_error_code() != Some(RDKafkaErrorCode::AllBrokersDown) {
+            *self.0.lock().unwrap() = Some(reason.to_string());
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for LastError {}
+
+/// A failed request's error, with the cause librdkafka reported meanwhile
+/// and what to check; never a credential (librdkafka's messages carry none).
+fn why(consumer: &BaseConsumer<LastError>, e: rdkafka::error::KafkaError) -> String {
+    // Error callbacks are served when the client is polled.
+    let _ = consumer.poll(Duration::from_millis(100));
+    let Some(cause) = consumer.context().0.lock().unwrap().clone() else {
+        return e.to_string();
+    };
+    match millrace_crds::kafka::explain_connection_error(&cause) {
+        Some(hint) => format!("{cause} ({hint})"),
+        None => format!("{e}: {cause}"),
+    }
 }
 
 /// The broker's `transaction.max.timeout.ms`, when it says (this client

@@ -13,8 +13,8 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use millrace_crds::durations;
 use millrace_crds::worker_config::CustomIo;
 use millrace_crds::{
-    owned_property_problems, AutoscalingMode, AutoscalingSpec, DeletionPolicy, KafkaSpec,
-    PipelineSpec, ProcessingGuarantee, StreamApp, TopicName, WorkerTemplate,
+    kafka_spec_problems, AutoscalingMode, AutoscalingSpec, DeletionPolicy, KafkaSpec, PipelineSpec,
+    ProcessingGuarantee, StreamApp, TopicName, WorkerTemplate,
 };
 
 /// Operator-wide settings that shape every app.
@@ -189,7 +189,7 @@ pub fn validate(app: &StreamApp, defaults: &Defaults) -> Result<AppModel, Vec<In
             ));
         }
     }
-    problems.extend(owned_property_problems(&spec.kafka));
+    problems.extend(kafka_spec_problems(&spec.kafka));
 
     let guarantee = spec.processing_guarantee;
     let timing = durations::timing(spec)

@@ -16,6 +16,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseProducer, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 
+use millrace_crds::kafka::explain_connection_error;
 use millrace_crds::worker_config::WorkerConfig;
 
 /// Remembers librdkafka's last error, which names the cause (an
@@ -68,7 +69,7 @@ pub fn wait_until_reachable(config: &WorkerConfig, shutdown: &AtomicBool) -> any
             .unwrap()
             .clone()
             .unwrap_or_else(|| e.to_string());
-        let hint = explain(&cause)
+        let hint = explain_connection_error(&cause)
             .map(|h| format!(" ({h})"))
             .unwrap_or_default();
         tracing::error!(
@@ -86,42 +87,5 @@ pub fn wait_until_reachable(config: &WorkerConfig, shutdown: &AtomicBool) -> any
         }
         backoff = (backoff * 2).min(LONGEST_RETRY);
         attempt += 1;
-    }
-}
-
-/// What to check, for the causes librdkafka words in TLS or SASL terms.
-pub fn explain(cause: &str) -> Option<&'static str> {
-    let has = |text: &str| cause.contains(text);
-    if has("SASL authentication error") || has("Authentication failed") {
-        Some("the brokers refused the SASL credentials: check the username and password in spec.kafka.sasl.credentials and the mechanism")
-    } else if has("certificate verify failed") {
-        Some("the brokers' certificate is not signed by the CA of spec.kafka.tls.ca (or, without it, the system's)")
-    } else if has("alert certificate unknown")
-        || has("alert bad certificate")
-        || has("alert certificate expired")
-    {
-        Some("the brokers refused the client certificate of spec.kafka.tls.clientCert: expired, or not signed by a CA they trust")
-    } else if has("Disconnected while requesting ApiVersion") {
-        Some("the listener may expect another security protocol: check spec.kafka.tls and spec.kafka.sasl")
-    } else {
-        None
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::explain;
-
-    #[test]
-    fn tls_and_sasl_failures_are_explained_in_terms_of_the_spec() {
-        for (cause, field) in [
-            ("SASL authentication error: Authentication failed during authentication due to invalid credentials", "spec.kafka.sasl.credentials"),
-            ("SSL handshake failed: error:0A000086:SSL routines::certificate verify failed", "spec.kafka.tls.ca"),
-            ("Receive failed: error:0A000416:SSL routines::sslv3 alert certificate unknown: SSL alert number 46", "spec.kafka.tls.clientCert"),
-            ("Disconnected while requesting ApiVersion: might be caused by incorrect security.protocol", "spec.kafka.tls"),
-        ] {
-            assert!(explain(cause).is_some_and(|h| h.contains(field)), "{cause}");
-        }
-        assert_eq!(explain("Connection refused"), None);
     }
 }

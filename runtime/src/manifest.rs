@@ -1,7 +1,7 @@
 //! `millrace-runtime run --manifest app.yaml`: the worker configuration of a
 //! StreamApp manifest, for running without Kubernetes.
 
-use millrace_crds::{durations, owned_property_problems, Invalid, SecretKeyRef, StreamApp};
+use millrace_crds::{durations, kafka_spec_problems, Invalid, SecretKeyRef, StreamApp};
 
 use millrace_crds::kafka::security_protocol;
 use millrace_crds::worker_config::{CustomIo, KafkaClientConfig, WorkerConfig};
@@ -80,7 +80,7 @@ pub fn worker_config(
         None => (None, None, None),
     };
     let timing = durations::timing(spec).map_err(one_line)?;
-    let owned = owned_property_problems(&spec.kafka);
+    let owned = kafka_spec_problems(&spec.kafka);
     if !owned.is_empty() {
         return Err(one_line(owned));
     }

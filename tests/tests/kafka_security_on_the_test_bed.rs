@@ -4,7 +4,8 @@
 //! (`e2e/kafka/tls.sh`), routes exactly once; the operator's own clients
 //! (topic checks, lag) use the same Secrets. An app with a wrong password
 //! is Degraded with the cause named. Neither password appears in any
-//! status, event, ConfigMap, worker log or the operator's log.
+//! status, event, ConfigMap, worker log or the operator's log, and the
+//! workers' service account may read no Secret.
 
 use std::time::Duration;
 
@@ -100,6 +101,25 @@ fn scram_over_tls_routes_exactly_once_and_a_wrong_password_is_named_but_never_sh
         || drained(&app_id, &topics).then_some(()),
     );
     verify(&topics, RECORDS).assert_exactly_once("SCRAM over TLS on the test bed");
+
+    // The workers' identity may read their placement and no Secret, not
+    // even the ones they are given (the kubelet reads those for the pod).
+    let worker = format!("system:serviceaccount:{ns}:secure-worker");
+    let can_get = |what: &str| {
+        kubectl(&["-n", ns, "auth", "can-i", "get", what, "--as", &worker])
+            .is_ok_and(|answer| answer.trim() == "yes")
+    };
+    assert!(
+        can_get("configmap/secure-placement"),
+        "the worker reads its placement"
+    );
+    for denied in [
+        "secret/kafka-user",
+        "secret/kafka-ca",
+        "configmap/secure-config",
+    ] {
+        assert!(!can_get(denied), "the worker may get {denied}");
+    }
 
     let refused = Topics::new(&unique("refused"), PARTITIONS);
     refused.create();

@@ -1,36 +1,26 @@
-//! The workers' identity: they may read their own configuration and
-//! placement, and the Secrets the app names, and nothing else.
+//! The workers' identity: they may read their placement, and nothing
+//! else. Their configuration and the Secrets the app names reach them as
+//! volumes and environment, which the kubelet reads with its own identity,
+//! so a worker (or a custom processor's code in it) cannot read any Secret
+//! through the API, not even the ones it is given.
 
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 
-use super::statefulset::referenced_secrets;
-use super::{config_map_name, meta, service_account_name};
+use super::{meta, service_account_name};
 use crate::model::AppModel;
 
 pub fn role(model: &AppModel) -> Role {
-    let mut rules = vec![PolicyRule {
-        api_groups: Some(vec![String::new()]),
-        resources: Some(vec!["configmaps".into()]),
-        resource_names: Some(vec![
-            config_map_name(&model.name),
-            millrace_crds::placement::placement_config_map(&model.name),
-        ]),
-        verbs: vec!["get".into(), "list".into(), "watch".into()],
-        ..Default::default()
-    }];
-    let secrets = referenced_secrets(model);
-    if !secrets.is_empty() {
-        rules.push(PolicyRule {
-            api_groups: Some(vec![String::new()]),
-            resources: Some(vec!["secrets".into()]),
-            resource_names: Some(secrets),
-            verbs: vec!["get".into()],
-            ..Default::default()
-        });
-    }
     Role {
         metadata: meta(model, &service_account_name(&model.name)),
-        rules: Some(rules),
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec![String::new()]),
+            resources: Some(vec!["configmaps".into()]),
+            resource_names: Some(vec![millrace_crds::placement::placement_config_map(
+                &model.name,
+            )]),
+            verbs: vec!["get".into(), "list".into(), "watch".into()],
+            ..Default::default()
+        }]),
     }
 }
 

@@ -330,31 +330,3 @@ fn volumes(model: &AppModel) -> Vec<Volume> {
     }
     volumes
 }
-
-/// Secrets the workers read (for the Role's resourceNames).
-pub fn referenced_secrets(model: &AppModel) -> Vec<String> {
-    let mut names: Vec<String> = Vec::new();
-    if let Some(tls) = model.kafka.tls.as_ref().filter(|t| t.enabled) {
-        names.extend(
-            [&tls.ca, &tls.client_cert, &tls.client_key]
-                .into_iter()
-                .flatten()
-                .map(|r| r.name.clone()),
-        );
-    }
-    if let Some(sasl) = &model.kafka.sasl {
-        names.push(sasl.credentials.secret_name.clone());
-    }
-    for env in &model.template.env {
-        if let Some(r) = env
-            .value_from
-            .as_ref()
-            .and_then(|v| v.secret_key_ref.as_ref())
-        {
-            names.push(r.name.clone());
-        }
-    }
-    names.sort();
-    names.dedup();
-    names
-}

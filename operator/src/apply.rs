@@ -31,6 +31,9 @@ where
     // (a stray `kubectl edit`) is taken back rather than failing the reconcile.
     let mut params = PatchParams::apply(FIELD_MANAGER).force();
     params.dry_run = dry_run;
+    if !dry_run {
+        crate::leader::ensure_leading("applying an object");
+    }
     api.patch(&name, &params, &Patch::Apply(object))
         .await
         .map_err(|e| match rejection(&e) {

@@ -36,6 +36,7 @@ pub async fn patch_status(
 ) -> kube::Result<()> {
     let apps: Api<StreamApp> =
         Api::namespaced(client.clone(), &app.namespace().unwrap_or_default());
+    crate::leader::ensure_leading("writing a status");
     merge_status(&apps, &app.name_any(), status).await
 }
 

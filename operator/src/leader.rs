@@ -2,8 +2,17 @@
 //! replicas never reconcile at once. A replica that loses its lease exits:
 //! restarting clean is simpler and safer than winding down a controller
 //! mid-reconcile.
+//!
+//! A leader acts only within `RENEW_DEADLINE` of its last renewal, shorter
+//! than the lease, so it stops placing, fencing and writing before another
+//! replica can take the lease: one paused (SIGSTOP, a frozen node, a long
+//! GC-like stall) past the deadline exits at its first write after it
+//! resumes (`ensure_leading`), rather than acting until its next renewal
+//! finds the lease taken.
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
@@ -14,6 +23,53 @@ use kube::{Api, Client};
 pub const LEASE_NAME: &str = "millrace-operator";
 const LEASE_DURATION: Duration = Duration::from_secs(15);
 const RETRY: Duration = Duration::from_secs(2);
+/// How long after its last renewal a leader may still act. The other
+/// replicas wait `LEASE_DURATION` after it (by the renew time it wrote), so
+/// 5 s separate the two; a renewal is tried every `LEASE_DURATION / 3`.
+pub const RENEW_DEADLINE: Duration = Duration::from_secs(10);
+
+/// When this replica last renewed its lease; unset while election is off.
+struct Tenure {
+    started: Instant,
+    renewed_ms: AtomicU64,
+}
+
+static TENURE: OnceLock<Tenure> = OnceLock::new();
+
+fn renewed_now() {
+    let tenure = TENURE.get_or_init(|| Tenure {
+        started: Instant::now(),
+        renewed_ms: AtomicU64::new(0),
+    });
+    let ms = tenure.started.elapsed().as_millis() as u64;
+    tenure.renewed_ms.store(ms, Ordering::SeqCst);
+}
+
+/// How long since the last renewal, when this replica leads by a lease.
+fn since_renewal() -> Option<Duration> {
+    let tenure = TENURE.get()?;
+    let renewed = Duration::from_millis(tenure.renewed_ms.load(Ordering::SeqCst));
+    Some(tenure.started.elapsed().saturating_sub(renewed))
+}
+
+/// Whether a leader last renewed `since_renewal` ago may still act.
+pub fn within_deadline(since_renewal: Duration) -> bool {
+    since_renewal < RENEW_DEADLINE
+}
+
+/// Called before every write that only the leader may make (the placement,
+/// fencing, objects, scale): past the renew deadline another replica may
+/// hold the lease by now, so this one exits without writing.
+pub fn ensure_leading(what: &str) {
+    if let Some(since) = since_renewal() {
+        if !within_deadline(since) {
+            tracing::error!(
+                "the leader lease was last renewed {since:?} ago, past the {RENEW_DEADLINE:?} renew deadline: another replica may lead; exiting before {what}"
+            );
+            std::process::exit(1);
+        }
+    }
+}
 
 /// Whether `lease` may be taken by `me` at `now`: free, expired, or already mine.
 pub fn can_acquire(lease: &LeaseSpec, me: &str, now: Timestamp) -> bool {
@@ -45,6 +101,7 @@ impl Elector {
     pub async fn acquire(&self) -> anyhow::Result<()> {
         loop {
             if self.try_take().await? {
+                renewed_now();
                 tracing::info!(identity = %self.identity, "became leader");
                 return Ok(());
             }
@@ -52,12 +109,30 @@ impl Elector {
         }
     }
 
-    /// Renews forever; returns an error when the lease is lost.
+    /// Renews forever; returns an error when the lease is lost, or when no
+    /// renewal succeeded within the renew deadline (the API server
+    /// unreachable: another replica may take the lease meanwhile).
     pub async fn hold(&self) -> anyhow::Result<()> {
+        let mut wait = LEASE_DURATION / 3;
         loop {
-            tokio::time::sleep(LEASE_DURATION / 3).await;
-            if !self.try_take().await? {
-                anyhow::bail!("lost the leader lease to another replica");
+            tokio::time::sleep(wait).await;
+            // Woken long after the last renewal (this process was paused):
+            // the lease may be another's by now.
+            ensure_leading("renewing the lease");
+            match self.try_take().await {
+                Ok(true) => {
+                    renewed_now();
+                    wait = LEASE_DURATION / 3;
+                }
+                Ok(false) => anyhow::bail!("lost the leader lease to another replica"),
+                Err(e) => {
+                    let since = since_renewal().unwrap_or_default();
+                    if !within_deadline(since + RETRY) {
+                        anyhow::bail!("could not renew the leader lease for {since:?}: {e}");
+                    }
+                    tracing::warn!("renewing the leader lease: {e}; retrying");
+                    wait = RETRY;
+                }
             }
         }
     }
@@ -156,6 +231,13 @@ mod tests {
     #[test]
     fn a_live_lease_of_another_replica_is_not_taken() {
         assert!(!can_acquire(&lease("other", 5), "me", Timestamp::now()));
+    }
+
+    #[test]
+    fn a_leader_acts_only_within_the_renew_deadline_shorter_than_the_lease() {
+        assert!(within_deadline(Duration::from_secs(9)));
+        assert!(!within_deadline(RENEW_DEADLINE));
+        assert!(RENEW_DEADLINE + Duration::from_secs(5) <= LEASE_DURATION);
     }
 
     #[test]

@@ -370,6 +370,7 @@ async fn fence(
     for worker in workers {
         let (props, id, w) = (props.clone(), application_id.clone(), worker.clone());
         let started = std::time::Instant::now();
+        crate::leader::ensure_leading("fencing a worker");
         tokio::task::spawn_blocking(move || kafka::fence_worker(&props, &id, &w))
             .await
             .map_err(|e| Error::Other(format!("fencing {worker}: {e}")))?
@@ -412,6 +413,7 @@ async fn write(
         o.controller = Some(false);
         vec![o]
     });
+    crate::leader::ensure_leading("writing a placement");
     let written = match version {
         None => api.create(&PostParams::default(), &cm).await?,
         Some(v) => {

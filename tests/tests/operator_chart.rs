@@ -167,8 +167,9 @@ fn example_app_is_reconciled_into_owned_objects_scaled_and_collected() {
         "{config}"
     );
     assert_eq!(
-        get(ns, "role/orders-router-worker", "{.rules[0].resourceNames}"),
-        "[\"orders-router-config\",\"orders-router-placement\"]"
+        get(ns, "role/orders-router-worker", "{.rules[*].resourceNames}"),
+        "[\"orders-router-placement\"]",
+        "the workers read their placement and nothing else"
     );
     let managers = get(
         ns,

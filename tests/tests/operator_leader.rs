@@ -1,9 +1,12 @@
 //! Two operator replicas: one leader through the Lease, the other writes
-//! nothing; the standby takes over when the leader dies; `helm uninstall`
-//! leaves no operator object behind.
+//! nothing; the standby takes over when the leader dies, and when it is
+//! paused past its lease (the paused one, resumed, stops at its renew
+//! deadline before writing); `helm uninstall` leaves no operator object
+//! behind.
 
 use std::time::Duration;
 
+use millrace_tests::workers::{pod_log, pod_pids, signal};
 use millrace_tests::{
     ensure_topics, helm, install_chart, kubectl, repo_root, wait_until, TestNamespace,
     OPERATOR_NAMESPACE,
@@ -149,6 +152,36 @@ fn two_replicas_elect_one_leader_that_alone_writes_and_uninstall_is_clean() {
     assert_eq!(
         metric(&new_leader_ip, "millrace_operator_leader"),
         Some(1.0)
+    );
+
+    // The leader paused past its lease (a frozen process or node): another
+    // replica takes the lease, and the paused one, resumed, stops before
+    // writing anything, at its renew deadline (shorter than the lease),
+    // rather than acting until its next renewal finds the lease taken.
+    let paused = lease_holder();
+    let pids = pod_pids(OPERATOR_NAMESPACE, &paused);
+    assert!(!pids.is_empty(), "the leader's processes");
+    signal(&pids, "STOP");
+    wait_until(
+        "another replica to take the paused leader's lease",
+        Duration::from_secs(90),
+        || {
+            let h = lease_holder();
+            (!h.is_empty() && h != paused).then_some(())
+        },
+    );
+    signal(&pids, "CONT");
+    let log = wait_until(
+        "the resumed leader to stop",
+        Duration::from_secs(30),
+        || {
+            let log = pod_log(OPERATOR_NAMESPACE, &paused);
+            log.contains("renew deadline").then_some(log)
+        },
+    );
+    assert!(
+        !log.contains("lost the leader lease"),
+        "it stopped at its deadline, not at a renewal: {log}"
     );
 
     helm(&[

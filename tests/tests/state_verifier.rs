@@ -65,7 +65,11 @@ impl Run {
         let dir = self.state_dir.to_str().unwrap();
         let mut envs = envs.to_vec();
         envs.push(("RUST_LOG", "info"));
-        start_logging_with(&self.manifest, self.port, &["--state-dir", dir], &envs)
+        // Each worker its own query port: two on the default one, the
+        // second stops (tests of this binary run side by side).
+        let query = (self.port + 1000).to_string();
+        let args = ["--state-dir", dir, "--query-port", &query];
+        start_logging_with(&self.manifest, self.port, &args, &envs)
     }
 
     /// Writes the input's records `seqs` over about `over`, in the

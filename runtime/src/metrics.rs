@@ -40,6 +40,9 @@ pub struct Metrics {
     pub commits: Counter,
     pub aborts: Counter,
     pub hung_commits: Counter,
+    /// A loop found its producer fenced (another owner of its tasks, or
+    /// its own zombie) and started over from a fresh read of its placement.
+    pub fenced: Counter,
     /// Changelog records replayed into the stores (restores, tails or full).
     pub restored_records: Counter,
     pub commit_seconds: Histogram,
@@ -61,6 +64,7 @@ impl Default for Metrics {
             commits: Counter::default(),
             aborts: Counter::default(),
             hung_commits: Counter::default(),
+            fenced: Counter::default(),
             restored_records: Counter::default(),
             commit_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             lag: Family::default(),
@@ -120,6 +124,11 @@ impl Default for Metrics {
             "hung_commits",
             "Commits abandoned without an outcome past their deadline (the producer replaced)",
             m.hung_commits.clone(),
+        );
+        registry.register(
+            "fenced",
+            "Times a loop found its producer fenced and read its placement again before processing",
+            m.fenced.clone(),
         );
         registry.register(
             "state_restored_records",

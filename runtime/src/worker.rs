@@ -263,15 +263,18 @@ fn default_loops() -> usize {
 /// Fences the unused loop ids in the background, one thread each. The loops
 /// need not wait: a partition whose offsets sit in such an old transaction
 /// reads as unstable (require_stable) until the fence aborts it, and the
-/// loops retry until then.
+/// loops retry until then. Placed at-least-once loops commit their offsets
+/// in transactions too (`engine::fence`).
 fn fence_unused_loops(config: &WorkerConfig, worker_id: &str, loops: usize) -> anyhow::Result<()> {
-    if config.processing_guarantee != ProcessingGuarantee::ExactlyOnce {
+    let transactional = config.processing_guarantee == ProcessingGuarantee::ExactlyOnce
+        || config.placement_config_map.is_some();
+    if !transactional {
         return Ok(());
     }
     use rdkafka::producer::{BaseProducer, Producer};
     for index in loops..MAX_LOOPS {
         let producer: BaseProducer =
-            clients::producer(config, &loop_id(worker_id, index))?.create()?;
+            clients::offset_fence(config, &loop_id(worker_id, index))?.create()?;
         std::thread::spawn(move || {
             if let Err(e) = producer.init_transactions(std::time::Duration::from_secs(60)) {
                 tracing::warn!("fencing an unused loop id: {e}");

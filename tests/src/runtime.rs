@@ -133,6 +133,21 @@ pub fn tasks(port: u16) -> Option<serde_json::Value> {
 
 /// The body of the worker's admin endpoint `path`, or `None` while it does
 /// not answer 200.
+/// A counter of a worker's `/metrics` (`millrace_<name>_total`), summed
+/// over its labels; `None` if the worker does not answer or has no such
+/// series.
+pub fn counter(port: u16, name: &str) -> Option<u64> {
+    let series = format!("millrace_{name}_total");
+    let metrics = admin_get(port, "/metrics")?;
+    let values: Vec<u64> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix(&series))
+        .filter(|rest| rest.starts_with([' ', '{']))
+        .filter_map(|rest| rest.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
 pub fn admin_get(port: u16, path: &str) -> Option<String> {
     admin_get_at("127.0.0.1", port, path)
 }

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::runtime::{admin_get, log_path, start_logging_with, Running};
+use crate::runtime::{log_path, start_logging_with, Running};
 
 /// The spec lines (under `spec:`) the verifiers' apps run with as
 /// standalone workers.
@@ -61,11 +61,7 @@ impl App {
 
     /// A counter of the worker's `/metrics` (`millrace_<name>_total`).
     pub fn counter(&self, name: &str) -> Option<u64> {
-        let prefix = format!("millrace_{name}_total ");
-        admin_get(self.port, "/metrics")?
-            .lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .and_then(|v| v.trim().parse().ok())
+        crate::runtime::counter(self.port, name)
     }
 }
 

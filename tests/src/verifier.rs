@@ -24,6 +24,7 @@ pub fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+#[derive(Clone)]
 pub struct Topics {
     pub input: String,
     pub outputs: [String; 3],

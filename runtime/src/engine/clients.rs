@@ -127,16 +127,30 @@ pub fn producer(config: &WorkerConfig, worker_id: &str) -> anyhow::Result<Client
         // Streams and other Java producers would choose.
         .set("partitioner", "murmur2_random");
     if config.processing_guarantee == ProcessingGuarantee::ExactlyOnce {
-        c.set(
-            "transactional.id",
-            transactional_id(&config.application_id, worker_id),
-        )
-        .set(
-            "transaction.timeout.ms",
-            config.transaction_timeout_ms.to_string(),
-        );
+        transactional(&mut c, config, worker_id);
     }
     Ok(c)
+}
+
+/// A producer that sends no records, only transactions' ends: at-least-once
+/// in a placed pod commits the loop's offsets with it, under the
+/// transactional id the exactly-once producer would have, so the operator's
+/// fence reaches it (`fence`); a worker fences its unused loop ids with it.
+pub fn offset_fence(config: &WorkerConfig, worker_id: &str) -> anyhow::Result<ClientConfig> {
+    let mut c = base(&config.kafka, &[])?;
+    transactional(&mut c, config, worker_id);
+    Ok(c)
+}
+
+fn transactional(c: &mut ClientConfig, config: &WorkerConfig, worker_id: &str) {
+    c.set(
+        "transactional.id",
+        transactional_id(&config.application_id, worker_id),
+    )
+    .set(
+        "transaction.timeout.ms",
+        config.transaction_timeout_ms.to_string(),
+    );
 }
 
 /// The producer queue's cap (`queue.buffering.max.messages`, `.kbytes`):

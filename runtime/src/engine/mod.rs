@@ -12,6 +12,7 @@ mod committer;
 mod counters;
 mod destinations;
 mod failures;
+mod fence;
 mod flusher;
 mod in_flight;
 pub mod rate_limit;
@@ -136,19 +137,30 @@ enum Guarantee {
         committer: committer::Committer<DeliveryCounter>,
     },
     /// A batch's offsets are committed once its outputs are acknowledged
-    /// (`in_flight`).
-    AtLeastOnce,
+    /// (`in_flight`); in a placed pod through the loop's fence, so the
+    /// operator can stop it processing revoked tasks (`fence`).
+    AtLeastOnce { fence: Option<fence::OffsetFence> },
 }
 
 impl Guarantee {
-    fn of(guarantee: ProcessingGuarantee) -> Self {
-        match guarantee {
+    fn of(
+        config: &WorkerConfig,
+        worker_id: &str,
+        guard: (&AtomicBool, &Heartbeat),
+    ) -> Result<Self, EngineError> {
+        Ok(match config.processing_guarantee {
             ProcessingGuarantee::ExactlyOnce => Guarantee::ExactlyOnce {
                 flusher: flusher::Flusher::spawn(),
                 committer: committer::Committer::spawn(KAFKA_TIMEOUT),
             },
-            ProcessingGuarantee::AtLeastOnce => Guarantee::AtLeastOnce,
-        }
+            // Only the operator moves tasks between workers, and fences.
+            ProcessingGuarantee::AtLeastOnce => Guarantee::AtLeastOnce {
+                fence: match config.placement_config_map {
+                    Some(_) => Some(fence::OffsetFence::start(config, worker_id, guard)?),
+                    None => None,
+                },
+            },
+        })
     }
 
     fn transactional(&self) -> bool {
@@ -160,7 +172,7 @@ impl Guarantee {
     fn checkpoint(&self) -> Checkpoint<committer::Pending> {
         match self {
             Guarantee::ExactlyOnce { .. } => Checkpoint::exactly_once(),
-            Guarantee::AtLeastOnce => Checkpoint::at_least_once(),
+            Guarantee::AtLeastOnce { .. } => Checkpoint::at_least_once(),
         }
     }
 }
@@ -265,11 +277,11 @@ impl<P: Processor> Engine<P> {
             shutdown,
             state,
         } = shared;
-        let guarantee = Guarantee::of(config.processing_guarantee);
         let consumer: BaseConsumer = clients::consumer(&config)
             .map_err(|e| EngineError::Config(e.to_string()))?
             .create()?;
         let heartbeat = Heartbeat::start(&status, &config);
+        let guarantee = Guarantee::of(&config, &worker_id, (&shutdown, &heartbeat))?;
         let limits = broker_limits::read(&config, &consumer);
         limits.check(&config)?;
         let changelogs = state

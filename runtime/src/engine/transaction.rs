@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use millrace_crds::ProcessingGuarantee;
 use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerGroupMetadata};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerGroupMetadata};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Headers, Message};
 use rdkafka::producer::{BaseProducer, Producer, ProducerContext};
@@ -130,7 +130,7 @@ impl Core {
         Ok(true)
     }
 
-    fn offset_list(offsets: &Offsets) -> Result<TopicPartitionList, EngineError> {
+    pub(super) fn offset_list(offsets: &Offsets) -> Result<TopicPartitionList, EngineError> {
         let mut tpl = TopicPartitionList::new();
         for ((topic, partition), offset) in offsets {
             tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
@@ -349,25 +349,18 @@ impl Core {
         consumer: &BaseConsumer,
         stopping: bool,
     ) -> Result<Option<Offsets>, EngineError> {
-        let Some(done) = self
+        let done = self
             .checkpoint
-            .acknowledged(&self.producer.context().unacknowledged)
-        else {
-            return Ok(None);
-        };
+            .acknowledged(&self.producer.context().unacknowledged);
         // The outputs are acknowledged, so these offsets lose nothing; not
         // waiting for the coordinator lets the loop go on processing. A
         // commit that fails is superseded by the next one, and before a
         // task is handed over or the worker stops the offsets are committed
         // again, waiting (`settle_offsets`): at worst records are processed
-        // twice, which at-least-once allows.
-        let mode = if stopping {
-            CommitMode::Sync
-        } else {
-            CommitMode::Async
-        };
-        consumer.commit(&Self::offset_list(&done)?, mode)?;
-        Ok(Some(done))
+        // twice, which at-least-once allows. With nothing new the fence
+        // still hears how its last commit went (a fenced loop stops soon).
+        self.commit_offsets(consumer, done.as_ref().unwrap_or(&Offsets::new()), stopping)?;
+        Ok(done)
     }
 
     /// Serves every delivery report waiting. A poll serves one event (of
@@ -421,15 +414,12 @@ impl Core {
                 }
             }
         }
-        let tpl = Self::offset_list(&self.checkpoint.committed_offsets())?;
-        if tpl.count() > 0 {
-            consumer.commit(&tpl, CommitMode::Sync)?;
-        }
-        Ok(())
+        self.commit_offsets(consumer, &self.checkpoint.committed_offsets(), true)
     }
 
     pub(super) fn reinitialise(&mut self) -> Result<(), EngineError> {
         tracing::warn!("re-initialising the producer (fenced or unusable); the placement is read again before processing");
+        self.metrics.fenced.inc();
         self.producer = Arc::new(new_producer(
             &self.config,
             &self.worker_id,
@@ -468,6 +458,17 @@ pub(super) fn new_producer(
     if config.processing_guarantee != ProcessingGuarantee::ExactlyOnce {
         return Ok(producer);
     }
+    init_transactions(&producer, (shutdown, heartbeat))?;
+    Ok(producer)
+}
+
+/// `init_transactions`, retried while the broker is unavailable (never
+/// skipped): fences every earlier producer with the same transactional id
+/// and aborts what it left open.
+pub(super) fn init_transactions<C: ProducerContext>(
+    producer: &BaseProducer<C>,
+    (shutdown, heartbeat): (&AtomicBool, &Heartbeat),
+) -> Result<(), EngineError> {
     // librdkafka looks for the transaction coordinator through a broker it
     // is connected to; called before any connection is up, it retries only
     // after 500 ms, which was most of a worker's start (bench/README.md). A
@@ -477,7 +478,7 @@ pub(super) fn new_producer(
     let mut backoff = Duration::from_millis(200);
     loop {
         match producer.init_transactions(KAFKA_TIMEOUT) {
-            Ok(()) => return Ok(producer),
+            Ok(()) => return Ok(()),
             Err(e) if !shutdown.load(Ordering::Relaxed) => {
                 tracing::warn!("init_transactions: {e}; retrying in {backoff:?}");
                 heartbeat.beat();

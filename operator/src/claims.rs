@@ -18,7 +18,6 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, PostParams, Preconditions};
-use kube::runtime::reflector::Store;
 use kube::{Api, Client, ResourceExt};
 use millrace_crds::StreamApp;
 
@@ -103,7 +102,7 @@ pub async fn claim(
     namespace: &str,
     application_id: &str,
     app: &StreamApp,
-    apps: &Store<StreamApp>,
+    apps: &crate::scope::Apps,
 ) -> Result<Claim> {
     let leases: Api<Lease> = Api::namespaced(client.clone(), namespace);
     let name = lease_name(application_id);

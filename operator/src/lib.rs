@@ -26,6 +26,7 @@ pub mod placement;
 pub mod placement_driver;
 pub mod reconcile;
 pub mod scale;
+pub mod scope;
 pub mod state_reports;
 pub mod supervise;
 pub mod worker_status;

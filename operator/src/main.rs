@@ -10,7 +10,9 @@ use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Controller;
 use kube::runtime::events::Reporter;
@@ -23,6 +25,7 @@ use millrace_operator::metrics::Metrics;
 use millrace_operator::model::Defaults;
 use millrace_operator::placement_driver::{self, Driver};
 use millrace_operator::reconcile::{error_policy, reconcile, Context};
+use millrace_operator::scope::{Apps, Scope};
 use millrace_operator::supervise::supervise;
 use millrace_operator::workers::Observations;
 
@@ -39,7 +42,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the controller (the default).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the StreamApp CustomResourceDefinition as YAML.
     Crd,
 }
@@ -72,6 +75,14 @@ struct RunArgs {
     /// data before it leaves the data and lets the deletion finish.
     #[arg(long, env = "MILLRACE_FINALIZER_TIMEOUT", default_value = "5m", value_parser = duration)]
     finalizer_timeout: std::time::Duration,
+    /// Serve only these namespaces (comma-separated; empty: every one). The
+    /// chart then grants a Role in each instead of a ClusterRole.
+    #[arg(long, env = "MILLRACE_WATCH_NAMESPACES", value_delimiter = ',')]
+    watch_namespaces: Vec<String>,
+    /// Limit workers' admin port to the operator's namespace and these
+    /// NetworkPolicy peers (a JSON list; unset: open to the cluster).
+    #[arg(long, env = "MILLRACE_WORKER_ADMIN_FROM", value_parser = admin_peers)]
+    worker_admin_from: Option<Peers>,
     /// Apply the embedded CRD at start, so `helm upgrade` carries CRD changes.
     #[arg(long, env = "MILLRACE_MANAGE_CRD")]
     manage_crd: bool,
@@ -80,6 +91,25 @@ struct RunArgs {
 fn duration(text: &str) -> Result<std::time::Duration, String> {
     millrace_crds::parse_duration(text)
         .ok_or_else(|| format!("'{text}' is not a duration like 500ms, 10s or 1m"))
+}
+
+type Peers = Vec<NetworkPolicyPeer>;
+
+fn admin_peers(text: &str) -> Result<Peers, String> {
+    serde_json::from_str(text).map_err(|e| {
+        format!("MILLRACE_WORKER_ADMIN_FROM (chart value workers.adminFrom) is not a list of NetworkPolicy peers: {e}")
+    })
+}
+
+/// The operator's own namespace, which reads workers' `/tasks`.
+fn namespace_peer(namespace: &str) -> NetworkPolicyPeer {
+    NetworkPolicyPeer {
+        namespace_selector: Some(LabelSelector {
+            match_labels: Some([("kubernetes.io/metadata.name".into(), namespace.into())].into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 #[derive(Parser)]
@@ -96,7 +126,7 @@ async fn main() -> anyhow::Result<()> {
             print!("{}", millrace_crds::crd_yaml());
             Ok(())
         }
-        Some(Command::Run(args)) => run(args).await,
+        Some(Command::Run(args)) => run(*args).await,
         // No subcommand: run, with settings from the environment.
         None => run(DefaultRun::parse_from(["millrace-operator"]).args).await,
     }
@@ -141,6 +171,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(image) = args.runtime_image {
         defaults.runtime_image = image;
     }
+    defaults.admin_from = args.worker_admin_from.map(|mut peers| {
+        peers.insert(0, namespace_peer(&args.namespace));
+        peers
+    });
     let reporter = Reporter {
         controller: "millrace-operator".into(),
         instance: Some(args.identity.clone()),
@@ -156,8 +190,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         workers.clone(),
     ));
     let interval = args.placement_interval;
+    let scope = Scope::new(&args.watch_namespaces);
+    tracing::info!("serving {}", scope.describe());
+    let placement_scope = scope.clone();
     tokio::spawn(supervise("placement", metrics.clone(), move || {
-        placement_driver::run(placement.clone(), interval)
+        placement_driver::run(placement.clone(), interval, placement_scope.clone())
     }));
     let autoscaler = Arc::new(Autoscaler::new(
         client.clone(),
@@ -165,37 +202,47 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics.clone(),
         workers,
     ));
+    let autoscaling_scope = scope.clone();
     tokio::spawn(supervise("autoscaling", metrics.clone(), move || {
-        autoscale::driver::run(autoscaler.clone())
+        autoscale::driver::run(autoscaler.clone(), autoscaling_scope.clone())
     }));
-    let apps: Api<StreamApp> = Api::all(client.clone());
-    let controller = Controller::new(apps, watcher::Config::default());
+    // One controller per namespace served (one for the cluster): a
+    // namespaced operator holds no list or watch right across namespaces.
+    let controllers: Vec<_> = scope
+        .apis::<StreamApp>(&client)
+        .into_iter()
+        .zip(scope.apis::<StatefulSet>(&client))
+        .zip(scope.apis::<ConfigMap>(&client))
+        .map(|((apps, statefulsets), config_maps)| {
+            Controller::new(apps, watcher::Config::default())
+                .owns(statefulsets, watcher::Config::default())
+                .owns(
+                    config_maps,
+                    watcher::Config::default()
+                        .labels("app.kubernetes.io/managed-by=millrace-operator"),
+                )
+        })
+        .collect();
     let context = Arc::new(Context {
         client: client.clone(),
         defaults,
         reporter,
         metrics,
-        apps: controller.store(),
+        apps: Apps(controllers.iter().map(Controller::store).collect()),
         finalizer_timeout: args.finalizer_timeout,
         backoff: Default::default(),
         lease_namespace: args.namespace.clone(),
     });
-    let controller = controller
-        .owns(
-            Api::<StatefulSet>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .owns(
-            Api::<ConfigMap>::all(client.clone()),
-            watcher::Config::default().labels("app.kubernetes.io/managed-by=millrace-operator"),
-        )
-        .shutdown_on_signal()
-        .run(reconcile, error_policy, context)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!("reconcile: {e}");
-            }
-        });
+    let controller = futures::future::join_all(controllers.into_iter().map(|controller| {
+        controller
+            .shutdown_on_signal()
+            .run(reconcile, error_policy, context.clone())
+            .for_each(|result| async move {
+                if let Err(e) = result {
+                    tracing::debug!("reconcile: {e}");
+                }
+            })
+    }));
     tracing::info!("controller started");
     tokio::select! {
         _ = controller => {

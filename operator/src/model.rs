@@ -9,6 +9,7 @@ use crate::autoscale::policy::{Mode, Policy, POD_START_S};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use millrace_crds::durations;
 use millrace_crds::worker_config::CustomIo;
@@ -24,6 +25,9 @@ pub struct Defaults {
     pub runtime_image: String,
     pub image_pull_policy: String,
     pub admin_port: u16,
+    /// Who may reach workers' admin port: anyone when `None` (chart value
+    /// `workers.restrictAdminPort` off), else these NetworkPolicy peers.
+    pub admin_from: Option<Vec<NetworkPolicyPeer>>,
 }
 
 impl Default for Defaults {
@@ -35,6 +39,7 @@ impl Default for Defaults {
             ),
             image_pull_policy: "IfNotPresent".into(),
             admin_port: 8080,
+            admin_from: None,
         }
     }
 }
@@ -89,6 +94,7 @@ pub struct AppModel {
     pub image: String,
     pub image_pull_policy: String,
     pub admin_port: u16,
+    pub admin_from: Option<Vec<NetworkPolicyPeer>>,
     /// Workers wanted, before the task cap the reconciler applies.
     pub replicas: i32,
     pub autoscaling: Option<Autoscaling>,
@@ -345,6 +351,7 @@ pub fn validate(app: &StreamApp, defaults: &Defaults) -> Result<AppModel, Vec<In
             .unwrap_or_else(|| defaults.runtime_image.clone()),
         image_pull_policy: defaults.image_pull_policy.clone(),
         admin_port: defaults.admin_port,
+        admin_from: defaults.admin_from.clone(),
         replicas,
         autoscaling,
         state,

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{ListParams, PostParams};
+use kube::api::PostParams;
 use kube::runtime::events::{EventType, Reporter};
 use kube::{Api, Client, Resource, ResourceExt};
 use millrace_crds::placement::{placement_config_map, PlacementDoc, ENDPOINTS_KEY, PLACEMENT_KEY};
@@ -92,13 +92,12 @@ impl Driver {
 const MOVING_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Polls every StreamApp forever, each apart ([`PerApp`]).
-pub async fn run(driver: Arc<Driver>, interval: Duration) {
-    let apps: Api<StreamApp> = Api::all(driver.client.clone());
+pub async fn run(driver: Arc<Driver>, interval: Duration, scope: crate::scope::Scope) {
     let per_app = PerApp::default();
     // Set by any app's poll with moves in flight since the last round.
     let moving = Arc::new(AtomicBool::new(false));
     loop {
-        match apps.list(&ListParams::default()).await {
+        match scope.list::<StreamApp>(&driver.client).await {
             Ok(list) => {
                 per_app.start_each(list, |app| {
                     let (driver, moving) = (driver.clone(), moving.clone());

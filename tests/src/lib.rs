@@ -144,6 +144,17 @@ pub fn helm(args: &[&str]) -> anyhow::Result<String> {
 }
 
 /// Creates topics that do not exist yet; existing ones are left alone.
+/// The topics of `examples/orders-router.yaml`.
+pub fn example_topics() {
+    ensure_topics(&[
+        ("orders", 4),
+        ("orders-large", 1),
+        ("orders-eu", 1),
+        ("orders-other", 1),
+        ("orders-dlq", 1),
+    ]);
+}
+
 pub fn ensure_topics(topics: &[(&str, i32)]) {
     ensure_topics_with(topics, &[]);
 }

@@ -6,7 +6,8 @@
 use std::time::Duration;
 
 use millrace_tests::{
-    ensure_topics, helm, install_chart, kubectl, repo_root, wait_until, TestNamespace,
+    ensure_topics, example_topics, helm, install_chart, kubectl, repo_root, wait_until,
+    TestNamespace,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(90);
@@ -32,20 +33,10 @@ fn operator_pods() -> String {
     )
 }
 
-fn orders_topics() {
-    ensure_topics(&[
-        ("orders", 4),
-        ("orders-large", 1),
-        ("orders-eu", 1),
-        ("orders-other", 1),
-        ("orders-dlq", 1),
-    ]);
-}
-
 #[test]
 fn example_app_is_reconciled_into_owned_objects_scaled_and_collected() {
     install_chart(&[]);
-    orders_topics();
+    example_topics();
     let ns = TestNamespace::create("orders");
     let ns = ns.0.as_str();
     let example = repo_root().join("examples/orders-router.yaml");
@@ -264,7 +255,7 @@ fn example_app_is_reconciled_into_owned_objects_scaled_and_collected() {
 #[test]
 fn bad_manifests_are_refused_or_degraded_with_the_field_named() {
     install_chart(&[]);
-    orders_topics();
+    example_topics();
     ensure_topics(&[("millrace-mismatch-a", 2), ("millrace-mismatch-b", 3)]);
     let ns = TestNamespace::create("bad");
     let ns = ns.0.as_str();

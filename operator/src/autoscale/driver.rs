@@ -12,9 +12,8 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::ListParams;
 use kube::runtime::events::{EventType, Reporter};
-use kube::{Api, Client, ResourceExt};
+use kube::{Client, ResourceExt};
 use millrace_crds::{AutoscalingMode, AutoscalingStatus, StreamApp};
 
 use crate::error::{Error, Result};
@@ -61,11 +60,10 @@ impl Autoscaler {
 type BusyMark = (f64, u64, u32);
 
 /// Polls every StreamApp forever, each apart ([`PerApp`]).
-pub async fn run(autoscaler: Arc<Autoscaler>) {
-    let apps: Api<StreamApp> = Api::all(autoscaler.client.clone());
+pub async fn run(autoscaler: Arc<Autoscaler>, scope: crate::scope::Scope) {
     let per_app = PerApp::default();
     loop {
-        match apps.list(&ListParams::default()).await {
+        match scope.list::<StreamApp>(&autoscaler.client).await {
             Ok(list) => {
                 per_app.start_each(list, |app| {
                     let autoscaler = autoscaler.clone();

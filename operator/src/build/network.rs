@@ -1,7 +1,9 @@
 //! Who may reach the workers: a NetworkPolicy per app. The query port
 //! (state, read-only) answers only pods of the app's own namespace; the
-//! admin port (health, metrics, `/tasks`) stays open to the operator, the
-//! kubelet and Prometheus, wherever they run. A custom image may serve
+//! admin port (health, metrics, `/tasks`, read-only) is open by default, as
+//! the operator, the kubelet and Prometheus may run anywhere, or limited to
+//! the peers the operator was given (chart value `workers.adminFrom`, with
+//! the operator's own namespace added). A custom image may serve
 //! ports of its own: its pods are left open. NetworkPolicies add up, so a
 //! team widens access with a policy of its own (docs/queries.md).
 
@@ -29,7 +31,7 @@ pub fn policy(model: &AppModel) -> NetworkPolicy {
         Workload::Pipeline { .. } => {
             let admin = NetworkPolicyIngressRule {
                 ports: Some(vec![port(ADMIN_PORT_NAME)]),
-                from: None,
+                from: model.admin_from.clone(),
             };
             let query = model.query.as_ref().map(|_| NetworkPolicyIngressRule {
                 ports: Some(vec![port(QUERY_PORT_NAME)]),

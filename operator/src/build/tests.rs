@@ -448,3 +448,27 @@ fn service_is_headless_and_pdb_allows_one_down() {
         Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1))
     );
 }
+
+/// `workers.restrictAdminPort`: the admin port answers the given peers only.
+#[test]
+fn a_restricted_admin_port_answers_the_given_peers_only() {
+    use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
+    let operator_namespace = NetworkPolicyPeer {
+        namespace_selector: Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+                match_labels: Some([("kubernetes.io/metadata.name".into(), "ops".into())].into()),
+                ..Default::default()
+            },
+        ),
+        ..Default::default()
+    };
+    let defaults = Defaults {
+        admin_from: Some(vec![operator_namespace.clone()]),
+        ..Defaults::default()
+    };
+    let model = validate(&app(PIPELINE), &defaults).unwrap();
+    let d = desired(&model, model.replicas);
+    let rules = d.network_policy.spec.unwrap().ingress.unwrap();
+    assert_eq!(rules.len(), 1);
+    assert_eq!(rules[0].from, Some(vec![operator_namespace]));
+}

@@ -16,7 +16,6 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Reporter};
-use kube::runtime::reflector::Store;
 use kube::{Api, Client, ResourceExt};
 use millrace_crds::{QueryEndpoint, StreamApp, StreamAppStatus};
 
@@ -40,7 +39,7 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Every StreamApp, as the controller's watch last saw it: whether the
     /// holder of an application id still exists.
-    pub apps: Store<StreamApp>,
+    pub apps: crate::scope::Apps,
     /// Where the Leases recording who holds each application id live: the
     /// operator's own namespace.
     pub lease_namespace: String,

@@ -1,0 +1,109 @@
+//! Which namespaces the operator serves: every namespace (the chart's
+//! ClusterRole), or a list of them (chart value `watchNamespaces`: a Role in
+//! each and no cluster-wide grant), so one team's operator cannot read or
+//! write anything outside the namespaces it was given.
+
+use std::sync::Arc;
+
+use kube::api::ListParams;
+use kube::core::NamespaceResourceScope;
+use kube::runtime::reflector::{store::WriterDropped, Store};
+use kube::{Api, Client, Resource};
+use millrace_crds::StreamApp;
+use serde::de::DeserializeOwned;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    Cluster,
+    Namespaces(Vec<String>),
+}
+
+impl Scope {
+    /// From `--watch-namespaces`: none (or only blanks) means the cluster.
+    pub fn new(namespaces: &[String]) -> Self {
+        let mut list: Vec<String> = namespaces
+            .iter()
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty())
+            .collect();
+        list.sort();
+        list.dedup();
+        match list.is_empty() {
+            true => Scope::Cluster,
+            false => Scope::Namespaces(list),
+        }
+    }
+
+    /// One API per namespace served (one over all of them for the cluster).
+    pub fn apis<K>(&self, client: &Client) -> Vec<Api<K>>
+    where
+        K: Resource<Scope = NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        match self {
+            Scope::Cluster => vec![Api::all(client.clone())],
+            Scope::Namespaces(list) => list
+                .iter()
+                .map(|ns| Api::namespaced(client.clone(), ns))
+                .collect(),
+        }
+    }
+
+    /// Every object of kind `K` the operator serves.
+    pub async fn list<K>(&self, client: &Client) -> Result<Vec<K>, kube::Error>
+    where
+        K: Resource<Scope = NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug,
+        K::DynamicType: Default,
+    {
+        let mut all = Vec::new();
+        for api in self.apis::<K>(client) {
+            all.extend(api.list(&ListParams::default()).await?.items);
+        }
+        Ok(all)
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Scope::Cluster => "every namespace".into(),
+            Scope::Namespaces(list) => format!("namespaces {}", list.join(", ")),
+        }
+    }
+}
+
+/// The StreamApps the controllers' watches last saw, one store per
+/// namespace served: whether the holder of an application id still exists.
+#[derive(Clone, Default)]
+pub struct Apps(pub Vec<Store<StreamApp>>);
+
+impl Apps {
+    /// Once every watch has listed its apps.
+    pub async fn wait_until_ready(&self) -> Result<(), WriterDropped> {
+        for store in &self.0 {
+            store.wait_until_ready().await?;
+        }
+        Ok(())
+    }
+
+    pub fn state(&self) -> Vec<Arc<StreamApp>> {
+        self.0.iter().flat_map(|s| s.state()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_namespaces_is_the_cluster_and_a_list_is_trimmed_sorted_and_unique() {
+        assert_eq!(Scope::new(&[]), Scope::Cluster);
+        assert_eq!(Scope::new(&[" ".into(), String::new()]), Scope::Cluster);
+        assert_eq!(
+            Scope::new(&["team-b".into(), " team-a".into(), "team-b".into()]),
+            Scope::Namespaces(vec!["team-a".into(), "team-b".into()])
+        );
+        assert_eq!(
+            Scope::new(&["a".into()]).describe(),
+            "namespaces a".to_string()
+        );
+    }
+}

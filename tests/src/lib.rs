@@ -6,6 +6,7 @@
 //! how to start it.
 
 pub mod cluster;
+pub mod confinement;
 pub mod join_verifier;
 pub mod proxy;
 pub mod repartition_verifier;

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use millrace_tests::{
-    ensure_topics, example_topics, helm, install_chart, kubectl, repo_root, wait_until,
-    TestNamespace,
+    confinement, ensure_topics, example_topics, helm, install_chart, kubectl, repo_root,
+    wait_until, TestNamespace,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(90);
@@ -58,6 +58,19 @@ fn example_app_is_reconciled_into_owned_objects_scaled_and_collected() {
         condition(ns, "orders-router", "Ready", "message"),
         "2/2 workers ready"
     );
+    // As the built pod specs say: uid 65532, a read-only root, writable only
+    // where a volume is declared writable; the operator's pod too.
+    for worker in ["orders-router-0", "orders-router-1"] {
+        confinement::check(ns, worker, 65532).unwrap();
+    }
+    let operators = get(
+        millrace_tests::OPERATOR_NAMESPACE,
+        "pods",
+        "{.items[*].metadata.name}",
+    );
+    for operator in operators.split_whitespace() {
+        confinement::check(millrace_tests::OPERATOR_NAMESPACE, operator, 65532).unwrap();
+    }
 
     // Real records through the worker pods: a large paid order is routed to
     // orders-large, a malformed one to the dead-letter topic.

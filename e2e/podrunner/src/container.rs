@@ -70,6 +70,7 @@ pub struct LaunchPlan {
     pub argv: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub mounts: Vec<crate::volumes::Mount>,
+    pub confinement: crate::confine::Confinement,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

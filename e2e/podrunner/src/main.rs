@@ -5,6 +5,7 @@
 //!
 //! See docs/testbed.md for what is and is not modelled.
 
+mod confine;
 mod container;
 mod env;
 mod images;

@@ -342,7 +342,14 @@ impl PodHost for PodWorker {
         )?;
         let dirs = self.volume_dirs(&pod, &sources).await?;
         let mounts = volumes::container_mounts(container, &dirs)?;
-        Ok(LaunchPlan { argv, env, mounts })
+        let targets: Vec<_> = mounts.iter().map(|m| m.target.clone()).collect();
+        let confinement = crate::confine::plan(&pod, container, &targets)?;
+        Ok(LaunchPlan {
+            argv,
+            env,
+            mounts,
+            confinement,
+        })
     }
 
     fn spawn(&self, container: &Container, plan: &LaunchPlan) -> anyhow::Result<Child> {
@@ -364,6 +371,7 @@ impl PodHost for PodWorker {
             working_dir: container.working_dir.as_deref(),
             hostname: &self.name,
             mounts: &plan.mounts,
+            confinement: &plan.confinement,
             log_file: &log_file,
             pod_uid: &self.uid,
         })?;

@@ -19,6 +19,7 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::{sethostname, Pid};
 use tokio::process::{Child, Command};
 
+use crate::confine::Confinement;
 use crate::volumes::Mount;
 
 /// Environment variable every pod process carries, so processes left by a
@@ -31,6 +32,7 @@ pub struct Spec<'a> {
     pub working_dir: Option<&'a str>,
     pub hostname: &'a str,
     pub mounts: &'a [Mount],
+    pub confinement: &'a Confinement,
     pub log_file: &'a Path,
     pub pod_uid: &'a str,
 }
@@ -51,8 +53,11 @@ pub fn spawn(spec: &Spec<'_>) -> anyhow::Result<Child> {
     // file whatever is mounted over its path. The paths are prepared here:
     // the child must not allocate.
     let program = Path::new(&spec.argv[0]);
-    let hidden =
-        program.is_absolute() && spec.mounts.iter().any(|m| program.starts_with(&m.target));
+    // Parked too when the container runs as another user: the executable
+    // (in a build directory) need only be executable, not reachable by path.
+    let hidden = program.is_absolute()
+        && (spec.confinement.user.is_some()
+            || spec.mounts.iter().any(|m| program.starts_with(&m.target)));
     let binds: Vec<(CString, CString, CString, bool)> = spec
         .mounts
         .iter()
@@ -77,6 +82,14 @@ pub fn spawn(spec: &Spec<'_>) -> anyhow::Result<Child> {
         spec.argv[0].clone()
     };
     let hostname = spec.hostname.to_string();
+    let read_only: Vec<(CString, MsFlags)> = spec
+        .confinement
+        .read_only
+        .iter()
+        .map(|(point, flags)| Ok((path_cstring(point)?, MsFlags::from_bits_truncate(*flags))))
+        .collect::<anyhow::Result<_>>()?;
+    let user = spec.confinement.user.clone();
+    let no_new_privileges = spec.confinement.no_new_privileges;
 
     let mut command = Command::new(&executable);
     command
@@ -131,6 +144,31 @@ pub fn spawn(spec: &Spec<'_>) -> anyhow::Result<Child> {
                 libc::close(FIRST_PARKED_FD + i as i32);
             }
             sethostname(&hostname)?;
+            // readOnlyRootFilesystem: after the volume binds, which stay as
+            // they are (separate mount points).
+            for (point, kept) in &read_only {
+                let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | *kept;
+                mount(
+                    None::<&str>,
+                    point.as_c_str(),
+                    None::<&str>,
+                    flags,
+                    None::<&str>,
+                )?;
+            }
+            if no_new_privileges && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Last: everything above needs root. A non-root uid loses every
+            // capability at setuid.
+            if let Some((uid, gid, groups)) = &user {
+                if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                    || libc::setgid(*gid) != 0
+                    || libc::setuid(*uid) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             Ok(())
         });
     }

@@ -66,7 +66,9 @@ async fn prepare_one(
 ) -> anyhow::Result<PathBuf> {
     let namespace = ctx.pod.metadata.namespace.as_deref().unwrap_or("default");
     if let Some(claim) = &volume.persistent_volume_claim {
-        return claim_dir(client, namespace, &claim.claim_name).await;
+        let dir = claim_dir(client, namespace, &claim.claim_name).await?;
+        give_to_fs_group(&dir, fs_group(ctx.pod))?;
+        return Ok(dir);
     }
     if let Some(host) = &volume.host_path {
         let path = PathBuf::from(&host.path);
@@ -78,6 +80,7 @@ async fn prepare_one(
     let dir = ctx.pod_dir.join("volumes").join(&volume.name);
     std::fs::create_dir_all(&dir)?;
     if volume.empty_dir.is_some() {
+        give_to_fs_group(&dir, fs_group(ctx.pod))?;
         return Ok(dir);
     }
     let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
@@ -136,8 +139,55 @@ async fn prepare_one(
     } else {
         bail!("unsupported volume type (the pod runner serves emptyDir, configMap, secret, downwardAPI, projected, hostPath and persistentVolumeClaim)");
     }
-    write_files(&dir, &files)?;
+    let mode = [
+        volume.config_map.as_ref().and_then(|v| v.default_mode),
+        volume.secret.as_ref().and_then(|v| v.default_mode),
+        volume.downward_api.as_ref().and_then(|v| v.default_mode),
+        volume.projected.as_ref().and_then(|v| v.default_mode),
+    ]
+    .into_iter()
+    .flatten()
+    .next()
+    .unwrap_or(DEFAULT_MODE);
+    write_files(&dir, &files, (mode as u32, fs_group(ctx.pod)))?;
     Ok(dir)
+}
+
+/// Kubernetes' `defaultMode` when a volume sets none.
+const DEFAULT_MODE: i32 = 0o644;
+
+fn fs_group(pod: &Pod) -> Option<u32> {
+    let group = pod.spec.as_ref()?.security_context.as_ref()?.fs_group?;
+    u32::try_from(group).ok()
+}
+
+/// A writable volume with `fsGroup` set, as the kubelet leaves it: owned by
+/// the group, group-writable, new files inheriting the group (setgid
+/// directories). Done once per volume (its top directory tells), over what
+/// earlier pods left in it.
+fn give_to_fs_group(dir: &Path, group: Option<u32>) -> anyhow::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let Some(group) = group else { return Ok(()) };
+    if std::fs::metadata(dir)?.gid() == group {
+        return Ok(());
+    }
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        let meta = std::fs::symlink_metadata(&path)?;
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        std::os::unix::fs::lchown(&path, None, Some(group))
+            .with_context(|| format!("chown of {}", path.display()))?;
+        let extra = if meta.is_dir() { 0o2070 } else { 0o060 };
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(meta.mode() | extra))?;
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&path)? {
+                pending.push(entry?.path());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The host directory of the PersistentVolume a claim is bound to.
@@ -322,8 +372,14 @@ fn add_downward(
     Ok(())
 }
 
-/// Writes each file by rename; paths may not escape `dir`.
-fn write_files(dir: &Path, files: &BTreeMap<String, Vec<u8>>) -> anyhow::Result<()> {
+/// Writes each file by rename, with `mode` and the pod's `fsGroup` as its
+/// group, as the kubelet does; paths may not escape `dir`.
+fn write_files(
+    dir: &Path,
+    files: &BTreeMap<String, Vec<u8>>,
+    (mode, group): (u32, Option<u32>),
+) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     for (relative, bytes) in files {
         if relative
             .split('/')
@@ -340,6 +396,10 @@ fn write_files(dir: &Path, files: &BTreeMap<String, Vec<u8>>) -> anyhow::Result<
         }
         let tmp = path.with_extension("millrace-tmp");
         std::fs::write(&tmp, bytes)?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+        if group.is_some() {
+            std::os::unix::fs::chown(&tmp, None, group)?;
+        }
         std::fs::rename(&tmp, &path)?;
     }
     Ok(())
@@ -442,9 +502,14 @@ mod tests {
             mode: None,
         }];
         let files = select_items(all.clone(), Some(&items), "ConfigMap 'x'").unwrap();
-        write_files(&dir, &files).unwrap();
+        write_files(&dir, &files, (0o644, None)).unwrap();
         assert_eq!(std::fs::read(dir.join("sub/b.txt")).unwrap(), b"2");
-        assert!(write_files(&dir, &[("../evil".to_string(), vec![])].into()).is_err());
+        assert!(write_files(
+            &dir,
+            &[("../evil".to_string(), vec![])].into(),
+            (0o644, None)
+        )
+        .is_err());
         let missing = [KeyToPath {
             key: "zz".into(),
             path: "z".into(),

@@ -1,0 +1,176 @@
+//! A container's security context, enforced as a kubelet and container
+//! runtime would: its user, group and supplemental groups (with `fsGroup`),
+//! `runAsNonRoot` checked, no new privileges, and a read-only root
+//! filesystem: every mount of the host except the container's own volume
+//! mounts (and /proc, /sys, /dev, which a runtime mounts itself) is
+//! remounted read-only in the container's mount namespace, so a write
+//! anywhere the pod spec did not declare a writable volume fails.
+//!
+//! Pure planning here; `process` applies the plan in the child.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::bail;
+use k8s_openapi::api::core::v1::{Container, Pod};
+
+/// What the child does after its volume mounts and before exec.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Confinement {
+    /// (uid, gid, supplemental groups); `None`: stays root, as the image
+    /// would without a user.
+    pub user: Option<(u32, u32, Vec<u32>)>,
+    pub no_new_privileges: bool,
+    /// Mount points to remount read-only, with the flags to keep.
+    pub read_only: Vec<(PathBuf, u64)>,
+}
+
+/// Pod-level settings with the container's own over them.
+pub fn plan(pod: &Pod, container: &Container, binds: &[PathBuf]) -> anyhow::Result<Confinement> {
+    let pod_ctx = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.security_context.clone())
+        .unwrap_or_default();
+    let ctx = container.security_context.clone().unwrap_or_default();
+    let uid = ctx.run_as_user.or(pod_ctx.run_as_user);
+    let gid = ctx.run_as_group.or(pod_ctx.run_as_group);
+    let non_root = ctx.run_as_non_root.or(pod_ctx.run_as_non_root) == Some(true);
+    if non_root && uid.unwrap_or(0) == 0 {
+        bail!(
+            "container '{}' has runAsNonRoot and would run as root (set runAsUser)",
+            container.name
+        );
+    }
+    let user = match uid {
+        Some(uid) => {
+            let id = |v: i64, what: &str| {
+                u32::try_from(v).map_err(|_| anyhow::anyhow!("{what} {v} is out of range"))
+            };
+            let mut groups: Vec<u32> = pod_ctx
+                .supplemental_groups
+                .iter()
+                .flatten()
+                .chain(pod_ctx.fs_group.iter())
+                .map(|g| id(*g, "a supplemental group"))
+                .collect::<anyhow::Result<_>>()?;
+            groups.sort_unstable();
+            groups.dedup();
+            Some((
+                id(uid, "runAsUser")?,
+                id(gid.unwrap_or(0), "runAsGroup")?,
+                groups,
+            ))
+        }
+        None => None,
+    };
+    let read_only = if ctx.read_only_root_filesystem == Some(true) {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+        read_only_remounts(&mountinfo, binds)
+    } else {
+        Vec::new()
+    };
+    Ok(Confinement {
+        user,
+        // Kubernetes' default is to allow escalation; the built pods say no.
+        no_new_privileges: ctx.allow_privilege_escalation == Some(false),
+        read_only,
+    })
+}
+
+/// The host's writable mount points a read-only root must cover: all but
+/// the runtime's own (/proc, /sys, /dev) and those at or under a volume
+/// mount of the container (a remount there would hit the volume).
+fn read_only_remounts(mountinfo: &str, binds: &[PathBuf]) -> Vec<(PathBuf, u64)> {
+    let runtime_owned = ["/proc", "/sys", "/dev"];
+    let mut remounts = Vec::new();
+    for line in mountinfo.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let (Some(point), Some(options)) = (fields.get(4), fields.get(5)) else {
+            continue;
+        };
+        let point = Path::new(point);
+        let options: Vec<&str> = options.split(',').collect();
+        if options.contains(&"ro")
+            || runtime_owned.iter().any(|r| point.starts_with(r))
+            || binds.iter().any(|b| point.starts_with(b))
+            || remounts.iter().any(|(p, _)| p == point)
+        {
+            continue;
+        }
+        remounts.push((point.to_path_buf(), kept_flags(&options)));
+    }
+    remounts
+}
+
+/// Per-mount flags a bind remount must repeat (or the kernel refuses to
+/// drop them on a mount it inherited).
+fn kept_flags(options: &[&str]) -> u64 {
+    use nix::mount::MsFlags;
+    let mut flags = MsFlags::empty();
+    for (name, flag) in [
+        ("nosuid", MsFlags::MS_NOSUID),
+        ("nodev", MsFlags::MS_NODEV),
+        ("noexec", MsFlags::MS_NOEXEC),
+        ("noatime", MsFlags::MS_NOATIME),
+        ("nodiratime", MsFlags::MS_NODIRATIME),
+        ("relatime", MsFlags::MS_RELATIME),
+    ] {
+        if options.contains(&name) {
+            flags |= flag;
+        }
+    }
+    flags.bits()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MOUNTINFO: &str = "\
+22 27 0:21 / /proc rw,relatime - proc proc rw
+24 27 0:6 / /dev rw,relatime - devtmpfs devtmpfs rw
+27 1 254:0 / / rw,relatime - ext4 /dev/vda rw
+28 27 0:25 / /mnt/tools ro,nosuid,nodev,relatime - tmpfs t ro
+29 27 0:26 / /tmp rw,nosuid,nodev - tmpfs tmpfs rw
+30 27 0:27 / /data rw,noexec,relatime - ext4 /dev/vdb rw
+";
+
+    #[test]
+    fn every_writable_host_mount_but_the_runtimes_and_the_volumes_is_remounted() {
+        use nix::mount::MsFlags;
+        let remounts = read_only_remounts(MOUNTINFO, &[PathBuf::from("/tmp")]);
+        let points: Vec<&str> = remounts.iter().map(|(p, _)| p.to_str().unwrap()).collect();
+        assert_eq!(points, ["/", "/data"]);
+        assert_eq!(
+            remounts[1].1,
+            (MsFlags::MS_NOEXEC | MsFlags::MS_RELATIME).bits()
+        );
+    }
+
+    #[test]
+    fn users_groups_and_run_as_non_root_follow_the_pod_and_container() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"},
+            "spec": {"securityContext": {"runAsUser": 65532, "runAsGroup": 65532, "fsGroup": 2000},
+                     "containers": []}
+        }))
+        .unwrap();
+        let container: Container = serde_json::from_value(serde_json::json!({
+            "name": "c",
+            "securityContext": {"allowPrivilegeEscalation": false}
+        }))
+        .unwrap();
+        let plan = plan(&pod, &container, &[]).unwrap();
+        assert_eq!(plan.user, Some((65532, 65532, vec![2000])));
+        assert!(plan.no_new_privileges);
+        assert!(plan.read_only.is_empty());
+
+        let root: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"},
+            "spec": {"securityContext": {"runAsNonRoot": true}, "containers": []}
+        }))
+        .unwrap();
+        let refused = super::plan(&root, &container, &[]).unwrap_err().to_string();
+        assert!(refused.contains("runAsNonRoot"), "{refused}");
+    }
+}

@@ -200,6 +200,28 @@ pub fn longest_gap(arrivals: &[Instant], from: Instant, to: Instant) -> Duration
     longest.max(to.saturating_duration_since(last))
 }
 
+/// Records written per chunk, and over how long: 250 per second per app.
+pub const CHUNK: u64 = 1_000;
+pub const CHUNK_TIME: Duration = Duration::from_secs(4);
+
+/// Writes chunks of records (`write(seqs)`) until `stop`; the records
+/// written.
+pub fn in_chunks(stop: &AtomicBool, write: impl Fn(std::ops::Range<u64>)) -> u64 {
+    let mut next = 0;
+    while !stop.load(Ordering::Relaxed) {
+        write(next..next + CHUNK);
+        next += CHUNK;
+    }
+    next
+}
+
+/// Records in `topic` (the sum of its partitions' end offsets).
+pub fn written(topic: &str, partitions: i32) -> i64 {
+    (0..partitions)
+        .map(|p| crate::verifier::end_offset(topic, p))
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use millrace_crds::identity::{loop_id, transactional_id};
-use millrace_tests::cluster::{self, longest_gap, Arrivals};
+use millrace_tests::cluster::{self, in_chunks, longest_gap, written, Arrivals, CHUNK_TIME};
 use millrace_tests::standalone::{App, SPEC};
 use millrace_tests::verifier::{self, drained, env_or, Topics};
 use millrace_tests::{state_verifier, unique, wait_until};
@@ -36,27 +36,6 @@ struct Kill {
     until: Instant,
     node: i32,
     roles: Vec<String>,
-}
-
-/// Records written per chunk, and over how long: 250 per second per app.
-const CHUNK: u64 = 1_000;
-const CHUNK_TIME: Duration = Duration::from_secs(4);
-
-/// Writes chunks of records (`write(seqs)`) until `stop`; the records
-/// written.
-fn in_chunks(stop: &AtomicBool, write: impl Fn(std::ops::Range<u64>)) -> u64 {
-    let mut next = 0;
-    while !stop.load(Ordering::Relaxed) {
-        write(next..next + CHUNK);
-        next += CHUNK;
-    }
-    next
-}
-
-fn written(topic: &str, partitions: i32) -> i64 {
-    (0..partitions)
-        .map(|p| verifier::end_offset(topic, p))
-        .sum()
 }
 
 #[test]

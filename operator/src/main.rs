@@ -228,7 +228,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         defaults,
         reporter,
         metrics,
-        apps: Apps(controllers.iter().map(Controller::store).collect()),
+        apps: Apps(
+            scope
+                .namespaces()
+                .into_iter()
+                .zip(controllers.iter().map(Controller::store))
+                .collect(),
+        ),
         finalizer_timeout: args.finalizer_timeout,
         backoff: Default::default(),
         lease_namespace: args.namespace.clone(),

@@ -34,6 +34,14 @@ impl Scope {
         }
     }
 
+    /// The namespaces served, in the order of [`Scope::apis`] (`None`: all).
+    pub fn namespaces(&self) -> Vec<Option<String>> {
+        match self {
+            Scope::Cluster => vec![None],
+            Scope::Namespaces(list) => list.iter().cloned().map(Some).collect(),
+        }
+    }
+
     /// One API per namespace served (one over all of them for the cluster).
     pub fn apis<K>(&self, client: &Client) -> Vec<Api<K>>
     where
@@ -49,15 +57,29 @@ impl Scope {
         }
     }
 
-    /// Every object of kind `K` the operator serves.
+    /// Every object of kind `K` the operator serves. A namespace that
+    /// cannot be listed (its Role gone) is skipped with a warning, so the
+    /// others are still served; an error only if none could be.
     pub async fn list<K>(&self, client: &Client) -> Result<Vec<K>, kube::Error>
     where
         K: Resource<Scope = NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug,
         K::DynamicType: Default,
     {
-        let mut all = Vec::new();
-        for api in self.apis::<K>(client) {
-            all.extend(api.list(&ListParams::default()).await?.items);
+        let apis = self.apis::<K>(client);
+        let (mut all, mut failed) = (Vec::new(), Vec::new());
+        for api in &apis {
+            match api.list(&ListParams::default()).await {
+                Ok(list) => all.extend(list.items),
+                Err(e) => failed.push(e),
+            }
+        }
+        if failed.len() == apis.len() {
+            if let Some(e) = failed.pop() {
+                return Err(e);
+            }
+        }
+        for e in &failed {
+            tracing::warn!("listing in one of the served namespaces: {e}");
         }
         Ok(all)
     }
@@ -71,21 +93,25 @@ impl Scope {
 }
 
 /// The StreamApps the controllers' watches last saw, one store per
-/// namespace served: whether the holder of an application id still exists.
+/// namespace served (`None`: the cluster's): whether the holder of an
+/// application id still exists.
 #[derive(Clone, Default)]
-pub struct Apps(pub Vec<Store<StreamApp>>);
+pub struct Apps(pub Vec<(Option<String>, Store<StreamApp>)>);
 
 impl Apps {
-    /// Once every watch has listed its apps.
-    pub async fn wait_until_ready(&self) -> Result<(), WriterDropped> {
-        for store in &self.0 {
-            store.wait_until_ready().await?;
+    /// Once the watch of `namespace` has listed its apps: one namespace
+    /// whose watch cannot list does not hold up the others.
+    pub async fn wait_until_ready(&self, namespace: &str) -> Result<(), WriterDropped> {
+        for (served, store) in &self.0 {
+            if served.as_deref().is_none_or(|s| s == namespace) {
+                store.wait_until_ready().await?;
+            }
         }
         Ok(())
     }
 
     pub fn state(&self) -> Vec<Arc<StreamApp>> {
-        self.0.iter().flat_map(|s| s.state()).collect()
+        self.0.iter().flat_map(|(_, s)| s.state()).collect()
     }
 }
 

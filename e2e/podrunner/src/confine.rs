@@ -8,7 +8,7 @@
 //!
 //! Pure planning here; `process` applies the plan in the child.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::bail;
 use k8s_openapi::api::core::v1::{Container, Pod};
@@ -88,18 +88,43 @@ fn read_only_remounts(mountinfo: &str, binds: &[PathBuf]) -> Vec<(PathBuf, u64)>
         let (Some(point), Some(options)) = (fields.get(4), fields.get(5)) else {
             continue;
         };
-        let point = Path::new(point);
+        let point = PathBuf::from(unescape(point));
         let options: Vec<&str> = options.split(',').collect();
+        // A later line mounted over the same path is the one a remount of
+        // the path reaches: it replaces the earlier.
+        remounts.retain(|(p, _)| *p != point);
         if options.contains(&"ro")
             || runtime_owned.iter().any(|r| point.starts_with(r))
             || binds.iter().any(|b| point.starts_with(b))
-            || remounts.iter().any(|(p, _)| p == point)
         {
             continue;
         }
-        remounts.push((point.to_path_buf(), kept_flags(&options)));
+        remounts.push((point, kept_flags(&options)));
     }
     remounts
+}
+
+/// mountinfo writes space, tab, newline and backslash in paths as `\ooo`.
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (bytes[i], octal) {
+            (b'\\', Some(d)) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Per-mount flags a bind remount must repeat (or the kernel refuses to
@@ -133,6 +158,8 @@ mod tests {
 28 27 0:25 / /mnt/tools ro,nosuid,nodev,relatime - tmpfs t ro
 29 27 0:26 / /tmp rw,nosuid,nodev - tmpfs tmpfs rw
 30 27 0:27 / /data rw,noexec,relatime - ext4 /dev/vdb rw
+31 27 0:28 / /my\\040disk rw - ext4 /dev/vdc rw
+32 27 0:29 / /mnt/tools rw - tmpfs t rw
 ";
 
     #[test]
@@ -140,7 +167,7 @@ mod tests {
         use nix::mount::MsFlags;
         let remounts = read_only_remounts(MOUNTINFO, &[PathBuf::from("/tmp")]);
         let points: Vec<&str> = remounts.iter().map(|(p, _)| p.to_str().unwrap()).collect();
-        assert_eq!(points, ["/", "/data"]);
+        assert_eq!(points, ["/", "/data", "/my disk", "/mnt/tools"]);
         assert_eq!(
             remounts[1].1,
             (MsFlags::MS_NOEXEC | MsFlags::MS_RELATIME).bits()

@@ -149,7 +149,10 @@ async fn prepare_one(
     .flatten()
     .next()
     .unwrap_or(DEFAULT_MODE);
-    write_files(&dir, &files, (mode as u32, fs_group(ctx.pod)))?;
+    // With fsGroup the kubelet makes the files group-readable.
+    let group = fs_group(ctx.pod);
+    let mode = mode as u32 | if group.is_some() { 0o440 } else { 0 };
+    write_files(&dir, &files, (mode, group))?;
     Ok(dir)
 }
 

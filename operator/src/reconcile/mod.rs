@@ -78,7 +78,7 @@ async fn reconcile_app(app: Arc<StreamApp>, ctx: Arc<Context>) -> Result<Action>
     // Until the watch has listed every app, a holder of this app's id may
     // be missing from the store and its claim taken over.
     ctx.apps
-        .wait_until_ready()
+        .wait_until_ready(&namespace)
         .await
         .map_err(|e| Error::Other(format!("the StreamApp watch stopped: {e}")))?;
     let model = match admit(&app, &ctx).await {

@@ -213,6 +213,7 @@ impl Core {
         let (epoch, taken) = match change {
             PlacementChange::Release { epoch, tasks } => {
                 self.checkpoint.release(&tasks);
+                self.fence_forget(&tasks);
                 self.unclaim(&tasks);
                 self.stopped.retain(|s| !tasks.contains(&s.task));
                 self.status.release(&tasks);

@@ -139,6 +139,15 @@ pub fn producer(config: &WorkerConfig, worker_id: &str) -> anyhow::Result<Client
 pub fn offset_fence(config: &WorkerConfig, worker_id: &str) -> anyhow::Result<ClientConfig> {
     let mut c = base(&config.kafka, &[])?;
     transactional(&mut c, config, worker_id);
+    // `spec.transactionTimeout` is only checked under exactly-once: kept
+    // within librdkafka's and the broker's default bounds here, and the
+    // delivery timeouts (no records are sent) within it, whatever the
+    // user's properties say, so the producer is always valid.
+    let timeout_ms = config.transaction_timeout_ms.clamp(1_000, 15 * 60 * 1_000);
+    for key in ["transaction.timeout.ms", "message.timeout.ms"] {
+        c.set(key, timeout_ms.to_string());
+    }
+    c.remove("delivery.timeout.ms");
     Ok(c)
 }
 

@@ -44,11 +44,18 @@ pub(super) struct OffsetFence {
     /// Acknowledged offsets not sent yet (newest per partition).
     owed: Offsets,
     last_started: Option<Instant>,
+    /// Why the last commit failed, while its offsets are owed again.
+    last_failure: Option<KafkaError>,
 }
 
-/// The fence's producer was fenced, or is unusable: the loop must not
-/// process another record before reading its placement again.
-pub(super) struct Fenced(pub String);
+pub(super) enum Failure {
+    /// The fence's producer was fenced, or is unusable: the loop must not
+    /// process another record before reading its placement again.
+    Fenced(String),
+    /// A commit that had to be done (`wait`) failed: the caller must not
+    /// go on as if the offsets were committed (a handoff, a stop).
+    Failed(KafkaError),
+}
 
 impl OffsetFence {
     /// A producer with the loop's transactional id, initialised: this
@@ -68,7 +75,22 @@ impl OffsetFence {
             pending: None,
             owed: Offsets::new(),
             last_started: None,
+            last_failure: None,
         })
+    }
+
+    /// Offsets wait to be sent, or a commit for its outcome.
+    pub fn owes(&self) -> bool {
+        self.pending.is_some() || !self.owed.is_empty()
+    }
+
+    /// Released tasks' offsets are no longer this loop's to commit (their
+    /// next owner's would be moved back).
+    pub fn forget(&mut self, tasks: &[i32]) {
+        self.owed.retain(|(_, p), _| !tasks.contains(p));
+        if let Some((_, sent)) = &mut self.pending {
+            sent.retain(|(_, p), _| !tasks.contains(p));
+        }
     }
 
     /// Owes `offsets` and commits what is owed unless a commit is under
@@ -79,11 +101,12 @@ impl OffsetFence {
         consumer: &BaseConsumer,
         offsets: &Offsets,
         wait: bool,
-    ) -> Result<(), Fenced> {
+    ) -> Result<(), Failure> {
         self.owed
             .extend(offsets.iter().map(|(tp, o)| (tp.clone(), *o)));
         if wait {
             self.settle()?;
+            self.last_failure = None;
         } else {
             self.check(Duration::ZERO)?;
             let recent = self.last_started.is_some_and(|t| t.elapsed() < COMMIT_GAP);
@@ -96,21 +119,24 @@ impl OffsetFence {
         }
         let owed = std::mem::take(&mut self.owed);
         let (list, group) =
-            Core::commit_arguments(consumer, &owed).map_err(|e| Fenced(e.to_string()))?;
+            Core::commit_arguments(consumer, &owed).map_err(|e| Failure::Fenced(e.to_string()))?;
         self.producer
             .begin_transaction()
-            .map_err(|e| Fenced(format!("beginning an offset commit: {e}")))?;
+            .map_err(|e| Failure::Fenced(format!("beginning an offset commit: {e}")))?;
         let pending = self.committer.commit(&self.producer, list, group);
         self.pending = Some((pending, owed));
         self.last_started = Some(Instant::now());
         if wait {
             self.settle()?;
+            if let Some(e) = self.last_failure.take() {
+                return Err(Failure::Failed(e));
+            }
         }
         Ok(())
     }
 
     /// Waits for the commit under way, if any.
-    fn settle(&mut self) -> Result<(), Fenced> {
+    fn settle(&mut self) -> Result<(), Failure> {
         while self.pending.is_some() {
             self.check(Duration::from_millis(100))?;
         }
@@ -120,14 +146,14 @@ impl OffsetFence {
     /// Picks up the outcome of the commit under way if it comes within
     /// `wait`. A failure other than a fence is aborted and its offsets are
     /// owed again (unless newer ones are), for the next commit.
-    fn check(&mut self, wait: Duration) -> Result<(), Fenced> {
+    fn check(&mut self, wait: Duration) -> Result<(), Failure> {
         let Some((pending, _)) = &self.pending else {
             return Ok(());
         };
         let outcome = match pending.poll(wait) {
             Progress::Waiting => return Ok(()),
             Progress::Hung => {
-                return Err(Fenced(
+                return Err(Failure::Fenced(
                     "an offset commit got no outcome past its deadline".into(),
                 ))
             }
@@ -139,17 +165,30 @@ impl OffsetFence {
         };
         let fatal = matches!(&e, KafkaError::Transaction(rd) if rd.is_fatal());
         if fatal || self.producer.abort_transaction(ABORT_TIMEOUT).is_err() {
-            return Err(Fenced(e.to_string()));
+            return Err(Failure::Fenced(e.to_string()));
         }
         tracing::warn!("offset commit failed: {e}; its offsets go with the next one");
         for (tp, offset) in sent {
             self.owed.entry(tp).or_insert(offset);
         }
+        self.last_failure = Some(e);
         Ok(())
     }
 }
 
 impl Core {
+    /// A placed at-least-once loop's fence still has offsets to commit.
+    pub(super) fn fence_owes(&self) -> bool {
+        matches!(&self.guarantee, super::Guarantee::AtLeastOnce { fence: Some(f) } if f.owes())
+    }
+
+    /// Released tasks: their offsets are not committed by this loop again.
+    pub(super) fn fence_forget(&mut self, tasks: &[i32]) {
+        if let super::Guarantee::AtLeastOnce { fence: Some(f) } = &mut self.guarantee {
+            f.forget(tasks);
+        }
+    }
+
     /// Commits at-least-once offsets (`wait`: and waits for the outcome):
     /// in a placed pod through the loop's fence, otherwise as the
     /// consumer's offsets.
@@ -169,8 +208,10 @@ impl Core {
             }
             return Ok(());
         };
-        let Err(Fenced(why)) = fence.commit(consumer, offsets, wait) else {
-            return Ok(());
+        let why = match fence.commit(consumer, offsets, wait) {
+            Ok(()) => return Ok(()),
+            Err(Failure::Failed(e)) => return Err(e.into()),
+            Err(Failure::Fenced(why)) => why,
         };
         // A new fence producer fences the old one (which may still hold an
         // open offset transaction); the loop then reads the placement and

@@ -491,6 +491,11 @@ fn apply_changes(
             core.settle_offsets(consumer)?;
             settled = true;
         }
+        if core.placement_stale {
+            // Fenced while settling: nothing is applied or acknowledged;
+            // the loop reads the placement afresh instead.
+            return Ok(());
+        }
         let epoch = core.apply(consumer, change)?;
         tasks.acknowledge(epoch);
     }

@@ -175,7 +175,10 @@ impl Core {
             self.close(consumer)?;
             return self.settle_closing(consumer);
         }
-        if !self.checkpoint.has_open_offsets() && self.checkpoint.nothing_in_flight() {
+        if !self.checkpoint.has_open_offsets()
+            && self.checkpoint.nothing_in_flight()
+            && !self.fence_owes()
+        {
             return Ok(());
         }
         let started = Instant::now();
@@ -324,7 +327,10 @@ impl Core {
         &mut self,
         consumer: &BaseConsumer,
     ) -> Result<(), EngineError> {
-        if self.guarantee.transactional() || self.checkpoint.nothing_in_flight() {
+        // Offsets the fence held back go out once the loop is idle too.
+        if self.guarantee.transactional()
+            || (self.checkpoint.nothing_in_flight() && !self.fence_owes())
+        {
             return Ok(());
         }
         let outcome = self
@@ -479,6 +485,16 @@ pub(super) fn init_transactions<C: ProducerContext>(
     loop {
         match producer.init_transactions(KAFKA_TIMEOUT) {
             Ok(()) => return Ok(()),
+            // Retrying would not help: the operator's and the user's fix.
+            Err(KafkaError::Transaction(e))
+                if e.code() == RDKafkaErrorCode::TransactionalIdAuthorizationFailed =>
+            {
+                return Err(EngineError::Config(format!(
+                    "the app's Kafka principal may not use its transactional ids ({e}): grant \
+                     Write and Describe on the TransactionalId prefix '<applicationId>-' \
+                     (docs/security.md; needed under AtLeastOnce too, for fencing)"
+                )));
+            }
             Err(e) if !shutdown.load(Ordering::Relaxed) => {
                 tracing::warn!("init_transactions: {e}; retrying in {backoff:?}");
                 heartbeat.beat();

@@ -9,7 +9,12 @@ need mvn "Install Maven 3.8+ (Debian: apt-get install maven)."
 need java "Install a Java 17+ runtime."
 log "building release binaries and the Kafka Streams app"
 cargo build -q --release -p millrace-runtime -p millrace-bench
-if ! mvn -B -q -Dstyle.color=never -f bench/kstreams/pom.xml package -DskipTests > "$LOG_DIR/bench-mvn.log" 2>&1; then
+# The Kafka Streams contender on the broker's version (e2e/lib/common.sh); the
+# harness names it in its reports.
+export KAFKA_VERSION
+# `clean`: copy-dependencies adds to target/lib, and a classpath of lib/* with
+# two versions of one jar (after a version change) runs whichever comes first.
+if ! mvn -B -q -Dstyle.color=never -Dkafka.version="$KAFKA_VERSION" -f bench/kstreams/pom.xml clean package -DskipTests > "$LOG_DIR/bench-mvn.log" 2>&1; then
   tail -n 20 "$LOG_DIR/bench-mvn.log" >&2
   die "building bench/kstreams failed (log: $LOG_DIR/bench-mvn.log)"
 fi

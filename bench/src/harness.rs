@@ -422,8 +422,9 @@ pub fn machine_line(setup: &Setup) -> String {
                 .to_string()
         })
         .unwrap_or_default();
+    let kafka = std::env::var("KAFKA_VERSION").unwrap_or_else(|_| "version not given".into());
     format!(
-        "Machine: {} cores, {} ; broker on the same machine (Kafka 4.1.1, one KRaft node). Java: {java}. Kafka Streams: {} stream threads.",
+        "Machine: {} cores, {} ; broker on the same machine (Kafka {kafka}, one KRaft node; Kafka Streams the same version). Java: {java}. Kafka Streams: {} stream threads.",
         setup.threads,
         meminfo(),
         setup.threads

@@ -3,11 +3,11 @@
 //! round by round (A B C A B C ...), measured from start until its consumer
 //! group has committed the whole input (its outputs are committed with it).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::kafka;
+use crate::{jvm, kafka, pipe, process};
 
 pub const PARTITIONS: i32 = 16;
 
@@ -42,7 +42,7 @@ impl Contender {
         }
     }
 
-    fn slug(self) -> &'static str {
+    pub fn slug(self) -> &'static str {
         match self {
             Contender::MillraceExactlyOnce => "mr-eos",
             Contender::MillraceAtLeastOnce => "mr-alo",
@@ -54,12 +54,15 @@ impl Contender {
     }
 }
 
+#[derive(Clone)]
 pub struct Setup {
     pub bootstrap: String,
     pub repo: PathBuf,
     pub target: PathBuf,
     pub run_id: String,
     pub threads: usize,
+    /// The Kafka Streams JVMs' heap and setting overrides.
+    pub kstreams: jvm::KafkaStreams,
 }
 
 impl Setup {
@@ -85,7 +88,12 @@ impl Setup {
             target,
             run_id,
             threads,
+            kstreams: jvm::KafkaStreams::default(),
         })
+    }
+
+    pub fn with_kstreams(self, kstreams: jvm::KafkaStreams) -> Self {
+        Setup { kstreams, ..self }
     }
 }
 
@@ -100,27 +108,100 @@ pub struct Measurement {
     /// The broker's CPU seconds over the same span (it shares the cores);
     /// `None` when the broker is not one local process.
     pub broker_cpu_seconds: Option<f64>,
+    /// Records ÷ time from the first commit the harness saw to the last:
+    /// start-up (JVM, group join, first fetches) left out.
+    pub steady_records_per_second: Option<f64>,
 }
 
+/// The four outputs of every contender, in `pipe::OUTPUTS` order (large, eu,
+/// other, dlq); the raw pipes fan out to the same four.
 pub fn output_topics(setup: &Setup, c: Contender, round: usize) -> Vec<String> {
     let prefix = format!("{}-{}-{round}", setup.run_id, c.slug());
+    pipe::OUTPUTS
+        .iter()
+        .map(|s| format!("{prefix}-{s}"))
+        .collect()
+}
+
+/// Records each output must hold after a run over the whole input: the
+/// router's (`kafka::route_of`) or the raw pipes' fan-out.
+pub fn expected_outputs(c: Contender, records: u64, input_ends: &[i64]) -> [u64; 4] {
     match c {
-        Contender::RawPipe | Contender::RawPipeTransactional => vec![format!("{prefix}-out")],
-        _ => ["large", "eu", "other", "dlq"]
-            .iter()
-            .map(|s| format!("{prefix}-{s}"))
-            .collect(),
+        Contender::RawPipe | Contender::RawPipeTransactional => pipe::fan_out_counts(input_ends),
+        _ => {
+            let mut counts = [0; 4];
+            for i in 0..records {
+                if let Some(output) = kafka::route_of(i) {
+                    counts[output] += 1;
+                }
+            }
+            counts
+        }
     }
 }
 
-fn manifest(
+impl Contender {
+    /// Kafka Streams' `processing.guarantee` of the same guarantee.
+    pub fn kstreams_guarantee(self) -> &'static str {
+        if self.exactly_once() {
+            "exactly_once_v2"
+        } else {
+            "at_least_once"
+        }
+    }
+
+    pub fn exactly_once(self) -> bool {
+        matches!(
+            self,
+            Contender::MillraceExactlyOnce
+                | Contender::KafkaStreamsExactlyOnce
+                | Contender::RawPipeTransactional
+        )
+    }
+}
+
+/// Counts every output of a finished run against what it must hold: exactly
+/// under exactly-once, at least under at-least-once (a crash-free run
+/// writes no duplicates either, but may). A run that fails is not timed.
+pub fn check_outputs(
+    setup: &Setup,
+    c: Contender,
+    topics: &[String],
+    expected: [u64; 4],
+) -> anyhow::Result<[u64; 4]> {
+    let mut counted = [0; 4];
+    for (i, topic) in topics.iter().enumerate() {
+        counted[i] = kafka::count_committed(&setup.bootstrap, topic, PARTITIONS)?;
+        let fits = if c.exactly_once() {
+            counted[i] == expected[i]
+        } else {
+            counted[i] >= expected[i]
+        };
+        anyhow::ensure!(
+            fits,
+            "{}: {topic} holds {} records, {} expected ({})",
+            c.name(),
+            counted[i],
+            expected[i],
+            if c.exactly_once() {
+                "exactly"
+            } else {
+                "at least"
+            }
+        );
+    }
+    Ok(counted)
+}
+
+/// The Millrace contenders' manifest.
+pub fn manifest_text(
     setup: &Setup,
     app_id: &str,
     input: &str,
     prefix: &str,
     guarantee: &str,
-) -> anyhow::Result<PathBuf> {
-    let yaml = format!(
+) -> String {
+    format!(
         r#"apiVersion: millrace.dev/v1alpha1
 kind: StreamApp
 metadata: {{name: bench}}
@@ -141,7 +222,17 @@ spec:
     onError: {{policy: DeadLetter, deadLetterTopic: {prefix}-dlq}}
 "#,
         bootstrap = setup.bootstrap
-    );
+    )
+}
+
+fn manifest(
+    setup: &Setup,
+    app_id: &str,
+    input: &str,
+    prefix: &str,
+    guarantee: &str,
+) -> anyhow::Result<PathBuf> {
+    let yaml = manifest_text(setup, app_id, input, prefix, guarantee);
     let path = std::env::temp_dir().join(format!("{app_id}.yaml"));
     std::fs::write(&path, yaml)?;
     Ok(path)
@@ -172,7 +263,7 @@ pub fn launch(
                 "AtLeastOnce"
             };
             let path = manifest(setup, &app_id, input, &prefix, guarantee)?;
-            let mut cmd = Command::new(binary(&setup.target, "millrace-runtime")?);
+            let mut cmd = Command::new(process::binary(&setup.target, "millrace-runtime")?);
             cmd.args([
                 "run",
                 "--manifest",
@@ -183,41 +274,20 @@ pub fn launch(
             .env("RUST_LOG", "warn");
             cmd
         }
-        Contender::KafkaStreamsExactlyOnce | Contender::KafkaStreamsAtLeastOnce => {
-            let guarantee = if c == Contender::KafkaStreamsExactlyOnce {
-                "exactly_once_v2"
-            } else {
-                "at_least_once"
-            };
-            let dir = setup.repo.join("bench/kstreams/target");
-            anyhow::ensure!(dir.join("kstreams-orders-router-1.jar").exists(), "the Kafka Streams app is not built: run `make bench` (mvn package in bench/kstreams)");
-            let classpath = format!(
-                "{}:{}/*",
-                dir.join("kstreams-orders-router-1.jar").display(),
-                dir.join("lib").display()
-            );
-            let mut cmd = Command::new("java");
-            cmd.args([
-                "-cp",
-                &classpath,
-                "dev.millrace.bench.OrdersRouter",
-                &setup.bootstrap,
-                &app_id,
-                input,
-                &prefix,
-                guarantee,
-                &setup.threads.to_string(),
-            ]);
-            cmd
-        }
+        Contender::KafkaStreamsExactlyOnce | Contender::KafkaStreamsAtLeastOnce => jvm::command(
+            setup,
+            "dev.millrace.bench.OrdersRouter",
+            &[&setup.bootstrap, &app_id, input, &prefix],
+            &jvm::router_settings(setup, c.kstreams_guarantee()),
+        )?,
         Contender::RawPipe | Contender::RawPipeTransactional => {
             let mut cmd = Command::new(std::env::current_exe()?);
             cmd.args([
                 "pipe",
                 "--input",
                 input,
-                "--output",
-                &format!("{prefix}-out"),
+                "--prefix",
+                &prefix,
                 "--group",
                 &app_id,
                 "--bootstrap",
@@ -233,62 +303,6 @@ pub fn launch(
     };
     quiet(&mut cmd);
     Ok((cmd.spawn()?, app_id))
-}
-
-pub fn binary(target: &Path, name: &str) -> anyhow::Result<PathBuf> {
-    let path = target.join("release").join(name);
-    anyhow::ensure!(
-        path.exists(),
-        "{} is missing: run `make bench` (it builds release binaries)",
-        path.display()
-    );
-    Ok(path)
-}
-
-/// CPU seconds (user + system, all threads) and peak RSS of a live process.
-fn process_usage(pid: u32) -> (f64, f64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after_name = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    // Fields 14 and 15 of stat (utime, stime) are 11 and 12 after the name.
-    let ticks: f64 = [11, 12]
-        .iter()
-        .filter_map(|i| fields.get(*i).and_then(|v| v.parse::<f64>().ok()))
-        .sum();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let hwm_kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0.0);
-    (ticks / 100.0, hwm_kb / 1024.0)
-}
-
-/// The local broker's process (a JVM running `kafka.Kafka`), when there is
-/// exactly one.
-fn broker_pid() -> Option<u32> {
-    let mut found = std::fs::read_dir("/proc").ok()?.filter_map(|entry| {
-        let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        args.iter().any(|a| *a == b"kafka.Kafka").then_some(pid)
-    });
-    let first = found.next()?;
-    found.next().is_none().then_some(first)
-}
-
-pub fn stop(mut child: Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    for _ in 0..100 {
-        if child.try_wait().ok().flatten().is_some() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 /// How long the broker gets to remove deleted topics' files before the next
@@ -311,7 +325,7 @@ pub fn clean_up(setup: &Setup, topics: &[String]) -> anyhow::Result<()> {
 
 /// What one run of a contender cost, from its start until its group had
 /// committed the whole input.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Usage {
     pub seconds: f64,
     pub cpu_seconds: f64,
@@ -319,29 +333,92 @@ pub struct Usage {
     /// The broker's CPU seconds over the same span (it shares the cores);
     /// `None` when the broker is not one local process.
     pub broker_cpu_seconds: Option<f64>,
+    /// Input records committed after the first commit the harness saw, and
+    /// the seconds from then until the input was drained.
+    pub steady: Option<(i64, f64)>,
 }
 
-/// Waits for `child`'s group to commit the end of `input` as it is now,
-/// measuring from `started` (the child's launch). The child keeps running.
-/// `then` are internal topics the app writes while it reads the input (a
-/// repartition topic): once the input is drained they are complete, and
-/// are drained in turn.
+/// When a run is done.
+pub enum Finish<'a> {
+    /// The group has committed the end of the input, then of `then`:
+    /// internal topics the app writes while it reads the input (a
+    /// repartition topic), complete once the input is drained.
+    Committed { group: &'a str, then: &'a [String] },
+    /// The outputs hold `expected` records: at-least-once contenders, whose
+    /// commits may trail their work by up to the commit interval (Kafka
+    /// Streams' default under at_least_once is 30 s; outputs written without
+    /// transactions are visible at once).
+    Written {
+        outputs: &'a [String],
+        expected: u64,
+    },
+}
+
+/// How far a run has got, as a fraction of its work, and whether it is done.
+enum Watch {
+    Committed(kafka::DrainWatch),
+    Written(kafka::OutputWatch, u64),
+}
+
+impl Watch {
+    fn progress(&self) -> Option<(f64, bool)> {
+        match self {
+            Watch::Committed(w) => {
+                let (committed, done) = w.progress()?;
+                let total: i64 = w.ends().iter().sum();
+                Some((committed as f64 / total.max(1) as f64, done))
+            }
+            Watch::Written(w, expected) => {
+                let written = w.written()?;
+                let expected = (*expected).max(1) as f64;
+                Some((
+                    (written as f64 / expected).min(1.0),
+                    written as f64 >= expected,
+                ))
+            }
+        }
+    }
+}
+
+/// Waits until `child` has finished its work on `input` as it is now
+/// (`finish` says when that is), measuring from `started` (the child's
+/// launch). The child keeps running.
 pub fn until_drained(
     setup: &Setup,
     name: &str,
     child: &mut Child,
-    (group, input, then): (&str, &str, &[String]),
+    (input, finish): (&str, Finish<'_>),
     started: Instant,
     broker_before: Option<(u32, f64)>,
 ) -> anyhow::Result<Usage> {
-    for topic in std::iter::once(input).chain(then.iter().map(String::as_str)) {
-        let watch = kafka::DrainWatch::new(&setup.bootstrap, group, topic, PARTITIONS)?;
+    let input_ends = kafka::end_offsets(&setup.bootstrap, input, PARTITIONS)?;
+    let watches = match finish {
+        Finish::Committed { group, then } => std::iter::once(input)
+            .chain(then.iter().map(String::as_str))
+            .map(|topic| {
+                kafka::DrainWatch::new(&setup.bootstrap, group, topic, PARTITIONS)
+                    .map(Watch::Committed)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?,
+        Finish::Written { outputs, expected } => vec![Watch::Written(
+            kafka::OutputWatch::new(&setup.bootstrap, outputs, PARTITIONS)?,
+            expected,
+        )],
+    };
+    // The first progress seen on the input (or outputs), for the steady rate.
+    let mut first: Option<(Instant, f64)> = None;
+    for (index, watch) in watches.iter().enumerate() {
         loop {
             if let Some(status) = child.try_wait()? {
                 anyhow::bail!("{name} exited early: {status}");
             }
-            if watch.drained() {
-                break;
+            if let Some((fraction, done)) = watch.progress() {
+                if index == 0 && fraction > 0.0 && first.is_none() {
+                    first = Some((Instant::now(), fraction));
+                }
+                if done {
+                    break;
+                }
             }
             anyhow::ensure!(
                 started.elapsed() < Duration::from_secs(1800),
@@ -351,20 +428,26 @@ pub fn until_drained(
         }
     }
     let seconds = started.elapsed().as_secs_f64();
+    let total: i64 = input_ends.iter().sum();
+    // Progress first seen only at the end (a tiny input) leaves no span.
+    let steady = first
+        .map(|(at, fraction)| {
+            (
+                (total as f64 * (1.0 - fraction)) as i64,
+                at.elapsed().as_secs_f64(),
+            )
+        })
+        .filter(|(records, secs)| *records > 0 && *secs > 0.0);
     // CPU time and VmHWM only grow: reading them once, at the end, is the peak.
-    let (cpu_seconds, peak_rss_mb) = process_usage(child.id());
+    let (cpu_seconds, peak_rss_mb) = process::process_usage(child.id());
     Ok(Usage {
         seconds,
         cpu_seconds,
         peak_rss_mb,
-        broker_cpu_seconds: broker_before.map(|(pid, before)| process_usage(pid).0 - before),
+        broker_cpu_seconds: broker_before
+            .map(|(pid, before)| process::process_usage(pid).0 - before),
+        steady,
     })
-}
-
-/// The broker's process and its CPU seconds so far, to measure a run's
-/// share against.
-pub fn broker_before() -> Option<(u32, f64)> {
-    broker_pid().map(|pid| (pid, process_usage(pid).0))
 }
 
 /// Runs one contender over the whole input and measures it.
@@ -375,20 +458,38 @@ pub fn measure(
     input: &str,
     records: u64,
 ) -> anyhow::Result<Measurement> {
-    let broker = broker_before();
+    let topics = output_topics(setup, c, round);
+    let expected = expected_outputs(
+        c,
+        records,
+        &kafka::end_offsets(&setup.bootstrap, input, PARTITIONS)?,
+    );
+    let finish = |group| {
+        if c.exactly_once() {
+            Finish::Committed { group, then: &[] }
+        } else {
+            Finish::Written {
+                outputs: &topics,
+                expected: expected.iter().sum(),
+            }
+        }
+    };
+    let broker = process::broker_before();
     let started = Instant::now();
     let (mut child, group) = launch(setup, c, round, input)?;
     let usage = until_drained(
         setup,
         c.name(),
         &mut child,
-        (&group, input, &[]),
+        (input, finish(&group)),
         started,
         broker,
     );
-    stop(child);
+    process::stop(child);
     let usage = usage?;
-    clean_up(setup, &output_topics(setup, c, round))?;
+    let counted = check_outputs(setup, c, &topics, expected);
+    clean_up(setup, &topics)?;
+    counted?;
     Ok(Measurement {
         contender: c,
         seconds: usage.seconds,
@@ -396,7 +497,24 @@ pub fn measure(
         cpu_seconds: usage.cpu_seconds,
         peak_rss_mb: usage.peak_rss_mb,
         broker_cpu_seconds: usage.broker_cpu_seconds,
+        steady_records_per_second: usage.steady.map(|(n, secs)| n as f64 / secs),
     })
+}
+
+/// Round `round`'s order of `items`: rotated by the round, every other
+/// round reversed too, so that none always runs first or after the same
+/// neighbour (the broker's state, page cache and JIT carry over between
+/// runs).
+pub fn interleaved<T: Clone>(items: &[T], round: usize) -> Vec<T> {
+    let mut order = items.to_vec();
+    let n = order.len().max(1);
+    if round % 2 == 1 {
+        order.reverse();
+        order.rotate_left((round + 1) % n);
+    } else {
+        order.rotate_left(round % n);
+    }
+    order
 }
 
 /// Now, for a report's title.
@@ -464,15 +582,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_round_runs_everything_in_a_new_order() {
+        let firsts: Vec<Contender> = (0..6).map(|r| interleaved(&Contender::ALL, r)[0]).collect();
+        for r in 0..6 {
+            let mut order = interleaved(&Contender::ALL, r);
+            order.sort_by_key(|c| c.name());
+            order.dedup();
+            assert_eq!(order.len(), Contender::ALL.len(), "round {r}");
+        }
+        let mut distinct = firsts.clone();
+        distinct.sort_by_key(|c| c.name());
+        distinct.dedup();
+        assert_eq!(
+            distinct.len(),
+            6,
+            "each contender goes first once: {firsts:?}"
+        );
+    }
+
+    #[test]
     fn medians() {
         assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
         assert_eq!(median(vec![]), 0.0);
-    }
-
-    #[test]
-    fn usage_of_this_process_is_readable() {
-        let (cpu, rss) = process_usage(std::process::id());
-        assert!(cpu >= 0.0 && rss > 1.0, "{cpu} {rss}");
     }
 }

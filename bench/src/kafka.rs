@@ -74,6 +74,23 @@ pub fn order(i: u64, ts_ms: u128) -> String {
     )
 }
 
+/// Where the orders router sends order `i` (an index into the outputs
+/// large, eu, other, dlq), or `None` when it drops it (not paid): the
+/// fields `order` gives it, read as the router's rules read them.
+pub fn route_of(i: u64) -> Option<usize> {
+    if i % 1000 == 999 {
+        Some(3)
+    } else if i.is_multiple_of(10) {
+        None
+    } else if (i * 37) % 2000 >= 1000 {
+        Some(0)
+    } else if i.is_multiple_of(3) {
+        Some(1)
+    } else {
+        Some(2)
+    }
+}
+
 fn now_ms() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -227,6 +244,29 @@ pub fn count_committed(bootstrap: &str, topic: &str, partitions: i32) -> anyhow:
     }
 }
 
+/// The end offsets of a topic filled without transactions (its high
+/// watermarks are its last stable offsets), per partition.
+pub fn end_offsets(bootstrap: &str, topic: &str, partitions: i32) -> anyhow::Result<Vec<i64>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    end_offsets_with(&consumer, topic, partitions)
+}
+
+fn end_offsets_with(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partitions: i32,
+) -> anyhow::Result<Vec<i64>> {
+    (0..partitions)
+        .map(|p| {
+            Ok(consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))?
+                .1)
+        })
+        .collect()
+}
+
 /// Watches a group's committed offsets reach the end of a topic that no
 /// longer grows. One client for the whole run and the end offsets read once:
 /// polled every 100 ms, it costs the broker (which shares the cores with
@@ -252,15 +292,7 @@ impl DrainWatch {
             // either way (checked against the broker, bench/README.md).
             .set("isolation.level", "read_uncommitted")
             .create()?;
-        // The input is filled without transactions: its high watermark is
-        // its last stable offset.
-        let ends = (0..partitions)
-            .map(|p| {
-                Ok(consumer
-                    .fetch_watermarks(topic, p, Duration::from_secs(10))?
-                    .1)
-            })
-            .collect::<anyhow::Result<Vec<i64>>>()?;
+        let ends = end_offsets_with(&consumer, topic, partitions)?;
         Ok(Self {
             consumer,
             topic: topic.to_string(),
@@ -268,20 +300,75 @@ impl DrainWatch {
         })
     }
 
-    pub fn drained(&self) -> bool {
+    /// The input's end offsets (it no longer grows).
+    pub fn ends(&self) -> &[i64] {
+        &self.ends
+    }
+
+    /// Records committed so far (summed over partitions), and whether that
+    /// is the whole topic; `None` when the broker did not answer.
+    pub fn progress(&self) -> Option<(i64, bool)> {
         let mut tpl = TopicPartitionList::new();
         for p in 0..self.ends.len() {
             tpl.add_partition(&self.topic, p as i32);
         }
-        let Ok(committed) = self
+        let committed = self
             .consumer
             .committed_offsets(tpl, Duration::from_secs(10))
-        else {
-            return false;
-        };
-        self.ends.iter().enumerate().all(|(p, end)| {
-            matches!(committed.find_partition(&self.topic, p as i32).map(|e| e.offset()), Some(Offset::Offset(o)) if o >= *end)
-        })
+            .ok()?;
+        let offsets: Vec<i64> = (0..self.ends.len())
+            .map(|p| {
+                match committed
+                    .find_partition(&self.topic, p as i32)
+                    .map(|e| e.offset())
+                {
+                    Some(Offset::Offset(o)) => o,
+                    _ => 0,
+                }
+            })
+            .collect();
+        let done = offsets.iter().zip(&self.ends).all(|(o, end)| o >= end);
+        Some((offsets.iter().sum(), done))
+    }
+}
+
+/// Watches records arrive on output topics written without transactions:
+/// their end offsets, summed, are the records written. One request (a
+/// ListOffsets for every partition) per poll.
+pub struct OutputWatch {
+    consumer: BaseConsumer,
+    latest: TopicPartitionList,
+}
+
+impl OutputWatch {
+    pub fn new(bootstrap: &str, topics: &[String], partitions: i32) -> anyhow::Result<Self> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .create()?;
+        let mut latest = TopicPartitionList::new();
+        for topic in topics {
+            for p in 0..partitions {
+                // A "timestamp" of -1 asks for the latest offset.
+                latest.add_partition_offset(topic, p, Offset::End)?;
+            }
+        }
+        Ok(Self { consumer, latest })
+    }
+
+    /// Records written to all the topics so far; `None` when the broker
+    /// did not answer.
+    pub fn written(&self) -> Option<i64> {
+        let ends = self
+            .consumer
+            .offsets_for_times(self.latest.clone(), Duration::from_secs(10))
+            .ok()?;
+        ends.elements()
+            .iter()
+            .map(|e| match e.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            })
+            .sum()
     }
 }
 
@@ -318,6 +405,26 @@ pub fn latencies(bootstrap: &str, topics: &[String], until: Instant, quiet: Dura
                     return out;
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `route_of` agrees with the router's rules applied to `order`'s JSON.
+    #[test]
+    fn route_of_follows_the_orders() {
+        for i in 0..5000 {
+            let expected = match serde_json::from_str::<serde_json::Value>(&order(i, 0)) {
+                Err(_) => Some(3),
+                Ok(v) if v["status"] != "paid" => None,
+                Ok(v) if v["amount"].as_u64().unwrap() >= 1000 => Some(0),
+                Ok(v) if v["region"] == "eu" => Some(1),
+                Ok(_) => Some(2),
+            };
+            assert_eq!(route_of(i), expected, "order {i}");
         }
     }
 }

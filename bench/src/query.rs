@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::harness::{self, median, Setup, PARTITIONS};
-use crate::kafka;
 use crate::state::{App, Contender, Workload};
+use crate::{kafka, process};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -162,7 +162,7 @@ pub fn run(setup: &Setup, args: &Args) -> anyhow::Result<()> {
                 .map(|c| c.join().expect("client"))
                 .collect();
             let (child, usage) = run?;
-            harness::stop(child);
+            process::stop(child);
             app.check_output(setup, args.records)?;
             app.clean_up(setup)?;
             let rate = args.records as f64 / usage.seconds;

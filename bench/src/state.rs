@@ -21,7 +21,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use crate::harness::{self, Setup, Usage, PARTITIONS};
-use crate::kafka;
+use crate::{jvm, kafka, process};
 
 /// Records appended before each restart of the recovery runs: new input
 /// the restarted contender must commit.
@@ -196,7 +196,7 @@ impl App {
             Contender::Millrace => {
                 let manifest = std::env::temp_dir().join(format!("{}.yaml", self.id));
                 std::fs::write(&manifest, self.manifest(&setup.bootstrap))?;
-                let mut cmd = Command::new(harness::binary(&setup.target, "millrace-runtime")?);
+                let mut cmd = Command::new(process::binary(&setup.target, "millrace-runtime")?);
                 cmd.arg("run")
                     .arg("--manifest")
                     .arg(&manifest)
@@ -207,19 +207,19 @@ impl App {
                     .env("RUST_LOG", "warn");
                 cmd
             }
-            Contender::KafkaStreams => {
-                let dir = setup.repo.join("bench/kstreams/target");
-                let jar = dir.join("kstreams-orders-router-1.jar");
-                anyhow::ensure!(jar.exists(), "the Kafka Streams app is not built: run `make bench` (mvn package in bench/kstreams)");
-                let mut cmd = Command::new("java");
-                cmd.arg("-cp")
-                    .arg(format!("{}:{}/*", jar.display(), dir.join("lib").display()))
-                    .arg(self.workload.java_class())
-                    .args([&setup.bootstrap, &self.id, &self.input, &self.output])
-                    .arg(setup.threads.to_string())
-                    .arg(&self.state_dir);
-                cmd
-            }
+            Contender::KafkaStreams => jvm::command(
+                setup,
+                self.workload.java_class(),
+                &[
+                    &setup.bootstrap,
+                    &self.id,
+                    &self.input,
+                    &self.output,
+                    &setup.threads.to_string(),
+                    &self.state_dir.to_string_lossy(),
+                ],
+                &setup.kstreams.settings,
+            )?,
         };
         let log = std::fs::File::create(&self.log)?;
         cmd.stderr(log.try_clone()?).stdout(log);
@@ -278,7 +278,7 @@ spec:
 
     /// Starts the contender and waits for it to commit the input's end.
     pub(crate) fn run_to_end(&self, setup: &Setup) -> anyhow::Result<(Child, Usage)> {
-        let broker = harness::broker_before();
+        let broker = process::broker_before();
         let started = Instant::now();
         let mut child = self.launch(setup)?;
         let repartitions: Vec<String> = self
@@ -290,13 +290,19 @@ spec:
             setup,
             self.contender.name(),
             &mut child,
-            (&self.id, &self.input, &repartitions),
+            (
+                &self.input,
+                harness::Finish::Committed {
+                    group: &self.id,
+                    then: &repartitions,
+                },
+            ),
             started,
             broker,
         ) {
             Ok(usage) => Ok((child, usage)),
             Err(e) => {
-                harness::stop(child);
+                process::stop(child);
                 Err(e)
             }
         }
@@ -396,7 +402,7 @@ fn throughput(setup: &Setup, args: &Args, workload: Workload) -> anyhow::Result<
                 &input,
             )?;
             let (child, usage) = app.run_to_end(setup)?;
-            harness::stop(child);
+            process::stop(child);
             app.check_output(setup, args.records)?;
             app.clean_up(setup)?;
             eprintln!(
@@ -445,7 +451,7 @@ fn recover(setup: &Setup, c: Contender, keys: u64) -> anyhow::Result<Recovery> {
         appended += TAIL;
         let (child, usage) = app.run_to_end(setup)?;
         let restored = app.restored();
-        harness::stop(child);
+        process::stop(child);
         Ok(Restart {
             seconds: usage.seconds,
             restored: restored?,

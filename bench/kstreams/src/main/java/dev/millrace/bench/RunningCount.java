@@ -37,8 +37,8 @@ import org.rocksdb.WriteBufferManager;
  * APPLICATION_ID-totals-changelog), every update written to OUTPUT as
  * {"key":..,"count":..,"total":..}, as Millrace writes them.
  *
- * Usage: RunningCount BOOTSTRAP APPLICATION_ID INPUT OUTPUT THREADS STATE_DIR
- * (always exactly_once_v2). Settings that differ from Kafka Streams'
+ * Usage: RunningCount BOOTSTRAP APPLICATION_ID INPUT OUTPUT THREADS STATE_DIR [key=value ...]
+ * (always exactly_once_v2; key=value settings from the harness last). Settings that differ from Kafka Streams'
  * defaults, and why, are commented below; bench/README.md lists them all.
  * Each finished restore prints one line "restored RECORDS TOPIC-PARTITION"
  * on stdout, so the harness can tell a wipe from a tail replay.
@@ -97,7 +97,7 @@ public final class RunningCount {
     // show for bounding memory; by default every store has its own cache
     // and write buffers.
     p.put(StreamsConfig.ROCKSDB_CONFIG_SETTER_CLASS_CONFIG, BoundedMemory.class);
-    return p;
+    return Overrides.apply(p, args, 6);
   }
 
   /** `n` of a JSON object, read by a streaming parser (no tree is built). */

@@ -42,7 +42,7 @@ bench:
 bench-quick:
 	@BENCH_STATE_ARGS="--records 20000 --keys 2000 --groups 200 --rounds 1 --warmup-rounds 0 --recovery-keys 20000 --results $${TMPDIR:-/tmp}/millrace-bench" \
 	  BENCH_QUERY_ARGS="--records 20000 --keys 2000 --rounds 1 --results $${TMPDIR:-/tmp}/millrace-bench" \
-	  bash e2e/bench.sh --records 20000 --rounds 1 --latency-rate 2000 --latency-seconds 5 --results $${TMPDIR:-/tmp}/millrace-bench
+	  bash e2e/bench.sh --records 20000 --rounds 1 --latency-loads 0.5 --latency-runs 1 --latency-seconds 5 --results $${TMPDIR:-/tmp}/millrace-bench
 
 ## autoscale-report: rerun the autoscaling simulator, rewrite docs/autoscaling-sim.md
 autoscale-report:

@@ -68,17 +68,25 @@ pub struct KafkaStreams {
 }
 
 impl KafkaStreams {
-    /// The JVM options, as passed and as reports show them.
+    /// The JVM options, as passed and as reports show them. A JVM out of
+    /// memory exits (as containers run them) instead of limping on with
+    /// dead threads: a heap too small fails its run.
     pub fn jvm_options(&self) -> Vec<String> {
-        self.heap.iter().map(|h| format!("-Xmx{h}")).collect()
+        self.heap
+            .iter()
+            .map(|h| format!("-Xmx{h}"))
+            .chain(std::iter::once("-XX:+ExitOnOutOfMemoryError".to_string()))
+            .collect()
     }
 
-    /// The heap as a report shows it.
-    pub fn heap_described(&self) -> String {
-        self.heap.as_deref().map_or(
-            "no -Xmx (the JVM's default limit: a quarter of the memory)".to_string(),
-            |h| format!("-Xmx{h}"),
-        )
+    /// The JVM options as a report shows them.
+    pub fn options_described(&self) -> String {
+        let options = self.jvm_options().join(" ");
+        if self.heap.is_none() {
+            format!("{options}, no -Xmx (the JVM's default limit: a quarter of the memory)")
+        } else {
+            options
+        }
     }
 }
 

@@ -55,15 +55,28 @@ pub struct Args {
 pub(crate) enum Contender {
     Millrace,
     KafkaStreams,
+    /// Kafka Streams with `enable.transactional.statestores=true` (4.4):
+    /// stores that buffer a transaction's writes until its commit, which
+    /// should let an exactly-once instance keep its state after a crash.
+    /// Only in the recovery runs.
+    KafkaStreamsTransactionalStores,
 }
 
 impl Contender {
     pub const ALL: [Contender; 2] = [Contender::Millrace, Contender::KafkaStreams];
+    pub const RECOVERY: [Contender; 3] = [
+        Contender::Millrace,
+        Contender::KafkaStreams,
+        Contender::KafkaStreamsTransactionalStores,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Contender::Millrace => "millrace exactly-once",
             Contender::KafkaStreams => "kafka-streams exactly_once_v2",
+            Contender::KafkaStreamsTransactionalStores => {
+                "kafka-streams exactly_once_v2, transactional stores"
+            }
         }
     }
 
@@ -71,7 +84,20 @@ impl Contender {
         match self {
             Contender::Millrace => "mr",
             Contender::KafkaStreams => "ks",
+            Contender::KafkaStreamsTransactionalStores => "kst",
         }
+    }
+
+    /// Settings beyond the Java app's own (bench/kstreams `RunningCount`).
+    fn kstreams_settings(self, setup: &Setup) -> Vec<(String, String)> {
+        let own = match self {
+            Contender::KafkaStreamsTransactionalStores => vec![(
+                "enable.transactional.statestores".to_string(),
+                "true".to_string(),
+            )],
+            _ => Vec::new(),
+        };
+        jvm::with_overrides(own, &setup.kstreams.settings)
     }
 }
 
@@ -207,7 +233,7 @@ impl App {
                     .env("RUST_LOG", "warn");
                 cmd
             }
-            Contender::KafkaStreams => jvm::command(
+            Contender::KafkaStreams | Contender::KafkaStreamsTransactionalStores => jvm::command(
                 setup,
                 self.workload.java_class(),
                 &[
@@ -218,7 +244,7 @@ impl App {
                     &setup.threads.to_string(),
                     &self.state_dir.to_string_lossy(),
                 ],
-                &setup.kstreams.settings,
+                &self.contender.kstreams_settings(setup),
             )?,
         };
         let log = std::fs::File::create(&self.log)?;
@@ -263,16 +289,18 @@ spec:
                     .filter_map(|r| r["recordsRestored"].as_u64())
                     .sum())
             }
-            Contender::KafkaStreams => Ok(std::fs::read_to_string(&self.log)?
-                .lines()
-                .filter_map(|l| {
-                    l.strip_prefix("restored ")?
-                        .split(' ')
-                        .next()?
-                        .parse::<u64>()
-                        .ok()
-                })
-                .sum()),
+            Contender::KafkaStreams | Contender::KafkaStreamsTransactionalStores => {
+                Ok(std::fs::read_to_string(&self.log)?
+                    .lines()
+                    .filter_map(|l| {
+                        l.strip_prefix("restored ")?
+                            .split(' ')
+                            .next()?
+                            .parse::<u64>()
+                            .ok()
+                    })
+                    .sum())
+            }
         }
     }
 
@@ -353,7 +381,7 @@ pub fn run(setup: &Setup, args: &Args) -> anyhow::Result<()> {
     }
 
     let mut recoveries = Vec::new();
-    for c in Contender::ALL {
+    for c in Contender::RECOVERY {
         let recovery = recover(setup, c, args.recovery_keys)?;
         eprintln!(
             "recovery {:30} after SIGKILL {:.1} s ({} restored), after losing its state {:.1} s ({} restored)",

@@ -2,7 +2,7 @@
 # `make test`; everything else here is for working on the stack by hand.
 SHELL := /bin/bash
 
-.PHONY: demo test stack-up stack-down stack-status lint unit build bench bench-quick autoscale-report
+.PHONY: demo test stack-up stack-down stack-status lint unit build bench bench-quick bench-operator autoscale-report
 
 ## demo: start the local stack and show it working (see README)
 demo:
@@ -43,6 +43,10 @@ bench-quick:
 	@BENCH_STATE_ARGS="--records 20000 --keys 2000 --groups 200 --rounds 1 --warmup-rounds 0 --recovery-keys 20000 --results $${TMPDIR:-/tmp}/millrace-bench" \
 	  BENCH_QUERY_ARGS="--records 20000 --keys 2000 --rounds 1 --results $${TMPDIR:-/tmp}/millrace-bench" \
 	  bash e2e/bench.sh --records 20000 --rounds 1 --latency-loads 0.5 --latency-runs 1 --latency-seconds 5 --results $${TMPDIR:-/tmp}/millrace-bench
+
+## bench-operator: the operator holding 1,000 StreamApps on the test bed (manual; minutes)
+bench-operator:
+	@bash e2e/bench-operator.sh $(BENCH_OPERATOR_ARGS)
 
 ## autoscale-report: rerun the autoscaling simulator, rewrite docs/autoscaling-sim.md
 autoscale-report:

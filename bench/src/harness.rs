@@ -63,6 +63,8 @@ pub struct Setup {
     pub threads: usize,
     /// The Kafka Streams JVMs' heap and setting overrides.
     pub kstreams: jvm::KafkaStreams,
+    /// Partitions of the routing comparison's input and outputs (tasks).
+    pub partitions: i32,
 }
 
 impl Setup {
@@ -89,7 +91,12 @@ impl Setup {
             run_id,
             threads,
             kstreams: jvm::KafkaStreams::default(),
+            partitions: PARTITIONS,
         })
+    }
+
+    pub fn with_partitions(self, partitions: i32) -> Self {
+        Setup { partitions, ..self }
     }
 
     pub fn with_kstreams(self, kstreams: jvm::KafkaStreams) -> Self {
@@ -171,7 +178,7 @@ pub fn check_outputs(
 ) -> anyhow::Result<[u64; 4]> {
     let mut counted = [0; 4];
     for (i, topic) in topics.iter().enumerate() {
-        counted[i] = kafka::count_committed(&setup.bootstrap, topic, PARTITIONS)?;
+        counted[i] = kafka::count_committed(&setup.bootstrap, topic, setup.partitions)?;
         let fits = if c.exactly_once() {
             counted[i] == expected[i]
         } else {
@@ -250,7 +257,7 @@ pub fn launch(
     kafka::create_topics(
         &setup.bootstrap,
         &output_topics(setup, c, round),
-        PARTITIONS,
+        setup.partitions,
     )?;
     let quiet = |cmd: &mut Command| {
         cmd.stdout(Stdio::null()).stderr(Stdio::null());
@@ -391,17 +398,17 @@ pub fn until_drained(
     started: Instant,
     broker_before: Option<(u32, f64)>,
 ) -> anyhow::Result<Usage> {
-    let input_ends = kafka::end_offsets(&setup.bootstrap, input, PARTITIONS)?;
+    let input_ends = kafka::end_offsets(&setup.bootstrap, input, setup.partitions)?;
     let watches = match finish {
         Finish::Committed { group, then } => std::iter::once(input)
             .chain(then.iter().map(String::as_str))
             .map(|topic| {
-                kafka::DrainWatch::new(&setup.bootstrap, group, topic, PARTITIONS)
+                kafka::DrainWatch::new(&setup.bootstrap, group, topic, setup.partitions)
                     .map(Watch::Committed)
             })
             .collect::<anyhow::Result<Vec<_>>>()?,
         Finish::Written { outputs, expected } => vec![Watch::Written(
-            kafka::OutputWatch::new(&setup.bootstrap, outputs, PARTITIONS)?,
+            kafka::OutputWatch::new(&setup.bootstrap, outputs, setup.partitions)?,
             expected,
         )],
     };
@@ -462,7 +469,7 @@ pub fn measure(
     let expected = expected_outputs(
         c,
         records,
-        &kafka::end_offsets(&setup.bootstrap, input, PARTITIONS)?,
+        &kafka::end_offsets(&setup.bootstrap, input, setup.partitions)?,
     );
     let finish = |group| {
         if c.exactly_once() {

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use crate::charts::{self, Bar};
-use crate::harness::{self, Contender, Measurement, Setup, PARTITIONS};
+use crate::harness::{self, Contender, Measurement, Setup};
 use crate::jvm::KafkaStreams;
 use crate::kafka;
 
@@ -39,7 +39,11 @@ struct Run {
 
 pub fn run(setup: &Setup, args: &Args) -> anyhow::Result<()> {
     let input = format!("{}-input", setup.run_id);
-    kafka::create_topics(&setup.bootstrap, std::slice::from_ref(&input), PARTITIONS)?;
+    kafka::create_topics(
+        &setup.bootstrap,
+        std::slice::from_ref(&input),
+        setup.partitions,
+    )?;
     let started = Instant::now();
     kafka::fill(&setup.bootstrap, &input, args.records, None)?;
     eprintln!("filled {input} in {:.1?}", started.elapsed());

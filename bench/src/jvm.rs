@@ -10,7 +10,7 @@ use crate::harness::Setup;
 /// otherwise: the smallest heap within 5 % of the unbounded JVM's
 /// exactly-once throughput in the sweep (`millrace-bench heap`,
 /// bench/README.md).
-pub const SIZED_HEAP: &str = "512m";
+pub const SIZED_HEAP: &str = "192m";
 
 /// The producer batching every Kafka Streams contender runs with. Kafka
 /// Streams already lingers 100 ms (its producer default); 16 KB batches

@@ -6,6 +6,7 @@ mod harness;
 mod heap;
 mod jvm;
 mod kafka;
+mod operator_scale;
 mod pipe;
 mod process;
 mod query;
@@ -74,6 +75,14 @@ enum Cmd {
         #[command(flatten)]
         args: query::Args,
     },
+    /// The operator at scale: many StreamApps on the test bed's API server
+    /// (bench/README.md; needs the stack and the chart: `make bench-operator`).
+    Operator {
+        #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+        bootstrap: String,
+        #[command(flatten)]
+        args: operator_scale::Args,
+    },
     /// Create `topic` (16 partitions) and fill it with the benchmark's
     /// orders, for profiling one contender by hand (bench/README.md).
     Fill {
@@ -130,8 +139,11 @@ fn main() -> anyhow::Result<()> {
             },
             threads,
         ),
-        Cmd::Run { bootstrap, args } => routing::run(&setup(bootstrap)?, &args),
+        Cmd::Run { bootstrap, args } => {
+            routing::run(&setup(bootstrap)?.with_partitions(args.partitions), &args)
+        }
         Cmd::Heap { bootstrap, args } => heap::run(&setup(bootstrap)?, &args),
+        Cmd::Operator { bootstrap, args } => operator_scale::run(&setup(bootstrap)?, &args),
         Cmd::State { bootstrap, args } => state::run(&setup(bootstrap)?, &args),
         Cmd::Query { bootstrap, args } => query::run(&setup(bootstrap)?, &args),
         Cmd::Fill {

@@ -54,8 +54,10 @@ pub fn broker_before() -> Option<(u32, f64)> {
 }
 
 pub fn stop(mut child: Child) {
+    // A child that already exited (a failed run) makes kill complain.
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
+        .stderr(std::process::Stdio::null())
         .status();
     for _ in 0..100 {
         if child.try_wait().ok().flatten().is_some() {

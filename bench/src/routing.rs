@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::harness::{self, Contender, Measurement, Setup, PARTITIONS};
+use crate::harness::{self, Contender, Measurement, Setup};
 use crate::{kafka, process, routing_report};
 
 #[derive(clap::Args, Clone)]
@@ -32,6 +32,10 @@ pub struct Args {
     /// Seconds of produced input per latency run.
     #[arg(long, default_value_t = 20)]
     pub latency_seconds: u64,
+    /// Partitions of the input and of every output: the tasks each
+    /// contender runs (`--partitions 256`: the many-tasks variant).
+    #[arg(long, default_value_t = crate::harness::PARTITIONS)]
+    pub partitions: i32,
     /// Where the report and its charts go.
     #[arg(long, default_value = "bench/results")]
     pub results: std::path::PathBuf,
@@ -55,7 +59,11 @@ pub struct LatencyRun {
 
 pub fn run(setup: &Setup, args: &Args) -> anyhow::Result<()> {
     let input = format!("{}-input", setup.run_id);
-    kafka::create_topics(&setup.bootstrap, std::slice::from_ref(&input), PARTITIONS)?;
+    kafka::create_topics(
+        &setup.bootstrap,
+        std::slice::from_ref(&input),
+        setup.partitions,
+    )?;
     let fill_started = Instant::now();
     kafka::fill(&setup.bootstrap, &input, args.records, None)?;
     eprintln!(
@@ -161,7 +169,11 @@ fn measure_latency(
     seconds: u64,
 ) -> anyhow::Result<Vec<u64>> {
     let input = format!("{}-lat-{run}-{rate}-{}", setup.run_id, c.slug());
-    kafka::create_topics(&setup.bootstrap, std::slice::from_ref(&input), PARTITIONS)?;
+    kafka::create_topics(
+        &setup.bootstrap,
+        std::slice::from_ref(&input),
+        setup.partitions,
+    )?;
     let round = 1000 + run;
     let (child, _) = harness::launch(setup, c, round, &input)?;
     std::thread::sleep(Duration::from_secs(10));

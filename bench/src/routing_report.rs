@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use crate::charts::{self, Bar, Curve};
-use crate::harness::{self, Contender, Measurement, Setup, PARTITIONS};
+use crate::harness::{self, Contender, Measurement, Setup};
 use crate::routing::{capacity, percentile, Args, Failure, LatencyRun};
 use crate::{jvm, pipe};
 
@@ -41,7 +41,7 @@ pub fn write(
     let mut out = String::new();
     let _ = writeln!(out, "# Millrace benchmark, {}\n", harness::utc_now());
     let _ = writeln!(out, "{}\n", harness::machine_line(setup));
-    let _ = writeln!(out, "Input: {} JSON orders (~200 B) on {PARTITIONS} partitions, each contender from the beginning under a fresh application id; {} round(s) after {} warm-up round(s) not counted, contenders interleaved in an order that changes every round (rotated, every other round reversed). Every run's four outputs are counted under read_committed before it is timed: exactly the expected records per topic under exactly-once, at least them under at-least-once; a run that fails the count is listed as failed, not timed.\n", args.records, args.rounds, args.warmup_rounds);
+    let _ = writeln!(out, "Input: {} JSON orders (~200 B) on {} partitions, each contender from the beginning under a fresh application id; {} round(s) after {} warm-up round(s) not counted, contenders interleaved in an order that changes every round (rotated, every other round reversed). Every run's four outputs are counted under read_committed before it is timed: exactly the expected records per topic under exactly-once, at least them under at-least-once; a run that fails the count is listed as failed, not timed.\n", args.records, setup.partitions, args.rounds, args.warmup_rounds);
     let _ = writeln!(out, "- **launch to done**: input records ÷ time from process start until the group committed the whole input (start-up included).\n- **steady**: records committed after the first commit the harness saw (it polls every 100 ms) ÷ time from then to the end: start-up left out.\n");
     results_table(&mut out, all);
     if !failures.is_empty() {
@@ -265,7 +265,7 @@ fn latency_table(out: &mut String, latency: &[LatencyRun]) {
 
 fn settings(out: &mut String, setup: &Setup) {
     let _ = writeln!(out, "\n## Every setting\n");
-    let _ = writeln!(out, "- **Millrace** (`millrace-runtime run --manifest`, release build, one worker owning all {PARTITIONS} tasks, one loop per core): the manifest below (`commitInterval: 100ms`, the guarantee; everything else the runtime's defaults: docs/runtime.md).\n\n```yaml\n{}```", harness::manifest_text(setup, "<application id>", "<input>", "<prefix>", "ExactlyOnce | AtLeastOnce"));
+    let _ = writeln!(out, "- **Millrace** (`millrace-runtime run --manifest`, release build, one worker owning all {} tasks, one loop per core): the manifest below (`commitInterval: 100ms`, the guarantee; everything else the runtime's defaults: docs/runtime.md).\n\n```yaml\n{}```", setup.partitions, harness::manifest_text(setup, "<application id>", "<input>", "<prefix>", "ExactlyOnce | AtLeastOnce"));
     let _ = writeln!(
         out,
         "- **Kafka Streams** (`bench/kstreams` `OrdersRouter`): JVM options `{}`; {}; fixed in the app: `application.id`, `bootstrap.servers`, `state.dir`, ByteArray key and value serdes, a streaming Jackson parse of `status`, `amount`, `region` (the rest skipped, no tree). Everything else is Kafka Streams' default, among them `commit.interval.ms` (100 under exactly_once_v2, 30000 under at_least_once) and G1.",

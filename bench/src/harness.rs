@@ -4,7 +4,9 @@
 //! group has committed the whole input (its outputs are committed with it).
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
+
+use anyhow::Context as _;
 use std::time::{Duration, Instant};
 
 use crate::{jvm, kafka, pipe, process};
@@ -245,6 +247,11 @@ fn manifest(
     Ok(path)
 }
 
+/// Where a contender's output goes.
+pub fn contender_log(app_id: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("{app_id}.log"))
+}
+
 /// Starts a contender reading `input`; returns the process and its group id.
 pub fn launch(
     setup: &Setup,
@@ -259,9 +266,6 @@ pub fn launch(
         &output_topics(setup, c, round),
         setup.partitions,
     )?;
-    let quiet = |cmd: &mut Command| {
-        cmd.stdout(Stdio::null()).stderr(Stdio::null());
-    };
     let mut cmd = match c {
         Contender::MillraceExactlyOnce | Contender::MillraceAtLeastOnce => {
             let guarantee = if c == Contender::MillraceExactlyOnce {
@@ -308,7 +312,9 @@ pub fn launch(
             cmd
         }
     };
-    quiet(&mut cmd);
+    // Its output goes to a file a failed run's report names.
+    let log = std::fs::File::create(contender_log(&app_id))?;
+    cmd.stdout(log.try_clone()?).stderr(log);
     Ok((cmd.spawn()?, app_id))
 }
 
@@ -399,22 +405,29 @@ pub fn until_drained(
     broker_before: Option<(u32, f64)>,
 ) -> anyhow::Result<Usage> {
     let input_ends = kafka::end_offsets(&setup.bootstrap, input, setup.partitions)?;
-    let watches = match finish {
-        Finish::Committed { group, then } => std::iter::once(input)
+    let topics: Vec<&str> = match &finish {
+        Finish::Committed { then, .. } => std::iter::once(input)
             .chain(then.iter().map(String::as_str))
-            .map(|topic| {
-                kafka::DrainWatch::new(&setup.bootstrap, group, topic, setup.partitions)
-                    .map(Watch::Committed)
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?,
-        Finish::Written { outputs, expected } => vec![Watch::Written(
-            kafka::OutputWatch::new(&setup.bootstrap, outputs, setup.partitions)?,
-            expected,
-        )],
+            .collect(),
+        Finish::Written { .. } => vec![input],
     };
     // The first progress seen on the input (or outputs), for the steady rate.
     let mut first: Option<(Instant, f64)> = None;
-    for (index, watch) in watches.iter().enumerate() {
+    for (index, topic) in topics.into_iter().enumerate() {
+        // Made when its turn comes: an internal topic exists only once the
+        // app has created it.
+        let watch = match &finish {
+            Finish::Committed { group, .. } => Watch::Committed(kafka::DrainWatch::new(
+                &setup.bootstrap,
+                group,
+                topic,
+                setup.partitions,
+            )?),
+            Finish::Written { outputs, expected } => Watch::Written(
+                kafka::OutputWatch::new(&setup.bootstrap, outputs, setup.partitions)?,
+                *expected,
+            ),
+        };
         loop {
             if let Some(status) = child.try_wait()? {
                 anyhow::bail!("{name} exited early: {status}");
@@ -491,7 +504,8 @@ pub fn measure(
         (input, finish(&group)),
         started,
         broker,
-    );
+    )
+    .with_context(|| format!("its output: {}", contender_log(&group).display()));
     process::stop(child);
     let usage = usage?;
     let counted = check_outputs(setup, c, &topics, expected);

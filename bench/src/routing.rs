@@ -36,6 +36,10 @@ pub struct Args {
     /// contender runs (`--partitions 256`: the many-tasks variant).
     #[arg(long, default_value_t = crate::harness::PARTITIONS)]
     pub partitions: i32,
+    /// Only these contenders (by slug: mr-eos, ks-eos, raw-eos, mr-alo,
+    /// ks-alo, raw-alo); all when empty.
+    #[arg(long, value_delimiter = ',')]
+    pub contenders: Vec<String>,
     /// Where the report and its charts go.
     #[arg(long, default_value = "bench/results")]
     pub results: std::path::PathBuf,
@@ -52,6 +56,8 @@ pub struct Failure {
 /// One latency run: a contender at a load (records/s), sorted samples (ms).
 pub struct LatencyRun {
     pub contender: Contender,
+    /// Which of the runs at this load (from 0).
+    pub run: usize,
     pub load: f64,
     pub rate: u64,
     pub samples: Vec<u64>,
@@ -72,11 +78,20 @@ pub fn run(setup: &Setup, args: &Args) -> anyhow::Result<()> {
         fill_started.elapsed()
     );
 
+    let chosen: Vec<Contender> = Contender::ALL
+        .into_iter()
+        .filter(|c| args.contenders.is_empty() || args.contenders.iter().any(|s| s == c.slug()))
+        .collect();
+    anyhow::ensure!(
+        !chosen.is_empty(),
+        "--contenders names none of {:?}",
+        Contender::ALL.map(Contender::slug)
+    );
     let mut all: Vec<Measurement> = Vec::new();
     let mut failures: Vec<Failure> = Vec::new();
     for round in 0..args.warmup_rounds + args.rounds {
         let warmup = round < args.warmup_rounds;
-        for c in harness::interleaved(&Contender::ALL, round) {
+        for c in harness::interleaved(&chosen, round) {
             match harness::measure(setup, c, round, &input, args.records) {
                 Ok(m) => {
                     eprintln!(
@@ -95,7 +110,12 @@ pub fn run(setup: &Setup, args: &Args) -> anyhow::Result<()> {
                     }
                 }
                 Err(e) => {
-                    eprintln!("round {}: {} FAILED: {e:#}", round + 1, c.name());
+                    eprintln!(
+                        "{} {}: {} FAILED: {e:#}",
+                        if warmup { "warm-up" } else { "round" },
+                        round + 1,
+                        c.name()
+                    );
                     failures.push(Failure {
                         contender: c,
                         round,
@@ -112,7 +132,10 @@ pub fn run(setup: &Setup, args: &Args) -> anyhow::Result<()> {
             for c in [
                 Contender::MillraceExactlyOnce,
                 Contender::KafkaStreamsExactlyOnce,
-            ] {
+            ]
+            .into_iter()
+            .filter(|c| chosen.contains(c))
+            {
                 let capacity = capacity(&all, c);
                 if capacity <= 0.0 {
                     continue;
@@ -129,6 +152,7 @@ pub fn run(setup: &Setup, args: &Args) -> anyhow::Result<()> {
                 );
                 latency.push(LatencyRun {
                     contender: c,
+                    run,
                     load,
                     rate,
                     samples,

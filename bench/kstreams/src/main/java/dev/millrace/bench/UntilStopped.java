@@ -22,7 +22,9 @@ final class UntilStopped {
     streams.setStateListener((now, before) -> {
       if (now == KafkaStreams.State.ERROR) {
         System.err.println("Kafka Streams failed: " + before + " -> " + now);
-        Runtime.getRuntime().halt(3);
+        // 70 (EX_SOFTWARE): not 3, which the JVM exits with when out of
+        // memory (-XX:+ExitOnOutOfMemoryError).
+        Runtime.getRuntime().halt(70);
       }
     });
     Runtime.getRuntime().addShutdownHook(new Thread(() -> {

@@ -2,6 +2,7 @@
 //! rdkafka pipe, on the same broker and input, in one run. See bench/README.md.
 
 mod charts;
+mod drain;
 mod harness;
 mod heap;
 mod jvm;

@@ -20,7 +20,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use crate::harness::{self, Setup, Usage, PARTITIONS};
+use crate::drain::{self, Usage};
+use crate::harness::{self, Setup, PARTITIONS};
 use crate::{jvm, kafka, process};
 
 /// Records appended before each restart of the recovery runs: new input
@@ -314,13 +315,13 @@ spec:
             .into_iter()
             .filter(|t| t.ends_with("-repartition"))
             .collect();
-        match harness::until_drained(
+        match drain::until_drained(
             setup,
             self.contender.name(),
             &mut child,
             (
                 &self.input,
-                harness::Finish::Committed {
+                drain::Finish::Committed {
                     group: &self.id,
                     then: &repartitions,
                 },

@@ -3,7 +3,8 @@
 
 use std::fmt::Write as _;
 
-use crate::harness::{self, Setup, Usage, PARTITIONS};
+use crate::drain::Usage;
+use crate::harness::{self, Setup, PARTITIONS};
 use crate::state::{Args, Contender, Measured, Recovery, Workload, TAIL};
 
 pub fn report(

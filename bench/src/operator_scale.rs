@@ -112,6 +112,16 @@ fn operator_pid() -> anyhow::Result<(u32, PathBuf)> {
     Ok(found.remove(0))
 }
 
+/// The operator must not have restarted since `pid` was read: its figures
+/// would be a fresh process's, and a restart under load is the finding.
+fn still_running(pid: u32, doing: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "the operator (pid {pid}) exited while {doing}: see its pod's log (`kubectl -n millrace-system logs deploy/millrace --previous`)"
+    );
+    Ok(())
+}
+
 fn rss_mb(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
@@ -188,7 +198,15 @@ pub fn run(setup: &Setup, args: &Args) -> anyhow::Result<()> {
         kubectl_apply(ns, &yaml.join("---\n"))?;
     }
     let applied = started.elapsed().as_secs_f64();
-    while count_statefulsets(ns)? < args.apps {
+    loop {
+        let made = count_statefulsets(ns)?;
+        if made >= args.apps {
+            break;
+        }
+        still_running(
+            pid,
+            &format!("reconciling {} apps ({made} StatefulSets made)", args.apps),
+        )?;
         anyhow::ensure!(
             started.elapsed() < Duration::from_secs(1800),
             "the operator did not make {} StatefulSets in 30 minutes",
@@ -203,6 +221,7 @@ pub fn run(setup: &Setup, args: &Args) -> anyhow::Result<()> {
     );
 
     let (busy_rate, busy_cores) = sample(args.sample_seconds, Some(pid))?;
+    still_running(pid, &format!("holding {} apps", args.apps))?;
     let rss_holding = rss_mb(pid);
     eprintln!(
         "holding {} apps: {rss_holding:.0} MB, {:.3} cores, {busy_rate:.1} API requests/s",
@@ -230,6 +249,7 @@ pub fn run(setup: &Setup, args: &Args) -> anyhow::Result<()> {
         }
         change_seconds.push(changed_at.elapsed().as_secs_f64());
     }
+    still_running(pid, "timing spec changes")?;
     change_seconds.sort_by(|a, b| a.total_cmp(b));
 
     // The API server's baseline without the operator (the controller

@@ -7,7 +7,7 @@ cd "$REPO_ROOT"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$REPO_ROOT/target}"
 need mvn "Install Maven 3.8+ (Debian: apt-get install maven)."
 need java "Install a Java 17+ runtime."
-need fc-list "Install fontconfig and a font for the charts (Debian: apt-get install libfontconfig1-dev fonts-dejavu-core)."
+need fc-list "Install fontconfig and a font for the charts (Debian: apt-get install fontconfig libfontconfig1-dev libfreetype-dev fonts-dejavu-core)."
 log "building release binaries and the Kafka Streams app"
 cargo build -q --release -p millrace-runtime -p millrace-bench
 # The Kafka Streams contender on the broker's version (e2e/lib/common.sh); the

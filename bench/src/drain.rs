@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use crate::harness::Setup;
 use crate::{kafka, process};
 
-/// What one run of a contender cost, from its start until its group had
-/// committed the whole input.
+/// What one run of a contender cost, from its start until it was done
+/// (`Finish`).
 #[derive(Clone, Debug)]
 pub struct Usage {
     pub seconds: f64,
@@ -30,20 +30,20 @@ pub enum Finish<'a> {
     /// internal topics the app writes while it reads the input (a
     /// repartition topic), complete once the input is drained.
     Committed { group: &'a str, then: &'a [String] },
-    /// The outputs hold `expected` records: at-least-once contenders, whose
-    /// commits may trail their work by up to the commit interval (Kafka
-    /// Streams' default under at_least_once is 30 s; outputs written without
-    /// transactions are visible at once).
+    /// Each output holds at least its `expected` records: at-least-once
+    /// contenders, whose commits may trail their work by up to the commit
+    /// interval (Kafka Streams' default under at_least_once is 30 s;
+    /// outputs written without transactions are visible at once).
     Written {
         outputs: &'a [String],
-        expected: u64,
+        expected: &'a [u64],
     },
 }
 
 /// How far a run has got, as a fraction of its work, and whether it is done.
 enum Watch {
     Committed(kafka::DrainWatch),
-    Written(kafka::OutputWatch, u64),
+    Written(kafka::OutputWatch, Vec<u64>),
 }
 
 impl Watch {
@@ -55,12 +55,17 @@ impl Watch {
                 Some((committed as f64 / total.max(1) as f64, done))
             }
             Watch::Written(w, expected) => {
+                // Per topic: duplicates in one cannot stand in for records
+                // another still lacks.
                 let written = w.written()?;
-                let expected = (*expected).max(1) as f64;
-                Some((
-                    (written as f64 / expected).min(1.0),
-                    written as f64 >= expected,
-                ))
+                let reached: u64 = written
+                    .iter()
+                    .zip(expected)
+                    .map(|(w, e)| (*w).max(0).unsigned_abs().min(*e))
+                    .sum();
+                let total: u64 = expected.iter().sum();
+                let done = written.iter().zip(expected).all(|(w, e)| *w >= *e as i64);
+                Some((reached as f64 / total.max(1) as f64, done))
             }
         }
     }
@@ -98,7 +103,7 @@ pub fn until_drained(
             )?),
             Finish::Written { outputs, expected } => Watch::Written(
                 kafka::OutputWatch::new(&setup.bootstrap, outputs, setup.partitions)?,
-                *expected,
+                expected.to_vec(),
             ),
         };
         loop {

@@ -177,14 +177,15 @@ fn report(setup: &Setup, args: &Args, runs: &[Run]) -> anyhow::Result<String> {
         chosen.as_deref().unwrap_or("none of those tried")
     );
     let png = format!("{}-heap.png", setup.run_id);
+    let _ = writeln!(out, "\n![throughput per heap]({png})");
+    // The Markdown first: a chart that cannot be drawn must not lose the figures.
+    std::fs::write(args.results.join(format!("{}-heap.md", setup.run_id)), &out)?;
     charts::bars(
         &args.results.join(&png),
         "Kafka Streams exactly-once, steady throughput per heap",
         "input records/s",
         &bars,
     )?;
-    let _ = writeln!(out, "\n![throughput per heap]({png})");
-    std::fs::write(args.results.join(format!("{}-heap.md", setup.run_id)), &out)?;
     Ok(out)
 }
 

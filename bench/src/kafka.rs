@@ -333,10 +333,11 @@ impl DrainWatch {
 }
 
 /// Watches records arrive on output topics written without transactions:
-/// their end offsets, summed, are the records written. One request (a
-/// ListOffsets for every partition) per poll.
+/// their end offsets, summed per topic, are the records written. One
+/// request (a ListOffsets for every partition) per poll.
 pub struct OutputWatch {
     consumer: BaseConsumer,
+    topics: Vec<String>,
     latest: TopicPartitionList,
 }
 
@@ -352,23 +353,29 @@ impl OutputWatch {
                 latest.add_partition_offset(topic, p, Offset::End)?;
             }
         }
-        Ok(Self { consumer, latest })
+        Ok(Self {
+            consumer,
+            topics: topics.to_vec(),
+            latest,
+        })
     }
 
-    /// Records written to all the topics so far; `None` when the broker
-    /// did not answer.
-    pub fn written(&self) -> Option<i64> {
+    /// Records written to each topic so far (in the order given); `None`
+    /// when the broker did not answer for every partition.
+    pub fn written(&self) -> Option<Vec<i64>> {
         let ends = self
             .consumer
             .offsets_for_times(self.latest.clone(), Duration::from_secs(10))
             .ok()?;
-        ends.elements()
-            .iter()
-            .map(|e| match e.offset() {
-                Offset::Offset(o) => Some(o),
-                _ => None,
-            })
-            .sum()
+        let mut written = vec![0; self.topics.len()];
+        for e in ends.elements() {
+            let Offset::Offset(o) = e.offset() else {
+                return None;
+            };
+            let i = self.topics.iter().position(|t| t.as_str() == e.topic())?;
+            written[i] += o;
+        }
+        Some(written)
     }
 }
 

@@ -159,6 +159,20 @@ fn sample(seconds: u64, operator: Option<u32>) -> anyhow::Result<(f64, Option<f6
     Ok((rate, cores))
 }
 
+/// Deletes the apps' namespace and topics however the run ends.
+struct Leftovers<'a> {
+    namespace: &'a str,
+    bootstrap: &'a str,
+    topics: Vec<String>,
+}
+
+impl Drop for Leftovers<'_> {
+    fn drop(&mut self) {
+        let _ = kubectl(&["delete", "namespace", self.namespace, "--wait=false"]);
+        let _ = kafka::delete_topics(self.bootstrap, &self.topics);
+    }
+}
+
 fn count_statefulsets(namespace: &str) -> anyhow::Result<usize> {
     Ok(
         kubectl(&["get", "statefulsets", "-n", namespace, "-o", "name"])?
@@ -188,9 +202,15 @@ pub fn run(setup: &Setup, args: &Args) -> anyhow::Result<()> {
         .map(|i| format!("{}-in-{i}", setup.run_id))
         .chain(std::iter::once(format!("{}-out", setup.run_id)))
         .collect();
-    kafka::create_topics(&setup.bootstrap, &topics, 1)?;
+    let leftovers = Leftovers {
+        namespace: ns,
+        bootstrap: &setup.bootstrap,
+        topics,
+    };
+    kafka::create_topics(&setup.bootstrap, &leftovers.topics, 1)?;
     let rss_before = rss_mb(pid);
-    let (idle_rate, idle_cores) = sample(args.sample_seconds.min(20), Some(pid))?;
+    let idle_seconds = args.sample_seconds.min(20);
+    let (idle_rate, idle_cores) = sample(idle_seconds, Some(pid))?;
 
     let started = Instant::now();
     for chunk in (0..args.apps).collect::<Vec<_>>().chunks(100) {
@@ -238,7 +258,9 @@ pub fn run(setup: &Setup, args: &Args) -> anyhow::Result<()> {
         let changed_at = Instant::now();
         kubectl_apply(ns, &app(setup, i, 200 + k as u64))?;
         loop {
-            if config_hash(ns, i) != before {
+            // Only a hash read, and different, is the change arriving (a
+            // failed kubectl call reads as none).
+            if matches!((config_hash(ns, i), &before), (Some(now), Some(was)) if &now != was) {
                 break;
             }
             anyhow::ensure!(
@@ -264,13 +286,12 @@ pub fn run(setup: &Setup, args: &Args) -> anyhow::Result<()> {
     }
     let baseline_rate = sample(args.sample_seconds, None).map(|(rate, _)| rate);
     kubectl(&["scale", "deployment", op_name, "-n", op_ns, "--replicas=1"])?;
-    let _ = kubectl(&["delete", "namespace", ns, "--wait=false"]);
-    kafka::delete_topics(&setup.bootstrap, &topics)?;
+    drop(leftovers);
 
     let mut out = String::new();
     let _ = writeln!(out, "# The operator at scale, {}\n", harness::utc_now());
     let _ = writeln!(out, "{}\n", harness::machine_line(setup));
-    let _ = writeln!(out, "{} StreamApps (`replicas: 0`, exactly-once, a filter and a route, each reading a one-partition topic of its own on the real broker) applied with `kubectl apply` in chunks of 100 to namespace `{ns}` on the test bed's API server; operator `{}` (pid {pid}). Samples of {} s.\n", args.apps, exe.display(), args.sample_seconds);
+    let _ = writeln!(out, "{} StreamApps (`replicas: 0`, exactly-once, a filter and a route, each reading a one-partition topic of its own on the real broker) applied with `kubectl apply` in chunks of 100 to namespace `{ns}` on the test bed's API server; operator `{}` (pid {pid}). Samples of {} s ({idle_seconds} s before the apps).\n", args.apps, exe.display(), args.sample_seconds);
     let _ = writeln!(out, "| measure | value |\n|---|---:|");
     let rows = [
         ("operator RSS before, MB", format!("{rss_before:.0}")),

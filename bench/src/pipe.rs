@@ -21,8 +21,10 @@ use std::time::{Duration, Instant};
 use millrace_crds::ProcessingGuarantee;
 use millrace_runtime::engine::clients;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerGroupMetadata};
+use rdkafka::error::KafkaError;
 use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -203,7 +205,12 @@ fn fill_batch(
         if let Some(v) = message.payload() {
             record = record.payload(v);
         }
-        while let Err((_, r)) = producer.send(record) {
+        // Only a full queue is waited out; anything else ends the pipe.
+        while let Err((e, r)) = producer.send(record) {
+            anyhow::ensure!(
+                e == KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+                "sending to {topic}: {e}"
+            );
             record = r;
             producer.poll(Duration::from_millis(1));
         }
@@ -303,7 +310,10 @@ fn transactional_loop(
                     .and_then(|()| producer.commit_transaction(TIMEOUT))
                     .map(|()| c.producer)
                     .map_err(anyhow::Error::from);
-                if done_tx.send(result).is_err() {
+                // After a failed commit no later batch may commit: its
+                // offsets would pass the failed batch's records.
+                let failed = result.is_err();
+                if done_tx.send(result).is_err() || failed {
                     return;
                 }
             }
@@ -312,7 +322,7 @@ fn transactional_loop(
     let mut committing = [false, false];
     let mut current = 0;
     let mut number = 0;
-    let result = (|| {
+    let result: anyhow::Result<()> = (|| {
         while !stop.load(Ordering::Relaxed) {
             // The next producer may still be committing its last batch.
             while committing[current] {
@@ -349,7 +359,10 @@ fn transactional_loop(
     })();
     drop(to_commit);
     let _ = committer.join();
-    result
+    // The last batches' commits finish after the loop stops.
+    result?;
+    done.try_iter()
+        .try_for_each(|finished| finished.map(|_| ()))
 }
 
 fn signal_hook(stop: &Arc<AtomicBool>) {

@@ -141,7 +141,13 @@ pub fn run(setup: &Setup, args: &Args) -> anyhow::Result<()> {
                     continue;
                 }
                 let rate = (capacity * load) as u64;
-                let samples = measure_latency(setup, c, run, rate, args.latency_seconds)?;
+                let samples = measure_latency(
+                    setup,
+                    c,
+                    (run, (load * 100.0).round() as usize),
+                    rate,
+                    args.latency_seconds,
+                )?;
                 eprintln!(
                     "latency {}: {} at {:.0}% ({rate}/s): {} samples, p99 {} ms",
                     run + 1,
@@ -188,7 +194,7 @@ pub fn capacity(all: &[Measurement], c: Contender) -> f64 {
 fn measure_latency(
     setup: &Setup,
     c: Contender,
-    run: usize,
+    (run, load_percent): (usize, usize),
     rate: u64,
     seconds: u64,
 ) -> anyhow::Result<Vec<u64>> {
@@ -198,22 +204,33 @@ fn measure_latency(
         std::slice::from_ref(&input),
         setup.partitions,
     )?;
-    let round = 1000 + run;
-    let (child, _) = harness::launch(setup, c, round, &input)?;
-    std::thread::sleep(Duration::from_secs(10));
+    // Outputs and application id of their own per run and load.
+    let round = 1000 * (run + 1) + load_percent;
     let outputs = harness::output_topics(setup, c, round);
-    let until = Instant::now() + Duration::from_secs(seconds);
-    let reader = {
-        let (bootstrap, outputs) = (setup.bootstrap.clone(), outputs.clone());
-        std::thread::spawn(move || {
-            kafka::latencies(&bootstrap, &outputs, until, Duration::from_secs(3))
-        })
-    };
-    std::thread::sleep(Duration::from_secs(2)); // the reader joins its group
-    kafka::fill(&setup.bootstrap, &input, rate * seconds, Some(rate))?;
-    let mut samples = reader.join().expect("latency reader");
+    let (mut child, _) = harness::launch(setup, c, round, &input)?;
+    let sampled = (|| {
+        std::thread::sleep(Duration::from_secs(10));
+        let until = Instant::now() + Duration::from_secs(seconds);
+        let reader = {
+            let (bootstrap, outputs) = (setup.bootstrap.clone(), outputs.clone());
+            std::thread::spawn(move || {
+                kafka::latencies(&bootstrap, &outputs, until, Duration::from_secs(3))
+            })
+        };
+        std::thread::sleep(Duration::from_secs(2)); // the reader joins its group
+        kafka::fill(&setup.bootstrap, &input, rate * seconds, Some(rate))?;
+        let samples = reader.join().expect("latency reader");
+        // A contender that died, or wrote nothing, has no latency (a p99 of
+        // 0 ms would read as a win).
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!("{} exited during the latency run: {status}", c.name());
+        }
+        anyhow::ensure!(!samples.is_empty(), "{}: no output seen", c.name());
+        Ok(samples)
+    })();
     process::stop(child);
     harness::clean_up(setup, &[outputs, vec![input]].concat())?;
+    let mut samples = sampled?;
     samples.sort_unstable();
     Ok(samples)
 }

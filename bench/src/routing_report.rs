@@ -32,12 +32,19 @@ pub fn write(
             })
         })
         .collect();
-    charts::bars(
-        &args.results.join(&throughput_png),
-        "Steady-state throughput (median, range over rounds)",
-        "input records/s",
-        &bars,
-    )?;
+    let curves: Vec<Curve<'_>> = latency
+        .iter()
+        .filter(|l| (l.load - 0.5).abs() < 1e-9)
+        .map(|l| Curve {
+            label: format!(
+                "{} at {} records/s, run {}",
+                l.contender.name(),
+                l.rate,
+                l.run + 1
+            ),
+            sorted_ms: &l.samples,
+        })
+        .collect();
     let mut out = String::new();
     let _ = writeln!(out, "# Millrace benchmark, {}\n", harness::utc_now());
     let _ = writeln!(out, "{}\n", harness::machine_line(setup));
@@ -60,32 +67,29 @@ pub fn write(
     let _ = writeln!(out, "\n![throughput]({throughput_png})");
     if !latency.is_empty() {
         latency_table(&mut out, latency);
-        let curves: Vec<Curve<'_>> = latency
-            .iter()
-            .filter(|l| (l.load - 0.5).abs() < 1e-9)
-            .map(|l| Curve {
-                label: format!(
-                    "{} at {} records/s, run {}",
-                    l.contender.name(),
-                    l.rate,
-                    l.run + 1
-                ),
-                sorted_ms: &l.samples,
-            })
-            .collect();
-        if !curves.is_empty() {
-            charts::cdfs(
-                &args.results.join(&latency_png),
-                "End-to-end latency at 50% of each contender's capacity",
-                &curves,
-            )?;
-            let _ = writeln!(out, "\n![latency at 50% load]({latency_png})");
-        }
+    }
+    if !curves.is_empty() {
+        let _ = writeln!(out, "\n![latency at 50% load]({latency_png})");
     }
     settings(&mut out, setup);
+    // The Markdown first: a chart that cannot be drawn (no font) must not
+    // lose a run's figures.
     let file = args.results.join(format!("{}.md", setup.run_id));
     std::fs::write(&file, &out)?;
     eprintln!("written to {}", file.display());
+    charts::bars(
+        &args.results.join(&throughput_png),
+        "Steady-state throughput (median, range over rounds)",
+        "input records/s",
+        &bars,
+    )?;
+    if !curves.is_empty() {
+        charts::cdfs(
+            &args.results.join(&latency_png),
+            "End-to-end latency at 50% of each contender's capacity",
+            &curves,
+        )?;
+    }
     Ok(out)
 }
 

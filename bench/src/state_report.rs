@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use crate::drain::Usage;
 use crate::harness::{self, Setup, PARTITIONS};
+use crate::jvm;
 use crate::state::{Args, Contender, Measured, Recovery, Workload, TAIL};
 
 pub fn report(
@@ -20,6 +21,16 @@ pub fn report(
         harness::utc_now()
     );
     let _ = writeln!(out, "{}\n", harness::machine_line(setup));
+    let _ = writeln!(
+        out,
+        "Kafka Streams: JVM options `{}`; settings over the app's own: {} (the transactional-stores contender adds `enable.transactional.statestores=true`).\n",
+        setup.kstreams.options_described(),
+        if setup.kstreams.settings.is_empty() {
+            "none".to_string()
+        } else {
+            jvm::listed(&setup.kstreams.settings)
+        }
+    );
     let _ = writeln!(out, "Each topology reads its own input of {} records (~80 B of JSON) from {PARTITIONS} partitions and writes every update to one output topic, exactly once (RocksDB stores bounded to 64 MiB in Kafka Streams, Millrace's `aggregate` step); {} round(s) after {} warm-up round(s), contenders alternating who goes first; medians, and the range of records/s. Every run's output is counted under read_committed: exactly one record per input record.\n", args.records, args.rounds, args.warmup_rounds);
     let _ = writeln!(
         out,

@@ -23,12 +23,13 @@ import org.apache.kafka.streams.kstream.Produced;
  * serdes (no String decoding of bytes that are passed through), and a
  * streaming parse that reads the three fields the topology tests and skips
  * the rest without building a tree, as Millrace builds only the fields its
- * expressions read (both still parse the whole record, so both send the
- * same records to the dead-letter topic).
+ * expressions read (both still parse the whole record, so records that
+ * are not one JSON object go to the dead-letter topic in both).
  *
  * <p>Usage: OrdersRouter BOOTSTRAP APPLICATION_ID INPUT OUTPUT_PREFIX [key=value ...]
- * Every setting beyond the fixed ones (guarantee, threads, producer batching)
- * comes from the harness as key=value, which lists them in its report.
+ * Every setting beyond the application id, bootstrap servers and state
+ * directory (the guarantee, threads, producer batching among them) comes
+ * from the harness as key=value, which lists them in its report.
  */
 public final class OrdersRouter {
   private static final JsonFactory JSON = new JsonFactory();
@@ -73,6 +74,9 @@ public final class OrdersRouter {
    * Millrace's expressions: neither paid nor routed).
    */
   static Order parse(byte[] raw) {
+    if (raw == null) {
+      return null;
+    }
     String status = "", region = "";
     long amount = 0;
     try (JsonParser parser = JSON.createParser(raw)) {
@@ -86,8 +90,11 @@ public final class OrdersRouter {
           case "status" -> status = token == JsonToken.VALUE_STRING ? parser.getText() : "";
           case "region" -> region = token == JsonToken.VALUE_STRING ? parser.getText() : "";
           case "amount" -> amount = token.isNumeric() ? parser.getLongValue() : 0;
-          default -> parser.skipChildren();
+          default -> { }
         }
+        // An object or array (wherever it is) is skipped whole; on a
+        // scalar this does nothing.
+        parser.skipChildren();
       }
       // The whole record is read, as Millrace's decoder does: a record that
       // is not one JSON object is malformed.

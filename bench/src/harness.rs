@@ -396,6 +396,24 @@ pub fn measure(
     })
 }
 
+/// Creates the run's input (`<run id>-input`, `setup.partitions`) and fills
+/// it with `records` orders; returns its name.
+pub fn filled_input(setup: &Setup, records: u64) -> anyhow::Result<String> {
+    let input = format!("{}-input", setup.run_id);
+    kafka::create_topics(
+        &setup.bootstrap,
+        std::slice::from_ref(&input),
+        setup.partitions,
+    )?;
+    let started = Instant::now();
+    kafka::fill(&setup.bootstrap, &input, records, None)?;
+    eprintln!(
+        "filled {input} with {records} records in {:.1?}",
+        started.elapsed()
+    );
+    Ok(input)
+}
+
 /// Round `round`'s order of `items`: rotated by the round, every other
 /// round reversed too, so that none always runs first or after the same
 /// neighbour (the broker's state, page cache and JIT carry over between

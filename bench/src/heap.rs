@@ -7,12 +7,10 @@
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::time::Instant;
 
 use crate::charts::{self, Bar};
 use crate::harness::{self, Contender, Measurement, Setup};
 use crate::jvm::KafkaStreams;
-use crate::kafka;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -38,15 +36,7 @@ struct Run {
 }
 
 pub fn run(setup: &Setup, args: &Args) -> anyhow::Result<()> {
-    let input = format!("{}-input", setup.run_id);
-    kafka::create_topics(
-        &setup.bootstrap,
-        std::slice::from_ref(&input),
-        setup.partitions,
-    )?;
-    let started = Instant::now();
-    kafka::fill(&setup.bootstrap, &input, args.records, None)?;
-    eprintln!("filled {input} in {:.1?}", started.elapsed());
+    let input = harness::filled_input(setup, args.records)?;
     // One unmeasured run first: the broker's JIT warms up on it.
     harness::measure(
         setup,

@@ -64,19 +64,7 @@ pub struct LatencyRun {
 }
 
 pub fn run(setup: &Setup, args: &Args) -> anyhow::Result<()> {
-    let input = format!("{}-input", setup.run_id);
-    kafka::create_topics(
-        &setup.bootstrap,
-        std::slice::from_ref(&input),
-        setup.partitions,
-    )?;
-    let fill_started = Instant::now();
-    kafka::fill(&setup.bootstrap, &input, args.records, None)?;
-    eprintln!(
-        "filled {input} with {} records in {:.1?}",
-        args.records,
-        fill_started.elapsed()
-    );
+    let input = harness::filled_input(setup, args.records)?;
 
     let chosen: Vec<Contender> = Contender::ALL
         .into_iter()

@@ -16,7 +16,8 @@ pub const SIZED_HEAP: &str = "192m";
 /// Streams already lingers 100 ms (its producer default); 16 KB batches
 /// (the client's default) held a few dozen of the benchmark's records, so
 /// with 64 output partitions a commit interval's outputs went out in many
-/// small requests. Chosen by the sweep in bench/README.md.
+/// small requests. 128 KB holds an interval's outputs per partition at
+/// these rates; set by that arithmetic, not by a sweep (none was run).
 pub const PRODUCER_BATCHING: [(&str, &str); 2] = [
     ("producer.batch.size", "131072"),
     ("producer.linger.ms", "100"),

@@ -9,7 +9,13 @@
 //! GC-like stall) past the deadline exits at its first write after it
 //! resumes (`ensure_leading`), rather than acting until its next renewal
 //! finds the lease taken.
+//!
+//! The lease is held from a thread of its own, with its own runtime and API
+//! client ([`Leadership`]): a thousand reconciles busy on the operator's
+//! runtime, or queued on its client, once delayed a renewal past the
+//! deadline and made a loaded operator exit and crash-loop.
 
+use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -19,6 +25,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::PostParams;
 use kube::{Api, Client};
+use tokio::sync::oneshot;
 
 pub const LEASE_NAME: &str = "millrace-operator";
 const LEASE_DURATION: Duration = Duration::from_secs(15);
@@ -50,6 +57,12 @@ fn since_renewal() -> Option<Duration> {
     let tenure = TENURE.get()?;
     let renewed = Duration::from_millis(tenure.renewed_ms.load(Ordering::SeqCst));
     Some(tenure.started.elapsed().saturating_sub(renewed))
+}
+
+/// Whether this replica, leading by a lease, renewed it within the deadline
+/// (true while election is off).
+pub fn leading_within_deadline() -> bool {
+    since_renewal().is_none_or(within_deadline)
 }
 
 /// Whether a leader last renewed `since_renewal` ago may still act.
@@ -84,13 +97,74 @@ pub fn can_acquire(lease: &LeaseSpec, me: &str, now: Timestamp) -> bool {
     renewed.0 + duration < now
 }
 
-pub struct Elector {
+/// The lease, held by a thread of its own (see the module's note).
+pub struct Leadership {
+    lost: oneshot::Receiver<anyhow::Error>,
+    release: oneshot::Sender<oneshot::Sender<()>>,
+}
+
+impl Leadership {
+    /// Returns once this replica holds the lease `LEASE_NAME` in `namespace`.
+    /// The holding thread makes its own client from the environment (as
+    /// `Client::try_default`), so no request of the reconciles queues
+    /// before a renewal.
+    pub async fn acquire(namespace: String, identity: String) -> anyhow::Result<Self> {
+        let (acquired_tx, acquired) = oneshot::channel::<anyhow::Result<()>>();
+        let (lost_tx, lost) = oneshot::channel();
+        let (release, release_rx) = oneshot::channel::<oneshot::Sender<()>>();
+        let hold = async move {
+            let elector = match Client::try_default().await {
+                Ok(client) => Elector::new(client, &namespace, identity),
+                Err(e) => return drop(acquired_tx.send(Err(e.into()))),
+            };
+            if let Err(e) = elector.acquire().await {
+                return drop(acquired_tx.send(Err(e)));
+            }
+            let _ = acquired_tx.send(Ok(()));
+            tokio::select! {
+                Err(e) = elector.hold() => drop(lost_tx.send(e)),
+                Ok(done) = release_rx => {
+                    elector.release().await;
+                    let _ = done.send(());
+                }
+            }
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name("leader-lease".into())
+            .spawn(move || runtime.block_on(hold))?;
+        acquired
+            .await
+            .map_err(|_| anyhow::anyhow!("the leader-lease thread stopped"))??;
+        Ok(Self { lost, release })
+    }
+
+    /// Resolves when the lease is lost or could not be renewed in time.
+    pub async fn lost(&mut self) -> anyhow::Error {
+        (&mut self.lost)
+            .await
+            .unwrap_or_else(|_| anyhow::anyhow!("the leader-lease thread stopped"))
+    }
+
+    /// Gives the lease up (a clean shutdown), so a standby takes over at
+    /// once instead of after the lease expires.
+    pub async fn release(self) {
+        let (done, released) = oneshot::channel();
+        if self.release.send(done).is_ok() {
+            let _ = released.await;
+        }
+    }
+}
+
+struct Elector {
     api: Api<Lease>,
     identity: String,
 }
 
 impl Elector {
-    pub fn new(client: Client, namespace: &str, identity: String) -> Self {
+    fn new(client: Client, namespace: &str, identity: String) -> Self {
         Self {
             api: Api::namespaced(client, namespace),
             identity,
@@ -98,7 +172,7 @@ impl Elector {
     }
 
     /// Returns once this replica holds the lease.
-    pub async fn acquire(&self) -> anyhow::Result<()> {
+    async fn acquire(&self) -> anyhow::Result<()> {
         loop {
             if self.try_take().await? {
                 renewed_now();
@@ -112,7 +186,7 @@ impl Elector {
     /// Renews forever; returns an error when the lease is lost, or when no
     /// renewal succeeded within the renew deadline (the API server
     /// unreachable: another replica may take the lease meanwhile).
-    pub async fn hold(&self) -> anyhow::Result<()> {
+    async fn hold(&self) -> anyhow::Result<Infallible> {
         let mut wait = LEASE_DURATION / 3;
         loop {
             tokio::time::sleep(wait).await;
@@ -137,9 +211,7 @@ impl Elector {
         }
     }
 
-    /// Gives the lease up on a clean shutdown, so a standby takes over at
-    /// once instead of after the lease expires.
-    pub async fn release(&self) {
+    async fn release(&self) {
         if let Ok(Some(mut lease)) = self.api.get_opt(LEASE_NAME).await {
             let spec = lease.spec.get_or_insert_with(Default::default);
             if spec.holder_identity.as_deref() == Some(self.identity.as_str()) {

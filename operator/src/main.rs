@@ -14,13 +14,13 @@ use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::controller::Controller;
+use kube::runtime::controller::{self, Controller};
 use kube::runtime::events::Reporter;
 use kube::runtime::watcher;
 use kube::{Api, Client, CustomResourceExt};
 use millrace_crds::StreamApp;
 use millrace_operator::autoscale::{self, driver::Autoscaler};
-use millrace_operator::leader::Elector;
+use millrace_operator::leader::Leadership;
 use millrace_operator::metrics::Metrics;
 use millrace_operator::model::Defaults;
 use millrace_operator::placement_driver::{self, Driver};
@@ -83,6 +83,11 @@ struct RunArgs {
     /// NetworkPolicy peers (a JSON list; unset: open to the cluster).
     #[arg(long, env = "MILLRACE_WORKER_ADMIN_FROM", value_parser = admin_peers)]
     worker_admin_from: Option<Peers>,
+    /// How many apps are reconciled at once. Each reconcile reads Kafka
+    /// metadata on a blocking thread and writes several objects: unbounded,
+    /// a thousand apps applied at once ran a thousand of them together.
+    #[arg(long, env = "MILLRACE_RECONCILE_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    reconcile_concurrency: u16,
     /// Apply the embedded CRD at start, so `helm upgrade` carries CRD changes.
     #[arg(long, env = "MILLRACE_MANAGE_CRD")]
     manage_crd: bool,
@@ -147,11 +152,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics.clone(),
     ));
 
-    let elector = args
-        .leader_election
-        .then(|| Elector::new(client.clone(), &args.namespace, args.identity.clone()));
-    if let Some(elector) = &elector {
-        elector.acquire().await?;
+    let mut leadership = None;
+    if args.leader_election {
+        leadership =
+            Some(Leadership::acquire(args.namespace.clone(), args.identity.clone()).await?);
         metrics.leader.set(1);
     }
     if args.manage_crd {
@@ -189,23 +193,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         args.handoff_timeout,
         workers.clone(),
     ));
-    let interval = args.placement_interval;
     let scope = Scope::new(&args.watch_namespaces);
     tracing::info!("serving {}", scope.describe());
-    let placement_scope = scope.clone();
-    tokio::spawn(supervise("placement", metrics.clone(), move || {
-        placement_driver::run(placement.clone(), interval, placement_scope.clone())
-    }));
-    let autoscaler = Arc::new(Autoscaler::new(
-        client.clone(),
-        reporter.clone(),
-        metrics.clone(),
-        workers,
-    ));
-    let autoscaling_scope = scope.clone();
-    tokio::spawn(supervise("autoscaling", metrics.clone(), move || {
-        autoscale::driver::run(autoscaler.clone(), autoscaling_scope.clone())
-    }));
     // One controller per namespace served (one for the cluster): a
     // namespaced operator holds no list or watch right across namespaces.
     let controllers: Vec<_> = scope
@@ -215,6 +204,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .zip(scope.apis::<ConfigMap>(&client))
         .map(|((apps, statefulsets), config_maps)| {
             Controller::new(apps, watcher::Config::default())
+                .with_config(controller::Config::default().concurrency(args.reconcile_concurrency))
                 .owns(statefulsets, watcher::Config::default())
                 .owns(
                     config_maps,
@@ -223,18 +213,35 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 )
         })
         .collect();
+    let apps = Apps(
+        scope
+            .namespaces()
+            .into_iter()
+            .zip(controllers.iter().map(Controller::store))
+            .collect(),
+    );
+    // Placement and autoscaling poll the apps the controllers' watches hold.
+    let interval = args.placement_interval;
+    let placement_apps = apps.clone();
+    tokio::spawn(supervise("placement", metrics.clone(), move || {
+        placement_driver::run(placement.clone(), interval, placement_apps.clone())
+    }));
+    let autoscaler = Arc::new(Autoscaler::new(
+        client.clone(),
+        reporter.clone(),
+        metrics.clone(),
+        workers,
+    ));
+    let autoscaling_apps = apps.clone();
+    tokio::spawn(supervise("autoscaling", metrics.clone(), move || {
+        autoscale::driver::run(autoscaler.clone(), autoscaling_apps.clone())
+    }));
     let context = Arc::new(Context {
         client: client.clone(),
         defaults,
         reporter,
         metrics,
-        apps: Apps(
-            scope
-                .namespaces()
-                .into_iter()
-                .zip(controllers.iter().map(Controller::store))
-                .collect(),
-        ),
+        apps,
         finalizer_timeout: args.finalizer_timeout,
         backoff: Default::default(),
         lease_namespace: args.namespace.clone(),
@@ -253,12 +260,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     tokio::select! {
         _ = controller => {
             // Stopped by SIGTERM: hand leadership over before exiting.
-            if let Some(elector) = &elector {
-                elector.release().await;
+            if let Some(leadership) = leadership {
+                leadership.release().await;
             }
             Ok(())
         }
-        r = async { match &elector { Some(e) => e.hold().await, None => std::future::pending().await } } => r,
+        lost = async { match &mut leadership { Some(l) => l.lost().await, None => std::future::pending().await } } => Err(lost),
         r = server => r?,
     }
 }

@@ -36,9 +36,13 @@ impl Drop for Running {
 impl PerApp {
     /// Starts `poll(app)` on its own task for each app not being polled
     /// already; returns the apps started.
-    pub fn start_each<F, Fut>(&self, apps: impl IntoIterator<Item = StreamApp>, poll: F) -> usize
+    pub fn start_each<F, Fut>(
+        &self,
+        apps: impl IntoIterator<Item = Arc<StreamApp>>,
+        poll: F,
+    ) -> usize
     where
-        F: Fn(StreamApp) -> Fut,
+        F: Fn(Arc<StreamApp>) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
         let mut started = 0;
@@ -67,13 +71,15 @@ mod tests {
     use super::*;
     use tokio::sync::{mpsc, Notify};
 
-    fn app(name: &str) -> StreamApp {
-        serde_json::from_value(serde_json::json!({
-            "apiVersion": "millrace.dev/v1alpha1", "kind": "StreamApp",
-            "metadata": {"name": name, "namespace": "ns"},
-            "spec": {"kafka": {"bootstrapServers": "k:1"}}
-        }))
-        .unwrap()
+    fn app(name: &str) -> Arc<StreamApp> {
+        Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "millrace.dev/v1alpha1", "kind": "StreamApp",
+                "metadata": {"name": name, "namespace": "ns"},
+                "spec": {"kafka": {"bootstrapServers": "k:1"}}
+            }))
+            .unwrap(),
+        )
     }
 
     #[tokio::test]

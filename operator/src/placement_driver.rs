@@ -92,30 +92,25 @@ impl Driver {
 const MOVING_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Polls every StreamApp forever, each apart ([`PerApp`]).
-pub async fn run(driver: Arc<Driver>, interval: Duration, scope: crate::scope::Scope) {
+pub async fn run(driver: Arc<Driver>, interval: Duration, apps: crate::scope::Apps) {
     let per_app = PerApp::default();
     // Set by any app's poll with moves in flight since the last round.
     let moving = Arc::new(AtomicBool::new(false));
     loop {
-        match scope.list::<StreamApp>(&driver.client).await {
-            Ok(list) => {
-                per_app.start_each(list, |app| {
-                    let (driver, moving) = (driver.clone(), moving.clone());
-                    async move {
-                        match guarded(drive(&driver, &app)).await {
-                            Ok(m) => {
-                                moving.fetch_or(m, Ordering::Relaxed);
-                            }
-                            Err(e) => {
-                                driver.metrics.driver_failed("placement", &e);
-                                tracing::warn!(app = %app.name_any(), kind = e.metric_label(), "placement: {e}")
-                            }
-                        }
+        per_app.start_each(apps.state(), |app| {
+            let (driver, moving) = (driver.clone(), moving.clone());
+            async move {
+                match guarded(drive(&driver, &app)).await {
+                    Ok(m) => {
+                        moving.fetch_or(m, Ordering::Relaxed);
                     }
-                });
+                    Err(e) => {
+                        driver.metrics.driver_failed("placement", &e);
+                        tracing::warn!(app = %app.name_any(), kind = e.metric_label(), "placement: {e}")
+                    }
+                }
             }
-            Err(e) => tracing::warn!("placement: listing StreamApps: {e}"),
-        }
+        });
         let pauses_awaited = !lock(&driver.memory).pauses.is_empty();
         let wait = if moving.swap(false, Ordering::Relaxed) || pauses_awaited {
             MOVING_INTERVAL.min(interval)

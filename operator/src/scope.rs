@@ -5,12 +5,10 @@
 
 use std::sync::Arc;
 
-use kube::api::ListParams;
 use kube::core::NamespaceResourceScope;
 use kube::runtime::reflector::{store::WriterDropped, Store};
 use kube::{Api, Client, Resource};
 use millrace_crds::StreamApp;
-use serde::de::DeserializeOwned;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Scope {
@@ -57,33 +55,6 @@ impl Scope {
         }
     }
 
-    /// Every object of kind `K` the operator serves. A namespace that
-    /// cannot be listed (its Role gone) is skipped with a warning, so the
-    /// others are still served; an error only if none could be.
-    pub async fn list<K>(&self, client: &Client) -> Result<Vec<K>, kube::Error>
-    where
-        K: Resource<Scope = NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug,
-        K::DynamicType: Default,
-    {
-        let apis = self.apis::<K>(client);
-        let (mut all, mut failed) = (Vec::new(), Vec::new());
-        for api in &apis {
-            match api.list(&ListParams::default()).await {
-                Ok(list) => all.extend(list.items),
-                Err(e) => failed.push(e),
-            }
-        }
-        if failed.len() == apis.len() {
-            if let Some(e) = failed.pop() {
-                return Err(e);
-            }
-        }
-        for e in &failed {
-            tracing::warn!("listing in one of the served namespaces: {e}");
-        }
-        Ok(all)
-    }
-
     pub fn describe(&self) -> String {
         match self {
             Scope::Cluster => "every namespace".into(),
@@ -93,8 +64,8 @@ impl Scope {
 }
 
 /// The StreamApps the controllers' watches last saw, one store per
-/// namespace served (`None`: the cluster's): whether the holder of an
-/// application id still exists.
+/// namespace served (`None`: the cluster's): what placement and autoscaling
+/// poll, and whether the holder of an application id still exists.
 #[derive(Clone, Default)]
 pub struct Apps(pub Vec<(Option<String>, Store<StreamApp>)>);
 

@@ -2,13 +2,14 @@
 //! nothing; the standby takes over when the leader dies, and when it is
 //! paused past its lease (the paused one, resumed, stops at its renew
 //! deadline before writing); `helm uninstall` leaves no operator object
-//! behind.
+//! behind; the lease is renewed while the operator's runtime is busy.
 
 use std::time::Duration;
 
+use millrace_operator::leader::{self, Leadership, LEASE_NAME, RENEW_DEADLINE};
 use millrace_tests::workers::{pod_log, pod_pids, signal};
 use millrace_tests::{
-    ensure_topics, helm, install_chart, kubectl, repo_root, wait_until, TestNamespace,
+    ensure_topics, helm, install_chart, kubeconfig, kubectl, repo_root, wait_until, TestNamespace,
     OPERATOR_NAMESPACE,
 };
 
@@ -35,16 +36,47 @@ fn operator_pods() -> Vec<(String, String)> {
 }
 
 fn lease_holder() -> String {
+    lease_field(OPERATOR_NAMESPACE, "holderIdentity")
+}
+
+fn lease_field(namespace: &str, field: &str) -> String {
     kubectl(&[
         "-n",
-        OPERATOR_NAMESPACE,
+        namespace,
         "get",
         "lease",
-        "millrace-operator",
+        LEASE_NAME,
         "-o",
-        "jsonpath={.spec.holderIdentity}",
+        &format!("jsonpath={{.spec.{field}}}"),
     ])
     .unwrap_or_default()
+}
+
+/// A thousand reconciles once kept the runtime that also renewed the lease
+/// busy past the renew deadline, and the loaded operator exited. The lease
+/// is held from a thread of its own: with this runtime's only thread
+/// blocked longer than the deadline, renewals go on.
+#[tokio::test(flavor = "current_thread")]
+async fn the_lease_is_renewed_while_the_operators_runtime_is_blocked() {
+    std::env::set_var("KUBECONFIG", kubeconfig());
+    let ns = TestNamespace::create("lease");
+    let leadership = Leadership::acquire(ns.0.clone(), "busy-replica".into())
+        .await
+        .unwrap();
+    let acquired = lease_field(&ns.0, "renewTime");
+    assert_eq!(lease_field(&ns.0, "holderIdentity"), "busy-replica");
+
+    std::thread::sleep(RENEW_DEADLINE + Duration::from_secs(2));
+
+    let renewed = lease_field(&ns.0, "renewTime");
+    // RFC 3339 times with microseconds in UTC: text order is time order.
+    assert!(
+        renewed > acquired,
+        "no renewal while the runtime was blocked: renewTime {renewed}, acquired at {acquired}"
+    );
+    assert!(leader::leading_within_deadline());
+    leadership.release().await;
+    assert_eq!(lease_field(&ns.0, "holderIdentity"), "");
 }
 
 /// A metric of one operator pod, read from its /metrics endpoint.

@@ -59,24 +59,21 @@ impl Autoscaler {
 /// (time s, busy ns, loops) of one worker at one poll.
 type BusyMark = (f64, u64, u32);
 
-/// Polls every StreamApp forever, each apart ([`PerApp`]).
-pub async fn run(autoscaler: Arc<Autoscaler>, scope: crate::scope::Scope) {
+/// Polls every StreamApp forever, each apart ([`PerApp`]), as the
+/// controllers' watches last saw them: listing a thousand apps every second
+/// cost the API server more than everything else the operator asks.
+pub async fn run(autoscaler: Arc<Autoscaler>, apps: crate::scope::Apps) {
     let per_app = PerApp::default();
     loop {
-        match scope.list::<StreamApp>(&autoscaler.client).await {
-            Ok(list) => {
-                per_app.start_each(list, |app| {
-                    let autoscaler = autoscaler.clone();
-                    async move {
-                        if let Err(e) = guarded(poll(&autoscaler, &app)).await {
-                            autoscaler.metrics.driver_failed("autoscaling", &e);
-                            tracing::warn!(app = %app.name_any(), kind = e.metric_label(), "autoscaling: {e}");
-                        }
-                    }
-                });
+        per_app.start_each(apps.state(), |app| {
+            let autoscaler = autoscaler.clone();
+            async move {
+                if let Err(e) = guarded(poll(&autoscaler, &app)).await {
+                    autoscaler.metrics.driver_failed("autoscaling", &e);
+                    tracing::warn!(app = %app.name_any(), kind = e.metric_label(), "autoscaling: {e}");
+                }
             }
-            Err(e) => tracing::warn!("autoscaling: listing StreamApps: {e}"),
-        }
+        });
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }

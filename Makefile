@@ -2,7 +2,7 @@
 # `make test`; everything else here is for working on the stack by hand.
 SHELL := /bin/bash
 
-.PHONY: demo test stack-up stack-down stack-status lint unit build bench bench-quick bench-operator autoscale-report
+.PHONY: demo test stack-up stack-down stack-status lint unit build bench bench-quick bench-operator bench-scale bench-scale-quick autoscale-report
 
 ## demo: start the local stack and show it working (see README)
 demo:
@@ -47,6 +47,14 @@ bench-quick:
 ## bench-operator: the operator holding 1,000 StreamApps on the test bed (manual; minutes)
 bench-operator:
 	@bash e2e/bench-operator.sh $(BENCH_OPERATOR_ARGS)
+
+## bench-scale: a stateful app scaled 1 -> 4 workers, Millrace on the test bed vs Kafka Streams (manual; minutes)
+bench-scale:
+	@bash e2e/bench-scale.sh $(BENCH_SCALE_ARGS)
+
+## bench-scale-quick: the same on a small state (CI proves it works)
+bench-scale-quick:
+	@bash e2e/bench-scale.sh --keys 16000 --rate 500 --steady-seconds 3 --timeout-seconds 300 --results $${TMPDIR:-/tmp}/millrace-bench
 
 ## autoscale-report: rerun the autoscaling simulator, rewrite docs/autoscaling-sim.md
 autoscale-report:

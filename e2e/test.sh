@@ -18,6 +18,7 @@ cargo test --workspace
 
 log "benchmark harness, quick variant (proves it works; figures come from make bench)"
 make -s bench-quick >/dev/null
+make -s bench-scale-quick >/dev/null
 
 log "stack scripts: idempotent up, recovery, three-node cluster, clean down"
 bash "$E2E_DIR/tests/stack-lifecycle.sh"

@@ -1,5 +1,6 @@
 //! Charts beside a report, drawn by the harness (plotters, PNG): throughput
-//! per contender with its range over the rounds, and latency CDFs. Text is
+//! per contender with its range over the rounds, latency CDFs, and task
+//! pauses over time. Text is
 //! drawn with the system's fonts (fontconfig: Debian's fonts-dejavu-core).
 
 use std::path::Path;
@@ -151,6 +152,77 @@ pub fn cdfs(path: &Path, title: &str, curves: &[Curve<'_>]) -> anyhow::Result<()
     Ok(())
 }
 
+/// One contender's rows of a timeline: `rows` tasks, spans (task, start s,
+/// end s) drawn as bars, and a mark (s) drawn as a line.
+pub struct Lane {
+    pub label: String,
+    pub rows: usize,
+    pub spans: Vec<(usize, f64, f64)>,
+    pub mark: f64,
+}
+
+/// Spans over time (x: s), one row per task, the lanes stacked.
+pub fn timeline(path: &Path, title: &str, lanes: &[Lane]) -> anyhow::Result<()> {
+    let fail = |e: DrawingAreaErrorKind<_>| drawing_failed("a timeline", path, e);
+    let root = BitMapBackend::new(path, SIZE).into_drawing_area();
+    root.fill(&WHITE).map_err(fail)?;
+    let end = lanes
+        .iter()
+        .flat_map(|l| l.spans.iter().map(|s| s.2).chain(std::iter::once(l.mark)))
+        .fold(1.0, f64::max)
+        * 1.05;
+    let rows: usize = lanes.iter().map(|l| l.rows + 1).sum();
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(10)
+        .build_cartesian_2d(0.0..end, 0.0..rows.max(1) as f64)
+        .map_err(fail)?;
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .disable_y_axis()
+        .x_desc("seconds after the scale command")
+        .draw()
+        .map_err(fail)?;
+    let mut top = rows as f64;
+    for (i, lane) in lanes.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let row = |task: usize| top - 1.0 - task as f64;
+        chart
+            .draw_series(lane.spans.iter().map(|(task, a, b)| {
+                Rectangle::new(
+                    [(*a, row(*task) + 0.15), (*b, row(*task) + 0.85)],
+                    color.filled(),
+                )
+            }))
+            .map_err(fail)?
+            .label(format!(
+                "{}: {} tasks, settled {:.1} s",
+                lane.label, lane.rows, lane.mark
+            ))
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
+        let bottom = top - lane.rows as f64;
+        chart
+            .draw_series(std::iter::once(PathElement::new(
+                vec![(lane.mark, bottom), (lane.mark, top)],
+                BLACK.stroke_width(2),
+            )))
+            .map_err(fail)?;
+        top = bottom - 1.0;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()
+        .map_err(fail)?;
+    root.present().map_err(fail)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,7 +257,19 @@ mod tests {
             }],
         )
         .unwrap();
-        for png in [throughput, latency] {
+        let scale = dir.join("s.png");
+        timeline(
+            &scale,
+            "pauses",
+            &[Lane {
+                label: "a".into(),
+                rows: 4,
+                spans: vec![(0, 0.5, 1.5), (3, 2.0, 2.4)],
+                mark: 3.0,
+            }],
+        )
+        .unwrap();
+        for png in [throughput, latency, scale] {
             let bytes = std::fs::read(&png).unwrap();
             assert!(bytes.starts_with(b"\x89PNG"), "{}", png.display());
             assert!(

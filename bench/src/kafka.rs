@@ -101,12 +101,12 @@ fn now_ms() -> u128 {
 /// Writes `records` orders; with `rate` (records/s) spread over time.
 pub fn fill(bootstrap: &str, topic: &str, records: u64, rate: Option<u64>) -> anyhow::Result<()> {
     produce(bootstrap, topic, 0..records, rate, |i| {
-        (format!("c-{}", i % 5000), order(i, now_ms()))
-    })
+        (None, format!("c-{}", i % 5000), order(i, now_ms()))
+    })?;
+    Ok(())
 }
 
-/// Writes records `seqs` of the stateful benchmark: key `k-<seq % keys>`,
-/// value `{"id":seq,"n":..}` of about 80 bytes.
+/// Writes records `seqs` of the stateful benchmark ([`keyed_record`]).
 pub fn fill_keyed(
     bootstrap: &str,
     topic: &str,
@@ -114,15 +114,35 @@ pub fn fill_keyed(
     keys: u64,
 ) -> anyhow::Result<()> {
     produce(bootstrap, topic, seqs, None, |i| {
-        (
-            format!("k-{}", i % keys),
-            format!(
-                r#"{{"id":{i},"n":{},"note":"{}"}}"#,
-                (i * 7) % 100,
-                "x".repeat(40)
-            ),
-        )
-    })
+        keyed_record(i, keys, None)
+    })?;
+    Ok(())
+}
+
+/// Record `i` of the stateful benchmark: key `k-<i % keys>`, value
+/// `{"id":i,"n":..}` of about 80 bytes. With `partitions`, written to the
+/// partition [`task_of_key`] names, so a key's task is known from its name.
+pub fn keyed_record(i: u64, keys: u64, partitions: Option<i32>) -> Record {
+    let key = i % keys;
+    (
+        partitions.map(|n| (key % n as u64) as i32),
+        format!("k-{key}"),
+        format!(
+            r#"{{"id":{i},"n":{},"note":"{}"}}"#,
+            (i * 7) % 100,
+            "x".repeat(40)
+        ),
+    )
+}
+
+/// The partition (task) of a key `k-<n>` that [`keyed_record`] wrote with
+/// `partitions`.
+pub fn task_of_key(key: &[u8], partitions: i32) -> Option<usize> {
+    let n: u64 = std::str::from_utf8(key.strip_prefix(b"k-")?)
+        .ok()?
+        .parse()
+        .ok()?;
+    Some((n % partitions as u64) as usize)
 }
 
 /// Records `seqs`, each keyed by its own id and carrying a group `g` (one
@@ -139,6 +159,7 @@ pub fn fill_grouped(
     let base = now_ms();
     produce(bootstrap, topic, seqs, None, |i| {
         (
+            None,
             format!("o-{i}"),
             format!(
                 r#"{{"id":{i},"g":"g-{}","n":{},"at":{}}}"#,
@@ -147,32 +168,40 @@ pub fn fill_grouped(
                 base + u128::from(i)
             ),
         )
-    })
+    })?;
+    Ok(())
 }
 
-fn produce(
+/// A record to write: its partition (`None`: the producer's partitioner),
+/// key and value.
+pub type Record = (Option<i32>, String, String);
+
+/// Writes `record_of(i)` for each `i` of `seqs`, `rate` records/s when
+/// given; returns how many were written once all are acknowledged.
+pub fn produce(
     bootstrap: &str,
     topic: &str,
-    seqs: std::ops::Range<u64>,
+    seqs: impl IntoIterator<Item = u64>,
     rate: Option<u64>,
-    record_of: impl Fn(u64) -> (String, String),
-) -> anyhow::Result<()> {
+    record_of: impl Fn(u64) -> Record,
+) -> anyhow::Result<u64> {
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("linger.ms", "20")
         .set("enable.idempotence", "true")
         .create()?;
     let started = Instant::now();
-    let first = seqs.start;
+    let mut sent = 0u64;
     for i in seqs {
         if let Some(rate) = rate {
-            let due = Duration::from_secs_f64((i - first) as f64 / rate as f64);
+            let due = Duration::from_secs_f64(sent as f64 / rate as f64);
             if let Some(ahead) = due.checked_sub(started.elapsed()) {
                 std::thread::sleep(ahead);
             }
         }
-        let (key, value) = record_of(i);
+        let (partition, key, value) = record_of(i);
         let mut record = BaseRecord::to(topic).key(&key).payload(&value);
+        record.partition = partition;
         loop {
             match producer.send(record) {
                 Ok(()) => break,
@@ -182,9 +211,10 @@ fn produce(
                 }
             }
         }
+        sent += 1;
     }
     producer.flush(Duration::from_secs(120))?;
-    Ok(())
+    Ok(sent)
 }
 
 /// Records of `topic` a read_committed consumer sees, read to its end:
@@ -419,6 +449,18 @@ pub fn latencies(bootstrap: &str, topics: &[String], until: Instant, quiet: Dura
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_keys_task_is_its_partition() {
+        for i in [0, 5, 17, 1_599_999] {
+            let (partition, key, _) = keyed_record(i, 1_600_000, Some(16));
+            assert_eq!(
+                task_of_key(key.as_bytes(), 16),
+                partition.map(|p| p as usize)
+            );
+        }
+        assert_eq!(task_of_key(b"other", 16), None);
+    }
 
     /// `route_of` agrees with the router's rules applied to `order`'s JSON.
     #[test]

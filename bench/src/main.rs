@@ -13,6 +13,7 @@ mod process;
 mod query;
 mod routing;
 mod routing_report;
+mod scale_out;
 mod state;
 mod state_report;
 
@@ -84,6 +85,16 @@ enum Cmd {
         #[command(flatten)]
         args: operator_scale::Args,
     },
+    /// Scale-out of a stateful app from one worker to four while input
+    /// flows, Millrace on the test bed beside Kafka Streams adding
+    /// instances (bench/README.md; needs the stack and the chart: `make
+    /// bench-scale`).
+    Scale {
+        #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+        bootstrap: String,
+        #[command(flatten)]
+        args: scale_out::Args,
+    },
     /// Create `topic` (16 partitions) and fill it with the benchmark's
     /// orders, for profiling one contender by hand (bench/README.md).
     Fill {
@@ -145,6 +156,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Heap { bootstrap, args } => heap::run(&setup(bootstrap)?, &args),
         Cmd::Operator { bootstrap, args } => operator_scale::run(&setup(bootstrap)?, &args),
+        Cmd::Scale { bootstrap, args } => scale_out::run(&setup(bootstrap)?, &args),
         Cmd::State { bootstrap, args } => state::run(&setup(bootstrap)?, &args),
         Cmd::Query { bootstrap, args } => query::run(&setup(bootstrap)?, &args),
         Cmd::Fill {

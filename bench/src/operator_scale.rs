@@ -39,7 +39,7 @@ pub struct Args {
     results: PathBuf,
 }
 
-fn kubectl(args: &[&str]) -> anyhow::Result<String> {
+pub(crate) fn kubectl(args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new("kubectl").args(args).output()?;
     anyhow::ensure!(
         out.status.success(),
@@ -50,7 +50,7 @@ fn kubectl(args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn kubectl_apply(namespace: &str, yaml: &str) -> anyhow::Result<()> {
+pub(crate) fn kubectl_apply(namespace: &str, yaml: &str) -> anyhow::Result<()> {
     let mut child = Command::new("kubectl")
         .args(["apply", "-n", namespace, "-f", "-"])
         .stdin(Stdio::piped())

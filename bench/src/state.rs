@@ -137,7 +137,7 @@ impl Workload {
     }
 
     /// Millrace's aggregate step, under `steps:`.
-    fn step(self) -> String {
+    pub(crate) fn step(self) -> String {
         let (group, window) = match self {
             Workload::Running => ("key", ""),
             Workload::Windowed => (

@@ -125,3 +125,20 @@ wait_for() {
     sleep 0.5
   done
 }
+
+# The benchmarks' release binaries and Kafka Streams contender (bench/kstreams),
+# on the broker's Kafka version; the harness names it in its reports.
+build_bench_contenders() {
+  need mvn "Install Maven 3.8+ (Debian: apt-get install maven)."
+  need java "Install a Java 17+ runtime."
+  need fc-list "Install fontconfig and a font for the charts (Debian: apt-get install fontconfig libfontconfig1-dev libfreetype-dev fonts-dejavu-core)."
+  log "building release binaries and the Kafka Streams app"
+  cargo build -q --release -p millrace-runtime -p millrace-bench
+  export KAFKA_VERSION
+  # `clean`: copy-dependencies adds to target/lib, and a classpath of lib/* with
+  # two versions of one jar (after a version change) runs whichever comes first.
+  if ! mvn -B -q -Dstyle.color=never -Dkafka.version="$KAFKA_VERSION" -f bench/kstreams/pom.xml clean package -DskipTests > "$LOG_DIR/bench-mvn.log" 2>&1; then
+    tail -n 20 "$LOG_DIR/bench-mvn.log" >&2
+    die "building bench/kstreams failed (log: $LOG_DIR/bench-mvn.log)"
+  fi
+}

@@ -1,8 +1,9 @@
 //! Talking to the app's Kafka cluster: client properties (pure, from the
 //! spec and its Secrets), topic metadata (I/O), and the task check (pure).
 
-use std::collections::BTreeMap;
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{LazyLock, Mutex};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
 use millrace_crds::identity::is_internal_topic;
@@ -114,7 +115,7 @@ pub fn admin_properties(
     Ok(props)
 }
 
-fn client_config(props: &BTreeMap<String, String>) -> ClientConfig {
+pub(crate) fn client_config(props: &BTreeMap<String, String>) -> ClientConfig {
     let mut config = ClientConfig::new();
     for (k, v) in props {
         config.set(k, v);
@@ -160,14 +161,15 @@ pub fn partition_counts(
     props: &BTreeMap<String, String>,
     topics: &[TopicName],
 ) -> Result<BTreeMap<TopicName, Option<i32>>, String> {
-    let consumer: BaseConsumer<LastError> = client_config(props)
-        .create_with_context(LastError::default())
-        .map_err(|e| format!("creating a Kafka client: {e}"))?;
+    let client = crate::kafka_clients::client(props)?;
     let mut counts = BTreeMap::new();
     for topic in topics {
-        let metadata = consumer
+        let metadata = client
             .fetch_metadata(Some(&topic.0), METADATA_TIMEOUT)
-            .map_err(|e| why(&consumer, e))?;
+            .map_err(|e| {
+                crate::kafka_clients::forget(props, &client);
+                why(&client, e)
+            })?;
         let count = metadata
             .topics()
             .iter()
@@ -212,13 +214,32 @@ fn why(consumer: &BaseConsumer<LastError>, e: rdkafka::error::KafkaError) -> Str
     }
 }
 
+/// How long a broker's `transaction.max.timeout.ms` is remembered: it
+/// changes with a broker restart at most, and every reconcile of every
+/// exactly-once app checks against it.
+const TRANSACTION_MAX_KEPT: Duration = Duration::from_secs(600);
+
+type TransactionMaxes = HashMap<BTreeMap<String, String>, (Option<u64>, Instant)>;
+static TRANSACTION_MAXES: LazyLock<Mutex<TransactionMaxes>> = LazyLock::new(Mutex::default);
+
 /// The broker's `transaction.max.timeout.ms`, when it says (this client
 /// may not be allowed to describe the broker's configuration: then the
-/// worker's own check at start is what is left). Blocking; call from
-/// `spawn_blocking`.
+/// worker's own check at start is what is left), read at most every
+/// `TRANSACTION_MAX_KEPT`. Blocking; call from `spawn_blocking`.
 pub fn transaction_max_timeout_ms(props: &BTreeMap<String, String>) -> Option<u64> {
-    let consumer: BaseConsumer = client_config(props).create().ok()?;
-    let metadata = consumer.fetch_metadata(None, METADATA_TIMEOUT).ok()?;
+    if let Some((max, at)) = crate::supervise::lock(&TRANSACTION_MAXES).get(props) {
+        if at.elapsed() < TRANSACTION_MAX_KEPT {
+            return *max;
+        }
+    }
+    let max = read_transaction_max_timeout_ms(props);
+    crate::supervise::lock(&TRANSACTION_MAXES).insert(props.clone(), (max, Instant::now()));
+    max
+}
+
+fn read_transaction_max_timeout_ms(props: &BTreeMap<String, String>) -> Option<u64> {
+    let client = crate::kafka_clients::client(props).ok()?;
+    let metadata = client.fetch_metadata(None, METADATA_TIMEOUT).ok()?;
     let broker = metadata.brokers().first()?.id();
     let admin: AdminClient<DefaultClientContext> = client_config(props).create().ok()?;
     let options = AdminOptions::new().request_timeout(Some(METADATA_TIMEOUT));

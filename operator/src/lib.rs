@@ -18,6 +18,7 @@ pub mod events;
 pub mod handoff;
 pub mod http;
 pub mod kafka;
+pub mod kafka_clients;
 pub mod leader;
 pub mod metrics;
 pub mod model;

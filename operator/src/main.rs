@@ -9,14 +9,15 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::events::Reporter;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, reflector, Store};
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, CustomResourceExt};
 use millrace_crds::StreamApp;
 use millrace_operator::autoscale::{self, driver::Autoscaler};
@@ -91,6 +92,29 @@ struct RunArgs {
     /// Apply the embedded CRD at start, so `helm upgrade` carries CRD changes.
     #[arg(long, env = "MILLRACE_MANAGE_CRD")]
     manage_crd: bool,
+}
+
+/// Worker pods of every app, one watch per namespace served, kept current
+/// in the stores it returns.
+fn watch_worker_pods(scope: &Scope, client: &Client) -> Vec<Store<Pod>> {
+    let (key, value) = millrace_operator::model::WORKER_LABEL;
+    scope
+        .apis::<Pod>(client)
+        .into_iter()
+        .map(|api| {
+            let (store, writer) = reflector::store();
+            let config = watcher::Config::default().labels(&format!("{key}={value}"));
+            let watch = reflector(writer, watcher(api, config))
+                .default_backoff()
+                .for_each(|event| async move {
+                    if let Err(e) = event {
+                        tracing::warn!("watching worker pods: {e}");
+                    }
+                });
+            tokio::spawn(watch);
+            store
+        })
+        .collect()
 }
 
 fn duration(text: &str) -> Result<std::time::Duration, String> {
@@ -185,7 +209,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     // One observation of each app's workers per placement poll, reused by
     // the autoscaler.
-    let workers = Arc::new(Observations::new(client.clone(), args.placement_interval));
+    let scope = Scope::new(&args.watch_namespaces);
+    tracing::info!("serving {}", scope.describe());
+    let workers = Arc::new(
+        Observations::new(client.clone(), args.placement_interval)
+            .watching(watch_worker_pods(&scope, &client)),
+    );
     let placement = Arc::new(Driver::new(
         client.clone(),
         reporter.clone(),
@@ -193,8 +222,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         args.handoff_timeout,
         workers.clone(),
     ));
-    let scope = Scope::new(&args.watch_namespaces);
-    tracing::info!("serving {}", scope.describe());
     // One controller per namespace served (one for the cluster): a
     // namespaced operator holds no list or watch right across namespaces.
     let controllers: Vec<_> = scope

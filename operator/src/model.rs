@@ -471,12 +471,12 @@ pub fn labels(model: &AppModel) -> BTreeMap<String, String> {
     labels
 }
 
+/// The label every worker pod of every app carries.
+pub const WORKER_LABEL: (&str, &str) = ("app.kubernetes.io/name", "millrace-worker");
+
 pub fn selector_labels(name: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
-        (
-            "app.kubernetes.io/name".to_string(),
-            "millrace-worker".to_string(),
-        ),
+        (WORKER_LABEL.0.to_string(), WORKER_LABEL.1.to_string()),
         ("millrace.dev/app".to_string(), name.to_string()),
     ])
 }

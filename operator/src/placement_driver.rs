@@ -9,7 +9,7 @@
 //! second, while the reconcile reacts to the spec; neither re-triggers the
 //! other. Only the leader runs it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -52,6 +52,11 @@ struct Memory {
     reports: HashMap<(String, String), WorkerStatus>,
     /// Moved tasks whose first commit on the new worker is awaited.
     pauses: Vec<Pause>,
+    /// Apps (namespace, name) whose last poll saw no worker pod and a
+    /// placement with no worker and no move: nothing to place, revoke or
+    /// fence until a pod appears, so their placement is not even read (a
+    /// thousand apps scaled to zero cost a thousand reads a second).
+    idle: HashSet<(String, String)>,
 }
 
 struct Pause {
@@ -134,6 +139,10 @@ async fn drive(driver: &Driver, app: &StreamApp) -> Result<bool> {
     // Always a fresh observation: moves wait on what workers acknowledge.
     let observation = driver.workers.fresh(&namespace, &name).await?;
     let seen = &observation.pods;
+    let app_key = (namespace.clone(), name.clone());
+    if seen.is_empty() && lock(&driver.memory).idle.contains(&app_key) {
+        return Ok(false);
+    }
     for (reason, note) in remember_reports(driver, &namespace, seen) {
         publish(driver, app, EventType::Normal, reason, note).await;
     }
@@ -192,6 +201,15 @@ async fn drive(driver: &Driver, app: &StreamApp) -> Result<bool> {
         None => (adopt(seen), None, BTreeMap::new()),
     };
     let mut endpoints_stale = written_endpoints != endpoints;
+    let idle =
+        seen.is_empty() && doc.workers.is_empty() && doc.moves.is_empty() && !endpoints_stale;
+    {
+        let mut memory = lock(&driver.memory);
+        match idle {
+            true => memory.idle.insert(app_key),
+            false => memory.idle.remove(&app_key),
+        };
+    }
 
     // A few steps per poll: a revoke of a lost worker, its fence and the
     // grant can all happen in one poll.

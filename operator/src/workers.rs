@@ -8,6 +8,10 @@
 //! when it is recent ([`Observations::recent`]) and observes itself only
 //! when it is not (placement skipped the app or is being restarted).
 //!
+//! Pods come from a watch of every worker pod ([`Observations::watching`]),
+//! not a list per app per poll: a thousand apps polled every second listed
+//! pods a thousand times a second and saturated the API server.
+//!
 //! Why sharing cannot make placement move a task wrongly: placement never
 //! reads a cached observation, it always takes a fresh one
 //! ([`Observations::fresh`]). And even a stale one would be safe: a move
@@ -23,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
+use kube::runtime::reflector::Store;
 use kube::{Api, Client, ResourceExt};
 use millrace_crds::worker_status::{unix_ms, WorkerStatus};
 
@@ -70,6 +75,9 @@ const FORGOTTEN_AFTER: Duration = Duration::from_secs(300);
 /// The latest observation per app (namespace, name).
 pub struct Observations {
     client: Client,
+    /// Worker pods as the watches of the served namespaces last saw them
+    /// (`None`: listed per observation).
+    pods: Option<Vec<Store<Pod>>>,
     latest: Mutex<HashMap<(String, String), Arc<WorkerObservation>>>,
     /// How old a placement observation may be and still serve another loop.
     reuse_within: Duration,
@@ -80,11 +88,43 @@ impl Observations {
     pub fn new(client: Client, placement_interval: Duration) -> Self {
         Self {
             client,
+            pods: None,
             latest: Mutex::default(),
             // Three placement polls: an older one means placement is not
             // observing the app (skipped, slow, or restarting).
             reuse_within: (3 * placement_interval).max(Duration::from_secs(3)),
         }
+    }
+
+    /// Observes pods through `stores`, each fed by a watch of worker pods
+    /// (label `app.kubernetes.io/name=millrace-worker`) in a served namespace.
+    pub fn watching(self, stores: Vec<Store<Pod>>) -> Self {
+        Self {
+            pods: Some(stores),
+            ..self
+        }
+    }
+
+    /// The app's worker pods: from the watches, once each has listed, or
+    /// from the API server.
+    async fn pods(&self, namespace: &str, app: &str) -> Result<Vec<Arc<Pod>>> {
+        let Some(stores) = &self.pods else {
+            return list_pods(&self.client, namespace, app).await;
+        };
+        let selector = model::selector_labels(app);
+        let mut pods = Vec::new();
+        for store in stores {
+            store
+                .wait_until_ready()
+                .await
+                .map_err(|e| crate::error::Error::Other(format!("the pod watch stopped: {e}")))?;
+            pods.extend(store.state().into_iter().filter(|p| {
+                p.namespace().as_deref() == Some(namespace)
+                    && selector.iter().all(|(k, v)| p.labels().get(k) == Some(v))
+            }));
+        }
+        pods.sort_by_key(|p| p.name_any());
+        Ok(pods)
     }
 
     /// How old an observation [`Observations::recent`] callers should take.
@@ -94,7 +134,8 @@ impl Observations {
 
     /// Observes now and keeps the result for [`Observations::recent`].
     pub async fn fresh(&self, namespace: &str, app: &str) -> Result<Arc<WorkerObservation>> {
-        let observation = Arc::new(observe(&self.client, namespace, app).await?);
+        let pods = self.pods(namespace, app).await?;
+        let observation = Arc::new(observe(&pods).await);
         let mut latest = lock(&self.latest);
         latest.retain(|_, o| o.age() < FORGOTTEN_AFTER);
         latest.insert(
@@ -124,15 +165,19 @@ impl Observations {
     }
 }
 
-/// Lists the app's pods and asks every one with an address for `/tasks`,
-/// all at once.
-pub async fn observe(client: &Client, namespace: &str, app: &str) -> Result<WorkerObservation> {
+async fn list_pods(client: &Client, namespace: &str, app: &str) -> Result<Vec<Arc<Pod>>> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let list = pods
         .list(&ListParams::default().labels(&model::selector_string(app)))
         .await?;
+    Ok(list.items.into_iter().map(Arc::new).collect())
+}
+
+/// Asks every one of an app's pods with an address for `/tasks`, all at
+/// once.
+pub async fn observe(pods: &[Arc<Pod>]) -> WorkerObservation {
     let (taken, at_s) = (Instant::now(), unix_ms() as f64 / 1000.0);
-    let polls = list.items.iter().map(|pod| async move {
+    let polls = pods.iter().map(|pod| async move {
         let ready = pod.metadata.deletion_timestamp.is_none()
             && pod
                 .status
@@ -158,11 +203,11 @@ pub async fn observe(client: &Client, namespace: &str, app: &str) -> Result<Work
             query_address,
         }
     });
-    Ok(WorkerObservation {
+    WorkerObservation {
         pods: futures::future::join_all(polls).await,
         at_s,
         taken,
-    })
+    }
 }
 
 /// The worker container's admin port (`/tasks`).

@@ -36,7 +36,13 @@ pub struct Autoscaler {
     readings: Mutex<HashMap<(String, String), Reading>>,
     /// Per worker pod (namespace, pod): its busy counter at the previous poll.
     busy: Mutex<HashMap<(String, String), BusyMark>>,
+    /// Lag readings at once: each makes a client of its app's group, and a
+    /// thousand apps due together must not make a thousand clients.
+    kafka_reads: tokio::sync::Semaphore,
 }
+
+/// Lag readings in flight at once (each takes tens of milliseconds).
+const KAFKA_READS: usize = 4;
 
 impl Autoscaler {
     pub fn new(
@@ -52,6 +58,7 @@ impl Autoscaler {
             workers,
             readings: Mutex::default(),
             busy: Mutex::default(),
+            kafka_reads: tokio::sync::Semaphore::new(KAFKA_READS),
         }
     }
 }
@@ -150,6 +157,11 @@ async fn poll(a: &Autoscaler, app: &StreamApp) -> Result<()> {
     // once a worker has created them.
     let (tables, internal) = crate::state_reports::read_topics(app, &group);
     let topics: Vec<String> = topics.into_iter().chain(tables).collect();
+    let _reading_slot = a
+        .kafka_reads
+        .acquire()
+        .await
+        .map_err(|e| Error::Other(format!("measuring lag: {e}")))?;
     let reading = tokio::task::spawn_blocking(move || {
         measure::read(&props, &group, (&topics, &internal), tasks, now)
     })

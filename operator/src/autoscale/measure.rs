@@ -1,10 +1,11 @@
 //! Lag per task against the last stable offset (Kafka I/O, blocking).
 //!
-//! Two clients: a `read_committed` one, whose watermarks end at the last
-//! stable offset (so transaction markers and aborted records are not lag,
-//! KEDA #5675), and a `read_uncommitted` one for the group's committed
-//! offsets (`read_committed` would ask with `require_stable` and wait out
-//! every open transaction of the workers).
+//! Two clients: the shared `read_committed` one ([`crate::kafka_clients`]),
+//! whose watermarks end at the last stable offset (so transaction markers
+//! and aborted records are not lag, KEDA #5675), and a `read_uncommitted`
+//! one of the app's group for its committed offsets (`read_committed` would
+//! ask with `require_stable` and wait out every open transaction of the
+//! workers).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -44,11 +45,7 @@ pub fn rates(before: &Reading, after: &Reading) -> (Vec<f64>, Vec<f64>) {
     (per(&before.end, &after.end), per(&before.done, &after.done))
 }
 
-fn client(
-    props: &BTreeMap<String, String>,
-    group: &str,
-    isolation: &str,
-) -> Result<BaseConsumer, String> {
+fn client(props: &BTreeMap<String, String>, group: &str) -> Result<BaseConsumer, String> {
     let mut config = ClientConfig::new();
     for (k, v) in props {
         config.set(k, v);
@@ -56,7 +53,7 @@ fn client(
     config
         .set("group.id", group)
         .set("enable.auto.commit", "false")
-        .set("isolation.level", isolation)
+        .set("isolation.level", "read_uncommitted")
         .create()
         .map_err(|e| e.to_string())
 }
@@ -71,8 +68,23 @@ pub fn read(
     tasks: i32,
     at_s: f64,
 ) -> Result<Reading, String> {
-    let stable = client(props, group, "read_committed")?;
-    let offsets = client(props, group, "read_uncommitted")?;
+    let stable = crate::kafka_clients::client(props)?;
+    let reading = read_with(&stable, props, group, (topics, internal), tasks, at_s);
+    if reading.is_err() {
+        crate::kafka_clients::forget(props, &stable);
+    }
+    reading
+}
+
+fn read_with(
+    stable: &BaseConsumer<crate::kafka::LastError>,
+    props: &BTreeMap<String, String>,
+    group: &str,
+    (topics, internal): (&[String], &[String]),
+    tasks: i32,
+    at_s: f64,
+) -> Result<Reading, String> {
+    let offsets = client(props, group)?;
     // Task N reads partition N of each topic that has one: with a set
     // `repartitionPartitions` there may be more tasks than a topic has
     // partitions (or fewer). A topic whose count is unknown (not created

@@ -162,6 +162,7 @@ pub fn partition_counts(
     topics: &[TopicName],
 ) -> Result<BTreeMap<TopicName, Option<i32>>, String> {
     let client = crate::kafka_clients::client(props)?;
+    forget_earlier_errors(&client);
     let mut counts = BTreeMap::new();
     for topic in topics {
         let metadata = client
@@ -181,6 +182,13 @@ pub fn partition_counts(
         counts.insert(topic.clone(), count);
     }
     Ok(counts)
+}
+
+/// Serves and forgets the errors a shared client met before this request
+/// (perhaps another app's), so a failure names its own cause.
+fn forget_earlier_errors(client: &BaseConsumer<LastError>) {
+    let _ = client.poll(Duration::ZERO);
+    *client.context().0.lock().unwrap() = None;
 }
 
 /// Remembers librdkafka's last error, which names why the brokers cannot
@@ -218,6 +226,7 @@ fn why(consumer: &BaseConsumer<LastError>, e: rdkafka::error::KafkaError) -> Str
 /// changes with a broker restart at most, and every reconcile of every
 /// exactly-once app checks against it.
 const TRANSACTION_MAX_KEPT: Duration = Duration::from_secs(600);
+const TRANSACTION_MAX_RETRY: Duration = Duration::from_secs(30);
 
 type TransactionMaxes = HashMap<BTreeMap<String, String>, (Option<u64>, Instant)>;
 static TRANSACTION_MAXES: LazyLock<Mutex<TransactionMaxes>> = LazyLock::new(Mutex::default);
@@ -228,7 +237,13 @@ static TRANSACTION_MAXES: LazyLock<Mutex<TransactionMaxes>> = LazyLock::new(Mute
 /// `TRANSACTION_MAX_KEPT`. Blocking; call from `spawn_blocking`.
 pub fn transaction_max_timeout_ms(props: &BTreeMap<String, String>) -> Option<u64> {
     if let Some((max, at)) = crate::supervise::lock(&TRANSACTION_MAXES).get(props) {
-        if at.elapsed() < TRANSACTION_MAX_KEPT {
+        // An unknown answer (the broker unreachable a moment) is asked
+        // again soon, so the check is not skipped for long.
+        let kept = match max {
+            Some(_) => TRANSACTION_MAX_KEPT,
+            None => TRANSACTION_MAX_RETRY,
+        };
+        if at.elapsed() < kept {
             return *max;
         }
     }

@@ -5,7 +5,8 @@
 //! time creating them, so far behind that new apps waited minutes for their
 //! first reconcile (issue 21's operator benchmark). A client that fails a
 //! request is dropped, so the next try starts afresh (a broker back, new
-//! credentials); one unused for `IDLE` is closed.
+//! credentials); one unused for `IDLE`, or older than `MAX_AGE`, is closed,
+//! so revoked credentials show up on a fresh connection.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, LazyLock, Mutex};
@@ -20,9 +21,15 @@ type Properties = BTreeMap<String, String>;
 pub type SharedClient = Arc<BaseConsumer<LastError>>;
 
 const IDLE: Duration = Duration::from_secs(300);
+const MAX_AGE: Duration = Duration::from_secs(300);
 
-static CLIENTS: LazyLock<Mutex<HashMap<Properties, (SharedClient, Instant)>>> =
-    LazyLock::new(Mutex::default);
+struct Kept {
+    client: SharedClient,
+    made: Instant,
+    used: Instant,
+}
+
+static CLIENTS: LazyLock<Mutex<HashMap<Properties, Kept>>> = LazyLock::new(Mutex::default);
 
 /// The shared client of `props` (made now if there is none). It reads
 /// `read_committed`: its watermarks end at the last stable offset.
@@ -31,12 +38,14 @@ pub fn client(props: &Properties) -> Result<SharedClient, String> {
     let (found, idle) = {
         let mut clients = lock(&CLIENTS);
         let idle: Vec<SharedClient> = clients
-            .extract_if(|_, (_, used)| now.duration_since(*used) > IDLE)
-            .map(|(_, (c, _))| c)
+            .extract_if(|_, k| {
+                now.duration_since(k.used) > IDLE || now.duration_since(k.made) > MAX_AGE
+            })
+            .map(|(_, k)| k.client)
             .collect();
-        let found = clients.get_mut(props).map(|(c, used)| {
-            *used = now;
-            c.clone()
+        let found = clients.get_mut(props).map(|k| {
+            k.used = now;
+            k.client.clone()
         });
         (found, idle)
     };
@@ -51,7 +60,14 @@ pub fn client(props: &Properties) -> Result<SharedClient, String> {
             .create_with_context(LastError::default())
             .map_err(|e| format!("creating a Kafka client: {e}"))?,
     );
-    lock(&CLIENTS).insert(props.clone(), (made.clone(), now));
+    lock(&CLIENTS).insert(
+        props.clone(),
+        Kept {
+            client: made.clone(),
+            made: now,
+            used: now,
+        },
+    );
     Ok(made)
 }
 
@@ -60,7 +76,7 @@ pub fn forget(props: &Properties, failed: &SharedClient) {
     let removed = {
         let mut clients = lock(&CLIENTS);
         match clients.get(props) {
-            Some((c, _)) if Arc::ptr_eq(c, failed) => clients.remove(props),
+            Some(k) if Arc::ptr_eq(&k.client, failed) => clients.remove(props),
             _ => None,
         }
     };

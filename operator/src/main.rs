@@ -96,12 +96,13 @@ struct RunArgs {
 
 /// Worker pods of every app, one watch per namespace served, kept current
 /// in the stores it returns.
-fn watch_worker_pods(scope: &Scope, client: &Client) -> Vec<Store<Pod>> {
+fn watch_worker_pods(scope: &Scope, client: &Client) -> Vec<(Option<String>, Store<Pod>)> {
     let (key, value) = millrace_operator::model::WORKER_LABEL;
     scope
-        .apis::<Pod>(client)
+        .namespaces()
         .into_iter()
-        .map(|api| {
+        .zip(scope.apis::<Pod>(client))
+        .map(|(namespace, api)| {
             let (store, writer) = reflector::store();
             let config = watcher::Config::default().labels(&format!("{key}={value}"));
             let watch = reflector(writer, watcher(api, config))
@@ -112,7 +113,7 @@ fn watch_worker_pods(scope: &Scope, client: &Client) -> Vec<Store<Pod>> {
                     }
                 });
             tokio::spawn(watch);
-            store
+            (namespace, store)
         })
         .collect()
 }

@@ -72,12 +72,17 @@ impl WorkerObservation {
 /// deleted apps do not stay behind.
 const FORGOTTEN_AFTER: Duration = Duration::from_secs(300);
 
+/// How long an observation waits for its namespace's pod watch to list
+/// before it lists the pods itself.
+const WATCH_READY_WAIT: Duration = Duration::from_secs(2);
+
 /// The latest observation per app (namespace, name).
 pub struct Observations {
     client: Client,
-    /// Worker pods as the watches of the served namespaces last saw them
-    /// (`None`: listed per observation).
-    pods: Option<Vec<Store<Pod>>>,
+    /// Worker pods as the watches of the served namespaces last saw them,
+    /// per namespace served (`None` inside: the cluster's); `None`: listed
+    /// per observation.
+    pods: Option<Vec<(Option<String>, Store<Pod>)>>,
     latest: Mutex<HashMap<(String, String), Arc<WorkerObservation>>>,
     /// How old a placement observation may be and still serve another loop.
     reuse_within: Duration,
@@ -98,31 +103,39 @@ impl Observations {
 
     /// Observes pods through `stores`, each fed by a watch of worker pods
     /// (label `app.kubernetes.io/name=millrace-worker`) in a served namespace.
-    pub fn watching(self, stores: Vec<Store<Pod>>) -> Self {
+    pub fn watching(self, stores: Vec<(Option<String>, Store<Pod>)>) -> Self {
         Self {
             pods: Some(stores),
             ..self
         }
     }
 
-    /// The app's worker pods: from the watches, once each has listed, or
-    /// from the API server.
+    /// The app's worker pods: from the watch serving its namespace once it
+    /// has listed, else from the API server. Only that namespace's watch is
+    /// waited for, and briefly: one namespace whose watch cannot list (its
+    /// Role gone) must not hold up every other tenant's placement.
     async fn pods(&self, namespace: &str, app: &str) -> Result<Vec<Arc<Pod>>> {
-        let Some(stores) = &self.pods else {
+        let serving = self
+            .pods
+            .iter()
+            .flatten()
+            .find(|(served, _)| served.as_deref().is_none_or(|s| s == namespace));
+        let Some((_, store)) = serving else {
             return list_pods(&self.client, namespace, app).await;
         };
+        match tokio::time::timeout(WATCH_READY_WAIT, store.wait_until_ready()).await {
+            Ok(Ok(())) => {}
+            _ => return list_pods(&self.client, namespace, app).await,
+        }
         let selector = model::selector_labels(app);
-        let mut pods = Vec::new();
-        for store in stores {
-            store
-                .wait_until_ready()
-                .await
-                .map_err(|e| crate::error::Error::Other(format!("the pod watch stopped: {e}")))?;
-            pods.extend(store.state().into_iter().filter(|p| {
+        let mut pods: Vec<Arc<Pod>> = store
+            .state()
+            .into_iter()
+            .filter(|p| {
                 p.namespace().as_deref() == Some(namespace)
                     && selector.iter().all(|(k, v)| p.labels().get(k) == Some(v))
-            }));
-        }
+            })
+            .collect();
         pods.sort_by_key(|p| p.name_any());
         Ok(pods)
     }
@@ -189,15 +202,28 @@ pub async fn observe(pods: &[Arc<Pod>]) -> WorkerObservation {
             .as_ref()
             .zip(container_port(pod, QUERY_PORT_NAME))
             .map(|(ip, port)| format!("{ip}:{port}"));
+        let name = pod.name_any();
         let report = match (ip, admin_port(pod)) {
-            (Some(ip), Some(port)) => worker_status::poll(&ip, port).await.inspect_err(|e| {
-                tracing::debug!("{e}");
-            }),
+            (Some(ip), Some(port)) => worker_status::poll(&ip, port)
+                .await
+                // A watch can lag a pod's end: its address may serve
+                // another pod by now, whose report must not count as this
+                // one's (an acknowledged revoke, adopted tasks).
+                .and_then(|r| match r.worker_id == name {
+                    true => Ok(r),
+                    false => Err(format!(
+                        "{ip}:{port} answers as {}, not {name}",
+                        r.worker_id
+                    )),
+                })
+                .inspect_err(|e| {
+                    tracing::debug!("{e}");
+                }),
             (None, _) => Err("no pod IP yet".to_string()),
             (_, None) => Err("no admin port".to_string()),
         };
         ObservedPod {
-            name: pod.name_any(),
+            name,
             ready,
             report,
             query_address,

@@ -68,12 +68,11 @@ pub fn read(
     tasks: i32,
     at_s: f64,
 ) -> Result<Reading, String> {
+    // A failing shared client is dropped by the reconcile's next metadata
+    // read; a reading's failure may be the group client's or a deleted
+    // topic's, no reason to drop it.
     let stable = crate::kafka_clients::client(props)?;
-    let reading = read_with(&stable, props, group, (topics, internal), tasks, at_s);
-    if reading.is_err() {
-        crate::kafka_clients::forget(props, &stable);
-    }
-    reading
+    read_with(&stable, props, group, (topics, internal), tasks, at_s)
 }
 
 fn read_with(

@@ -9,8 +9,8 @@ import org.apache.kafka.streams.errors.StreamsUncaughtExceptionHandler;
  * Runs a contender until the harness stops it (SIGTERM: a clean close). A
  * contender that fails (a stream thread dies: out of memory, a fatal Kafka
  * error) exits non-zero instead of idling with no threads, so the harness
- * reports the run as failed instead of waiting for it. Each time it is
- * state change is printed ("state REBALANCING"), and each time it is running
+ * reports the run as failed instead of waiting for it. Each state change is
+ * printed ("state REBALANCING"), and each time it is running
  * again its task counts ("running active=4 standby=4").
  */
 final class UntilStopped {

@@ -29,6 +29,18 @@ pub fn loop_id(worker_id: &str, index: usize) -> String {
     }
 }
 
+/// Whether `id` is the id of one of worker `worker_id`'s loops
+/// ([`loop_id`]): a worker's `/tasks` answers with one of them.
+pub fn is_loop_of(id: &str, worker_id: &str) -> bool {
+    match id.strip_prefix(worker_id) {
+        Some("") => true,
+        Some(rest) => rest
+            .strip_prefix('-')
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())),
+        None => false,
+    }
+}
+
 /// The transactional ids of loops `loops` of a worker: what to fence.
 pub fn loop_transactional_ids(
     application_id: &str,
@@ -80,6 +92,17 @@ pub fn is_internal_topic(application_id: &str, steps: &[String], topic: &str) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_loop_id_names_its_worker_and_no_other() {
+        for i in 0..3 {
+            assert!(is_loop_of(&loop_id("enricher-1", i), "enricher-1"));
+        }
+        assert!(!is_loop_of("enricher-11", "enricher-1"));
+        assert!(!is_loop_of("enricher-1-", "enricher-1"));
+        assert!(!is_loop_of("enricher-1-x", "enricher-1"));
+        assert!(!is_loop_of("other-0", "enricher-1"));
+    }
 
     #[test]
     fn loop_zero_is_the_worker_and_the_rest_are_numbered() {

@@ -209,13 +209,15 @@ pub async fn observe(pods: &[Arc<Pod>]) -> WorkerObservation {
                 // A watch can lag a pod's end: its address may serve
                 // another pod by now, whose report must not count as this
                 // one's (an acknowledged revoke, adopted tasks).
-                .and_then(|r| match r.worker_id == name {
-                    true => Ok(r),
-                    false => Err(format!(
-                        "{ip}:{port} answers as {}, not {name}",
-                        r.worker_id
-                    )),
-                })
+                .and_then(
+                    |r| match millrace_crds::identity::is_loop_of(&r.worker_id, &name) {
+                        true => Ok(r),
+                        false => Err(format!(
+                            "{ip}:{port} answers as {}, not {name}",
+                            r.worker_id
+                        )),
+                    },
+                )
                 .inspect_err(|e| {
                     tracing::debug!("{e}");
                 }),

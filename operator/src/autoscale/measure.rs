@@ -72,17 +72,6 @@ pub fn read(
     // read; a reading's failure may be the group client's or a deleted
     // topic's, no reason to drop it.
     let stable = crate::kafka_clients::client(props)?;
-    read_with(&stable, props, group, (topics, internal), tasks, at_s)
-}
-
-fn read_with(
-    stable: &BaseConsumer<crate::kafka::LastError>,
-    props: &BTreeMap<String, String>,
-    group: &str,
-    (topics, internal): (&[String], &[String]),
-    tasks: i32,
-    at_s: f64,
-) -> Result<Reading, String> {
     let offsets = client(props, group)?;
     // Task N reads partition N of each topic that has one: with a set
     // `repartitionPartitions` there may be more tasks than a topic has

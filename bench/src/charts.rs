@@ -1,6 +1,6 @@
 //! Charts beside a report, drawn by the harness (plotters, PNG): throughput
-//! per contender with its range over the rounds, latency CDFs, and task
-//! pauses over time. Text is
+//! per contender with its range over the rounds, latency CDFs, task pauses
+//! over time, and progress (records restored) over time. Text is
 //! drawn with the system's fonts (fontconfig: Debian's fonts-dejavu-core).
 
 use std::path::Path;
@@ -223,6 +223,70 @@ pub fn timeline(path: &Path, title: &str, lanes: &[Lane]) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// One contender's progress: (s, amount) samples, and when it was done.
+pub struct Progress {
+    pub label: String,
+    pub points: Vec<(f64, f64)>,
+    pub done: f64,
+}
+
+/// Progress over time (x: s after a start; y: `y_desc`), a line per
+/// contender ending in a dot where it was done.
+pub fn progress(path: &Path, title: &str, y_desc: &str, series: &[Progress]) -> anyhow::Result<()> {
+    let fail = |e: DrawingAreaErrorKind<_>| drawing_failed("a progress chart", path, e);
+    let root = BitMapBackend::new(path, SIZE).into_drawing_area();
+    root.fill(&WHITE).map_err(fail)?;
+    let end = series.iter().map(|s| s.done).fold(1.0, f64::max) * 1.05;
+    let top = series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.1))
+        .fold(1.0, f64::max)
+        * 1.1;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(80)
+        .build_cartesian_2d(0.0..end, 0.0..top)
+        .map_err(fail)?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds after the start")
+        .y_desc(y_desc)
+        .y_label_formatter(&|v| format!("{v:.0}"))
+        .draw()
+        .map_err(fail)?;
+    for (i, s) in series.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let last = s.points.last().map_or(0.0, |p| p.1);
+        // From the start, to the last sample, held until done.
+        let line = std::iter::once((0.0, 0.0))
+            .chain(s.points.iter().copied())
+            .chain(std::iter::once((s.done, last)));
+        chart
+            .draw_series(LineSeries::new(line, color.stroke_width(2)))
+            .map_err(fail)?
+            .label(format!("{}: done at {:.2} s", s.label, s.done))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        chart
+            .draw_series(std::iter::once(Circle::new(
+                (s.done, last),
+                5,
+                color.filled(),
+            )))
+            .map_err(fail)?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()
+        .map_err(fail)?;
+    root.present().map_err(fail)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,7 +333,19 @@ mod tests {
             }],
         )
         .unwrap();
-        for png in [throughput, latency, scale] {
+        let restore = dir.join("r.png");
+        progress(
+            &restore,
+            "restore",
+            "records restored",
+            &[Progress {
+                label: "a".into(),
+                points: vec![(0.5, 10.0), (1.0, 800.0)],
+                done: 1.4,
+            }],
+        )
+        .unwrap();
+        for png in [throughput, latency, scale, restore] {
             let bytes = std::fs::read(&png).unwrap();
             assert!(bytes.starts_with(b"\x89PNG"), "{}", png.display());
             assert!(

@@ -10,10 +10,25 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 pub fn create_topics(bootstrap: &str, names: &[String], partitions: i32) -> anyhow::Result<()> {
+    create_topics_with(bootstrap, names, partitions, &[])
+}
+
+/// [`create_topics`] with topic settings (`cleanup.policy` and the like).
+pub fn create_topics_with(
+    bootstrap: &str,
+    names: &[String],
+    partitions: i32,
+    settings: &[(&str, &str)],
+) -> anyhow::Result<()> {
     let (admin, rt) = admin(bootstrap)?;
     let topics: Vec<NewTopic> = names
         .iter()
-        .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1)))
+        .map(|n| {
+            settings.iter().fold(
+                NewTopic::new(n, partitions, TopicReplication::Fixed(1)),
+                |topic, (k, v)| topic.set(k, v),
+            )
+        })
         .collect();
     let results = rt.block_on(admin.create_topics(&topics, &AdminOptions::new()))?;
     each_done_or(results, RDKafkaErrorCode::TopicAlreadyExists, "creating")
@@ -145,6 +160,31 @@ pub fn task_of_key(key: &[u8], partitions: i32) -> Option<usize> {
     Some((n % partitions as u64) as usize)
 }
 
+/// The stream–table join's table: one customer `{"name":..,"tier":..}`
+/// for each key `k-<n>` of [`keyed_record`], `n` < `keys`, but none for
+/// every tenth key ([`in_table`]), so a left join's null path runs too.
+pub fn fill_table(bootstrap: &str, topic: &str, keys: u64) -> anyhow::Result<()> {
+    produce(
+        bootstrap,
+        topic,
+        (0..keys).filter(|n| in_table(*n)),
+        None,
+        |n| {
+            (
+                None,
+                format!("k-{n}"),
+                format!(r#"{{"name":"customer-{n}","tier":{}}}"#, n % 5),
+            )
+        },
+    )?;
+    Ok(())
+}
+
+/// Whether key `k-<n>` has a customer in [`fill_table`]'s table.
+pub fn in_table(n: u64) -> bool {
+    n % 10 != 0
+}
+
 /// Records `seqs`, each keyed by its own id and carrying a group `g` (one
 /// of `groups`), an amount and an event time `at` 1 ms after the previous,
 /// from now: Kafka Streams writes a record's event time as its timestamp
@@ -220,6 +260,16 @@ pub fn produce(
 /// Records of `topic` a read_committed consumer sees, read to its end:
 /// the count a contender's output is checked against.
 pub fn count_committed(bootstrap: &str, topic: &str, partitions: i32) -> anyhow::Result<u64> {
+    Ok(count_committed_matching(bootstrap, topic, partitions, |_| false)?.0)
+}
+
+/// [`count_committed`], and how many of those records' values `matches`.
+pub fn count_committed_matching(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    matches: impl Fn(&[u8]) -> bool,
+) -> anyhow::Result<(u64, u64)> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", format!("count-{}", now_ms()))
@@ -252,11 +302,13 @@ pub fn count_committed(bootstrap: &str, topic: &str, partitions: i32) -> anyhow:
         }))
     };
     let deadline = Instant::now() + Duration::from_secs(600);
-    let mut count = 0;
+    let (mut count, mut matched) = (0, 0);
     loop {
         match consumer.poll(Duration::from_millis(200)) {
             Some(m) => {
-                m?;
+                if matches(rdkafka::Message::payload(&m?).unwrap_or_default()) {
+                    matched += 1;
+                }
                 count += 1;
                 // Positions are asked for every few thousand records, not per record.
                 if count % 5000 != 0 {
@@ -269,7 +321,7 @@ pub fn count_committed(bootstrap: &str, topic: &str, partitions: i32) -> anyhow:
             ),
         }
         if at_end(&consumer)? {
-            return Ok(count);
+            return Ok((count, matched));
         }
     }
 }

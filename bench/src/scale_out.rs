@@ -205,7 +205,7 @@ spec:
             id = self.id,
             input = self.input,
             output = self.output,
-            step = state::Workload::Running.step(),
+            step = state::Workload::Running.step(&self.input),
         )
     }
 

@@ -3,7 +3,9 @@
 //! in a local store with a changelog, every update written out:
 //! `running`, a count and sum per record key; `windowed`, records keyed by
 //! id regrouped by a value field through a repartition topic and counted
-//! per one-minute tumbling window of event time. They are measured for:
+//! per one-minute tumbling window of event time; `join`, each record
+//! enriched from a table topic by its key (a left join). They are measured
+//! for:
 //!
 //! - throughput, CPU and peak RSS of each topology, rounds interleaved;
 //! - recovery with a large state (one key per record): the time from a
@@ -109,15 +111,18 @@ pub(crate) enum Workload {
     Running,
     /// Regrouped by `g` (a repartition) and counted per minute of `at`.
     Windowed,
+    /// Each record joined (left) with a table topic by its key.
+    Join,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 2] = [Workload::Running, Workload::Windowed];
+    pub const ALL: [Workload; 3] = [Workload::Running, Workload::Windowed, Workload::Join];
 
     pub fn name(self) -> &'static str {
         match self {
             Workload::Running => "running count per key",
             Workload::Windowed => "regrouped, per 1-minute window",
+            Workload::Join => "stream–table join",
         }
     }
 
@@ -126,6 +131,7 @@ impl Workload {
         match self {
             Workload::Running => "totals",
             Workload::Windowed => "per-window",
+            Workload::Join => "customers",
         }
     }
 
@@ -133,12 +139,35 @@ impl Workload {
         match self {
             Workload::Running => "dev.millrace.bench.RunningCount",
             Workload::Windowed => "dev.millrace.bench.WindowedCount",
+            Workload::Join => "dev.millrace.bench.StreamTableJoin",
         }
     }
 
-    /// Millrace's aggregate step, under `steps:`.
-    pub(crate) fn step(self) -> String {
+    /// The table topic a join over `input` reads.
+    fn table(input: &str) -> String {
+        format!("{input}-table")
+    }
+
+    /// The topics the topology reads: `input`, and a join's table.
+    fn inputs(self, input: &str) -> Vec<String> {
+        let mut topics = vec![input.to_string()];
+        if self == Workload::Join {
+            topics.push(Self::table(input));
+        }
+        topics
+    }
+
+    /// Millrace's stateful step over `input` (and its `map` for a join),
+    /// under `steps:`.
+    pub(crate) fn step(self, input: &str) -> String {
         let (group, window) = match self {
+            Workload::Join => {
+                return format!(
+                    "    - name: {}\n      join: {{table: {}, as: customer, type: Left}}\n    - map:\n        value: \"{{'id': value.id, 'n': value.n, 'name': customer == null ? null : customer.name}}\"\n",
+                    self.store(),
+                    Self::table(input)
+                )
+            }
             Workload::Running => ("key", ""),
             Workload::Windowed => (
                 "value.g",
@@ -158,6 +187,19 @@ impl Workload {
             }
             Workload::Windowed => {
                 kafka::fill_grouped(&setup.bootstrap, input, 0..args.records, args.groups)
+            }
+            Workload::Join => {
+                // Compacted, as a table topic should be; written first, so
+                // its records are older than every order.
+                let table = Self::table(input);
+                kafka::create_topics_with(
+                    &setup.bootstrap,
+                    std::slice::from_ref(&table),
+                    PARTITIONS,
+                    &[("cleanup.policy", "compact")],
+                )?;
+                kafka::fill_table(&setup.bootstrap, &table, args.keys)?;
+                kafka::fill_keyed(&setup.bootstrap, input, 0..args.records, args.keys)
             }
         }
     }
@@ -234,19 +276,27 @@ impl App {
                     .env("RUST_LOG", "warn");
                 cmd
             }
-            Contender::KafkaStreams | Contender::KafkaStreamsTransactionalStores => jvm::command(
-                setup,
-                self.workload.java_class(),
-                &[
-                    &setup.bootstrap,
+            Contender::KafkaStreams | Contender::KafkaStreamsTransactionalStores => {
+                let threads = setup.threads.to_string();
+                let state_dir = self.state_dir.to_string_lossy();
+                // A join's table comes after the fixed arguments.
+                let inputs = self.workload.inputs(&self.input);
+                let mut args = vec![
+                    setup.bootstrap.as_str(),
                     &self.id,
                     &self.input,
                     &self.output,
-                    &setup.threads.to_string(),
-                    &self.state_dir.to_string_lossy(),
-                ],
-                &self.contender.kstreams_settings(setup),
-            )?,
+                    &threads,
+                    &state_dir,
+                ];
+                args.extend(inputs[1..].iter().map(String::as_str));
+                jvm::command(
+                    setup,
+                    self.workload.java_class(),
+                    &args,
+                    &self.contender.kstreams_settings(setup),
+                )?
+            }
         };
         let log = std::fs::File::create(&self.log)?;
         cmd.stderr(log.try_clone()?).stdout(log);
@@ -269,7 +319,7 @@ spec:
     steps:
 {step}    - route: {{default: {output}}}
 "#,
-            step = self.workload.step(),
+            step = self.workload.step(&self.input),
             id = self.id,
             input = self.input,
             output = self.output,
@@ -277,8 +327,10 @@ spec:
     }
 
     /// Changelog records the running contender restored since its launch,
-    /// as it reports them.
-    fn restored(&self) -> anyhow::Result<u64> {
+    /// as it reports them: Millrace's `/tasks` (updated while it restores),
+    /// Kafka Streams' finished restores (`restored` lines), or with
+    /// `batches` its restored batches so far (`batch` lines).
+    fn restored(&self, batches: bool) -> anyhow::Result<u64> {
         match self.contender {
             Contender::Millrace => {
                 let tasks: serde_json::Value =
@@ -291,10 +343,11 @@ spec:
                     .sum())
             }
             Contender::KafkaStreams | Contender::KafkaStreamsTransactionalStores => {
+                let prefix = if batches { "batch " } else { "restored " };
                 Ok(std::fs::read_to_string(&self.log)?
                     .lines()
                     .filter_map(|l| {
-                        l.strip_prefix("restored ")?
+                        l.strip_prefix(prefix)?
                             .split(' ')
                             .next()?
                             .parse::<u64>()
@@ -337,15 +390,22 @@ spec:
         }
     }
 
-    /// The output holds exactly one committed record per input record.
-    pub(crate) fn check_output(&self, setup: &Setup, expected: u64) -> anyhow::Result<()> {
-        let seen = kafka::count_committed(&setup.bootstrap, &self.output, PARTITIONS)?;
+    /// The output holds exactly one committed record per input record;
+    /// returns how many of them a join found no table value for (keys
+    /// missing from the table, [`kafka::in_table`], and records a
+    /// contender processed before it had read their key's table record).
+    pub(crate) fn check_output(&self, setup: &Setup, expected: u64) -> anyhow::Result<u64> {
+        let (seen, unmatched) =
+            kafka::count_committed_matching(&setup.bootstrap, &self.output, PARTITIONS, |v| {
+                const NO_NAME: &[u8] = br#""name":null"#;
+                self.workload == Workload::Join && v.windows(NO_NAME.len()).any(|w| w == NO_NAME)
+            })?;
         anyhow::ensure!(
             seen == expected,
             "{}: {seen} committed outputs for {expected} input records (a run that fails the count is not timed)",
             self.contender.name()
         );
-        Ok(())
+        Ok(unmatched)
     }
 
     pub(crate) fn clean_up(&self, setup: &Setup) -> anyhow::Result<()> {
@@ -359,6 +419,8 @@ pub(crate) struct Measured {
     pub contender: Contender,
     pub workload: Workload,
     pub usage: Usage,
+    /// Join outputs without a table value.
+    pub unmatched: u64,
 }
 
 /// One recovery run: the initial load, then the two restarts.
@@ -373,6 +435,41 @@ pub(crate) struct Restart {
     /// Restart → the new input committed.
     pub seconds: f64,
     pub restored: u64,
+    /// (s after the restart, records restored by then), every 100 ms.
+    pub timeline: Vec<(f64, u64)>,
+}
+
+impl Restart {
+    /// Restarts `app` and waits until it has committed its input, sampling
+    /// its restore progress meanwhile.
+    fn timed(app: &App, setup: &Setup) -> anyhow::Result<Self> {
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let (run, timeline) = std::thread::scope(|scope| {
+            let sampler = scope.spawn(|| {
+                let started = Instant::now();
+                let mut timeline = Vec::new();
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    // Nothing to read before the contender answers.
+                    if let Ok(n) = app.restored(true) {
+                        timeline.push((started.elapsed().as_secs_f64(), n));
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                timeline
+            });
+            let run = app.run_to_end(setup);
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            (run, sampler.join().expect("the restore sampler panicked"))
+        });
+        let (child, usage) = run?;
+        let restored = app.restored(false);
+        process::stop(child);
+        Ok(Restart {
+            seconds: usage.seconds,
+            restored: restored?,
+            timeline,
+        })
+    }
 }
 
 pub fn run(setup: &Setup, args: &Args) -> anyhow::Result<()> {
@@ -395,9 +492,9 @@ pub fn run(setup: &Setup, args: &Args) -> anyhow::Result<()> {
         recoveries.push(recovery);
     }
 
-    let report = super::state_report::report(setup, args, &measured, &recoveries);
-    println!("{report}");
     std::fs::create_dir_all(&args.results)?;
+    let report = super::state_report::report(setup, args, &measured, &recoveries)?;
+    println!("{report}");
     let file = args.results.join(format!("{}-state.md", setup.run_id));
     std::fs::write(&file, &report)?;
     eprintln!("written to {}", file.display());
@@ -432,7 +529,7 @@ fn throughput(setup: &Setup, args: &Args, workload: Workload) -> anyhow::Result<
             )?;
             let (child, usage) = app.run_to_end(setup)?;
             process::stop(child);
-            app.check_output(setup, args.records)?;
+            let unmatched = app.check_output(setup, args.records)?;
             app.clean_up(setup)?;
             eprintln!(
                 "{} {} ({}): {:30} {:>6.1} s {:>9.0} records/s {:>6.1} CPU s {:>5.0} MB",
@@ -450,11 +547,12 @@ fn throughput(setup: &Setup, args: &Args, workload: Workload) -> anyhow::Result<
                     contender: c,
                     workload,
                     usage,
+                    unmatched,
                 });
             }
         }
     }
-    harness::clean_up(setup, std::slice::from_ref(&input))?;
+    harness::clean_up(setup, &workload.inputs(&input))?;
     Ok(measured)
 }
 
@@ -478,13 +576,7 @@ fn recover(setup: &Setup, c: Contender, keys: u64) -> anyhow::Result<Recovery> {
         }
         kafka::fill_keyed(&setup.bootstrap, &input, appended..appended + TAIL, keys)?;
         appended += TAIL;
-        let (child, usage) = app.run_to_end(setup)?;
-        let restored = app.restored();
-        process::stop(child);
-        Ok(Restart {
-            seconds: usage.seconds,
-            restored: restored?,
-        })
+        Restart::timed(&app, setup)
     };
     let after_kill = restart(false)?;
     let after_loss = restart(true)?;

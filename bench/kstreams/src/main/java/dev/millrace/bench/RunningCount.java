@@ -41,10 +41,11 @@ import org.rocksdb.WriteBufferManager;
  * (always exactly_once_v2; key=value settings from the harness last). Settings that differ from Kafka Streams'
  * defaults, and why, are commented below; bench/README.md lists them all.
  * Each finished restore prints one line "restored RECORDS TOPIC-PARTITION"
- * on stdout, so the harness can tell a wipe from a tail replay.
+ * on stdout, so the harness can tell a wipe from a tail replay, and each
+ * restored batch "batch RECORDS TOPIC-PARTITION", for its restore timeline.
  */
 public final class RunningCount {
-  private static final JsonFactory JSON = new JsonFactory();
+  static final JsonFactory JSON = new JsonFactory();
 
   public static void main(String[] args) throws Exception {
     Properties p = settings(args);
@@ -69,8 +70,16 @@ public final class RunningCount {
     UntilStopped.run(streams);
   }
 
-  /** The settings both stateful contenders run with, from their arguments. */
+  /** The settings every stateful contender runs with, from their arguments. */
   static Properties settings(String[] args) {
+    return settings(args, 6);
+  }
+
+  /**
+   * The same, for a contender with `fixed` arguments before the harness's
+   * key=value settings.
+   */
+  static Properties settings(String[] args, int fixed) {
     String bootstrap = args[0], appId = args[1];
     int threads = Integer.parseInt(args[4]);
     String stateDir = args[5];
@@ -97,7 +106,7 @@ public final class RunningCount {
     // show for bounding memory; by default every store has its own cache
     // and write buffers.
     p.put(StreamsConfig.ROCKSDB_CONFIG_SETTER_CLASS_CONFIG, BoundedMemory.class);
-    return Overrides.apply(p, args, 6);
+    return Overrides.apply(p, args, fixed);
   }
 
   /** `n` of a JSON object, read by a streaming parser (no tree is built). */
@@ -149,7 +158,10 @@ public final class RunningCount {
     public void onRestoreStart(TopicPartition tp, String store, long start, long end) {}
 
     @Override
-    public void onBatchRestored(TopicPartition tp, String store, long batchEnd, long restored) {}
+    public void onBatchRestored(TopicPartition tp, String store, long batchEnd, long restored) {
+      System.out.println("batch " + restored + " " + tp);
+      System.out.flush();
+    }
 
     @Override
     public void onRestoreEnd(TopicPartition tp, String store, long total) {

@@ -182,7 +182,7 @@ pub fn fill_table(bootstrap: &str, topic: &str, keys: u64) -> anyhow::Result<()>
 
 /// Whether key `k-<n>` has a customer in [`fill_table`]'s table.
 pub fn in_table(n: u64) -> bool {
-    n % 10 != 0
+    !n.is_multiple_of(10)
 }
 
 /// Records `seqs`, each keyed by its own id and carrying a group `g` (one

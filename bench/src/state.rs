@@ -431,6 +431,18 @@ pub(crate) struct Recovery {
     pub after_loss: Restart,
 }
 
+impl Recovery {
+    /// The restart after SIGKILL, or with `lost` the one after the state
+    /// directory was lost.
+    pub fn restart(&self, lost: bool) -> &Restart {
+        if lost {
+            &self.after_loss
+        } else {
+            &self.after_kill
+        }
+    }
+}
+
 pub(crate) struct Restart {
     /// Restart → the new input committed.
     pub seconds: f64,

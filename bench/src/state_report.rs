@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use crate::charts;
 use crate::drain::Usage;
 use crate::harness::{self, Setup, PARTITIONS};
-use crate::state::{Args, Contender, Measured, Recovery, Restart, Workload, TAIL};
+use crate::state::{Args, Contender, Measured, Recovery, Workload, TAIL};
 use crate::{jvm, kafka};
 
 /// The report's Markdown; its charts are written to `args.results`.
@@ -59,25 +59,24 @@ pub fn report(
             r.after_loss.restored as f64 / r.after_loss.seconds
         );
     }
-    let phases: [(&str, &str, fn(&Recovery) -> &Restart); 2] = [
-        ("kill", "after SIGKILL", |r| &r.after_kill),
-        ("loss", "after losing the state directory", |r| {
-            &r.after_loss
-        }),
+    let phases = [
+        ("kill", "after SIGKILL", false),
+        ("loss", "after losing the state directory", true),
     ];
     let _ = writeln!(out, "\nRestore timelines: changelog records restored, sampled every 100 ms from the restart (Millrace's `/tasks`; Kafka Streams' restored batches), each line ending where the contender had committed the new input.\n");
-    for (slug, phase, restart) in phases {
+    for (slug, phase, lost) in phases {
         let png = format!("{}-restore-{slug}.png", setup.run_id);
         let series: Vec<charts::Progress> = recoveries
             .iter()
             .map(|r| charts::Progress {
                 label: r.contender.name().to_string(),
-                points: restart(r)
+                points: r
+                    .restart(lost)
                     .timeline
                     .iter()
                     .map(|(s, n)| (*s, *n as f64))
                     .collect(),
-                done: restart(r).seconds,
+                done: r.restart(lost).seconds,
             })
             .collect();
         charts::progress(

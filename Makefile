@@ -2,7 +2,7 @@
 # `make test`; everything else here is for working on the stack by hand.
 SHELL := /bin/bash
 
-.PHONY: demo test stack-up stack-down stack-status lint unit build bench bench-quick bench-operator bench-scale bench-scale-quick autoscale-report
+.PHONY: demo test images stack-up stack-down stack-status lint unit build bench bench-quick bench-operator bench-scale bench-scale-quick autoscale-report
 
 ## demo: start the local stack and show it working (see README)
 demo:
@@ -11,6 +11,10 @@ demo:
 ## test: lint, start the stack, run every test against it, check the stack scripts
 test:
 	@bash e2e/test.sh
+
+## images: OCI image archives of the operator and runtime in target/images/ (docs/images.md)
+images:
+	@bash e2e/images.sh release
 
 ## stack-up: Kafka + Kubernetes control plane + pod runner; prints the exports
 stack-up:

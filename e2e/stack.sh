@@ -37,17 +37,27 @@ podrunner_up() {
   if pid_alive podrunner && node_ready; then log "pod runner already running"; return 0; fi
   stop_bg 10 podrunner
   need cargo "Install Rust (https://rustup.rs)."
-  log "building the pod runner and the images it maps (cargo build, $BUILD_PROFILE)"
-  (cd "$REPO_ROOT" && cargo build -q -p millrace-podrunner -p millrace-runtime -p millrace-operator)
+  log "building the pod runner and the images it runs (cargo build, $BUILD_PROFILE; e2e/images.sh testbed)"
+  (cd "$REPO_ROOT" && cargo build -q -p millrace-podrunner -p millrace-images -p millrace-runtime \
+    -p millrace-operator -p millrace-example-enricher)
   if [[ "$BUILD_PROFILE" == release ]]; then
     (cd "$REPO_ROOT" && cargo build -q --release -p millrace-runtime -p millrace-operator)
   fi
+  MILLRACE_BUILD_PROFILE="$BUILD_PROFILE" bash "$E2E_DIR/images.sh" testbed
+  # Pods run their OCI images (docs/testbed.md); `executables` runs the
+  # binaries on the host's files instead.
+  local table="$E2E_DIR/images.conf"
+  case "${MILLRACE_TESTBED_RUNS:-images}" in
+    images) ;;
+    executables) table="$E2E_DIR/images-executables.conf" ;;
+    *) die "MILLRACE_TESTBED_RUNS must be images or executables, not '$MILLRACE_TESTBED_RUNS'" ;;
+  esac
   mkdir -p "$STACK_DIR/podrunner" "$LOG_DIR/pods"
   : > "$LOG_DIR/podrunner.log"
   KUBECONFIG="$STACK_DIR/kubeconfig" RUST_LOG="${RUST_LOG:-info}" MILLRACE_BUILD_PROFILE="$BUILD_PROFILE" \
     start_bg podrunner "$PODRUNNER" \
     --node-name "$NODE_NAME" --state-dir "$STACK_DIR/podrunner" --log-dir "$LOG_DIR/pods" \
-    --images "$E2E_DIR/images.conf" --apiserver-port "${MILLRACE_APISERVER_PORT:-6443}"
+    --images "$table" --apiserver-port "${MILLRACE_APISERVER_PORT:-6443}"
   wait_for "node $NODE_NAME" 60 "$LOG_DIR/podrunner.log" node_ready || die "the pod runner's node never became Ready"
   log "pod runner ready: node $NODE_NAME"
 }

@@ -20,20 +20,41 @@ pub struct Confinement {
     /// would without a user.
     pub user: Option<(u32, u32, Vec<u32>)>,
     pub no_new_privileges: bool,
-    /// Mount points to remount read-only, with the flags to keep.
+    /// Host mount points to remount read-only, with the flags to keep.
     pub read_only: Vec<(PathBuf, u64)>,
+    /// In an image's root: remount that root read-only.
+    pub read_only_root: bool,
 }
 
-/// Pod-level settings with the container's own over them.
-pub fn plan(pod: &Pod, container: &Container, binds: &[PathBuf]) -> anyhow::Result<Confinement> {
+/// What a container's files are.
+pub enum Filesystem<'a> {
+    /// The host's, with the container's volume mounts at `binds`.
+    Host { binds: &'a [PathBuf] },
+    /// Its image's root, whose configuration names a user (uid, gid).
+    Image { user: Option<(u32, Option<u32>)> },
+}
+
+/// Pod-level settings with the container's own over them (and over the
+/// image's user).
+pub fn plan(pod: &Pod, container: &Container, fs: Filesystem<'_>) -> anyhow::Result<Confinement> {
     let pod_ctx = pod
         .spec
         .as_ref()
         .and_then(|s| s.security_context.clone())
         .unwrap_or_default();
     let ctx = container.security_context.clone().unwrap_or_default();
-    let uid = ctx.run_as_user.or(pod_ctx.run_as_user);
-    let gid = ctx.run_as_group.or(pod_ctx.run_as_group);
+    let image_user = match fs {
+        Filesystem::Image { user } => user,
+        Filesystem::Host { .. } => None,
+    };
+    let uid = ctx
+        .run_as_user
+        .or(pod_ctx.run_as_user)
+        .or(image_user.map(|(uid, _)| uid.into()));
+    let gid = ctx
+        .run_as_group
+        .or(pod_ctx.run_as_group)
+        .or(image_user.and_then(|(_, gid)| gid.map(Into::into)));
     let non_root = ctx.run_as_non_root.or(pod_ctx.run_as_non_root) == Some(true);
     if non_root && uid.unwrap_or(0) == 0 {
         bail!(
@@ -63,16 +84,19 @@ pub fn plan(pod: &Pod, container: &Container, binds: &[PathBuf]) -> anyhow::Resu
         }
         None => None,
     };
-    let read_only = if ctx.read_only_root_filesystem == Some(true) {
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
-        read_only_remounts(&mountinfo, binds)
-    } else {
-        Vec::new()
+    let read_only_root = ctx.read_only_root_filesystem == Some(true);
+    let read_only = match fs {
+        Filesystem::Host { binds } if read_only_root => {
+            let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+            read_only_remounts(&mountinfo, binds)
+        }
+        _ => Vec::new(),
     };
     Ok(Confinement {
         user,
         // Kubernetes' default is to allow escalation; the built pods say no.
         no_new_privileges: ctx.allow_privilege_escalation == Some(false),
+        read_only_root: read_only_root && matches!(fs, Filesystem::Image { .. }),
         read_only,
     })
 }
@@ -187,7 +211,7 @@ mod tests {
             "securityContext": {"allowPrivilegeEscalation": false}
         }))
         .unwrap();
-        let plan = plan(&pod, &container, &[]).unwrap();
+        let plan = plan(&pod, &container, Filesystem::Host { binds: &[] }).unwrap();
         assert_eq!(plan.user, Some((65532, 65532, vec![2000])));
         assert!(plan.no_new_privileges);
         assert!(plan.read_only.is_empty());
@@ -197,7 +221,18 @@ mod tests {
             "spec": {"securityContext": {"runAsNonRoot": true}, "containers": []}
         }))
         .unwrap();
-        let refused = super::plan(&root, &container, &[]).unwrap_err().to_string();
+        let refused = super::plan(&root, &container, Filesystem::Host { binds: &[] })
+            .unwrap_err()
+            .to_string();
         assert!(refused.contains("runAsNonRoot"), "{refused}");
+
+        // The image's user counts, and the pod's overrides it.
+        let image = || Filesystem::Image {
+            user: Some((65532, Some(65532))),
+        };
+        let from_image = super::plan(&root, &container, image()).unwrap();
+        assert_eq!(from_image.user, Some((65532, 65532, vec![])));
+        let overridden = super::plan(&pod, &container, image()).unwrap();
+        assert_eq!(overridden.user, Some((65532, 65532, vec![2000])));
     }
 }

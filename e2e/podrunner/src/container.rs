@@ -71,6 +71,8 @@ pub struct LaunchPlan {
     pub env: BTreeMap<String, String>,
     pub mounts: Vec<crate::volumes::Mount>,
     pub confinement: crate::confine::Confinement,
+    /// The image's root the container runs in; `None`: the host's files.
+    pub root: Option<crate::image_root::Root>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,16 +1,38 @@
-//! The image table: which local executable stands in for a container image.
+//! The image table: what a container image's name runs on the test bed.
 //!
-//! There is no container runtime on the test bed, so an image is only a name
-//! that selects a binary built in this repository (or any host command).
+//! There is no registry on the test bed, so an image name selects either an
+//! OCI image archive built in this repository (`oci-archive:/path`, made by
+//! `millrace-image`: the container runs in the image's unpacked root, as a
+//! container runtime would run it) or, as a fallback, a local executable
+//! (or any host command) run on the host's filesystem.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
 
 use anyhow::{bail, Context};
+use millrace_images::RunConfig;
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 pub struct ImageTable {
     executables: HashMap<String, PathBuf>,
+    archives: HashMap<String, PathBuf>,
+    /// Where archives are unpacked, one directory per image digest.
+    unpack_dir: PathBuf,
+    /// Archives unpacked so far, with the file's size and time then.
+    unpacked: tokio::sync::Mutex<HashMap<PathBuf, (Stamp, Arc<Unpacked>)>>,
+}
+
+/// An archive file's size and modification time: a rebuilt one differs.
+type Stamp = (u64, SystemTime);
+
+/// An image unpacked on this node: its root filesystem (shared read-only by
+/// every container of it) and how it says to run.
+#[derive(Debug)]
+pub struct Unpacked {
+    pub rootfs: PathBuf,
+    pub run: RunConfig,
 }
 
 impl ImageTable {
@@ -18,6 +40,7 @@ impl ImageTable {
     /// from `lookup_var`, and an unset variable is an error naming the line.
     pub fn parse(text: &str, lookup_var: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
         let mut executables = HashMap::new();
+        let mut archives = HashMap::new();
         for (index, raw) in text.lines().enumerate() {
             let line = raw.split('#').next().unwrap_or("").trim();
             if line.is_empty() {
@@ -32,16 +55,57 @@ impl ImageTable {
             };
             let path =
                 expand_vars(path, &lookup_var).with_context(|| format!("line {}", index + 1))?;
-            executables.insert(name.to_string(), PathBuf::from(path));
+            match path.strip_prefix("oci-archive:") {
+                Some(archive) => archives.insert(name.to_string(), PathBuf::from(archive)),
+                None => executables.insert(name.to_string(), PathBuf::from(path)),
+            };
         }
-        Ok(Self { executables })
+        Ok(Self {
+            executables,
+            archives,
+            ..Self::default()
+        })
     }
 
-    pub fn load(path: &Path) -> anyhow::Result<Self> {
+    /// The table at `path`; images are unpacked under `unpack_dir`.
+    pub fn load(path: &Path, unpack_dir: PathBuf) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading image table {}", path.display()))?;
-        Self::parse(&text, |name| std::env::var(name).ok())
-            .with_context(|| format!("in {}", path.display()))
+        let table = Self::parse(&text, |name| std::env::var(name).ok())
+            .with_context(|| format!("in {}", path.display()))?;
+        Ok(Self {
+            unpack_dir,
+            ..table
+        })
+    }
+
+    /// The image unpacked, when the table names an archive for it; unpacked
+    /// once per archive content (a rebuilt archive is unpacked again).
+    pub async fn unpacked(&self, image: &str) -> anyhow::Result<Option<Arc<Unpacked>>> {
+        let Some(archive) = self.archives.get(image_name(image)) else {
+            return Ok(None);
+        };
+        let meta = std::fs::metadata(archive).with_context(|| {
+            format!(
+                "image '{image}': its archive {} (run `make images`?)",
+                archive.display()
+            )
+        })?;
+        let stamp = (meta.len(), meta.modified()?);
+        // One unpack at a time: pods of one image start together.
+        let mut cache = self.unpacked.lock().await;
+        if let Some((seen, unpacked)) = cache.get(archive) {
+            if *seen == stamp {
+                return Ok(Some(unpacked.clone()));
+            }
+        }
+        let (archive_path, dir) = (archive.clone(), self.unpack_dir.clone());
+        let unpacked = tokio::task::spawn_blocking(move || unpack_once(&archive_path, &dir))
+            .await?
+            .with_context(|| format!("image '{image}'"))?;
+        let unpacked = Arc::new(unpacked);
+        cache.insert(archive.clone(), (stamp, unpacked.clone()));
+        Ok(Some(unpacked))
     }
 
     /// The argv a container runs, or an error a user can act on.
@@ -74,6 +138,25 @@ impl ImageTable {
         argv.extend(args.iter().cloned());
         Ok(argv)
     }
+}
+
+/// Unpacks `archive` into a fresh directory under `dir`, then renames it to
+/// the image's digest (a digest already unpacked is reused): a crash
+/// mid-unpack leaves a partial directory no container ever runs from.
+fn unpack_once(archive: &Path, dir: &Path) -> anyhow::Result<Unpacked> {
+    let partial = dir.join(format!(".partial-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&partial);
+    let run = millrace_images::unpack(archive, &partial.join("rootfs"))?;
+    let done = dir.join(run.manifest_digest.replace(':', "-"));
+    if done.exists() {
+        std::fs::remove_dir_all(&partial)?;
+    } else {
+        std::fs::rename(&partial, &done)?;
+    }
+    Ok(Unpacked {
+        rootfs: done.join("rootfs"),
+        run,
+    })
 }
 
 /// `registry:5000/org/name:tag@sha256:…` → `name`.
@@ -155,6 +238,17 @@ mod tests {
             err.contains("'nginx:1.27'") && err.contains("nginx /path/to/binary"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn an_oci_archive_line_names_an_image_not_an_executable() {
+        let t =
+            ImageTable::parse("millrace-runtime oci-archive:/img/rt.oci.tar\n", |_| None).unwrap();
+        assert_eq!(
+            t.archives["millrace-runtime"],
+            PathBuf::from("/img/rt.oci.tar")
+        );
+        assert!(t.executables.is_empty());
     }
 
     #[test]

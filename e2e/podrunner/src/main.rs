@@ -8,6 +8,7 @@
 mod confine;
 mod container;
 mod env;
+mod image_root;
 mod images;
 mod ips;
 mod node;
@@ -75,7 +76,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
-    let images = Arc::new(images::ImageTable::load(&args.images)?);
+
     let client = Client::try_default().await?;
     let settings = Arc::new(Settings {
         state_dir: args.state_dir.clone(),
@@ -91,6 +92,12 @@ async fn main() -> anyhow::Result<()> {
     if !orphans.is_empty() {
         tracing::info!(?orphans, "killed processes left by an earlier pod runner");
     }
+    // Images unpacked by an earlier runner: no container runs from them now
+    // (each image is unpacked again when first used).
+    let unpack_dir = args.state_dir.join("images");
+    let _ = std::fs::remove_dir_all(&unpack_dir);
+    std::fs::create_dir_all(&unpack_dir)?;
+    let images = Arc::new(images::ImageTable::load(&args.images, unpack_dir)?);
 
     let node_task = tokio::spawn(node::run(
         client.clone(),

@@ -2,7 +2,7 @@
 //! and graceful deletion.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,8 +15,10 @@ use kube::{Api, Client};
 use tokio::process::Child;
 use tokio::sync::watch;
 
+use crate::confine::{self, Filesystem};
 use crate::container::{self, ContainerState, Kind, LaunchPlan, PodHost};
 use crate::env::{self, Sources};
+use crate::image_root;
 use crate::images::ImageTable;
 use crate::status::{self, Observed};
 use crate::volumes::{self, PodContext};
@@ -315,7 +317,14 @@ impl PodHost for PodWorker {
     async fn launch_plan(&self, container: &Container) -> anyhow::Result<LaunchPlan> {
         let pod = self.pod();
         let sources = self.fetch_sources(&pod).await?;
+        let image = container.image.as_deref().unwrap_or_default();
+        let unpacked = self.images.unpacked(image).await?;
         let mut env = self.base_env();
+        if let Some(unpacked) = &unpacked {
+            // The image's PATH and HOME, not the host's.
+            env.retain(|k, _| k != "PATH" && k != "HOME");
+            env.extend(image_root::env(&unpacked.run));
+        }
         env.extend(env::container_env(
             &pod,
             container,
@@ -335,19 +344,59 @@ impl PodHost for PodWorker {
             .flatten()
             .map(|s| env::expand(s, &env))
             .collect();
-        let argv = self.images.argv(
-            container.image.as_deref().unwrap_or_default(),
-            &command,
-            &args,
-        )?;
         let dirs = self.volume_dirs(&pod, &sources).await?;
-        let mounts = volumes::container_mounts(container, &dirs)?;
+        let mut mounts = volumes::container_mounts(container, &dirs)?;
         let targets: Vec<_> = mounts.iter().map(|m| m.target.clone()).collect();
-        let confinement = crate::confine::plan(&pod, container, &targets)?;
+        let (argv, root, confinement) = match &unpacked {
+            None => (
+                self.images.argv(image, &command, &args)?,
+                None,
+                confine::plan(&pod, container, Filesystem::Host { binds: &targets })?,
+            ),
+            Some(unpacked) => {
+                let mut argv = image_root::argv(&unpacked.run, &command, &args);
+                anyhow::ensure!(
+                    !argv.is_empty(),
+                    "image '{image}' has no entrypoint and the container sets no command"
+                );
+                let path = env.get("PATH").map_or("", String::as_str);
+                argv[0] = image_root::resolve(&unpacked.rootfs, &argv[0], path)
+                    .with_context(|| format!("image '{image}'"))?;
+                let user = unpacked
+                    .run
+                    .user
+                    .as_deref()
+                    .map(image_root::user)
+                    .transpose()?;
+                let working_dir = container
+                    .working_dir
+                    .clone()
+                    .or_else(|| unpacked.run.working_dir.clone())
+                    .unwrap_or_else(|| "/".into());
+                let root = image_root::Root::new(
+                    &unpacked.rootfs,
+                    &self.pod_dir.join("containers").join(&container.name),
+                    working_dir,
+                );
+                // As a kubelet does: the node's name resolution.
+                for file in ["/etc/hosts", "/etc/resolv.conf"] {
+                    if Path::new(file).exists() && !targets.iter().any(|t| t == Path::new(file)) {
+                        mounts.push(volumes::Mount {
+                            source: file.into(),
+                            target: file.into(),
+                            read_only: true,
+                        });
+                    }
+                }
+                let confinement = confine::plan(&pod, container, Filesystem::Image { user })?;
+                (argv, Some(root), confinement)
+            }
+        };
         Ok(LaunchPlan {
             argv,
             env,
             mounts,
+            root,
             confinement,
         })
     }
@@ -374,6 +423,7 @@ impl PodHost for PodWorker {
             confinement: &plan.confinement,
             log_file: &log_file,
             pod_uid: &self.uid,
+            root: plan.root.as_ref(),
         })?;
         tracing::info!(pod = %self.key(), container = %container.name, pid = child.id(), "started container");
         Ok(child)

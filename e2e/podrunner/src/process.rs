@@ -4,6 +4,10 @@
 //! signalled), its own mount namespace (so volume bind mounts are private to
 //! it) and its own UTS namespace (so `hostname` is the pod name, as in a
 //! real pod). Network is shared: the pod binds its own loopback address.
+//! A container of an image runs in the image's root: an overlay mounted in
+//! its mount namespace, its volumes bound into it, /proc, /dev and /sys
+//! bound from the host, then `pivot_root` into it (the host's files are no
+//! longer reachable).
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
@@ -20,6 +24,7 @@ use nix::unistd::{sethostname, Pid};
 use tokio::process::{Child, Command};
 
 use crate::confine::Confinement;
+use crate::image_root::Root;
 use crate::volumes::Mount;
 
 /// Environment variable every pod process carries, so processes left by a
@@ -35,6 +40,129 @@ pub struct Spec<'a> {
     pub confinement: &'a Confinement,
     pub log_file: &'a Path,
     pub pod_uid: &'a str,
+    pub root: Option<&'a Root>,
+}
+
+/// An image root, as the child mounts it: only C strings, made before fork.
+struct ChildRoot {
+    merged: CString,
+    overlay_options: CString,
+    /// Mount points to make in the overlay, parents first (true: a file).
+    points: Vec<(CString, bool)>,
+    /// Host file systems bound in: (source, target under merged).
+    system: Vec<(CString, CString)>,
+    working_dir: CString,
+    read_only: bool,
+}
+
+impl ChildRoot {
+    fn new(root: &Root, mounts: &[Mount]) -> anyhow::Result<Self> {
+        root.prepare()?;
+        let mut points: Vec<(PathBuf, bool)> = Vec::new();
+        let mut add = |inside: &Path, file: bool| {
+            let target = root.host_path(inside);
+            for dir in target.ancestors().skip(1) {
+                if dir == root.merged || !dir.starts_with(&root.merged) {
+                    break;
+                }
+                points.push((dir.to_path_buf(), false));
+            }
+            points.push((target, file));
+        };
+        let system = ["/proc", "/dev", "/sys"];
+        for dir in system {
+            add(Path::new(dir), false);
+        }
+        for m in mounts {
+            add(&m.target, !m.source.is_dir());
+        }
+        // Parents first (a parent's path is a prefix, so it sorts before).
+        points.sort();
+        points.dedup_by(|a, b| a.0 == b.0);
+        Ok(Self {
+            merged: path_cstring(&root.merged)?,
+            overlay_options: CString::new(root.overlay_options())?,
+            points: points
+                .iter()
+                .map(|(p, file)| Ok((path_cstring(p)?, *file)))
+                .collect::<anyhow::Result<_>>()?,
+            system: system
+                .iter()
+                .map(|d| {
+                    Ok((
+                        CString::new(*d)?,
+                        path_cstring(&root.host_path(Path::new(d)))?,
+                    ))
+                })
+                .collect::<anyhow::Result<_>>()?,
+            working_dir: CString::new(root.working_dir.as_str())?,
+            read_only: false,
+        })
+    }
+
+    /// In the child, before the volume binds: the overlay and its mount points.
+    fn mount_overlay(&self) -> std::io::Result<()> {
+        mount(
+            Some(c"overlay"),
+            self.merged.as_c_str(),
+            Some(c"overlay"),
+            MsFlags::empty(),
+            Some(self.overlay_options.as_c_str()),
+        )?;
+        for (point, file) in &self.points {
+            // SAFETY: plain system calls on NUL-terminated paths.
+            unsafe {
+                if *file {
+                    let fd = libc::open(
+                        point.as_ptr(),
+                        libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
+                        0o644,
+                    );
+                    if fd < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    libc::close(fd);
+                } else if libc::mkdir(point.as_ptr(), 0o755) != 0
+                    && std::io::Error::last_os_error().raw_os_error() != Some(libc::EEXIST)
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// In the child, after the volume binds: the host's /proc, /dev and
+    /// /sys, then the switch into the root (the old root detached), made
+    /// read-only if asked, and the working directory.
+    fn enter(&self) -> std::io::Result<()> {
+        for (source, target) in &self.system {
+            mount(
+                Some(source.as_c_str()),
+                target.as_c_str(),
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )?;
+        }
+        nix::unistd::chdir(self.merged.as_c_str())?;
+        // pivot_root(".", "."): the old root ends up on top of the new one
+        // and is detached at once (what runc does).
+        nix::unistd::pivot_root(".", ".")?;
+        nix::mount::umount2(".", nix::mount::MntFlags::MNT_DETACH)?;
+        nix::unistd::chdir("/")?;
+        if self.read_only {
+            mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                None::<&str>,
+            )?;
+        }
+        nix::unistd::chdir(self.working_dir.as_c_str())?;
+        Ok(())
+    }
 }
 
 pub fn spawn(spec: &Spec<'_>) -> anyhow::Result<Child> {
@@ -42,9 +170,18 @@ pub fn spawn(spec: &Spec<'_>) -> anyhow::Result<Child> {
         .create(true)
         .append(true)
         .open(spec.log_file)?;
-    for m in spec.mounts {
-        prepare_mount_point(m)?;
-    }
+    let child_root = match spec.root {
+        Some(root) => Some(ChildRoot {
+            read_only: spec.confinement.read_only_root,
+            ..ChildRoot::new(root, spec.mounts)?
+        }),
+        None => {
+            for m in spec.mounts {
+                prepare_mount_point(m)?;
+            }
+            None
+        }
+    };
     // A mount can hide the source of a later one, or the executable (an
     // emptyDir at /tmp over a checkout in /tmp). So in the child, after
     // entering the new mount namespace and before any bind, every source and
@@ -55,7 +192,8 @@ pub fn spawn(spec: &Spec<'_>) -> anyhow::Result<Child> {
     let program = Path::new(&spec.argv[0]);
     // Parked too when the container runs as another user: the executable
     // (in a build directory) need only be executable, not reachable by path.
-    let hidden = program.is_absolute()
+    let hidden = spec.root.is_none()
+        && program.is_absolute()
         && (spec.confinement.user.is_some()
             || spec.mounts.iter().any(|m| program.starts_with(&m.target)));
     let binds: Vec<(CString, CString, CString, bool)> = spec
@@ -63,10 +201,14 @@ pub fn spawn(spec: &Spec<'_>) -> anyhow::Result<Child> {
         .iter()
         .enumerate()
         .map(|(i, m)| {
+            let target = match spec.root {
+                Some(root) => root.host_path(&m.target),
+                None => m.target.clone(),
+            };
             Ok((
                 path_cstring(&m.source)?,
                 parked(FIRST_PARKED_FD + i as i32)?,
-                path_cstring(&m.target)?,
+                path_cstring(&target)?,
                 m.read_only,
             ))
         })
@@ -98,7 +240,12 @@ pub fn spawn(spec: &Spec<'_>) -> anyhow::Result<Child> {
         .env_clear()
         .envs(spec.env)
         .env(POD_MARKER_ENV, spec.pod_uid)
-        .current_dir(spec.working_dir.unwrap_or("/"))
+        // An image's root: its working directory is entered in the child,
+        // after the switch (std changes directory before pre_exec runs).
+        .current_dir(match spec.root {
+            Some(_) => "/",
+            None => spec.working_dir.unwrap_or("/"),
+        })
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -122,6 +269,9 @@ pub fn spawn(spec: &Spec<'_>) -> anyhow::Result<Child> {
             if let Some(source) = &executable_source {
                 park(source, EXECUTABLE_FD, true)?;
             }
+            if let Some(root) = &child_root {
+                root.mount_overlay()?;
+            }
             for (i, (_, via_fd, target, read_only)) in binds.iter().enumerate() {
                 mount(
                     Some(via_fd.as_c_str()),
@@ -144,6 +294,9 @@ pub fn spawn(spec: &Spec<'_>) -> anyhow::Result<Child> {
                 libc::close(FIRST_PARKED_FD + i as i32);
             }
             sethostname(&hostname)?;
+            if let Some(root) = &child_root {
+                root.enter()?;
+            }
             // readOnlyRootFilesystem: after the volume binds, which stay as
             // they are (separate mount points).
             for (point, kept) in &read_only {

@@ -30,6 +30,19 @@ pub enum Error {
 }
 
 impl Error {
+    /// Every [`Error::metric_label`], so counters can start at 0 for each.
+    pub const METRIC_LABELS: [&'static str; 9] = [
+        "kube",
+        "kafka",
+        "serialization",
+        "finalizer",
+        "app",
+        "placement",
+        "rejected",
+        "panic",
+        "other",
+    ];
+
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::Kube(_) => "kube",
@@ -46,3 +59,36 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::Error;
+
+    /// The counters start with every kind: each variant's label is listed.
+    #[test]
+    fn every_metric_label_is_listed() {
+        let json = serde_json::from_str::<u8>("x").unwrap_err();
+        let kube = kube::Error::Service("down".into());
+        let s = || "x".to_string();
+        for e in [
+            Error::Kube(kube),
+            Error::Kafka(s()),
+            Error::Serialization(json),
+            Error::Finalizer(s()),
+            Error::App(s()),
+            Error::Placement(s()),
+            Error::Rejected {
+                object: s(),
+                message: s(),
+            },
+            Error::Panicked(s()),
+            Error::Other(s()),
+        ] {
+            assert!(
+                Error::METRIC_LABELS.contains(&e.metric_label()),
+                "{} is not in METRIC_LABELS",
+                e.metric_label()
+            );
+        }
+    }
+}

@@ -11,6 +11,7 @@ pub mod apply;
 pub mod autoscale;
 pub mod backoff;
 pub mod build;
+pub mod check;
 pub mod claims;
 pub mod conditions;
 pub mod error;

@@ -46,6 +46,18 @@ enum Command {
     Run(Box<RunArgs>),
     /// Print the StreamApp CustomResourceDefinition as YAML.
     Crd,
+    /// Check that the operator's replicas answer (what `helm test` runs):
+    /// every ready pod behind its metrics Service answers /healthz and
+    /// /metrics, and with --expect-leader exactly one holds the lease.
+    Check {
+        #[arg(long, env = "MILLRACE_NAMESPACE", default_value = "millrace-system")]
+        namespace: String,
+        /// The operator's metrics Service.
+        #[arg(long)]
+        service: String,
+        #[arg(long)]
+        expect_leader: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -157,6 +169,15 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Run(args)) => run(*args).await,
+        Some(Command::Check {
+            namespace,
+            service,
+            expect_leader,
+        }) => {
+            let seen = millrace_operator::check::check(&namespace, &service, expect_leader).await?;
+            println!("{seen}");
+            Ok(())
+        }
         // No subcommand: run, with settings from the environment.
         None => run(DefaultRun::parse_from(["millrace-operator"]).args).await,
     }

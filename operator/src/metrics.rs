@@ -48,6 +48,9 @@ pub struct Metrics {
     pub processing_rate: Family<AppLabels, Gauge<f64, AtomicU64>>,
     pub capacity: Family<AppLabels, Gauge<f64, AtomicU64>>,
     pub decided_replicas: Family<AppLabels, Gauge<i64, AtomicI64>>,
+    /// 1 while the app's Degraded condition is True (the reason is in its
+    /// status and Events), 0 otherwise; gone with the app.
+    degraded: Family<AppLabels, Gauge<i64, AtomicI64>>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -81,6 +84,10 @@ impl Default for Metrics {
             "Reconciles that failed, by error kind",
             failures.clone(),
         );
+        // At 0 from the start, so rate() and alerts see the first error.
+        for kind in Error::METRIC_LABELS {
+            let _ = failures.get_or_create(&ErrorLabels { kind: kind.into() });
+        }
         registry.register(
             "reconcile_duration_seconds",
             "Duration of reconciles",
@@ -141,6 +148,12 @@ impl Default for Metrics {
             "The autoscaler's last decision",
             decided_replicas.clone(),
         );
+        let degraded = Family::<AppLabels, Gauge<i64, AtomicI64>>::default();
+        registry.register(
+            "app_degraded",
+            "1 while the app's Degraded condition is True",
+            degraded.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -154,6 +167,7 @@ impl Default for Metrics {
             processing_rate,
             capacity,
             decided_replicas,
+            degraded,
             moves,
             fences,
             handoff_seconds,
@@ -180,6 +194,24 @@ impl Metrics {
             self.capacity.get_or_create(&l).set(c);
         }
         self.decided_replicas.get_or_create(&l).set(decided.into());
+    }
+
+    /// The app's Degraded condition as last written.
+    pub fn app_degraded(&self, app: &str, degraded: bool) {
+        self.degraded
+            .get_or_create(&AppLabels { app: app.into() })
+            .set(degraded.into());
+    }
+
+    /// The app is gone: its per-app series go too.
+    pub fn forget_app(&self, app: &str) {
+        let l = AppLabels { app: app.into() };
+        for family in [&self.lag, &self.decided_replicas, &self.degraded] {
+            family.remove(&l);
+        }
+        for family in [&self.input_rate, &self.processing_rate, &self.capacity] {
+            family.remove(&l);
+        }
     }
 
     pub fn reconcile_timer(&self) -> ReconcileTimer<'_> {

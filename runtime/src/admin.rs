@@ -62,7 +62,7 @@ pub async fn serve(
                         header::CONTENT_TYPE,
                         "application/openmetrics-text; version=1.0.0; charset=utf-8",
                     )],
-                    s.metrics.encode(),
+                    s.metrics.encode(&s.status),
                 )
             }),
         )

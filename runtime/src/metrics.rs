@@ -26,6 +26,19 @@ pub struct TaskLabel {
     pub partition: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RestoreLabel {
+    pub task: String,
+    /// `restoring` (a task this worker owns, before it processes) or
+    /// `standby` (a warm copy following the changelog).
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TaskIdLabel {
+    pub task: String,
+}
+
 pub struct Metrics {
     pub registry: Registry,
     pub records_in: Family<TopicLabel, Counter>,
@@ -47,6 +60,11 @@ pub struct Metrics {
     pub restored_records: Counter,
     pub commit_seconds: Histogram,
     pub lag: Family<TaskLabel, Gauge<i64, AtomicI64>>,
+    /// Read from the status at each scrape ([`Metrics::encode`]).
+    restore_remaining: Family<RestoreLabel, Gauge<i64, AtomicI64>>,
+    standby_seconds_behind: Family<TaskIdLabel, Gauge<i64, AtomicI64>>,
+    /// One scrape refreshes the status gauges at a time.
+    scrape: Mutex<()>,
 }
 
 impl Default for Metrics {
@@ -68,6 +86,9 @@ impl Default for Metrics {
             restored_records: Counter::default(),
             commit_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             lag: Family::default(),
+            restore_remaining: Family::default(),
+            standby_seconds_behind: Family::default(),
+            scrape: Mutex::new(()),
             registry: Registry::default(),
         };
         registry.register(
@@ -145,12 +166,47 @@ impl Default for Metrics {
             "Records behind the last stable offset, per task partition",
             m.lag.clone(),
         );
+        registry.register(
+            "task_restore_remaining_records",
+            "Changelog records a task still has to replay here: restoring (owned, not yet processing) or standby (a warm copy's lag behind the changelog's end)",
+            m.restore_remaining.clone(),
+        );
+        registry.register(
+            "standby_seconds_behind",
+            "Age of the newest change a standby copy has applied while records remain (0 caught up)",
+            m.standby_seconds_behind.clone(),
+        );
         Self { registry, ..m }
     }
 }
 
 impl Metrics {
-    pub fn encode(&self) -> String {
+    /// The exposition, with the restore and standby gauges read from
+    /// `status` now (tasks that finished or moved away drop out).
+    pub fn encode(&self, status: &Status) -> String {
+        use millrace_crds::worker_status::RestoreState;
+        let _one_scrape = self.scrape.lock().unwrap();
+        self.restore_remaining.clear();
+        self.standby_seconds_behind.clear();
+        for (task, r) in &status.snapshot().restores {
+            let state = match r.state {
+                RestoreState::Restoring => "restoring",
+                RestoreState::Standby => "standby",
+                RestoreState::Active => continue,
+            };
+            let task = task.to_string();
+            self.restore_remaining
+                .get_or_create(&RestoreLabel {
+                    task: task.clone(),
+                    state: state.into(),
+                })
+                .set(r.records_remaining.try_into().unwrap_or(i64::MAX));
+            if let (RestoreState::Standby, Some(behind)) = (r.state, r.seconds_behind) {
+                self.standby_seconds_behind
+                    .get_or_create(&TaskIdLabel { task })
+                    .set(behind.try_into().unwrap_or(i64::MAX));
+            }
+        }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("metrics encode");

@@ -24,18 +24,40 @@ fn condition(ns: &str, app: &str, type_: &str, field: &str) -> String {
     )
 }
 
-/// The operator's pods with their restart counts.
+/// The operator's pods with their restart counts (not `helm test`'s pod,
+/// which another test here may run meanwhile).
 fn operator_pods() -> String {
-    get(
+    kubectl(&[
+        "-n",
         millrace_tests::OPERATOR_NAMESPACE,
+        "get",
         "pods",
-        "{range .items[*]}{.metadata.name}={.status.containerStatuses[0].restartCount} {end}",
-    )
+        "-l",
+        "app.kubernetes.io/name=millrace-operator",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.name}={.status.containerStatuses[0].restartCount} {end}",
+    ])
+    .unwrap_or_default()
 }
 
 #[test]
 fn example_app_is_reconciled_into_owned_objects_scaled_and_collected() {
     install_chart(&[]);
+    // `helm test`: a pod of the operator's image checks that the operator
+    // answers and one replica leads (the chart's test hook).
+    let tested = helm(&[
+        "test",
+        "millrace",
+        "-n",
+        millrace_tests::OPERATOR_NAMESPACE,
+        "--timeout",
+        "120s",
+    ])
+    .unwrap();
+    assert!(
+        tested.contains("Phase:          Succeeded") || tested.contains("Succeeded"),
+        "{tested}"
+    );
     example_topics();
     let ns = TestNamespace::create("orders");
     let ns = ns.0.as_str();
@@ -63,12 +85,8 @@ fn example_app_is_reconciled_into_owned_objects_scaled_and_collected() {
     for worker in ["orders-router-0", "orders-router-1"] {
         confinement::check(ns, worker, 65532).unwrap();
     }
-    let operators = get(
-        millrace_tests::OPERATOR_NAMESPACE,
-        "pods",
-        "{.items[*].metadata.name}",
-    );
-    for operator in operators.split_whitespace() {
+    for operator in operator_pods().split_whitespace() {
+        let operator = operator.split('=').next().unwrap();
         confinement::check(millrace_tests::OPERATOR_NAMESPACE, operator, 65532).unwrap();
     }
 
@@ -372,25 +390,64 @@ fn chart_lints_clean_and_renders_the_golden_output() {
             && !lint.contains("[ERROR]"),
         "{lint}"
     );
-    let rendered = helm(&[
+    // The defaults, and every optional template on (the ServiceMonitor,
+    // the PodMonitor, the dashboard, the alert rules).
+    let optional = [
+        "serviceMonitor.enabled=true",
+        "podMonitor.enabled=true",
+        "dashboard.enabled=true",
+        "prometheusRule.enabled=true",
+    ];
+    let mut all_on = vec![
         "template",
         "millrace",
         "charts/millrace",
         "-n",
         "millrace-system",
-    ])
-    .unwrap();
-    let golden = repo_root().join("tests/fixtures/golden/chart-default.yaml");
-    if std::env::var_os("MILLRACE_UPDATE_GOLDEN").is_some() {
-        std::fs::create_dir_all(golden.parent().unwrap()).unwrap();
-        std::fs::write(&golden, &rendered).unwrap();
+    ];
+    for value in &optional {
+        all_on.extend(["--set", value]);
     }
-    let expected = std::fs::read_to_string(&golden).unwrap_or_default();
-    assert!(
-        rendered == expected,
-        "helm template differs from {}; review and run with MILLRACE_UPDATE_GOLDEN=1",
-        golden.display()
-    );
+    for (args, file) in [
+        (&all_on[..5], "chart-default.yaml"),
+        (&all_on[..], "chart-all-optional.yaml"),
+    ] {
+        let rendered = helm(args).unwrap();
+        let golden = repo_root().join("tests/fixtures/golden").join(file);
+        if std::env::var_os("MILLRACE_UPDATE_GOLDEN").is_some() {
+            std::fs::create_dir_all(golden.parent().unwrap()).unwrap();
+            std::fs::write(&golden, &rendered).unwrap();
+        }
+        let expected = std::fs::read_to_string(&golden).unwrap_or_default();
+        assert!(
+            rendered == expected,
+            "helm template differs from {}; review and run with MILLRACE_UPDATE_GOLDEN=1",
+            golden.display()
+        );
+    }
+    let rendered = helm(&all_on).unwrap();
+    for kind in [
+        "kind: ServiceMonitor",
+        "kind: PodMonitor",
+        "kind: PrometheusRule",
+        "grafana_dashboard: \"1\"",
+        "\"uid\": \"millrace\"",
+        "helm.sh/hook: test",
+    ] {
+        assert!(
+            rendered.contains(kind),
+            "no {kind} among the optional templates"
+        );
+    }
+    let default = helm(&all_on[..5]).unwrap();
+    for kind in [
+        "kind: ServiceMonitor",
+        "kind: PodMonitor",
+        "kind: PrometheusRule",
+        "grafana_dashboard",
+    ] {
+        assert!(!default.contains(kind), "{kind} rendered by default");
+    }
     let too_many = helm(&[
         "template",
         "millrace",

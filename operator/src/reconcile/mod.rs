@@ -69,6 +69,7 @@ async fn reconcile_app(app: Arc<StreamApp>, ctx: Arc<Context>) -> Result<Action>
     let apps: Api<StreamApp> = Api::namespaced(ctx.client.clone(), &namespace);
 
     if app.metadata.deletion_timestamp.is_some() {
+        ctx.metrics.forget_app(&backoff_key(&app));
         return finalize::finalize(&apps, &app, &ctx).await;
     }
     finalize::sync_finalizer(&apps, &app).await?;
@@ -188,6 +189,8 @@ async fn reconcile_app(app: Arc<StreamApp>, ctx: Arc<Context>) -> Result<Action>
         )
         .await;
     }
+    ctx.metrics
+        .app_degraded(&backoff_key(&app), stopped.is_some());
     write_status(
         &apps,
         &app,
@@ -244,6 +247,7 @@ async fn hold(
     d: &Degradation,
     action: &str,
 ) -> Result<()> {
+    ctx.metrics.app_degraded(&backoff_key(app), true);
     if !was_degraded(previous, d.reason) {
         publish(
             ctx,

@@ -455,6 +455,9 @@ impl Restart {
     /// Restarts `app` and waits until it has committed its input, sampling
     /// its restore progress meanwhile.
     fn timed(app: &App, setup: &Setup) -> anyhow::Result<Self> {
+        // The last launch's log would read as restores at t = 0 until this
+        // launch truncates it.
+        let _ = std::fs::remove_file(&app.log);
         let done = std::sync::atomic::AtomicBool::new(false);
         let (run, timeline) = std::thread::scope(|scope| {
             let sampler = scope.spawn(|| {

@@ -57,12 +57,15 @@ impl Contents {
             .insert(relative(path), Entry::File { mode, data });
     }
 
-    /// The host file `from` (symlinks followed) at `to` in the image, with
-    /// its permission bits.
+    /// The host file `from` (symlinks followed) at `to` in the image:
+    /// 0755 when the host file is executable by anyone, else 0644 (not the
+    /// host's bits, which follow the builder's umask and would change the
+    /// digest).
     pub fn copy(&mut self, from: &Path, to: &Path) -> anyhow::Result<()> {
         use std::os::unix::fs::PermissionsExt;
         let data = std::fs::read(from).with_context(|| format!("reading {}", from.display()))?;
-        let mode = std::fs::metadata(from)?.permissions().mode() & 0o7777;
+        let executable = std::fs::metadata(from)?.permissions().mode() & 0o111 != 0;
+        let mode = if executable { 0o755 } else { 0o644 };
         self.file(&to.to_string_lossy(), mode, data);
         Ok(())
     }
@@ -79,7 +82,19 @@ impl Contents {
             .arg(binary)
             .output()
             .context("running ldd (Debian: libc-bin)")?;
-        for library in shared_libraries(&String::from_utf8_lossy(&ldd.stdout))? {
+        let out = String::from_utf8_lossy(&ldd.stdout);
+        // A static executable makes ldd fail, saying so; any other failure
+        // would leave the image without its libraries.
+        let static_binary = format!("{out}{}", String::from_utf8_lossy(&ldd.stderr))
+            .contains("not a dynamic executable");
+        if !ldd.status.success() && !static_binary {
+            bail!(
+                "ldd {} failed: {}",
+                binary.display(),
+                String::from_utf8_lossy(&ldd.stderr).trim()
+            );
+        }
+        for library in shared_libraries(&out)? {
             self.copy(&library, &library)?;
         }
         Ok(inside)

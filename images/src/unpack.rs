@@ -64,14 +64,39 @@ pub fn unpack(archive: &Path, rootfs: &Path) -> anyhow::Result<RunConfig> {
     let manifest: Manifest = serde_json::from_slice(blob(&descriptor.digest)?)?;
     let config: Config = serde_json::from_slice(blob(&manifest.config.digest)?)?;
     std::fs::create_dir_all(rootfs)?;
-    for layer in &manifest.layers {
+    anyhow::ensure!(
+        config.rootfs.diff_ids.len() == manifest.layers.len(),
+        "{}: {} layers but {} diff_ids in the config",
+        archive.display(),
+        manifest.layers.len(),
+        config.rootfs.diff_ids.len()
+    );
+    for (layer, diff_id) in manifest.layers.iter().zip(&config.rootfs.diff_ids) {
         let bytes = blob(&layer.digest)?;
-        let reader: Box<dyn Read> = match layer.media_type.as_str() {
-            oci::LAYER_GZIP => Box::new(flate2::read::GzDecoder::new(&bytes[..])),
-            oci::LAYER_TAR => Box::new(&bytes[..]),
+        anyhow::ensure!(
+            bytes.len() as u64 == layer.size,
+            "{}: layer {} is {} bytes, its descriptor says {}",
+            archive.display(),
+            layer.digest,
+            bytes.len(),
+            layer.size
+        );
+        let tar = match layer.media_type.as_str() {
+            oci::LAYER_GZIP => {
+                let mut tar = Vec::new();
+                flate2::read::GzDecoder::new(&bytes[..]).read_to_end(&mut tar)?;
+                tar
+            }
+            oci::LAYER_TAR => bytes.clone(),
             other => bail!("{}: layer type {other} is not supported", archive.display()),
         };
-        extract(reader, rootfs)
+        anyhow::ensure!(
+            oci::sha256(&tar) == *diff_id,
+            "{}: layer {} does not match its diff_id {diff_id}",
+            archive.display(),
+            layer.digest
+        );
+        extract(&tar[..], rootfs)
             .with_context(|| format!("{}: unpacking layer {}", archive.display(), layer.digest))?;
     }
     let c = config.config;
@@ -128,7 +153,8 @@ fn extract(reader: impl Read, rootfs: &Path) -> anyhow::Result<()> {
                 path.display()
             );
         }
-        // unpack_in refuses paths that leave rootfs (`..`, absolute links).
+        // unpack_in skips paths that would leave rootfs (`..`) and writes
+        // through no symlink that points out of it.
         entry.unpack_in(rootfs)?;
     }
     Ok(())

@@ -104,9 +104,29 @@ fn sample(exposition: &str, name: &str) -> Option<f64> {
     })
 }
 
-/// Checks the operator's replicas; returns what it saw.
+/// Checks the operator's replicas, retrying for up to a minute (right
+/// after a rollout a ready replica may not hold the lease yet); returns
+/// what it saw, or the last failure.
 pub async fn check(namespace: &str, service: &str, expect_leader: bool) -> anyhow::Result<String> {
     let client = Client::try_default().await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match check_once(client.clone(), namespace, service, expect_leader).await {
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                eprintln!("not yet: {e:#}");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+async fn check_once(
+    client: Client,
+    namespace: &str,
+    service: &str,
+    expect_leader: bool,
+) -> anyhow::Result<String> {
     let replicas = endpoints(client, namespace, service).await?;
     if replicas.is_empty() {
         bail!("service {namespace}/{service} has no ready pod: is the operator running and ready?");

@@ -30,8 +30,9 @@ pub struct Confinement {
 pub enum Filesystem<'a> {
     /// The host's, with the container's volume mounts at `binds`.
     Host { binds: &'a [PathBuf] },
-    /// Its image's root, whose configuration names a user (uid, gid).
-    Image { user: Option<(u32, Option<u32>)> },
+    /// Its image's root, whose configuration may name a user (`uid` or
+    /// `uid:gid`), used unless the pod sets runAsUser.
+    Image { user: Option<&'a str> },
 }
 
 /// Pod-level settings with the container's own over them (and over the
@@ -43,14 +44,14 @@ pub fn plan(pod: &Pod, container: &Container, fs: Filesystem<'_>) -> anyhow::Res
         .and_then(|s| s.security_context.clone())
         .unwrap_or_default();
     let ctx = container.security_context.clone().unwrap_or_default();
-    let image_user = match fs {
-        Filesystem::Image { user } => user,
-        Filesystem::Host { .. } => None,
+    let pod_uid = ctx.run_as_user.or(pod_ctx.run_as_user);
+    // The image's user only when the pod names none (as Kubernetes does);
+    // its group with it (a uid the pod sets gets group 0 unless runAsGroup).
+    let image_user = match (&fs, pod_uid) {
+        (Filesystem::Image { user: Some(user) }, None) => Some(crate::image_root::user(user)?),
+        _ => None,
     };
-    let uid = ctx
-        .run_as_user
-        .or(pod_ctx.run_as_user)
-        .or(image_user.map(|(uid, _)| uid.into()));
+    let uid = pod_uid.or(image_user.map(|(uid, _)| uid.into()));
     let gid = ctx
         .run_as_group
         .or(pod_ctx.run_as_group)
@@ -228,11 +229,19 @@ mod tests {
 
         // The image's user counts, and the pod's overrides it.
         let image = || Filesystem::Image {
-            user: Some((65532, Some(65532))),
+            user: Some("65532:65532"),
         };
         let from_image = super::plan(&root, &container, image()).unwrap();
         assert_eq!(from_image.user, Some((65532, 65532, vec![])));
         let overridden = super::plan(&pod, &container, image()).unwrap();
         assert_eq!(overridden.user, Some((65532, 65532, vec![2000])));
+        // The pod's user wins; the image's, even a name, is then not read.
+        let named = Filesystem::Image {
+            user: Some("nonroot"),
+        };
+        assert_eq!(
+            super::plan(&pod, &container, named).unwrap().user,
+            Some((65532, 65532, vec![2000]))
+        );
     }
 }

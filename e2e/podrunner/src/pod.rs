@@ -321,9 +321,11 @@ impl PodHost for PodWorker {
         let unpacked = self.images.unpacked(image).await?;
         let mut env = self.base_env();
         if let Some(unpacked) = &unpacked {
-            // The image's PATH and HOME, not the host's.
+            // The image's environment under the kubelet's (HOSTNAME, the
+            // API server), except PATH and HOME: the image's, not the host's.
             env.retain(|k, _| k != "PATH" && k != "HOME");
-            env.extend(image_root::env(&unpacked.run));
+            let kubelet = std::mem::replace(&mut env, image_root::env(&unpacked.run));
+            env.extend(kubelet);
         }
         env.extend(env::container_env(
             &pod,
@@ -362,12 +364,7 @@ impl PodHost for PodWorker {
                 let path = env.get("PATH").map_or("", String::as_str);
                 argv[0] = image_root::resolve(&unpacked.rootfs, &argv[0], path)
                     .with_context(|| format!("image '{image}'"))?;
-                let user = unpacked
-                    .run
-                    .user
-                    .as_deref()
-                    .map(image_root::user)
-                    .transpose()?;
+                let user = unpacked.run.user.as_deref();
                 let working_dir = container
                     .working_dir
                     .clone()

@@ -5,9 +5,12 @@
 //! it) and its own UTS namespace (so `hostname` is the pod name, as in a
 //! real pod). Network is shared: the pod binds its own loopback address.
 //! A container of an image runs in the image's root: an overlay mounted in
-//! its mount namespace, its volumes bound into it, /proc, /dev and /sys
-//! bound from the host, then `pivot_root` into it (the host's files are no
-//! longer reachable).
+//! its mount namespace, /proc, /dev and /sys bound from the host, its
+//! volumes bound into it, then `pivot_root` into it (the host's root is
+//! detached; a test bed, not a sandbox: the host's /proc, /dev and /sys
+//! stay reachable to a root container). Mount points are made in the
+//! overlay following the image's symlinks: fine for images built here,
+//! which have none.
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
@@ -74,6 +77,16 @@ impl ChildRoot {
             add(Path::new(dir), false);
         }
         for m in mounts {
+            // Under /proc, /dev or /sys the point is in the host's tree
+            // bound there: it must exist (making it would write the host's).
+            if system.iter().any(|d| m.target.starts_with(d)) {
+                anyhow::ensure!(
+                    m.target.exists(),
+                    "mount path {} under /proc, /dev or /sys does not exist on the test bed's host",
+                    m.target.display()
+                );
+                continue;
+            }
             add(&m.target, !m.source.is_dir());
         }
         // Parents first (a parent's path is a prefix, so it sorts before).
@@ -100,7 +113,10 @@ impl ChildRoot {
         })
     }
 
-    /// In the child, before the volume binds: the overlay and its mount points.
+    /// In the child, before the volume binds: the overlay, its mount
+    /// points, and the host's /proc, /dev and /sys (first, as a runtime
+    /// mounts them: a volume under one of them is bound over it, not
+    /// hidden by it).
     fn mount_overlay(&self) -> std::io::Result<()> {
         mount(
             Some(c"overlay"),
@@ -115,7 +131,8 @@ impl ChildRoot {
                 if *file {
                     let fd = libc::open(
                         point.as_ptr(),
-                        libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
+                        // Read-only: an image file there is not copied up.
+                        libc::O_CREAT | libc::O_RDONLY | libc::O_CLOEXEC,
                         0o644,
                     );
                     if fd < 0 {
@@ -129,13 +146,6 @@ impl ChildRoot {
                 }
             }
         }
-        Ok(())
-    }
-
-    /// In the child, after the volume binds: the host's /proc, /dev and
-    /// /sys, then the switch into the root (the old root detached), made
-    /// read-only if asked, and the working directory.
-    fn enter(&self) -> std::io::Result<()> {
         for (source, target) in &self.system {
             mount(
                 Some(source.as_c_str()),
@@ -145,6 +155,13 @@ impl ChildRoot {
                 None::<&str>,
             )?;
         }
+        Ok(())
+    }
+
+    /// In the child, after the volume binds: the switch into the root (the
+    /// old root detached), made read-only if asked, and the working
+    /// directory.
+    fn enter(&self) -> std::io::Result<()> {
         nix::unistd::chdir(self.merged.as_c_str())?;
         // pivot_root(".", "."): the old root ends up on top of the new one
         // and is detached at once (what runc does).
